@@ -1,0 +1,2 @@
+//! Criterion benchmarks for the per-request decisions (filled in below).
+fn main() {}

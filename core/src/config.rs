@@ -1,0 +1,1245 @@
+//! The configuration model: LiteLLM's `mcp_servers:` and `general_settings:`, plus the environment.
+//!
+//! Operators bring an existing LiteLLM `config.yaml`; we read the same keys and the same
+//! `os.environ/NAME` references (resolved through a lookup the caller passes, so this module never
+//! touches the process environment). Where LiteLLM guesses silently we fail at load with a
+//! [`Diagnostic`] that names the server, the field and the fix; where a setting is legal but risky we
+//! return a warning as a value. Every diagnostic is collected, not just the first, so `check config`
+//! can list them all with their place in the file.
+
+use std::fmt;
+
+use indexmap::IndexMap;
+use serde_json::{Map, Value};
+use url::Url;
+
+use crate::flow::{Flow, FlowError, OAuth2Flow, select_flow};
+use crate::origin::{HostCase, Origin, OriginSettings, TrustedProxies, parse_authority};
+use crate::redirect::TrustedRedirectOrigins;
+use crate::secret::Secret;
+
+/// Looks up an environment variable; the caller decides where variables come from.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The prefix LiteLLM uses to reference an environment variable from YAML.
+pub const ENV_PREFIX: &str = "os.environ/";
+
+/// `auth_type`: how the gateway authenticates to one upstream server (LiteLLM's `MCPAuth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthType {
+    /// No credential.
+    None,
+    /// A static API key.
+    ApiKey,
+    /// A static bearer token.
+    BearerToken,
+    /// HTTP Basic with a static credential.
+    Basic,
+    /// A static `Authorization` header value.
+    Authorization,
+    /// A static token with the `token` scheme.
+    Token,
+    /// OAuth 2.0 (interactive or client credentials).
+    OAuth2,
+    /// RFC 8693 token exchange (on behalf of the caller).
+    OAuth2TokenExchange,
+    /// AWS SigV4 request signing (accepted for compatibility; not performed by this gateway).
+    AwsSigV4,
+    /// Identity assertion JWT authorization grant (accepted for compatibility).
+    OAuth2IdJag,
+    /// Forward the caller's credentials untouched (accepted for compatibility).
+    TruePassthrough,
+    /// Delegate OAuth to the upstream (accepted for compatibility).
+    OAuthDelegate,
+}
+
+impl AuthType {
+    /// Every value LiteLLM accepts, as written in YAML.
+    pub const ALL: [(&'static str, AuthType); 12] = [
+        ("none", Self::None),
+        ("api_key", Self::ApiKey),
+        ("bearer_token", Self::BearerToken),
+        ("basic", Self::Basic),
+        ("authorization", Self::Authorization),
+        ("token", Self::Token),
+        ("oauth2", Self::OAuth2),
+        ("oauth2_token_exchange", Self::OAuth2TokenExchange),
+        ("aws_sigv4", Self::AwsSigV4),
+        ("oauth2_id_jag", Self::OAuth2IdJag),
+        ("true_passthrough", Self::TruePassthrough),
+        ("oauth_delegate", Self::OAuthDelegate),
+    ];
+
+    /// Parses the YAML spelling.
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(name, _)| *name == value).map(|(_, auth)| *auth)
+    }
+
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL.iter().find(|(_, auth)| *auth == self).map_or("none", |(name, _)| name)
+    }
+}
+
+/// `transport`: how the gateway talks to the upstream MCP server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Streamable HTTP (the default).
+    Http,
+    /// The legacy HTTP+SSE transport.
+    Sse,
+    /// A local process; not served by this gateway.
+    Stdio,
+}
+
+/// `token_endpoint_auth_method` for client credentials at the token endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClientAuthMethod {
+    /// `client_id` and `client_secret` in the form body (the default).
+    #[default]
+    ClientSecretPost,
+    /// HTTP Basic with the client credentials.
+    ClientSecretBasic,
+}
+
+/// One `mcp_servers` entry as written, with `os.environ/` references resolved and types checked.
+///
+/// Fields that are absent stay `None`; nothing is inferred here. Unknown keys are kept by name so
+/// a typo (`oauth_flow`) can be reported as a warning instead of silently ignored.
+#[derive(Clone, Debug, Default)]
+pub struct ServerEntry {
+    /// `url`: the upstream MCP endpoint.
+    pub url: Option<String>,
+    /// `transport`.
+    pub transport: Option<Transport>,
+    /// `auth_type`.
+    pub auth_type: Option<AuthType>,
+    /// `oauth2_flow`.
+    pub oauth2_flow: Option<OAuth2Flow>,
+    /// `client_id`.
+    pub client_id: Option<String>,
+    /// `client_secret`.
+    pub client_secret: Option<Secret>,
+    /// `token_url`.
+    pub token_url: Option<String>,
+    /// `authorization_url`.
+    pub authorization_url: Option<String>,
+    /// `registration_url`.
+    pub registration_url: Option<String>,
+    /// `issuer`: the authorization server's issuer identifier.
+    pub issuer: Option<String>,
+    /// `scopes`.
+    pub scopes: Option<Vec<String>>,
+    /// `token_validation`: dotted path → expected value.
+    pub token_validation: Option<Map<String, Value>>,
+    /// `token_storage_ttl_seconds`.
+    pub token_storage_ttl_seconds: Option<u64>,
+    /// `delegate_auth_to_upstream`.
+    pub delegate_auth_to_upstream: Option<bool>,
+    /// `available_on_public_internet` (LiteLLM's default is `true`).
+    pub available_on_public_internet: Option<bool>,
+    /// `authentication_token` (alias `auth_value`).
+    pub authentication_token: Option<Secret>,
+    /// `token_endpoint_auth_method`.
+    pub token_endpoint_auth_method: Option<ClientAuthMethod>,
+    /// `audience` for token exchange.
+    pub audience: Option<String>,
+    /// `token_exchange_endpoint` (falls back to `token_url`).
+    pub token_exchange_endpoint: Option<String>,
+    /// `subject_token_type` for token exchange.
+    pub subject_token_type: Option<String>,
+    /// Keys this version does not know, in file order.
+    pub unknown_keys: Vec<String>,
+}
+
+/// Keys LiteLLM accepts that this gateway reads nowhere but must not warn about.
+const KNOWN_IGNORED_KEYS: &[&str] = &[
+    "description",
+    "mcp_info",
+    "alias",
+    "spec_path",
+    "command",
+    "args",
+    "env",
+    "extra_headers",
+    "static_headers",
+    "env_vars",
+    "allowed_tools",
+    "disallowed_tools",
+    "allowed_params",
+    "access_groups",
+    "allow_all_keys",
+    "oauth_passthrough",
+    "dcr_bridge",
+    "per_server_oauth_discovery",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "aws_region_name",
+    "aws_service_name",
+    "aws_role_name",
+    "aws_session_name",
+    "token_exchange_profile",
+    "id_jag_resource_token_endpoint",
+    "id_jag_resource",
+    "client_private_key",
+    "client_private_key_id",
+    "client_assertion_signing_alg",
+    "upstream_resource",
+    "upstream_token_header",
+    "instructions",
+    "allow_sampling",
+    "allow_elicitation",
+    "timeout",
+    "max_concurrent_requests",
+    "tool_name_to_display_name",
+    "tool_name_to_description",
+    "server_name",
+    "server_id",
+];
+
+/// Reads fields of one JSON object, collecting a diagnostic per bad field.
+struct FieldReader<'a> {
+    object: &'a Map<String, Value>,
+    env: EnvLookup<'a>,
+    server: Option<&'a str>,
+    section: &'static str,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl<'a> FieldReader<'a> {
+    fn error(&mut self, field: &str, code: &'static str, message: String, fix: impl Into<String>) {
+        self.diagnostics.push(Diagnostic {
+            severity: Severity::Error,
+            code,
+            section: self.section,
+            server: self.server.map(str::to_owned),
+            field: Some(field.to_owned()),
+            message,
+            fix: Some(fix.into()),
+            location: None,
+        });
+    }
+
+    /// A string field; `os.environ/NAME` is resolved; an empty string counts as absent.
+    fn string(&mut self, field: &str) -> Option<String> {
+        match self.object.get(field)? {
+            Value::Null => None,
+            Value::String(text) => {
+                let resolved = self.resolve_env(field, text)?;
+                (!resolved.trim().is_empty()).then_some(resolved)
+            }
+            other => {
+                self.error(
+                    field,
+                    "invalid_type",
+                    format!("`{field}` must be a string, found {}", kind(other)),
+                    format!("quote the value of `{field}`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn resolve_env(&mut self, field: &str, text: &str) -> Option<String> {
+        let Some(name) = text.strip_prefix(ENV_PREFIX) else {
+            return Some(text.to_owned());
+        };
+        match (self.env)(name) {
+            Some(value) => Some(value),
+            None => {
+                self.error(
+                    field,
+                    "missing_environment_variable",
+                    format!("`{field}` references environment variable `{name}`, which is not set"),
+                    format!("export {name}=... before starting, or write the value inline"),
+                );
+                None
+            }
+        }
+    }
+
+    fn secret(&mut self, field: &str) -> Option<Secret> {
+        self.string(field).map(Secret::new)
+    }
+
+    fn boolean(&mut self, field: &str) -> Option<bool> {
+        match self.object.get(field)? {
+            Value::Null => None,
+            Value::Bool(flag) => Some(*flag),
+            other => {
+                self.error(
+                    field,
+                    "invalid_type",
+                    format!("`{field}` must be a boolean, found {}", kind(other)),
+                    format!("write `{field}: true` or `{field}: false` without quotes"),
+                );
+                None
+            }
+        }
+    }
+
+    fn unsigned(&mut self, field: &str) -> Option<u64> {
+        match self.object.get(field)? {
+            Value::Null => None,
+            Value::Number(number) if number.as_u64().is_some() => number.as_u64(),
+            other => {
+                self.error(
+                    field,
+                    "invalid_type",
+                    format!("`{field}` must be a whole number of seconds, found {}", kind(other)),
+                    format!("write `{field}` as a non-negative integer"),
+                );
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, field: &str) -> Option<Vec<String>> {
+        match self.object.get(field)? {
+            Value::Null => None,
+            Value::Array(items) => {
+                let mut list = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Value::String(text) if text.trim().is_empty() => {}
+                        Value::String(text) => list.push(text.trim().to_owned()),
+                        other => {
+                            self.error(
+                                field,
+                                "invalid_type",
+                                format!(
+                                    "`{field}` must be a list of strings, found an item that is {}",
+                                    kind(other)
+                                ),
+                                format!("quote every item of `{field}`"),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                Some(list)
+            }
+            other => {
+                self.error(
+                    field,
+                    "invalid_type",
+                    format!("`{field}` must be a list of strings, found {}", kind(other)),
+                    format!("write `{field}: [\"a\", \"b\"]`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, field: &str, choices: &[(&str, T)]) -> Option<T> {
+        let value = self.string(field)?;
+        if let Some((_, choice)) = choices.iter().find(|(name, _)| *name == value) {
+            return Some(*choice);
+        }
+        let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+        self.error(
+            field,
+            "unknown_value",
+            format!("`{field}: {}` is not a known value", truncate(&value)),
+            format!("use one of: {}", names.join(", ")),
+        );
+        None
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+fn truncate(value: &str) -> String {
+    value.chars().take(64).collect()
+}
+
+impl ServerEntry {
+    /// The fields this module reads, in documentation order.
+    pub const KNOWN_KEYS: &'static [&'static str] = &[
+        "url",
+        "transport",
+        "auth_type",
+        "oauth2_flow",
+        "client_id",
+        "client_secret",
+        "token_url",
+        "authorization_url",
+        "registration_url",
+        "issuer",
+        "scopes",
+        "token_validation",
+        "token_storage_ttl_seconds",
+        "delegate_auth_to_upstream",
+        "available_on_public_internet",
+        "authentication_token",
+        "auth_value",
+        "token_endpoint_auth_method",
+        "audience",
+        "token_exchange_endpoint",
+        "subject_token_type",
+    ];
+
+    /// Reads one entry from its JSON form, resolving `os.environ/` through `env`; returns every
+    /// field error at once.
+    pub fn from_json(
+        server: &str,
+        object: &Map<String, Value>,
+        env: EnvLookup<'_>,
+    ) -> Result<Self, Vec<Diagnostic>> {
+        let mut reader = FieldReader {
+            object,
+            env,
+            server: Some(server),
+            section: "mcp_servers",
+            diagnostics: Vec::new(),
+        };
+        let token_validation = match object.get("token_validation") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(rules)) => {
+                for (path, expected) in rules {
+                    if crate::token::text_form(expected).is_none() || path.is_empty() {
+                        reader.error("token_validation", "invalid_type", format!("token_validation rule `{}` must map a non-empty path to a string, number or boolean", truncate(path)), "write rules as `team.enterprise_id: \"E123\"`");
+                    }
+                }
+                Some(rules.clone())
+            }
+            Some(other) => {
+                reader.error(
+                    "token_validation",
+                    "invalid_type",
+                    format!("`token_validation` must be a mapping, found {}", kind(other)),
+                    "write `token_validation: {team.enterprise_id: \"E123\"}`",
+                );
+                None
+            }
+        };
+        let authentication_token = match reader.secret("authentication_token") {
+            Some(token) => Some(token),
+            None => reader.secret("auth_value"),
+        };
+        let entry = Self {
+            url: reader.string("url"),
+            transport: reader.choice(
+                "transport",
+                &[
+                    ("http", Transport::Http),
+                    ("streamable_http", Transport::Http),
+                    ("sse", Transport::Sse),
+                    ("stdio", Transport::Stdio),
+                ],
+            ),
+            auth_type: reader.choice("auth_type", &AuthType::ALL),
+            oauth2_flow: reader.choice(
+                "oauth2_flow",
+                &[
+                    ("client_credentials", OAuth2Flow::ClientCredentials),
+                    ("authorization_code", OAuth2Flow::AuthorizationCode),
+                ],
+            ),
+            client_id: reader.string("client_id"),
+            client_secret: reader.secret("client_secret"),
+            token_url: reader.string("token_url"),
+            authorization_url: reader.string("authorization_url"),
+            registration_url: reader.string("registration_url"),
+            issuer: reader.string("issuer"),
+            scopes: reader.string_list("scopes"),
+            token_validation,
+            token_storage_ttl_seconds: reader.unsigned("token_storage_ttl_seconds"),
+            delegate_auth_to_upstream: reader.boolean("delegate_auth_to_upstream"),
+            available_on_public_internet: reader.boolean("available_on_public_internet"),
+            authentication_token,
+            token_endpoint_auth_method: reader.choice(
+                "token_endpoint_auth_method",
+                &[
+                    ("client_secret_post", ClientAuthMethod::ClientSecretPost),
+                    ("client_secret_basic", ClientAuthMethod::ClientSecretBasic),
+                ],
+            ),
+            audience: reader.string("audience"),
+            token_exchange_endpoint: reader.string("token_exchange_endpoint"),
+            subject_token_type: reader.string("subject_token_type"),
+            unknown_keys: object
+                .keys()
+                .filter(|key| {
+                    !Self::KNOWN_KEYS.contains(&key.as_str()) && !KNOWN_IGNORED_KEYS.contains(&key.as_str())
+                })
+                .cloned()
+                .collect(),
+        };
+        if reader.diagnostics.is_empty() { Ok(entry) } else { Err(reader.diagnostics) }
+    }
+
+    /// The policy-relevant summary of this entry (flow selected, delegation flag, issuer identity).
+    pub fn policy(&self) -> Result<ServerPolicy, FlowError> {
+        let selection = select_flow(self)?;
+        Ok(ServerPolicy {
+            auth_type: self.auth_type.unwrap_or(AuthType::None),
+            flow: selection.flow,
+            flow_inferred: selection.inferred,
+            delegate_auth_to_upstream: self.delegate_auth_to_upstream == Some(true),
+            authorization_server: self
+                .authorization_url
+                .as_deref()
+                .or(self.issuer.as_deref())
+                .and_then(normalize_authorization_server),
+            has_static_token: self.authentication_token.as_ref().is_some_and(|token| !token.is_empty()),
+        })
+    }
+}
+
+/// Normalises an authorization-server URL for identity comparison: scheme and host lower-cased,
+/// default port dropped, one trailing slash dropped; the path is kept, because two tenants on one
+/// host are two authorization servers.
+pub fn normalize_authorization_server(value: &str) -> Option<String> {
+    let url = Url::parse(value).ok()?;
+    let origin = Origin::from_url(&url)?;
+    let path = url.path();
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let mut normalized = format!("{origin}{path}");
+    if let Some(query) = url.query() {
+        normalized.push('?');
+        normalized.push_str(query);
+    }
+    Some(normalized)
+}
+
+/// The facts about one server that per-request decisions need, computed once at load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerPolicy {
+    /// `auth_type`, `none` when absent.
+    pub auth_type: AuthType,
+    /// The selected flow.
+    pub flow: Flow,
+    /// Whether the flow was inferred rather than set with `oauth2_flow`.
+    pub flow_inferred: bool,
+    /// `delegate_auth_to_upstream` is the boolean `true`.
+    pub delegate_auth_to_upstream: bool,
+    /// The normalised `authorization_url`, else `issuer`, naming the authorization server.
+    pub authorization_server: Option<String>,
+    /// A non-empty `authentication_token` is configured.
+    pub has_static_token: bool,
+}
+
+/// One fully validated upstream server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The key under `mcp_servers`.
+    pub name: String,
+    /// The upstream MCP endpoint.
+    pub url: Url,
+    /// The entry as written (resolved).
+    pub entry: ServerEntry,
+    /// The per-request policy summary.
+    pub policy: ServerPolicy,
+}
+
+/// `general_settings` plus the environment, validated.
+#[derive(Clone, Debug, Default)]
+pub struct GatewaySettings {
+    /// Keys that admit callers: `master_key` first, then `gateway_keys`.
+    pub gateway_keys: Vec<Secret>,
+    /// Everything that decides the public origin.
+    pub origin: OriginSettings,
+    /// `MCP_TRUSTED_REDIRECT_ORIGINS`.
+    pub trusted_redirect_origins: TrustedRedirectOrigins,
+}
+
+/// A loaded configuration: what the gateway serves.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayConfig {
+    /// Servers in file order, by name.
+    pub servers: IndexMap<String, ServerConfig>,
+    /// Settings.
+    pub settings: GatewaySettings,
+}
+
+/// A successful load with its warnings.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: GatewayConfig,
+    /// Warnings to print at start-up.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// How serious a diagnostic is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// The configuration cannot be used.
+    Error,
+    /// The configuration works but is probably not what the operator wants.
+    Warning,
+}
+
+/// A line and column in the configuration file (1-based).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// Line, starting at 1.
+    pub line: u64,
+    /// Column, starting at 1.
+    pub column: u64,
+}
+
+/// One configuration error or warning: where, what, and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// A stable `snake_case` code.
+    pub code: &'static str,
+    /// The top-level section (`mcp_servers`, `general_settings`, `environment`).
+    pub section: &'static str,
+    /// The server's name, for `mcp_servers` diagnostics.
+    pub server: Option<String>,
+    /// The field (or environment variable) concerned.
+    pub field: Option<String>,
+    /// What is wrong, never containing a secret.
+    pub message: String,
+    /// What to change.
+    pub fix: Option<String>,
+    /// Where in the file, when known.
+    pub location: Option<Location>,
+}
+
+impl Diagnostic {
+    fn new(
+        severity: Severity,
+        code: &'static str,
+        section: &'static str,
+        server: Option<&str>,
+        field: Option<&str>,
+        message: String,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self {
+            severity,
+            code,
+            section,
+            server: server.map(str::to_owned),
+            field: field.map(str::to_owned),
+            message,
+            fix: Some(fix.into()),
+            location: None,
+        }
+    }
+
+    /// The dotted place of the diagnostic, e.g. `mcp_servers.github.oauth2_flow`.
+    pub fn place(&self) -> String {
+        let mut place = self.section.to_owned();
+        for part in [self.server.as_deref(), self.field.as_deref()].into_iter().flatten() {
+            place.push('.');
+            place.push_str(part);
+        }
+        place
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{severity}[{}] {}", self.code, self.place())?;
+        if let Some(location) = self.location {
+            write!(f, " (line {}, column {})", location.line, location.column)?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(fix) = &self.fix {
+            write!(f, "; fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A configuration that cannot be used, with every error and warning found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the configuration has {} error(s); the first: {}", .errors.len(), .errors.first().map(ToString::to_string).unwrap_or_default())]
+pub struct ConfigErrors {
+    /// Errors, in file order.
+    pub errors: Vec<Diagnostic>,
+    /// Warnings found on the way.
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl crate::Reason for ConfigErrors {
+    fn reason(&self) -> &'static str {
+        self.errors.first().map_or("invalid_config", |error| error.code)
+    }
+}
+
+/// Loads a whole configuration from its JSON form (the YAML is converted first, see [`load_yaml`]).
+/// `env` supplies `PROXY_BASE_URL`, `MCP_TRUSTED_REDIRECT_ORIGINS` and every `os.environ/` reference.
+pub fn load(document: &Value, env: EnvLookup<'_>) -> Result<Loaded, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let empty = Map::new();
+    let Some(root) = document.as_object() else {
+        errors.push(Diagnostic::new(
+            Severity::Error,
+            "invalid_type",
+            "config",
+            None,
+            None,
+            "the configuration must be a mapping at the top level".into(),
+            "start the file with `mcp_servers:`",
+        ));
+        return Err(ConfigErrors { errors, warnings });
+    };
+    let settings = load_settings(
+        root.get("general_settings").and_then(Value::as_object).unwrap_or(&empty),
+        env,
+        &mut errors,
+        &mut warnings,
+    );
+    if let Some(other) = root.get("general_settings").filter(|value| !value.is_object() && !value.is_null()) {
+        errors.push(Diagnostic::new(
+            Severity::Error,
+            "invalid_type",
+            "general_settings",
+            None,
+            None,
+            format!("`general_settings` must be a mapping, found {}", kind(other)),
+            "indent its keys under `general_settings:`",
+        ));
+    }
+    let mut servers = IndexMap::new();
+    match root.get("mcp_servers") {
+        None | Some(Value::Null) => warnings.push(Diagnostic::new(
+            Severity::Warning,
+            "no_servers",
+            "mcp_servers",
+            None,
+            None,
+            "no `mcp_servers` are configured; the gateway will serve nothing".into(),
+            "add an `mcp_servers:` mapping",
+        )),
+        Some(Value::Object(entries)) => {
+            for (name, value) in entries {
+                if let Some(server) = load_server(name, value, env, &mut errors, &mut warnings) {
+                    servers.insert(name.clone(), server);
+                }
+            }
+        }
+        Some(other) => errors.push(Diagnostic::new(
+            Severity::Error,
+            "invalid_type",
+            "mcp_servers",
+            None,
+            None,
+            format!("`mcp_servers` must be a mapping of name to server, found {}", kind(other)),
+            "write `mcp_servers:` followed by indented `name:` entries",
+        )),
+    }
+    if errors.is_empty() {
+        Ok(Loaded { config: GatewayConfig { servers, settings }, warnings })
+    } else {
+        Err(ConfigErrors { errors, warnings })
+    }
+}
+
+/// Server names appear in URL paths and header names, so they are restricted to a safe alphabet.
+pub fn is_valid_server_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && name != "."
+        && name != ".."
+}
+
+fn load_server(
+    name: &str,
+    value: &Value,
+    env: EnvLookup<'_>,
+    errors: &mut Vec<Diagnostic>,
+    warnings: &mut Vec<Diagnostic>,
+) -> Option<ServerConfig> {
+    let server = Some(name);
+    if !is_valid_server_name(name) {
+        errors.push(Diagnostic::new(
+            Severity::Error,
+            "invalid_server_name",
+            "mcp_servers",
+            server,
+            None,
+            format!("server name `{}` is not usable in a URL path and header name", truncate(name)),
+            "use letters, digits, `_`, `-` and `.` only, at most 64 characters",
+        ));
+        return None;
+    }
+    let Some(object) = value.as_object() else {
+        errors.push(Diagnostic::new(
+            Severity::Error,
+            "invalid_type",
+            "mcp_servers",
+            server,
+            None,
+            format!("server `{name}` must be a mapping, found {}", kind(value)),
+            "indent the server's fields under its name",
+        ));
+        return None;
+    };
+    let entry = match ServerEntry::from_json(name, object, env) {
+        Ok(entry) => entry,
+        Err(found) => {
+            errors.extend(found);
+            return None;
+        }
+    };
+    for key in &entry.unknown_keys {
+        warnings.push(Diagnostic::new(
+            Severity::Warning,
+            "unknown_field",
+            "mcp_servers",
+            server,
+            Some(key),
+            format!("`{}` is not a field this gateway or LiteLLM knows; it is ignored", truncate(key)),
+            "check the spelling against docs/configuration.md",
+        ));
+    }
+    let policy = match entry.policy() {
+        Ok(policy) => policy,
+        Err(error) => {
+            errors.push(Diagnostic::new(
+                Severity::Error,
+                crate::Reason::reason(&error),
+                "mcp_servers",
+                server,
+                Some(error.field()),
+                error.to_string(),
+                error.fix(),
+            ));
+            return None;
+        }
+    };
+    if entry.transport == Some(Transport::Stdio) {
+        warnings.push(Diagnostic::new(
+            Severity::Warning,
+            "stdio_not_served",
+            "mcp_servers",
+            server,
+            Some("transport"),
+            "stdio servers run as local processes; this gateway serves only HTTP servers and skips it".into(),
+            "run the server behind an HTTP transport and set `url`",
+        ));
+        return None;
+    }
+    let mut valid = true;
+    let url = match entry.url.as_deref().map(Url::parse) {
+        Some(Ok(url))
+            if matches!(url.scheme(), "http" | "https")
+                && url.host_str().is_some()
+                && url.username().is_empty()
+                && url.password().is_none() =>
+        {
+            Some(url)
+        }
+        Some(_) => {
+            errors.push(Diagnostic::new(
+                Severity::Error,
+                "invalid_url",
+                "mcp_servers",
+                server,
+                Some("url"),
+                "`url` is not an absolute http(s) URL without userinfo".into(),
+                "write it as https://host/path",
+            ));
+            None
+        }
+        None => {
+            errors.push(Diagnostic::new(
+                Severity::Error,
+                "missing_field",
+                "mcp_servers",
+                server,
+                Some("url"),
+                format!("server `{name}` has no `url`"),
+                "set `url: https://host/mcp`",
+            ));
+            None
+        }
+    };
+    for field in ["token_url", "authorization_url", "registration_url", "issuer", "token_exchange_endpoint"] {
+        let value = match field {
+            "token_url" => entry.token_url.as_deref(),
+            "authorization_url" => entry.authorization_url.as_deref(),
+            "registration_url" => entry.registration_url.as_deref(),
+            "issuer" => entry.issuer.as_deref(),
+            _ => entry.token_exchange_endpoint.as_deref(),
+        };
+        if let Some(value) = value
+            && !Url::parse(value).is_ok_and(|url| {
+                matches!(url.scheme(), "http" | "https")
+                    && url.host_str().is_some()
+                    && url.fragment().is_none()
+            })
+        {
+            valid = false;
+            errors.push(Diagnostic::new(
+                Severity::Error,
+                "invalid_url",
+                "mcp_servers",
+                server,
+                Some(field),
+                format!("`{field}` is not an absolute http(s) URL"),
+                format!("write `{field}` as https://host/path"),
+            ));
+        }
+    }
+    if policy.flow == Flow::TokenExchange
+        && (entry.client_id.is_none()
+            || entry.client_secret.is_none()
+            || (entry.token_exchange_endpoint.is_none() && entry.token_url.is_none()))
+    {
+        valid = false;
+        errors.push(Diagnostic::new(Severity::Error, "incomplete_token_exchange", "mcp_servers", server, Some("auth_type"), "`oauth2_token_exchange` needs `client_id`, `client_secret` and `token_exchange_endpoint` or `token_url`".into(), "add the missing fields"));
+    }
+    if policy.flow == Flow::ClientCredentials && entry.token_url.is_none() && entry.issuer.is_none() {
+        warnings.push(Diagnostic::new(
+            Severity::Warning,
+            "token_url_discovered",
+            "mcp_servers",
+            server,
+            Some("token_url"),
+            "no `token_url` is set; it will be discovered from the server's metadata".into(),
+            "set `token_url` to pin the token endpoint",
+        ));
+    }
+    if policy.flow == Flow::ClientCredentials && policy.flow_inferred {
+        warnings.push(Diagnostic::new(Severity::Warning, "client_credentials_inferred", "mcp_servers", server, Some("oauth2_flow"), format!("server `{name}` uses client_credentials because token_url, client_id and client_secret are set; every caller will share one app identity"), "set `oauth2_flow` explicitly (client_credentials or authorization_code)"));
+    }
+    if entry.delegate_auth_to_upstream == Some(true)
+        && policy.auth_type == AuthType::OAuth2
+        && policy.flow == Flow::AuthorizationCode
+        && entry.available_on_public_internet == Some(false)
+    {
+        warnings.push(Diagnostic::new(Severity::Warning, "delegation_on_internal_server", "mcp_servers", server, Some("delegate_auth_to_upstream"), format!("server `{name}` is internal-only (`available_on_public_internet: false`) but delegates auth to the upstream, so the gateway admits callers without its own key check"), "remove `delegate_auth_to_upstream` or make sure the upstream enforces auth for every caller"));
+    }
+    if entry.delegate_auth_to_upstream == Some(true)
+        && !(policy.auth_type == AuthType::OAuth2 && policy.flow == Flow::AuthorizationCode)
+    {
+        warnings.push(Diagnostic::new(Severity::Warning, "delegation_ignored", "mcp_servers", server, Some("delegate_auth_to_upstream"), "`delegate_auth_to_upstream` applies only to `auth_type: oauth2` servers with the interactive flow; it is ignored here".into(), "remove it, or use `auth_type: oauth2` with `oauth2_flow: authorization_code`"));
+    }
+    match (url, valid) {
+        (Some(url), true) => Some(ServerConfig { name: name.to_owned(), url, entry, policy }),
+        _ => None,
+    }
+}
+
+fn load_settings(
+    object: &Map<String, Value>,
+    env: EnvLookup<'_>,
+    errors: &mut Vec<Diagnostic>,
+    warnings: &mut Vec<Diagnostic>,
+) -> GatewaySettings {
+    let mut reader =
+        FieldReader { object, env, server: None, section: "general_settings", diagnostics: Vec::new() };
+    let mut gateway_keys: Vec<Secret> = reader.secret("master_key").into_iter().collect();
+    if let Some(extra) = reader.string_list("gateway_keys") {
+        for key in extra {
+            match key.strip_prefix(ENV_PREFIX) {
+                Some(_) => gateway_keys.extend(reader.resolve_env("gateway_keys", &key).map(Secret::new)),
+                None => gateway_keys.push(Secret::new(key)),
+            }
+        }
+    }
+    let use_x_forwarded_for = reader.boolean("use_x_forwarded_for").unwrap_or(false);
+    let ranges = reader.string_list("mcp_trusted_proxy_ranges").unwrap_or_default();
+    let allowed_hosts = reader.string_list("allowed_hosts").unwrap_or_default();
+    let mut diagnostics = reader.diagnostics;
+    let trusted_proxies = TrustedProxies::parse(&ranges).unwrap_or_else(|error| {
+        diagnostics.push(Diagnostic::new(
+            Severity::Error,
+            "invalid_proxy_range",
+            "general_settings",
+            None,
+            Some("mcp_trusted_proxy_ranges"),
+            error.to_string(),
+            "write CIDR ranges such as 10.0.0.0/8",
+        ));
+        TrustedProxies::default()
+    });
+    let mut hosts = Vec::with_capacity(allowed_hosts.len());
+    for host in &allowed_hosts {
+        match parse_authority(host, HostCase::Insensitive) {
+            Ok((name, Some(port))) => hosts.push(format!("{name}:{port}")),
+            Ok((name, None)) => hosts.push(name),
+            Err(error) => diagnostics.push(Diagnostic::new(
+                Severity::Error,
+                "invalid_allowed_host",
+                "general_settings",
+                None,
+                Some("allowed_hosts"),
+                error.to_string(),
+                "list hosts as host or host:port",
+            )),
+        }
+    }
+    let proxy_base_url = match env("PROXY_BASE_URL").filter(|value| !value.is_empty()) {
+        None => None,
+        Some(value) => match Origin::parse(&value) {
+            Ok(origin) => Some(origin),
+            Err(error) => {
+                diagnostics.push(Diagnostic::new(
+                    Severity::Error,
+                    "invalid_proxy_base_url",
+                    "environment",
+                    None,
+                    Some("PROXY_BASE_URL"),
+                    error.to_string(),
+                    "set PROXY_BASE_URL to the bare origin clients use, e.g. https://llm.example.com",
+                ));
+                None
+            }
+        },
+    };
+    let trusted_redirect_origins = match env("MCP_TRUSTED_REDIRECT_ORIGINS") {
+        None => TrustedRedirectOrigins::default(),
+        Some(value) => TrustedRedirectOrigins::parse(&value).unwrap_or_else(|error| {
+            diagnostics.push(Diagnostic::new(
+                Severity::Error,
+                "invalid_trusted_redirect_origin",
+                "environment",
+                None,
+                Some("MCP_TRUSTED_REDIRECT_ORIGINS"),
+                error.to_string(),
+                "list entries as host, host:port or *.example.com, comma-separated",
+            ));
+            TrustedRedirectOrigins::default()
+        }),
+    };
+    if proxy_base_url.is_none() && !diagnostics.iter().any(|d| d.code == "invalid_proxy_base_url") {
+        let how = if use_x_forwarded_for && !trusted_proxies.is_empty() {
+            "X-Forwarded-* from trusted proxies, else the request's Host"
+        } else {
+            "each request's Host header, which the client controls"
+        };
+        warnings.push(Diagnostic::new(Severity::Warning, "no_public_origin", "environment", None, Some("PROXY_BASE_URL"), format!("no public origin is configured; redirect_uri checks and metadata will use {how}"), "set PROXY_BASE_URL to the origin clients use (e.g. https://llm.example.com), or set general_settings.allowed_hosts"));
+    }
+    if use_x_forwarded_for && trusted_proxies.is_empty() {
+        warnings.push(Diagnostic::new(Severity::Warning, "no_trusted_proxies", "general_settings", None, Some("mcp_trusted_proxy_ranges"), "`use_x_forwarded_for` is on but no `mcp_trusted_proxy_ranges` are set, so X-Forwarded-* is never trusted".into(), "list your reverse proxies' addresses in mcp_trusted_proxy_ranges"));
+    }
+    errors.extend(diagnostics);
+    GatewaySettings {
+        gateway_keys,
+        origin: OriginSettings { proxy_base_url, use_x_forwarded_for, trusted_proxies, allowed_hosts: hosts },
+        trusted_redirect_origins,
+    }
+}
+
+/// The largest configuration file accepted, in bytes.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// Parses LiteLLM-style YAML with node, depth and alias budgets (a hostile file cannot exhaust
+/// memory), loads it with [`load`], and attaches a line and column to every diagnostic it can place.
+pub fn load_yaml(text: &str, env: EnvLookup<'_>) -> Result<Loaded, ConfigErrors> {
+    let document =
+        parse_yaml(text).map_err(|error| ConfigErrors { errors: vec![*error], warnings: Vec::new() })?;
+    let places = yaml_places(text);
+    let place = |mut diagnostic: Diagnostic| {
+        diagnostic.location = places.find(&diagnostic);
+        diagnostic
+    };
+    match load(&document, env) {
+        Ok(loaded) => {
+            Ok(Loaded { config: loaded.config, warnings: loaded.warnings.into_iter().map(place).collect() })
+        }
+        Err(errors) => Err(ConfigErrors {
+            errors: errors.errors.into_iter().map(place).collect(),
+            warnings: errors.warnings.into_iter().map(place).collect(),
+        }),
+    }
+}
+
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: 32,
+            max_nodes: 50_000,
+            max_events: 200_000,
+            max_aliases: 256,
+            max_anchors: 256,
+            max_documents: 1,
+            max_total_scalar_bytes: MAX_CONFIG_BYTES,
+        },
+    }
+}
+
+/// Parses YAML text into JSON values, refusing oversized or budget-breaking input.
+pub fn parse_yaml(text: &str) -> Result<Value, Box<Diagnostic>> {
+    let invalid = |message: String, location: Option<Location>| {
+        Box::new(Diagnostic {
+            severity: Severity::Error,
+            code: "invalid_yaml",
+            section: "config",
+            server: None,
+            field: None,
+            message,
+            fix: Some("fix the YAML syntax at the place shown".to_owned()),
+            location,
+        })
+    };
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(invalid(format!("the file is larger than {MAX_CONFIG_BYTES} bytes"), None));
+    }
+    if text.trim().is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    serde_saphyr::from_str_with_options::<Value>(text, yaml_options()).map_err(|error| {
+        let location = error.location().map(|at| Location { line: at.line(), column: at.column() });
+        let message = error.to_string();
+        let first = message.lines().next().unwrap_or("invalid YAML").to_owned();
+        invalid(first, location)
+    })
+}
+
+/// A server (or setting) key's place and the places of its fields.
+type ServerPlaces = (String, Location, Vec<(String, Location)>);
+
+/// Where the keys of `mcp_servers` and `general_settings` sit in the file.
+#[derive(Default)]
+struct Places {
+    sections: Vec<(String, Location, Vec<ServerPlaces>)>,
+}
+
+impl Places {
+    fn find(&self, diagnostic: &Diagnostic) -> Option<Location> {
+        let (_, section_at, children) =
+            self.sections.iter().find(|(name, _, _)| name == diagnostic.section)?;
+        let key = match diagnostic.section {
+            "general_settings" => diagnostic.field.as_deref(),
+            _ => diagnostic.server.as_deref(),
+        };
+        let Some(key) = key else { return Some(*section_at) };
+        let Some((_, key_at, fields)) = children.iter().find(|(name, _, _)| name == key) else {
+            return Some(*section_at);
+        };
+        if diagnostic.section == "general_settings" {
+            return Some(*key_at);
+        }
+        let field = diagnostic.field.as_deref().map(|field| {
+            if field == "authentication_token" && !fields.iter().any(|(n, _)| n == field) {
+                "auth_value"
+            } else {
+                field
+            }
+        });
+        Some(
+            field
+                .and_then(|field| fields.iter().find(|(name, _)| name == field).map(|(_, at)| *at))
+                .unwrap_or(*key_at),
+        )
+    }
+}
+
+/// A YAML node shape that remembers where each mapping key was written.
+enum Node {
+    Mapping(Vec<(serde_saphyr::Spanned<String>, Node)>),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NodeVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML node")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(key) = map.next_key::<serde_saphyr::Spanned<String>>()? {
+            entries.push((key, map.next_value::<Node>()?));
+        }
+        Ok(Node::Mapping(entries))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Node::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
+        Ok(Node::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
+        Ok(Node::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
+        Ok(Node::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
+        Ok(Node::Other)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Node, E> {
+        Ok(Node::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Node, E> {
+        Ok(Node::Other)
+    }
+
+    fn visit_none<E>(self) -> Result<Node, E> {
+        Ok(Node::Other)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Node, D::Error> {
+        serde::Deserialize::deserialize(deserializer)
+    }
+}
+
+fn to_location(spanned: &serde_saphyr::Spanned<String>) -> Location {
+    Location { line: spanned.referenced.line(), column: spanned.referenced.column() }
+}
+
+fn yaml_places(text: &str) -> Places {
+    let Ok(Node::Mapping(root)) = serde_saphyr::from_str_with_options::<Node>(text, yaml_options()) else {
+        return Places::default();
+    };
+    let sections = root
+        .iter()
+        .filter(|(key, _)| key.value == "mcp_servers" || key.value == "general_settings")
+        .map(|(key, node)| {
+            let children = match node {
+                Node::Mapping(children) => children
+                    .iter()
+                    .map(|(child, node)| {
+                        let fields = match node {
+                            Node::Mapping(fields) => fields
+                                .iter()
+                                .map(|(field, _)| (field.value.clone(), to_location(field)))
+                                .collect(),
+                            Node::Other => Vec::new(),
+                        };
+                        (child.value.clone(), to_location(child), fields)
+                    })
+                    .collect(),
+                Node::Other => Vec::new(),
+            };
+            (key.value.clone(), to_location(key), children)
+        })
+        .collect();
+    Places { sections }
+}

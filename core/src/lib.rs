@@ -1,0 +1,51 @@
+//! Sans-IO OAuth policy for MCP gateways.
+//!
+//! Every security decision a gateway in front of MCP servers makes is a pure function here:
+//! which OAuth flow a server uses, what the gateway's public origin is, whether a `redirect_uri`
+//! may receive an authorization code, whether to delegate auth to the upstream, which credential
+//! goes upstream, how secrets are masked and how long a token may be cached. Nothing in this crate
+//! reads the clock, the environment, a file or a socket: those arrive as arguments, so every path
+//! can be unit-tested, property-tested and fuzzed without a network.
+//!
+//! Embedding a decision takes a few lines:
+//!
+//! ```
+//! use mcp_oauth_core::Reason;
+//! use mcp_oauth_core::origin::Origin;
+//! use mcp_oauth_core::redirect::{validate_redirect_uri, TrustedRedirectOrigins};
+//!
+//! let public_origin = Origin::parse("https://gw.example.com")?;
+//! let trusted = TrustedRedirectOrigins::parse("*.corp.example.com")?;
+//! let verdict = validate_redirect_uri("https://app.corp.example.com/cb", Some(&public_origin), &trusted);
+//! assert!(verdict.is_allowed());
+//! let verdict = validate_redirect_uri("https://gw.example.com\\@evil.com/cb", Some(&public_origin), &trusted);
+//! assert_eq!(verdict.reason(), "backslash");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Every decision carries a stable `snake_case` reason code ([`Reason::reason`]) for machines and a
+//! human message (its `Display`) for people. Secrets live in [`secret::Secret`] from the moment they
+//! are parsed; its `Debug` and `Display` never print them.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod delegate;
+pub mod discovery;
+pub mod eval;
+pub mod flow;
+pub mod harness;
+pub mod mask;
+pub mod origin;
+pub mod outbound;
+pub mod redirect;
+pub mod secret;
+#[cfg(feature = "proptest")]
+pub mod strategies;
+pub mod token;
+pub mod www_authenticate;
+
+/// A value with a stable machine-readable reason code, for logs, metrics and `eval`.
+pub trait Reason {
+    /// The stable `snake_case` code; never changes meaning between releases.
+    fn reason(&self) -> &'static str;
+}

@@ -1,0 +1,508 @@
+//! The gateway's public origin (design §4.4).
+//!
+//! Redirect validation, resource metadata and `WWW-Authenticate` challenges all depend on knowing
+//! the origin browsers and MCP clients use to reach the gateway. Three sources exist, in order:
+//! `PROXY_BASE_URL`, the `X-Forwarded-*` headers (only from a trusted proxy), and the request's own
+//! scheme and `Host`. An attacker controls every header of a request it sends, so forwarded headers
+//! count only when the TCP peer is inside `mcp_trusted_proxy_ranges` and `use_x_forwarded_for` is on,
+//! and any doubt about them (a repeated header, a list, a non-canonical host) discards the whole set.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use http::HeaderMap;
+use ipnet::IpNet;
+
+use crate::Reason;
+
+/// A web scheme the gateway can be reached over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// Plain HTTP (default port 80).
+    Http,
+    /// HTTP over TLS (default port 443).
+    Https,
+}
+
+impl Scheme {
+    /// Parses `http` or `https`, ASCII case-insensitively (schemes are case-insensitive).
+    pub fn parse(value: &str) -> Option<Self> {
+        if value.eq_ignore_ascii_case("http") {
+            Some(Self::Http)
+        } else if value.eq_ignore_ascii_case("https") {
+            Some(Self::Https)
+        } else {
+            None
+        }
+    }
+
+    /// The port a URL of this scheme uses when it names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Http => 80,
+            Self::Https => 443,
+        }
+    }
+
+    /// The scheme as written in URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
+/// A web origin compared as (scheme, lower-case host, port with the scheme default applied).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    scheme: Scheme,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// Builds an origin from parts already known to be canonical; `port` `None` means the default.
+    pub fn new(scheme: Scheme, host: &str, port: Option<u16>) -> Self {
+        Self { scheme, host: host.to_ascii_lowercase(), port: port.unwrap_or(scheme.default_port()) }
+    }
+
+    /// Parses a bare origin such as `PROXY_BASE_URL`: `http(s)://host[:port]` with at most one
+    /// trailing slash; a path, query, fragment, userinfo or another scheme is an error, because an
+    /// operator who wrote one meant something this value cannot express.
+    pub fn parse(value: &str) -> Result<Self, OriginError> {
+        let invalid = |why: &'static str| OriginError::InvalidOrigin { value: value.to_owned(), why };
+        if value.is_empty() {
+            return Err(invalid("it is empty"));
+        }
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                "it contains spaces, control or non-ASCII characters (write IDN hosts in punycode)",
+            ));
+        }
+        let (scheme, rest) =
+            value.split_once("://").ok_or_else(|| invalid("it has no http:// or https:// scheme"))?;
+        let scheme = Scheme::parse(scheme).ok_or_else(|| invalid("its scheme is not http or https"))?;
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains('@') {
+            return Err(invalid("it contains userinfo (user@)"));
+        }
+        if let Some(position) = authority.find(['/', '?', '#', '\\']) {
+            let why = match authority.as_bytes().get(position) {
+                Some(b'?') => "it has a query",
+                Some(b'#') => "it has a fragment",
+                Some(b'\\') => "it contains a backslash",
+                _ => "it has a path; the public origin is scheme, host and port only",
+            };
+            return Err(invalid(why));
+        }
+        let (host, port) = parse_authority(authority, HostCase::Insensitive)
+            .map_err(|_| invalid("its host[:port] is not canonical"))?;
+        Ok(Self::new(scheme, &host, port))
+    }
+
+    /// The origin of an absolute `http(s)` URL, or `None` for other schemes and host-less URLs.
+    pub fn from_url(url: &url::Url) -> Option<Self> {
+        let scheme = Scheme::parse(url.scheme())?;
+        let host = url.host_str()?;
+        Some(Self::new(scheme, host, url.port()))
+    }
+
+    /// The scheme.
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
+    /// The lower-case host; IPv6 literals keep their brackets.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port, with the scheme default filled in.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme.as_str(), self.host)?;
+        if self.port != self.scheme.default_port() {
+            write!(f, ":{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Origin {
+    type Err = OriginError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// Whether an authority's host must already be lower-case to count as canonical.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostCase {
+    /// Upper-case letters make the authority non-canonical (`redirect_uri`, forwarded headers).
+    Strict,
+    /// Upper-case letters are folded (the `Host` header, configured origins).
+    Insensitive,
+}
+
+/// Parses `host[:port]` written canonically: the host is what a URL parser would print for it
+/// (no percent-encoding, no `0x7f.1`-style IPv4, compressed IPv6, no empty labels), and the port
+/// is 1–65535 in decimal without leading zeros. Returns the host (lower-case) and the port.
+pub fn parse_authority(raw: &str, case: HostCase) -> Result<(String, Option<u16>), OriginError> {
+    let invalid = |why: &'static str| OriginError::NonCanonicalAuthority {
+        value: raw.chars().take(128).collect(),
+        why,
+    };
+    if raw.is_empty() || raw.len() > 261 {
+        return Err(invalid("empty or longer than 261 bytes"));
+    }
+    if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']' | b'_'))
+    {
+        return Err(invalid("characters outside letters, digits, '-', '.', '_', ':' and brackets"));
+    }
+    let (host, port) = if raw.starts_with('[') {
+        let end = raw.find(']').ok_or_else(|| invalid("unclosed IPv6 bracket"))?;
+        let (host, rest) = raw.split_at(end + 1);
+        match rest {
+            "" => (host, None),
+            _ => match rest.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return Err(invalid("text after the IPv6 literal")),
+            },
+        }
+    } else {
+        match raw.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (raw, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(port) => {
+            Some(parse_port(port).ok_or_else(|| invalid("port is not 1-65535 without leading zeros"))?)
+        }
+    };
+    let folded;
+    let host = match case {
+        HostCase::Strict => host,
+        HostCase::Insensitive => {
+            folded = host.to_ascii_lowercase();
+            folded.as_str()
+        }
+    };
+    if host.is_empty() {
+        return Err(invalid("empty host"));
+    }
+    if !host.starts_with('[') && (host.contains('[') || host.contains(']') || host.contains(':')) {
+        return Err(invalid("misplaced ':' or bracket"));
+    }
+    let parsed = url::Host::parse(host).map_err(|_| invalid("not a valid host"))?;
+    if parsed.to_string() != host {
+        return Err(invalid("the host is not written the way a URL parser prints it"));
+    }
+    if let url::Host::Domain(domain) = &parsed
+        && domain.split('.').any(str::is_empty)
+    {
+        return Err(invalid("empty label (leading, trailing or doubled dot)"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// Parses a port in canonical decimal: 1–65535, no sign, no leading zero.
+pub fn parse_port(value: &str) -> Option<u16> {
+    if value.is_empty()
+        || value.len() > 5
+        || value.starts_with('0')
+        || !value.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    value.parse::<u16>().ok().filter(|port| *port != 0)
+}
+
+/// The CIDR ranges whose peers may set `X-Forwarded-*` (`mcp_trusted_proxy_ranges`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// Parses CIDR ranges (`10.0.0.0/8`, `fd00::/8`) or single addresses; a range with host bits
+    /// set (`10.0.0.1/8`) is refused because it is ambiguous about what the operator meant.
+    pub fn parse<S: AsRef<str>>(ranges: &[S]) -> Result<Self, OriginError> {
+        let mut parsed = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let range = range.as_ref().trim();
+            let network = if range.contains('/') {
+                let network = IpNet::from_str(range).map_err(|_| OriginError::InvalidProxyRange {
+                    range: range.to_owned(),
+                    why: "not CIDR notation such as 10.0.0.0/8",
+                })?;
+                if network.trunc() != network {
+                    return Err(OriginError::InvalidProxyRange {
+                        range: range.to_owned(),
+                        why: "host bits are set; write the network address (for example 10.0.0.0/8)",
+                    });
+                }
+                network
+            } else {
+                let address = IpAddr::from_str(range).map_err(|_| OriginError::InvalidProxyRange {
+                    range: range.to_owned(),
+                    why: "not an IP address or CIDR range",
+                })?;
+                IpNet::from(address.to_canonical())
+            };
+            parsed.push(network);
+        }
+        Ok(Self(parsed))
+    }
+
+    /// Whether `peer` (after mapping `::ffff:a.b.c.d` to IPv4) lies inside a trusted range.
+    pub fn contains(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.0.iter().any(|network| network.contains(&peer))
+    }
+
+    /// Whether no range is configured (then nobody is trusted).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The settings that decide the public origin; built once at start-up.
+#[derive(Clone, Debug, Default)]
+pub struct OriginSettings {
+    /// `PROXY_BASE_URL`, already validated; wins over everything else.
+    pub proxy_base_url: Option<Origin>,
+    /// `general_settings.use_x_forwarded_for`.
+    pub use_x_forwarded_for: bool,
+    /// `general_settings.mcp_trusted_proxy_ranges`.
+    pub trusted_proxies: TrustedProxies,
+    /// Optional `Host` allowlist (lower-case `host[:port]`), used only when the request is the source.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The parts of an inbound request the origin depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestOrigin<'a> {
+    /// The scheme the gateway's listener speaks.
+    pub scheme: Scheme,
+    /// The `Host` header (or the HTTP/2 `:authority`), if any.
+    pub host: Option<&'a str>,
+    /// The TCP peer's address; `None` when unknown, which trusts nothing.
+    pub peer: Option<IpAddr>,
+    /// All request headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// Where a resolved public origin came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OriginSource {
+    /// The `PROXY_BASE_URL` setting.
+    ProxyBaseUrl,
+    /// `X-Forwarded-*` headers from a trusted proxy.
+    Forwarded,
+    /// The request's own scheme and `Host`.
+    Request,
+}
+
+impl OriginSource {
+    /// The stable code used by `eval` and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ProxyBaseUrl => "proxy_base_url",
+            Self::Forwarded => "forwarded",
+            Self::Request => "request",
+        }
+    }
+}
+
+/// The resolved public origin and, when forwarded headers were present but not used, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicOrigin {
+    /// The origin.
+    pub origin: Origin,
+    /// Which source supplied it.
+    pub source: OriginSource,
+    /// Why `X-Forwarded-*` headers that were present did not count, for debugging.
+    pub forwarded_ignored: Option<ForwardedIgnored>,
+}
+
+/// Why a request's `X-Forwarded-*` headers were not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ForwardedIgnored {
+    /// `use_x_forwarded_for` is off.
+    Disabled,
+    /// The TCP peer is unknown or outside `mcp_trusted_proxy_ranges`.
+    UntrustedPeer,
+    /// A header occurred more than once, held a list, or held an invalid value.
+    Malformed,
+}
+
+impl Reason for ForwardedIgnored {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Disabled => "forwarded_disabled",
+            Self::UntrustedPeer => "untrusted_peer",
+            Self::Malformed => "forwarded_malformed",
+        }
+    }
+}
+
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const X_FORWARDED_PORT: &str = "x-forwarded-port";
+
+/// Resolves the gateway's public origin for one request (design §4.4).
+pub fn resolve_public_origin(
+    settings: &OriginSettings,
+    request: &RequestOrigin<'_>,
+) -> Result<PublicOrigin, OriginError> {
+    if let Some(origin) = &settings.proxy_base_url {
+        return Ok(PublicOrigin {
+            origin: origin.clone(),
+            source: OriginSource::ProxyBaseUrl,
+            forwarded_ignored: None,
+        });
+    }
+    let forwarded_present = [X_FORWARDED_PROTO, X_FORWARDED_HOST, X_FORWARDED_PORT]
+        .iter()
+        .any(|name| request.headers.contains_key(*name));
+    let mut forwarded_ignored = None;
+    if forwarded_present {
+        let trusted = request.peer.is_some_and(|peer| settings.trusted_proxies.contains(peer));
+        if !settings.use_x_forwarded_for {
+            forwarded_ignored = Some(ForwardedIgnored::Disabled);
+        } else if !trusted {
+            forwarded_ignored = Some(ForwardedIgnored::UntrustedPeer);
+        } else {
+            match forwarded_origin(request) {
+                Some(origin) => {
+                    return Ok(PublicOrigin {
+                        origin,
+                        source: OriginSource::Forwarded,
+                        forwarded_ignored: None,
+                    });
+                }
+                None => forwarded_ignored = Some(ForwardedIgnored::Malformed),
+            }
+        }
+    }
+    let raw_host = request.host.ok_or(OriginError::MissingHost)?;
+    let (host, port) = parse_authority(raw_host, HostCase::Insensitive)?;
+    if !settings.allowed_hosts.is_empty() {
+        let authority = match port {
+            Some(port) => format!("{host}:{port}"),
+            None => host.clone(),
+        };
+        if !settings.allowed_hosts.iter().any(|allowed| allowed == &authority || allowed == &host) {
+            return Err(OriginError::HostNotAllowed { host: authority });
+        }
+    }
+    Ok(PublicOrigin {
+        origin: Origin::new(request.scheme, &host, port),
+        source: OriginSource::Request,
+        forwarded_ignored,
+    })
+}
+
+/// The single value of a header, or `Err` when it repeats, holds a list or is not visible ASCII.
+fn single_value<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ()> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(());
+    }
+    let value = first.to_str().map_err(|_| ())?;
+    if value.is_empty() || value.contains(',') || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(());
+    }
+    Ok(Some(value))
+}
+
+/// The origin the trusted forwarded set describes, or `None` if any member is doubtful.
+fn forwarded_origin(request: &RequestOrigin<'_>) -> Option<Origin> {
+    let proto = single_value(request.headers, X_FORWARDED_PROTO).ok()?;
+    let host = single_value(request.headers, X_FORWARDED_HOST).ok()?;
+    let port = single_value(request.headers, X_FORWARDED_PORT).ok()?;
+    let scheme = match proto {
+        Some("http") => Scheme::Http,
+        Some("https") => Scheme::Https,
+        Some(_) => return None,
+        None => request.scheme,
+    };
+    let port = match port {
+        Some(port) => Some(parse_port(port)?),
+        None => None,
+    };
+    let (host, host_port) = match host {
+        Some(host) => parse_authority(host, HostCase::Strict).ok()?,
+        None => parse_authority(request.host?, HostCase::Insensitive).ok()?,
+    };
+    // The host's own port and X-Forwarded-Port must tell the same story.
+    let port = match (host_port, port) {
+        (Some(a), Some(b)) if a != b => return None,
+        (Some(a), _) => Some(a),
+        (None, b) => b,
+    };
+    Some(Origin::new(scheme, &host, port))
+}
+
+/// Why an origin, authority or proxy range was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OriginError {
+    /// A configured origin (`PROXY_BASE_URL`) is not a bare `http(s)://host[:port]`.
+    #[error("`{value}` is not a bare origin: {why}; write it as https://host[:port]")]
+    InvalidOrigin {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A `host[:port]` is not written canonically.
+    #[error("`{value}` is not a canonical host[:port]: {why}")]
+    NonCanonicalAuthority {
+        /// The value as given (first 128 characters).
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A `mcp_trusted_proxy_ranges` entry is not a CIDR range.
+    #[error("trusted proxy range `{range}` is invalid: {why}")]
+    InvalidProxyRange {
+        /// The entry as given.
+        range: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The request carries no `Host` and no other source names an origin.
+    #[error("the request has no Host header and no PROXY_BASE_URL is configured")]
+    MissingHost,
+    /// The request's `Host` is not in `allowed_hosts`.
+    #[error("Host `{host}` is not in allowed_hosts")]
+    HostNotAllowed {
+        /// The refused host.
+        host: String,
+    },
+}
+
+impl Reason for OriginError {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidOrigin { .. } => "invalid_origin",
+            Self::NonCanonicalAuthority { .. } => "non_canonical_authority",
+            Self::InvalidProxyRange { .. } => "invalid_proxy_range",
+            Self::MissingHost => "missing_host",
+            Self::HostNotAllowed { .. } => "host_not_allowed",
+        }
+    }
+}

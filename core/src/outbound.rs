@@ -1,0 +1,195 @@
+//! Which credential goes upstream, and the debug headers that explain it (design §4.7).
+//!
+//! The precedence is fixed so that an operator can predict it: a per-request header the caller
+//! sent for this server, then the gateway's M2M token, then token exchange, then the static token,
+//! then passthrough of the caller's own `Authorization` (oauth2 servers only, never the gateway
+//! key), then nothing. Debug headers report the decision with every secret masked.
+
+use http::HeaderMap;
+use url::Url;
+
+use crate::config::{AuthType, ServerPolicy};
+use crate::flow::Flow;
+use crate::mask::{mask, mask_url};
+use crate::secret::Secret;
+
+/// How the outbound credential was chosen; the value of `x-mcp-debug-auth-resolution`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AuthResolution {
+    /// The caller sent `x-mcp-{server}-authorization`.
+    PerRequestHeader,
+    /// The gateway's client-credentials token.
+    M2mClientCredentials,
+    /// An RFC 8693 token exchanged for the caller's token.
+    TokenExchange,
+    /// The configured `authentication_token`.
+    StaticToken,
+    /// The caller's `Authorization`, forwarded untouched.
+    OAuth2Passthrough,
+    /// No credential.
+    NoAuth,
+}
+
+impl AuthResolution {
+    /// The stable header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PerRequestHeader => "per-request-header",
+            Self::M2mClientCredentials => "m2m-client-credentials",
+            Self::TokenExchange => "token-exchange",
+            Self::StaticToken => "static-token",
+            Self::OAuth2Passthrough => "oauth2-passthrough",
+            Self::NoAuth => "no-auth",
+        }
+    }
+}
+
+/// The credential to attach, as an instruction to the adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutboundCredential {
+    /// Send this value as `Authorization` (from the per-request header).
+    Authorization(Secret),
+    /// Fetch (or reuse) the M2M token for this server and send it as a bearer token.
+    ClientCredentialsToken,
+    /// Exchange this caller token for an upstream token; the caller's token itself never goes upstream.
+    ExchangeToken {
+        /// The caller's access token, the RFC 8693 `subject_token`.
+        subject_token: Secret,
+    },
+    /// Send the configured `authentication_token`.
+    StaticToken,
+    /// Forward the caller's `Authorization` header unchanged.
+    ForwardAuthorization,
+    /// Send no credential.
+    None,
+}
+
+/// The outbound decision for one request to one server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundAuth {
+    /// Which rule applied.
+    pub resolution: AuthResolution,
+    /// What the adapter attaches.
+    pub credential: OutboundCredential,
+}
+
+impl OutboundAuth {
+    /// Whether the caller's own `Authorization` header goes upstream.
+    pub fn forwards_authorization(&self) -> bool {
+        self.credential == OutboundCredential::ForwardAuthorization
+    }
+}
+
+/// The per-request credential header for `server`: `x-mcp-{server}-authorization`.
+pub fn per_request_header_name(server: &str) -> String {
+    format!("x-mcp-{}-authorization", server.to_ascii_lowercase())
+}
+
+/// The token part of an `Authorization` value: after `Bearer ` when present, else the whole value.
+pub fn bearer_token(value: &str) -> &str {
+    let value = value.trim();
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => value,
+    }
+}
+
+/// Whether an `Authorization` (or key header) value carries one of the gateway keys.
+pub fn is_gateway_key(value: &str, gateway_keys: &[Secret]) -> bool {
+    let token = bearer_token(value);
+    gateway_keys
+        .iter()
+        .filter(|key| !key.is_empty())
+        .any(|key| key.constant_time_eq(token) || key.constant_time_eq(value.trim()))
+}
+
+fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name)?.to_str().ok().map(str::trim).filter(|value| !value.is_empty())
+}
+
+/// Chooses the upstream credential for `server` (design §4.7 precedence).
+pub fn resolve_outbound_auth(
+    server: &str,
+    policy: &ServerPolicy,
+    headers: &HeaderMap,
+    gateway_keys: &[Secret],
+) -> OutboundAuth {
+    let decide = |resolution, credential| OutboundAuth { resolution, credential };
+    if let Some(value) = header_text(headers, &per_request_header_name(server)) {
+        return decide(
+            AuthResolution::PerRequestHeader,
+            OutboundCredential::Authorization(Secret::new(value)),
+        );
+    }
+    if policy.flow == Flow::ClientCredentials {
+        return decide(AuthResolution::M2mClientCredentials, OutboundCredential::ClientCredentialsToken);
+    }
+    let caller = header_text(headers, "authorization").filter(|value| !is_gateway_key(value, gateway_keys));
+    if policy.flow == Flow::TokenExchange
+        && let Some(caller) = caller
+    {
+        return decide(
+            AuthResolution::TokenExchange,
+            OutboundCredential::ExchangeToken { subject_token: Secret::new(bearer_token(caller)) },
+        );
+    }
+    if policy.has_static_token {
+        return decide(AuthResolution::StaticToken, OutboundCredential::StaticToken);
+    }
+    if policy.auth_type == AuthType::OAuth2 && caller.is_some() {
+        return decide(AuthResolution::OAuth2Passthrough, OutboundCredential::ForwardAuthorization);
+    }
+    decide(AuthResolution::NoAuth, OutboundCredential::None)
+}
+
+/// Whether the caller asked for debug headers (`x-mcp-debug` or `x-litellm-mcp-debug`: `true`, `1`, `yes`).
+pub fn debug_requested(headers: &HeaderMap) -> bool {
+    ["x-mcp-debug", "x-litellm-mcp-debug"].iter().any(|name| {
+        header_text(headers, name).is_some_and(|value| {
+            value.eq_ignore_ascii_case("true") || value == "1" || value.eq_ignore_ascii_case("yes")
+        })
+    })
+}
+
+/// The flag appended when a caller's token is the gateway key.
+pub const SAME_AS_GATEWAY_KEY: &str = " (SAME_AS_GATEWAY_KEY - likely misconfigured)";
+
+/// What the debug headers describe about the outbound request.
+#[derive(Clone, Copy, Debug)]
+pub struct DebugContext<'a> {
+    /// The server's `auth_type`, if configured.
+    pub auth_type: Option<AuthType>,
+    /// The decision.
+    pub resolution: AuthResolution,
+    /// The upstream URL.
+    pub outbound_url: Option<&'a Url>,
+    /// The `Authorization` value actually sent upstream, if any.
+    pub outbound_authorization: Option<&'a str>,
+}
+
+/// The `x-mcp-debug-*` response headers, every secret masked.
+pub fn debug_headers(
+    inbound: &HeaderMap,
+    gateway_keys: &[Secret],
+    context: &DebugContext<'_>,
+) -> Vec<(&'static str, String)> {
+    let flag = |value: &str| if is_gateway_key(value, gateway_keys) { SAME_AS_GATEWAY_KEY } else { "" };
+    let mut parts = Vec::new();
+    for name in ["x-mcp-gateway-key", "x-litellm-api-key", "authorization"] {
+        if let Some(value) = header_text(inbound, name) {
+            let suffix = if name == "authorization" { flag(value) } else { "" };
+            parts.push(format!("{name}={}{suffix}", mask(value)));
+        }
+    }
+    let inbound_auth = if parts.is_empty() { "(none)".to_owned() } else { parts.join("; ") };
+    let token = context
+        .outbound_authorization
+        .map_or_else(|| "(none)".to_owned(), |value| format!("{}{}", mask(value), flag(value)));
+    vec![
+        ("x-mcp-debug-inbound-auth", inbound_auth),
+        ("x-mcp-debug-oauth2-token", token),
+        ("x-mcp-debug-auth-resolution", context.resolution.as_str().to_owned()),
+        ("x-mcp-debug-outbound-url", context.outbound_url.map_or_else(|| "(unknown)".to_owned(), mask_url)),
+        ("x-mcp-debug-server-auth-type", context.auth_type.map_or("(none)", AuthType::as_str).to_owned()),
+    ]
+}

@@ -1,0 +1,1 @@
+//! Proptest strategies for the policy inputs (filled in by the property suite).
