@@ -8,9 +8,7 @@ use crate::www_authenticate::{format_challenges, parse_bearer, parse_challenges}
 
 /// Whether `s` is a non-empty RFC 9110 token (`1*tchar`).
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Runs the `WWW-Authenticate` parsers on `data` and panics only when an invariant breaks.
@@ -26,10 +24,7 @@ pub fn www_authenticate(data: &[u8]) {
         return;
     };
     if let Ok(challenges) = parse_challenges(text) {
-        assert!(
-            !challenges.is_empty(),
-            "accepted a header without challenges"
-        );
+        assert!(!challenges.is_empty(), "accepted a header without challenges");
         for challenge in &challenges {
             assert!(is_token(&challenge.scheme), "scheme {:?}", challenge.scheme);
             assert!(
@@ -46,19 +41,12 @@ pub fn www_authenticate(data: &[u8]) {
             }
         }
         let written = format_challenges(&challenges);
-        assert_eq!(
-            parse_challenges(&written).as_ref(),
-            Ok(&challenges),
-            "round trip through {written:?}"
-        );
+        assert_eq!(parse_challenges(&written).as_ref(), Ok(&challenges), "round trip through {written:?}");
     }
     for lines in [vec![text], text.split('\n').collect()] {
         if let Ok(Some(bearer)) = parse_bearer(lines) {
             for scope in bearer.scope.iter().flatten() {
-                assert!(
-                    !scope.is_empty() && !scope.contains(' '),
-                    "scope element {scope:?}"
-                );
+                assert!(!scope.is_empty() && !scope.contains(' '), "scope element {scope:?}");
             }
             if let Some(url) = &bearer.resource_metadata {
                 assert!(matches!(url.scheme(), "http" | "https"), "{url}");
