@@ -469,15 +469,20 @@ impl ServerEntry {
             audience: reader.string("audience"),
             token_exchange_endpoint: reader.string("token_exchange_endpoint"),
             subject_token_type: reader.string("subject_token_type"),
-            unknown_keys: object
-                .keys()
-                .filter(|key| {
-                    !Self::KNOWN_KEYS.contains(&key.as_str()) && !KNOWN_IGNORED_KEYS.contains(&key.as_str())
-                })
-                .cloned()
-                .collect(),
+            unknown_keys: Self::unknown_keys(object),
         };
         if reader.diagnostics.is_empty() { Ok(entry) } else { Err(reader.diagnostics) }
+    }
+
+    /// The keys of `object` that neither this gateway nor LiteLLM knows, in file order.
+    pub fn unknown_keys(object: &Map<String, Value>) -> Vec<String> {
+        object
+            .keys()
+            .filter(|key| {
+                !Self::KNOWN_KEYS.contains(&key.as_str()) && !KNOWN_IGNORED_KEYS.contains(&key.as_str())
+            })
+            .cloned()
+            .collect()
     }
 
     /// The policy-relevant summary of this entry (flow selected, delegation flag, issuer identity).
@@ -790,14 +795,7 @@ fn load_server(
         ));
         return None;
     };
-    let entry = match ServerEntry::from_json(name, object, env) {
-        Ok(entry) => entry,
-        Err(found) => {
-            errors.extend(found);
-            return None;
-        }
-    };
-    for key in &entry.unknown_keys {
+    for key in &ServerEntry::unknown_keys(object) {
         warnings.push(Diagnostic::new(
             Severity::Warning,
             "unknown_field",
@@ -808,6 +806,13 @@ fn load_server(
             "check the spelling against docs/configuration.md",
         ));
     }
+    let entry = match ServerEntry::from_json(name, object, env) {
+        Ok(entry) => entry,
+        Err(found) => {
+            errors.extend(found);
+            return None;
+        }
+    };
     let policy = match entry.policy() {
         Ok(policy) => policy,
         Err(error) => {
@@ -1242,4 +1247,169 @@ fn yaml_places(text: &str) -> Places {
         })
         .collect();
     Places { sections }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "GH_SECRET" => Some("gh-secret-value-123456".into()),
+            "PROXY_BASE_URL" => Some("https://llm.example.com/".into()),
+            _ => None,
+        }
+    }
+
+    const GOOD: &str = "\
+general_settings:
+  master_key: sk-master-0001
+  use_x_forwarded_for: true
+  mcp_trusted_proxy_ranges: [10.0.0.0/8]
+mcp_servers:
+  github:
+    url: https://api.githubcopilot.com/mcp
+    auth_type: oauth2
+    client_id: abc
+    client_secret: os.environ/GH_SECRET
+    authorization_url: https://github.com/login/oauth/authorize
+    delegate_auth_to_upstream: true
+    available_on_public_internet: false
+  m2m:
+    url: https://m2m.example.com/mcp
+    auth_type: oauth2
+    token_url: https://auth.example.com/token
+    client_id: id
+    client_secret: secret-0001
+  local:
+    transport: stdio
+    command: npx
+";
+
+    #[test]
+    fn loads_a_litellm_config_with_warnings_as_values() {
+        let loaded = load_yaml(GOOD, &env).unwrap();
+        let config = &loaded.config;
+        assert_eq!(config.servers.keys().collect::<Vec<_>>(), ["github", "m2m"]);
+        let github = &config.servers["github"];
+        assert_eq!(github.entry.client_secret.as_ref().map(Secret::expose), Some("gh-secret-value-123456"));
+        assert_eq!(github.policy.flow, Flow::AuthorizationCode);
+        assert!(github.policy.delegate_auth_to_upstream);
+        assert_eq!(config.servers["m2m"].policy.flow, Flow::ClientCredentials);
+        assert_eq!(
+            config.settings.origin.proxy_base_url.as_ref().map(ToString::to_string).as_deref(),
+            Some("https://llm.example.com")
+        );
+        assert!(config.settings.origin.trusted_proxies.contains("10.9.9.9".parse().unwrap()));
+        assert!(config.settings.gateway_keys[0].constant_time_eq("sk-master-0001"));
+
+        let codes: Vec<_> = loaded.warnings.iter().map(|w| (w.code, w.server.as_deref())).collect();
+        assert!(codes.contains(&("client_credentials_inferred", Some("m2m"))), "{codes:?}");
+        assert!(codes.contains(&("delegation_on_internal_server", Some("github"))), "{codes:?}");
+        assert!(codes.contains(&("stdio_not_served", Some("local"))), "{codes:?}");
+        let inferred = loaded.warnings.iter().find(|w| w.code == "client_credentials_inferred").unwrap();
+        assert!(inferred.fix.as_deref().unwrap().contains("set `oauth2_flow` explicitly"));
+        assert_eq!(inferred.location, Some(Location { line: 14, column: 3 }));
+    }
+
+    #[test]
+    fn no_public_origin_is_a_warning() {
+        let loaded =
+            load_yaml(GOOD, &|name| if name == "PROXY_BASE_URL" { None } else { env(name) }).unwrap();
+        assert!(loaded.warnings.iter().any(|w| w.code == "no_public_origin"));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_server_field_fix_and_place() {
+        let text = "\
+mcp_servers:
+  a:
+    url: not a url
+    auth_type: oauth2
+    oauth2_flow: client_credentials
+  b:
+    url: https://b.example.com/mcp
+    auth_type: magic
+    token_storage_ttl_seconds: -5
+";
+        let errors = load_yaml(text, &env).unwrap_err();
+        let found: Vec<_> = errors
+            .errors
+            .iter()
+            .map(|e| (e.server.as_deref(), e.field.as_deref(), e.code, e.location.map(|l| l.line)))
+            .collect();
+        assert!(
+            found.contains(&(
+                Some("a"),
+                Some("oauth2_flow"),
+                "client_credentials_without_credentials",
+                Some(5)
+            )),
+            "{found:?}"
+        );
+        assert!(found.contains(&(Some("b"), Some("auth_type"), "unknown_value", Some(8))), "{found:?}");
+        assert!(
+            found.contains(&(Some("b"), Some("token_storage_ttl_seconds"), "invalid_type", Some(9))),
+            "{found:?}"
+        );
+        assert!(errors.errors.iter().all(|e| e.fix.is_some()));
+    }
+
+    #[test]
+    fn environment_settings_fail_closed() {
+        let bad_base = |name: &str| match name {
+            "PROXY_BASE_URL" => Some("https://llm.example.com/api".into()),
+            _ => None,
+        };
+        let errors = load_yaml("mcp_servers: {}", &bad_base).unwrap_err();
+        assert_eq!(errors.errors[0].code, "invalid_proxy_base_url");
+        let bad_origins = |name: &str| {
+            (name == "MCP_TRUSTED_REDIRECT_ORIGINS").then(|| "https://app.example.com".to_owned())
+        };
+        let errors = load_yaml("mcp_servers: {}", &bad_origins).unwrap_err();
+        assert_eq!(errors.errors[0].code, "invalid_trusted_redirect_origin");
+        let errors = load_yaml("general_settings:\n  mcp_trusted_proxy_ranges: [10.0.0.1/8]\n", &|_| None)
+            .unwrap_err();
+        assert_eq!(errors.errors[0].code, "invalid_proxy_range");
+        assert_eq!(errors.errors[0].location, Some(Location { line: 2, column: 3 }));
+    }
+
+    #[test]
+    fn secrets_never_reach_diagnostics_or_debug_output() {
+        let text = "mcp_servers:\n  a:\n    url: https://a.example.com/mcp\n    auth_type: oauth2\n    oauth2_flow: client_credentials\n    client_id: id\n    client_secret: super-secret-value-42\n    authentication_token: 12345\n";
+        let errors = load_yaml(text, &|_| None).unwrap_err();
+        let rendered =
+            format!("{errors:?} {}", errors.errors.iter().map(ToString::to_string).collect::<String>());
+        assert!(!rendered.contains("super-secret-value-42"));
+        let loaded = load_yaml(&text.replace("    authentication_token: 12345\n", ""), &|_| None).unwrap();
+        assert!(!format!("{loaded:?}").contains("super-secret-value-42"));
+    }
+
+    #[test]
+    fn hostile_yaml_is_refused_by_budget_not_memory() {
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 0..12 {
+            let previous = if level == 0 { "a".to_owned() } else { format!("l{}", level - 1) };
+            bomb.push_str(&format!("l{level}: &l{level} [*{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}, *{previous}]\n"));
+        }
+        assert!(load_yaml(&bomb, &|_| None).is_err());
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        assert!(load_yaml(&deep, &|_| None).is_err());
+        assert!(load_yaml("- just\n- a list\n", &|_| None).is_err());
+        assert!(load_yaml("mcp_servers:\n  a: 1\n", &|_| None).is_err());
+        assert!(load_yaml("", &|_| None).is_ok());
+    }
+
+    #[test]
+    fn authorization_server_identity_keeps_the_path() {
+        assert_eq!(
+            normalize_authorization_server("HTTPS://Auth.Example.com:443/t1/").as_deref(),
+            Some("https://auth.example.com/t1")
+        );
+        assert_ne!(
+            normalize_authorization_server("https://a.example.com/t1"),
+            normalize_authorization_server("https://a.example.com/t2")
+        );
+        assert_eq!(normalize_authorization_server("not a url"), None);
+    }
 }

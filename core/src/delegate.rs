@@ -190,3 +190,113 @@ fn check<'a>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use http::HeaderValue;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::config::ServerEntry;
+
+    fn policies(servers: Value) -> HashMap<String, Option<ServerPolicy>> {
+        let env = |_: &str| None;
+        servers
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(name, entry)| {
+                let policy = ServerEntry::from_json(name, entry.as_object().unwrap(), &env)
+                    .ok()
+                    .and_then(|entry| entry.policy().ok());
+                (name.clone(), policy)
+            })
+            .collect()
+    }
+
+    fn decide(
+        servers: &HashMap<String, Option<ServerPolicy>>,
+        path: &str,
+        pairs: &[(&'static str, &str)],
+    ) -> &'static str {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        let decision = decide_delegation(path, &headers, |name| match servers.get(name) {
+            None => Target::Unknown,
+            Some(None) => Target::Invalid,
+            Some(Some(policy)) => Target::Known(policy),
+        });
+        assert_eq!(decision.delegates(), decision.reason() == "all_targets_delegate");
+        decision.reason()
+    }
+
+    fn interactive(authorization_url: &str) -> Value {
+        json!({"url": "https://mcp.example.com/mcp", "auth_type": "oauth2", "authorization_url": authorization_url, "delegate_auth_to_upstream": true})
+    }
+
+    #[test]
+    fn single_interactive_opted_in_server_delegates() {
+        let servers = policies(json!({"github": interactive("https://github.com/login/oauth/authorize")}));
+        assert_eq!(decide(&servers, "/github/mcp", &[]), "all_targets_delegate");
+        assert_eq!(decide(&servers, "/github/mcp/", &[]), "all_targets_delegate");
+        assert_eq!(decide(&servers, "/mcp", &[("x-mcp-servers", "github")]), "all_targets_delegate");
+        assert_eq!(decide(&servers, "/github/mcp", &[("x-mcp-gateway-key", "sk-1")]), "gateway_key_present");
+        assert_eq!(decide(&servers, "/github/mcp", &[("x-litellm-api-key", "")]), "gateway_key_present");
+    }
+
+    #[test]
+    fn every_target_must_pass() {
+        let servers = policies(json!({
+            "github": interactive("https://github.com/login/oauth/authorize"),
+            "m2m": {"auth_type": "oauth2", "oauth2_flow": "client_credentials", "client_id": "i", "client_secret": "s", "delegate_auth_to_upstream": true},
+            "static": {"auth_type": "bearer_token", "authentication_token": "t", "delegate_auth_to_upstream": true},
+            "optout": {"auth_type": "oauth2", "authorization_url": "https://github.com/login/oauth/authorize"},
+            "stringy": {"auth_type": "oauth2", "delegate_auth_to_upstream": "true"},
+        }));
+        assert_eq!(decide(&servers, "/mcp", &[]), "no_targets");
+        assert_eq!(decide(&servers, "/health", &[("x-mcp-servers", " , ")]), "no_targets");
+        assert_eq!(decide(&servers, "/nope/mcp", &[]), "unknown_server");
+        assert_eq!(decide(&servers, "/github/mcp", &[("x-mcp-servers", "nope")]), "unknown_server");
+        assert_eq!(decide(&servers, "/m2m/mcp", &[]), "not_interactive");
+        assert_eq!(decide(&servers, "/static/mcp", &[]), "not_oauth2");
+        assert_eq!(decide(&servers, "/optout/mcp", &[]), "delegation_disabled");
+        assert_eq!(decide(&servers, "/stringy/mcp", &[]), "invalid_server_config");
+        assert_eq!(decide(&servers, "/github/mcp", &[("x-mcp-servers", "github,m2m")]), "not_interactive");
+    }
+
+    #[test]
+    fn several_targets_need_one_authorization_server() {
+        let servers = policies(json!({
+            "a": interactive("https://auth.example.com/authorize"),
+            "b": interactive("https://AUTH.example.com:443/authorize"),
+            "c": interactive("https://other.example.com/authorize"),
+            "d": interactive("https://auth.example.com/tenant2/authorize"),
+            "e": {"auth_type": "oauth2", "delegate_auth_to_upstream": true},
+            "f": {"auth_type": "oauth2", "issuer": "https://auth.example.com/authorize/", "delegate_auth_to_upstream": true},
+        }));
+        assert_eq!(decide(&servers, "/a/mcp", &[("x-mcp-servers", "b")]), "all_targets_delegate");
+        assert_eq!(decide(&servers, "/a/mcp", &[("x-mcp-servers", "a,f")]), "all_targets_delegate");
+        assert_eq!(decide(&servers, "/mcp", &[("x-mcp-servers", "a, c")]), "mixed_authorization_servers");
+        assert_eq!(
+            decide(&servers, "/mcp", &[("x-mcp-servers", "a"), ("x-mcp-servers", "d")]),
+            "mixed_authorization_servers"
+        );
+        assert_eq!(decide(&servers, "/mcp", &[("x-mcp-servers", "a,e")]), "authorization_server_unknown");
+        assert_eq!(decide(&servers, "/e/mcp", &[]), "all_targets_delegate");
+    }
+
+    #[test]
+    fn path_server_is_exactly_one_segment_before_mcp() {
+        assert_eq!(path_server("/github/mcp"), Some("github"));
+        assert_eq!(path_server("/github/mcp?x=1"), Some("github"));
+        assert_eq!(path_server("/mcp"), None);
+        assert_eq!(path_server("//mcp"), None);
+        assert_eq!(path_server("/a/b/mcp"), None);
+        assert_eq!(path_server("/github/mcpx"), None);
+        assert_eq!(path_server("github/mcp"), None);
+    }
+}

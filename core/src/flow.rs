@@ -136,3 +136,104 @@ impl Reason for FlowError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn select(entry: Value) -> Result<FlowSelection, FlowError> {
+        let object = entry.as_object().cloned().unwrap_or_default();
+        let env = |name: &str| (name == "CLIENT_SECRET").then(|| "from-env".to_owned());
+        select_flow(&ServerEntry::from_json("s", &object, &env).expect("entry loads"))
+    }
+
+    fn flow(entry: Value) -> &'static str {
+        select(entry).unwrap().flow.as_str()
+    }
+
+    #[test]
+    fn explicit_oauth2_flow_wins() {
+        let full = json!({"auth_type": "oauth2", "authorization_url": "https://a/authorize", "token_url": "https://a/token", "client_id": "id", "client_secret": "s"});
+        let mut explicit = full.clone();
+        explicit["oauth2_flow"] = json!("client_credentials");
+        assert_eq!(flow(explicit), "client_credentials");
+        let mut interactive = full;
+        interactive["authorization_url"] = Value::Null;
+        interactive["oauth2_flow"] = json!("authorization_code");
+        let selection = select(interactive).unwrap();
+        assert_eq!((selection.flow, selection.inferred), (Flow::AuthorizationCode, false));
+    }
+
+    #[test]
+    fn inference_for_oauth2() {
+        assert_eq!(
+            flow(
+                json!({"auth_type": "oauth2", "authorization_url": "https://a/authorize", "token_url": "https://a/token", "client_id": "id", "client_secret": "s"})
+            ),
+            "authorization_code"
+        );
+        let inferred = select(json!({"auth_type": "oauth2", "token_url": "https://a/token", "client_id": "id", "client_secret": "s"})).unwrap();
+        assert_eq!((inferred.flow, inferred.inferred), (Flow::ClientCredentials, true));
+        assert_eq!(
+            flow(json!({"auth_type": "oauth2", "token_url": "https://a/token", "client_id": "id"})),
+            "authorization_code"
+        );
+        assert_eq!(
+            flow(
+                json!({"auth_type": "oauth2", "token_url": "https://a/token", "client_id": "id", "client_secret": ""})
+            ),
+            "authorization_code"
+        );
+        assert_eq!(flow(json!({"auth_type": "oauth2"})), "authorization_code");
+    }
+
+    #[test]
+    fn other_auth_types() {
+        assert_eq!(flow(json!({"auth_type": "oauth2_token_exchange"})), "token_exchange");
+        assert_eq!(flow(json!({"auth_type": "bearer_token", "authentication_token": "t"})), "none");
+        assert_eq!(flow(json!({})), "none");
+        assert_eq!(
+            flow(json!({"auth_type": "none", "oauth2_flow": "authorization_code"})),
+            "authorization_code"
+        );
+    }
+
+    #[test]
+    fn client_credentials_needs_both_credentials() {
+        for entry in [
+            json!({"auth_type": "oauth2", "oauth2_flow": "client_credentials"}),
+            json!({"auth_type": "oauth2", "oauth2_flow": "client_credentials", "client_id": "id"}),
+            json!({"auth_type": "oauth2", "oauth2_flow": "client_credentials", "client_secret": "s"}),
+        ] {
+            let error = select(entry).unwrap_err();
+            assert_eq!(error.reason(), "client_credentials_without_credentials");
+        }
+        assert_eq!(
+            flow(
+                json!({"auth_type": "oauth2", "oauth2_flow": "client_credentials", "client_id": "id", "client_secret": "os.environ/CLIENT_SECRET"})
+            ),
+            "client_credentials"
+        );
+    }
+
+    #[test]
+    fn unknown_values_and_missing_variables_fail_at_load() {
+        let env = |_: &str| None;
+        for entry in [
+            json!({"auth_type": "oauth2", "oauth2_flow": "implicit"}),
+            json!({"auth_type": "oauth3"}),
+            json!({"auth_type": "oauth2", "client_secret": "os.environ/NOPE"}),
+            json!({"auth_type": "oauth2", "delegate_auth_to_upstream": "true"}),
+        ] {
+            let object = entry.as_object().cloned().unwrap();
+            let errors = ServerEntry::from_json("s", &object, &env).unwrap_err();
+            assert!(!errors.is_empty(), "{entry}");
+        }
+        let object = json!({"client_secret": "os.environ/NOPE"}).as_object().cloned().unwrap();
+        let errors = ServerEntry::from_json("s", &object, &env).unwrap_err();
+        assert!(errors[0].message.contains("NOPE"));
+        assert_eq!(errors[0].field.as_deref(), Some("client_secret"));
+    }
+}

@@ -506,3 +506,223 @@ impl Reason for OriginError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn trusting(ranges: &[&str]) -> OriginSettings {
+        OriginSettings {
+            use_x_forwarded_for: true,
+            trusted_proxies: TrustedProxies::parse(ranges).unwrap(),
+            ..OriginSettings::default()
+        }
+    }
+
+    fn resolve(settings: &OriginSettings, peer: &str, host: &str, pairs: &[(&str, &str)]) -> PublicOrigin {
+        let headers = headers(pairs);
+        let request = RequestOrigin {
+            scheme: Scheme::Http,
+            host: Some(host),
+            peer: Some(peer.parse().unwrap()),
+            headers: &headers,
+        };
+        resolve_public_origin(settings, &request).unwrap()
+    }
+
+    #[test]
+    fn origin_parse_normalises_and_refuses_anything_but_an_origin() {
+        assert_eq!(
+            Origin::parse("https://GW.Example.com:443/").unwrap().to_string(),
+            "https://gw.example.com"
+        );
+        assert_eq!(
+            Origin::parse("http://gw.example.com:8080").unwrap().to_string(),
+            "http://gw.example.com:8080"
+        );
+        assert_eq!(Origin::parse("http://[::1]:80").unwrap().to_string(), "http://[::1]");
+        for bad in [
+            "https://gw.example.com/path",
+            "https://gw.example.com//",
+            "https://gw.example.com?x=1",
+            "https://gw.example.com/?",
+            "https://gw.example.com#f",
+            "https://user@gw.example.com",
+            "ftp://gw.example.com",
+            "gw.example.com",
+            " https://gw.example.com",
+            "https://gw.example.com:0",
+            "https://gw.example.com:0443",
+            "https://gw%2eexample.com",
+            "https://",
+            "",
+        ] {
+            assert!(Origin::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn authorities_must_be_canonical() {
+        assert_eq!(
+            parse_authority("gw.example.com:8443", HostCase::Strict).unwrap(),
+            ("gw.example.com".into(), Some(8443))
+        );
+        assert_eq!(parse_authority("[::1]:8080", HostCase::Strict).unwrap(), ("[::1]".into(), Some(8080)));
+        assert_eq!(parse_authority("GW.example.com", HostCase::Insensitive).unwrap().0, "gw.example.com");
+        for bad in [
+            "GW.example.com",
+            "gw.example.com:080",
+            "gw.example.com:",
+            "gw.example.com:65536",
+            "0x7f.0.0.1",
+            "127.1",
+            "2130706433",
+            "[0:0:0:0:0:0:0:1]",
+            "a..b",
+            "gw.example.com.",
+            "gw.example.com:80:80",
+            "evil.com@gw.example.com",
+            "gw%2eexample.com",
+            "",
+        ] {
+            assert!(parse_authority(bad, HostCase::Strict).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn proxy_ranges_refuse_host_bits_and_match_mapped_ipv4() {
+        assert!(TrustedProxies::parse(&["10.0.0.1/8"]).is_err());
+        assert!(TrustedProxies::parse(&["10.0.0.0/33"]).is_err());
+        assert!(TrustedProxies::parse(&["not-an-ip"]).is_err());
+        let ranges = TrustedProxies::parse(&["10.0.0.0/8", "192.168.1.7"]).unwrap();
+        assert!(ranges.contains("10.1.2.3".parse().unwrap()));
+        assert!(ranges.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(ranges.contains("192.168.1.7".parse().unwrap()));
+        assert!(!ranges.contains("192.168.1.8".parse().unwrap()));
+        assert!(!TrustedProxies::default().contains("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn proxy_base_url_wins() {
+        let settings = OriginSettings {
+            proxy_base_url: Some(Origin::parse("https://llm.example.com").unwrap()),
+            ..trusting(&["10.0.0.0/8"])
+        };
+        let resolved = resolve(&settings, "10.0.0.1", "internal:4000", &[("x-forwarded-host", "evil.com")]);
+        assert_eq!(resolved.origin.to_string(), "https://llm.example.com");
+        assert_eq!(resolved.source, OriginSource::ProxyBaseUrl);
+    }
+
+    #[test]
+    fn forwarded_headers_count_only_from_trusted_peers() {
+        let forwarded = [("x-forwarded-proto", "https"), ("x-forwarded-host", "llm.example.com")];
+        let trusted = resolve(&trusting(&["10.0.0.0/8"]), "10.0.0.1", "internal:4000", &forwarded);
+        assert_eq!(trusted.origin.to_string(), "https://llm.example.com");
+        assert_eq!(trusted.source, OriginSource::Forwarded);
+
+        let untrusted = resolve(&trusting(&["10.0.0.0/8"]), "203.0.113.9", "internal:4000", &forwarded);
+        assert_eq!(untrusted.origin.to_string(), "http://internal:4000");
+        assert_eq!(untrusted.forwarded_ignored, Some(ForwardedIgnored::UntrustedPeer));
+
+        let disabled = OriginSettings { use_x_forwarded_for: false, ..trusting(&["10.0.0.0/8"]) };
+        let off = resolve(&disabled, "10.0.0.1", "internal:4000", &forwarded);
+        assert_eq!(off.source, OriginSource::Request);
+        assert_eq!(off.forwarded_ignored, Some(ForwardedIgnored::Disabled));
+
+        let nobody = resolve(&trusting(&[]), "10.0.0.1", "internal:4000", &forwarded);
+        assert_eq!(nobody.source, OriginSource::Request);
+    }
+
+    #[test]
+    fn any_doubt_discards_the_whole_forwarded_set() {
+        let settings = trusting(&["10.0.0.0/8"]);
+        for pairs in [
+            vec![
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "a.example.com"),
+            ],
+            vec![("x-forwarded-proto", "https, http"), ("x-forwarded-host", "a.example.com")],
+            vec![("x-forwarded-proto", "ftp"), ("x-forwarded-host", "a.example.com")],
+            vec![("x-forwarded-host", "a.example.com, b.example.com")],
+            vec![("x-forwarded-host", "A.example.com")],
+            vec![("x-forwarded-host", "a.example.com:8443"), ("x-forwarded-port", "9443")],
+            vec![("x-forwarded-host", "a.example.com"), ("x-forwarded-port", "0443")],
+            vec![("x-forwarded-host", "a.example.com"), ("x-forwarded-port", "70000")],
+            vec![("x-forwarded-host", "evil.com@a.example.com")],
+            vec![("x-forwarded-host", "")],
+        ] {
+            let resolved = resolve(&settings, "10.0.0.1", "internal:4000", &pairs);
+            assert_eq!(resolved.source, OriginSource::Request, "{pairs:?}");
+            assert_eq!(resolved.forwarded_ignored, Some(ForwardedIgnored::Malformed), "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_port_and_host_port_combine() {
+        let settings = trusting(&["10.0.0.0/8"]);
+        let with_port = resolve(
+            &settings,
+            "10.0.0.1",
+            "internal",
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "a.example.com"),
+                ("x-forwarded-port", "8443"),
+            ],
+        );
+        assert_eq!(with_port.origin.to_string(), "https://a.example.com:8443");
+        let agreeing = resolve(
+            &settings,
+            "10.0.0.1",
+            "internal",
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "a.example.com:443"),
+                ("x-forwarded-port", "443"),
+            ],
+        );
+        assert_eq!(agreeing.origin.to_string(), "https://a.example.com");
+    }
+
+    #[test]
+    fn rfc7239_forwarded_is_ignored() {
+        let resolved = resolve(
+            &trusting(&["10.0.0.0/8"]),
+            "10.0.0.1",
+            "internal:4000",
+            &[("forwarded", "host=evil.com;proto=https")],
+        );
+        assert_eq!(resolved.origin.to_string(), "http://internal:4000");
+        assert_eq!(resolved.forwarded_ignored, None);
+    }
+
+    #[test]
+    fn request_host_must_be_valid_and_allowed() {
+        let headers = HeaderMap::new();
+        let request = |host| RequestOrigin { scheme: Scheme::Https, host, peer: None, headers: &headers };
+        let settings = OriginSettings::default();
+        assert_eq!(resolve_public_origin(&settings, &request(None)).unwrap_err(), OriginError::MissingHost);
+        assert!(resolve_public_origin(&settings, &request(Some("evil.com/path"))).is_err());
+        let resolved = resolve_public_origin(&settings, &request(Some("GW.example.com:443"))).unwrap();
+        assert_eq!(resolved.origin.to_string(), "https://gw.example.com");
+        let pinned =
+            OriginSettings { allowed_hosts: vec!["gw.example.com".into()], ..OriginSettings::default() };
+        assert!(resolve_public_origin(&pinned, &request(Some("gw.example.com"))).is_ok());
+        assert!(matches!(
+            resolve_public_origin(&pinned, &request(Some("evil.com"))),
+            Err(OriginError::HostNotAllowed { .. })
+        ));
+    }
+}

@@ -193,3 +193,110 @@ pub fn debug_headers(
         ("x-mcp-debug-server-auth-type", context.auth_type.map_or("(none)", AuthType::as_str).to_owned()),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::ServerEntry;
+
+    fn policy(entry: serde_json::Value) -> ServerPolicy {
+        ServerEntry::from_json("gh", entry.as_object().unwrap(), &|_| None).unwrap().policy().unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn resolve(entry: serde_json::Value, pairs: &[(&'static str, &str)]) -> OutboundAuth {
+        resolve_outbound_auth("gh", &policy(entry), &headers(pairs), &[Secret::new("sk-gateway-1234")])
+    }
+
+    #[test]
+    fn precedence_follows_the_design() {
+        let m2m = json!({"auth_type": "oauth2", "oauth2_flow": "client_credentials", "client_id": "i", "client_secret": "s", "authentication_token": "static"});
+        let per_request = resolve(
+            m2m.clone(),
+            &[("x-mcp-gh-authorization", "Bearer user"), ("authorization", "Bearer caller")],
+        );
+        assert_eq!(per_request.resolution, AuthResolution::PerRequestHeader);
+        assert_eq!(per_request.credential, OutboundCredential::Authorization(Secret::new("Bearer user")));
+        assert_eq!(
+            resolve(m2m, &[("authorization", "Bearer caller")]).resolution,
+            AuthResolution::M2mClientCredentials
+        );
+
+        let exchange = json!({"auth_type": "oauth2_token_exchange", "authentication_token": "static"});
+        let exchanged = resolve(exchange.clone(), &[("authorization", "Bearer caller-token")]);
+        assert_eq!(
+            exchanged.credential,
+            OutboundCredential::ExchangeToken { subject_token: Secret::new("caller-token") }
+        );
+        assert!(!exchanged.forwards_authorization());
+        assert_eq!(resolve(exchange, &[]).resolution, AuthResolution::StaticToken);
+
+        let interactive = json!({"auth_type": "oauth2", "authentication_token": "static"});
+        assert_eq!(
+            resolve(interactive, &[("authorization", "Bearer caller")]).resolution,
+            AuthResolution::StaticToken
+        );
+        let passthrough = resolve(json!({"auth_type": "oauth2"}), &[("authorization", "Bearer caller")]);
+        assert_eq!(passthrough.resolution, AuthResolution::OAuth2Passthrough);
+        assert!(passthrough.forwards_authorization());
+        assert_eq!(resolve(json!({"auth_type": "oauth2"}), &[]).resolution, AuthResolution::NoAuth);
+    }
+
+    #[test]
+    fn gateway_key_and_non_oauth2_authorization_never_pass_through() {
+        for value in ["Bearer sk-gateway-1234", "sk-gateway-1234", "bearer  sk-gateway-1234 "] {
+            let decision = resolve(json!({"auth_type": "oauth2"}), &[("authorization", value)]);
+            assert_eq!(decision.resolution, AuthResolution::NoAuth, "{value}");
+        }
+        let api_key = resolve(json!({"auth_type": "api_key"}), &[("authorization", "Bearer caller")]);
+        assert_eq!(api_key.resolution, AuthResolution::NoAuth);
+        let exchange = resolve(
+            json!({"auth_type": "oauth2_token_exchange"}),
+            &[("authorization", "Bearer sk-gateway-1234")],
+        );
+        assert_eq!(exchange.resolution, AuthResolution::NoAuth);
+    }
+
+    #[test]
+    fn debug_headers_mask_everything_and_flag_the_gateway_key() {
+        let inbound =
+            headers(&[("x-litellm-api-key", "sk-gateway-1234"), ("authorization", "Bearer sk-gateway-1234")]);
+        let url = Url::parse("https://u:p@mcp.example.com/mcp?token=abc").unwrap();
+        let context = DebugContext {
+            auth_type: Some(AuthType::OAuth2),
+            resolution: AuthResolution::NoAuth,
+            outbound_url: Some(&url),
+            outbound_authorization: None,
+        };
+        let debug = debug_headers(&inbound, &[Secret::new("sk-gateway-1234")], &context);
+        let rendered = format!("{debug:?}");
+        assert!(!rendered.contains("sk-gateway-1234"));
+        assert!(!rendered.contains("abc"));
+        assert_eq!(
+            debug[0].1,
+            format!("x-litellm-api-key=****1234; authorization=Bearer****1234{SAME_AS_GATEWAY_KEY}")
+        );
+        assert_eq!(debug[1].1, "(none)");
+        assert_eq!(debug[2].1, "no-auth");
+        assert_eq!(debug[3].1, "https://****:****@mcp.example.com/mcp?token=****");
+        assert_eq!(debug[4].1, "oauth2");
+    }
+
+    #[test]
+    fn debug_is_opt_in() {
+        assert!(debug_requested(&headers(&[("x-mcp-debug", "true")])));
+        assert!(debug_requested(&headers(&[("x-litellm-mcp-debug", "1")])));
+        assert!(!debug_requested(&headers(&[("x-mcp-debug", "false")])));
+        assert!(!debug_requested(&HeaderMap::new()));
+    }
+}

@@ -26,6 +26,20 @@ struct TrustedEntry {
     port: u16,
 }
 
+impl TrustedEntry {
+    fn matches_host(&self, host: &str) -> bool {
+        if self.wildcard {
+            // Strictly deeper: at least one label, then a dot, then the suffix.
+            host.len() > self.host.len() + 1
+                && host.ends_with(self.host.as_str())
+                && host.as_bytes().get(host.len() - self.host.len() - 1) == Some(&b'.')
+                && is_domain(host)
+        } else {
+            host == self.host
+        }
+    }
+}
+
 /// The parsed `MCP_TRUSTED_REDIRECT_ORIGINS` allowlist of `https` redirect origins.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrustedRedirectOrigins(Vec<TrustedEntry>);
@@ -58,17 +72,12 @@ impl TrustedRedirectOrigins {
 
     /// Whether a canonical lower-case `host` on `port` matches an entry.
     pub fn matches(&self, host: &str, port: u16) -> bool {
-        self.0.iter().any(|entry| {
-            entry.port == port
-                && if entry.wildcard {
-                    is_domain(host)
-                        && host.len() > entry.host.len() + 1
-                        && host.ends_with(entry.host.as_str())
-                        && host.as_bytes()[host.len() - entry.host.len() - 1] == b'.'
-                } else {
-                    host == entry.host
-                }
-        })
+        self.0.iter().any(|entry| entry.port == port && entry.matches_host(host))
+    }
+
+    /// Whether `host` matches an entry on any port (to explain an `http` near miss).
+    fn matches_host(&self, host: &str) -> bool {
+        self.0.iter().any(|entry| entry.matches_host(host))
     }
 
     /// Appends the entries of `other`; used to build larger allowlists in tests and properties.
@@ -318,11 +327,10 @@ fn check(
     if public_origin.is_some_and(|origin| *origin == Origin::new(scheme, &host, Some(port))) {
         return Ok((uri, Allowed::SameOrigin));
     }
-    if trusted.matches(&host, port) {
-        return match scheme {
-            Scheme::Https => Ok((uri, Allowed::TrustedOrigin)),
-            Scheme::Http => Err(Rejected::NotHttps),
-        };
+    match scheme {
+        Scheme::Https if trusted.matches(&host, port) => return Ok((uri, Allowed::TrustedOrigin)),
+        Scheme::Http if trusted.matches_host(&host) => return Err(Rejected::NotHttps),
+        _ => {}
     }
     Err(Rejected::UntrustedOrigin)
 }
@@ -340,5 +348,129 @@ pub struct TrustedOriginError {
 impl Reason for TrustedOriginError {
     fn reason(&self) -> &'static str {
         "invalid_trusted_redirect_origin"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(uri: &str, trusted: &str) -> RedirectDecision {
+        let origin = Origin::parse("https://gw.example.com").unwrap();
+        validate_redirect_uri(uri, Some(&origin), &TrustedRedirectOrigins::parse(trusted).unwrap())
+    }
+
+    fn reason(uri: &str, trusted: &str) -> &'static str {
+        verdict(uri, trusted).reason()
+    }
+
+    #[test]
+    fn loopback_is_allowed_on_any_port_and_scheme() {
+        for uri in [
+            "http://localhost/cb",
+            "http://localhost:33418/callback",
+            "https://localhost:1/",
+            "http://127.0.0.1:8080/cb",
+            "http://127.255.0.9/cb",
+            "http://[::1]:9000/cb",
+        ] {
+            assert_eq!(reason(uri, ""), "loopback", "{uri}");
+        }
+        assert_eq!(reason("http://localhost.evil.com/cb", ""), "untrusted_origin");
+        assert_eq!(reason("http://128.0.0.1/cb", ""), "untrusted_origin");
+    }
+
+    #[test]
+    fn same_origin_compares_normalised_origins() {
+        assert_eq!(reason("https://gw.example.com/callback", ""), "same_origin");
+        assert_eq!(reason("https://gw.example.com:443/callback?x=1", ""), "same_origin");
+        assert_eq!(reason("http://gw.example.com/callback", ""), "untrusted_origin");
+        assert_eq!(reason("https://gw.example.com:8443/callback", ""), "untrusted_origin");
+        let no_origin =
+            validate_redirect_uri("https://gw.example.com/cb", None, &TrustedRedirectOrigins::default());
+        assert_eq!(no_origin.reason(), "untrusted_origin");
+    }
+
+    #[test]
+    fn allowlist_entries_match_exactly_and_wildcards_only_deeper() {
+        assert_eq!(reason("https://app.example.org/cb", "app.example.org"), "trusted_origin");
+        assert_eq!(reason("https://app.example.org:443/cb", "app.example.org"), "trusted_origin");
+        assert_eq!(reason("https://app.example.org:8443/cb", "app.example.org"), "untrusted_origin");
+        assert_eq!(reason("https://app.example.org:8443/cb", "app.example.org:8443"), "trusted_origin");
+        assert_eq!(reason("https://a.corp.example.org/cb", "*.corp.example.org"), "trusted_origin");
+        assert_eq!(reason("https://a.b.corp.example.org/cb", "*.corp.example.org"), "trusted_origin");
+        assert_eq!(reason("https://corp.example.org/cb", "*.corp.example.org"), "untrusted_origin");
+        assert_eq!(reason("https://evilcorp.example.org/cb", "*.corp.example.org"), "untrusted_origin");
+        assert_eq!(reason("http://app.example.org/cb", "app.example.org"), "not_https");
+        assert_eq!(
+            reason("https://app.example.org/cb", " app.example.org , ,other.example.org"),
+            "trusted_origin"
+        );
+    }
+
+    #[test]
+    fn textual_tricks_are_rejected_before_meaning() {
+        let cases = [
+            ("https://gw.example.com\\@evil.com/cb", "backslash"),
+            ("https://gw.example.com@evil.com/cb", "userinfo"),
+            ("https://user:pw@gw.example.com/cb", "userinfo"),
+            ("https://gw.example.com/cb#frag", "fragment"),
+            ("https://gw.example.com/cb#", "fragment"),
+            ("https://GW.example.com/cb", "non_canonical_authority"),
+            ("https://gw%2eexample.com/cb", "non_canonical_authority"),
+            ("http://0x7f.0.0.1/cb", "non_canonical_authority"),
+            ("http://127.1/cb", "non_canonical_authority"),
+            ("http://2130706433/cb", "non_canonical_authority"),
+            ("https://gw.example.com:0443/cb", "non_canonical_authority"),
+            ("https://gw.example.com:/cb", "non_canonical_authority"),
+            ("http://localhost:0/cb", "non_canonical_authority"),
+            ("https://gw.example.com\t/cb", "invalid_characters"),
+            ("https://gw。example.com/cb", "invalid_characters"),
+            ("https://gw.example.com/ cb", "invalid_characters"),
+            ("HTTPS://gw.example.com/cb", "unsupported_scheme"),
+            ("javascript:alert(1)//https://gw.example.com", "unsupported_scheme"),
+            ("//gw.example.com/cb", "unsupported_scheme"),
+            ("https:///cb", "non_canonical_authority"),
+            ("https://[::1/cb", "unparseable"),
+        ];
+        for (uri, expected) in cases {
+            assert_eq!(reason(uri, "*.example.com"), expected, "{uri}");
+        }
+        let long = format!("https://gw.example.com/{}", "a".repeat(2048));
+        assert_eq!(reason(&long, ""), "too_long");
+    }
+
+    #[test]
+    fn accepted_uri_is_reserialised_not_echoed() {
+        let decision = verdict("https://gw.example.com/a/../cb?x=%41", "");
+        assert_eq!(decision.uri().map(Url::as_str), Some("https://gw.example.com/cb?x=%41"));
+        assert!(decision.error_body().is_none());
+        let rejected = verdict("https://evil.com/cb", "");
+        let body = rejected.error_body().unwrap();
+        assert_eq!(body["error"], "invalid_request");
+        assert_eq!(body["reason"], "untrusted_origin");
+    }
+
+    #[test]
+    fn malformed_allowlist_entries_fail_with_the_entry_named() {
+        for bad in [
+            "https://app.example.org",
+            "app.example.org/cb",
+            "*",
+            "*.com",
+            "*.10.0.0.1",
+            "a.*.example.org",
+            "app.example.org:0",
+            "app.example.org:08443",
+            "app example.org",
+            "app.example.org:",
+        ] {
+            let error = TrustedRedirectOrigins::parse(bad).unwrap_err();
+            assert!(error.to_string().contains("MCP_TRUSTED_REDIRECT_ORIGINS"), "{bad}");
+        }
+        let parsed =
+            TrustedRedirectOrigins::parse("A.Example.org, *.corp.example.org:8443,10.0.0.5:9443").unwrap();
+        assert_eq!(parsed.to_string(), "a.example.org,*.corp.example.org:8443,10.0.0.5:9443");
+        assert!(TrustedRedirectOrigins::parse("").unwrap().is_empty());
     }
 }

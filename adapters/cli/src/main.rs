@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use mcp_oauth_core::Reason;
-use mcp_oauth_core::config::{Severity, load_yaml};
+use mcp_oauth_core::config::{Diagnostic, Severity, load_yaml};
 use mcp_oauth_core::eval::evaluate_line;
 use mcp_oauth_core::origin::{
     Origin, OriginSettings, RequestOrigin, Scheme, TrustedProxies, resolve_public_origin,
@@ -294,11 +294,13 @@ fn check_config(file: &PathBuf, env: &dyn Fn(&str) -> Option<String>) -> ExitCod
         }
     };
     for diagnostic in &diagnostics {
-        let at = diagnostic
-            .location
-            .map(|at| format!("{}:{}:{}: ", file.display(), at.line, at.column))
-            .unwrap_or_else(|| format!("{}: ", file.display()));
-        println!("{at}{diagnostic}");
+        let at = match diagnostic.location {
+            Some(at) => format!("{}:{}:{}", file.display(), at.line, at.column),
+            None => file.display().to_string(),
+        };
+        // The place is printed in the compiler-style prefix, so not again in the message.
+        let unplaced = Diagnostic { location: None, ..diagnostic.clone() };
+        println!("{at}: {unplaced}");
     }
     let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
     let warnings = diagnostics.len() - errors;
