@@ -21,6 +21,11 @@ use mcp_oauth_core::origin::{
 use mcp_oauth_core::redirect::{RedirectDecision, Rejected, TrustedRedirectOrigins, validate_redirect_uri};
 
 const EXIT_STATUS_HELP: &str = "\
+Examples:
+  mcp-oauth check config config.yaml
+  mcp-oauth check redirect-uri https://app.example.com/cb --public-origin https://gw.example.com
+  echo '{\"check\":\"mask\",\"value\":\"Bearer abcdefghijklmnop\"}' | mcp-oauth eval
+
 Exit status:
   0  accepted / valid (eval: always, unless stdin is unreadable)
   1  rejected / invalid configuration
@@ -28,7 +33,12 @@ Exit status:
 
 /// OAuth for MCP gateways, done correctly.
 #[derive(Parser)]
-#[command(name = "mcp-oauth", version, about, after_help = EXIT_STATUS_HELP)]
+#[command(
+    name = "mcp-oauth",
+    version,
+    about = "OAuth for MCP gateways: check configs, redirect URIs and origins, or evaluate the policy as JSON lines.",
+    after_help = EXIT_STATUS_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -260,7 +270,9 @@ fn check_origin(
             }
             if resolved.source.as_str() == "request" {
                 println!("warning: the origin came from the Host header, which the client controls");
-                println!("fix: set PROXY_BASE_URL to https://{}", resolved.origin.host());
+                println!(
+                    "fix: set PROXY_BASE_URL to the origin clients use, for example https://llm.example.com"
+                );
             }
             ExitCode::SUCCESS
         }
