@@ -333,8 +333,13 @@ impl<'a> FieldReader<'a> {
         }
     }
 
+    /// An enumerated field; unlike free text, an empty string is an unknown value, not an absent one,
+    /// so `oauth2_flow: ""` fails at load instead of silently selecting a flow.
     fn choice<T: Copy>(&mut self, field: &str, choices: &[(&str, T)]) -> Option<T> {
-        let value = self.string(field)?;
+        let value = match self.object.get(field)? {
+            Value::String(text) if text.trim().is_empty() => text.clone(),
+            _ => self.string(field)?,
+        };
         if let Some((_, choice)) = choices.iter().find(|(name, _)| *name == value) {
             return Some(*choice);
         }
