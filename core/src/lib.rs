@@ -28,17 +28,23 @@
 //! are parsed; its `Debug` and `Display` never print them.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod delegate;
 pub mod discovery;
 pub mod eval;
+pub mod fetch_policy;
 pub mod flow;
 pub mod harness;
+pub mod machine;
 pub mod mask;
+pub mod metadata;
 pub mod origin;
 pub mod outbound;
+pub mod pkce;
 pub mod redirect;
 pub mod secret;
+pub mod sse;
 #[cfg(feature = "proptest")]
 pub mod strategies;
 pub mod token;

@@ -1,0 +1,85 @@
+//! A scripted, synchronous driver for testing machines without any I/O.
+
+use std::collections::VecDeque;
+
+use http::{Response, StatusCode};
+
+use crate::machine::{Instant, Machine, Step, TransportError};
+
+/// One scripted answer: matched by method and exact URL, used once.
+pub(crate) struct Exchange {
+    pub(crate) method: &'static str,
+    pub(crate) url: String,
+    pub(crate) answer: Result<Response<Vec<u8>>, TransportError>,
+}
+
+/// Builds a JSON response.
+pub(crate) fn json(status: u16, body: serde_json::Value) -> Result<Response<Vec<u8>>, TransportError> {
+    Ok(Response::builder()
+        .status(StatusCode::from_u16(status).unwrap())
+        .header("content-type", "application/json")
+        .body(body.to_string().into_bytes())
+        .unwrap())
+}
+
+/// Builds a response with headers and a raw body.
+pub(crate) fn raw(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Response<Vec<u8>>, TransportError> {
+    let mut builder = Response::builder().status(StatusCode::from_u16(status).unwrap());
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    Ok(builder.body(body.as_bytes().to_vec()).unwrap())
+}
+
+/// Everything a scripted run saw.
+pub(crate) struct Run<T> {
+    pub(crate) outcome: T,
+    /// `METHOD url` of every request, in the order sent.
+    pub(crate) requests: Vec<String>,
+    /// The requests themselves.
+    pub(crate) sent: Vec<http::Request<Vec<u8>>>,
+    /// How many requests were in flight at once, at most.
+    pub(crate) max_in_flight: usize,
+}
+
+/// Runs `machine` against `script`; unscripted requests get 404. Answers arrive in send order.
+pub(crate) fn run<M: Machine>(machine: &mut M, script: Vec<Exchange>) -> Run<M::Outcome> {
+    let mut script: Vec<Option<Exchange>> = script.into_iter().map(Some).collect();
+    let mut requests = Vec::new();
+    let mut sent = Vec::new();
+    let mut queue = VecDeque::new();
+    let mut max_in_flight = 0;
+    let mut now = Instant::ZERO;
+    for _ in 0..10_000 {
+        match machine.poll(now) {
+            Step::Send(outgoing) => {
+                for out in outgoing {
+                    let method = out.request.method().to_string();
+                    let url = out.request.uri().to_string();
+                    requests.push(format!("{method} {url}"));
+                    let answer = script
+                        .iter_mut()
+                        .find(|slot| slot.as_ref().is_some_and(|e| e.method == method && e.url == url))
+                        .and_then(Option::take)
+                        .map_or_else(|| raw(404, &[], "not found"), |exchange| exchange.answer);
+                    sent.push(out.request);
+                    queue.push_back((out.id, answer));
+                }
+                max_in_flight = max_in_flight.max(queue.len());
+            }
+            Step::Wait(deadline) => match queue.pop_front() {
+                Some((id, answer)) => machine.handle_response(id, answer, now),
+                None => match deadline {
+                    Some(deadline) => now = deadline,
+                    None => panic!("machine waits with nothing in flight and no deadline"),
+                },
+            },
+            Step::Done(outcome) => return Run { outcome, requests, sent, max_in_flight },
+        }
+    }
+    panic!("machine did not finish");
+}
