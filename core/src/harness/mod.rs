@@ -5,4 +5,44 @@
 //! targets and `tests/` replays every committed corpus file through them on stable Rust, so a
 //! crash found once stays fixed.
 
+pub mod config;
+pub mod mask;
+pub mod public_origin;
+pub mod redirect_uri;
+pub mod trusted_redirect_origins;
 pub mod www_authenticate;
+
+pub use config::config;
+pub use mask::mask;
+pub use public_origin::public_origin;
+pub use redirect_uri::redirect_uri;
+pub use trusted_redirect_origins::trusted_redirect_origins;
+pub use www_authenticate::www_authenticate;
+
+/// A fuzz harness: takes arbitrary bytes, panics only when an invariant is violated.
+pub type Harness = fn(&[u8]);
+
+/// Every harness by its cargo-fuzz target name; `fuzz/corpus/<name>/` holds its seeds.
+///
+/// The `fuzz/` crate has one target per entry and the corpus replay test iterates this list, so
+/// the two cannot drift apart.
+pub const TARGETS: &[(&str, Harness)] = &[
+    ("redirect_uri", redirect_uri),
+    ("public_origin", public_origin),
+    ("www_authenticate", www_authenticate),
+    ("mask", mask),
+    ("trusted_redirect_origins", trusted_redirect_origins),
+    ("config", config),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::TARGETS;
+
+    #[test]
+    fn target_names_are_unique() {
+        for (index, (name, _)) in TARGETS.iter().enumerate() {
+            assert!(TARGETS[..index].iter().all(|(other, _)| other != name), "{name} listed twice");
+        }
+    }
+}

@@ -1,0 +1,655 @@
+//! Property tests of the policy core (design §4.3–§4.7), built on `mcp_oauth_core::strategies`.
+//!
+//! Every property runs at least 1,000 cases (more when `PROPTEST_CASES` asks for more). Where a
+//! property compares against an expected verdict, that verdict is computed here from the design
+//! text, not by calling the function under test.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use mcp_oauth_core::config::ServerEntry;
+use mcp_oauth_core::delegate::{GATEWAY_KEY_HEADERS, SERVERS_HEADER, Target, decide_delegation};
+use mcp_oauth_core::mask::mask;
+use mcp_oauth_core::origin::{
+    Origin, OriginSettings, RequestOrigin, Scheme, TrustedProxies, resolve_public_origin,
+};
+use mcp_oauth_core::redirect::{
+    MAX_REDIRECT_URI_BYTES, RedirectDecision, TrustedRedirectOrigins, is_loopback_host, validate_redirect_uri,
+};
+use mcp_oauth_core::strategies as s;
+use mcp_oauth_core::token::{m2m_cache_ttl, user_token_ttl};
+use mcp_oauth_core::{Reason, config::ServerPolicy};
+use proptest::prelude::*;
+use proptest::sample::select;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::TestRunner;
+use serde_json::{Map, Value};
+
+/// At least 1,000 cases; `PROPTEST_CASES` may raise it. No regression files are written.
+fn config() -> ProptestConfig {
+    let default = ProptestConfig::default();
+    ProptestConfig { cases: default.cases.max(1000), failure_persistence: None, ..default }
+}
+
+/// The parts of an accepted `redirect_uri` a property looks at.
+#[derive(Debug)]
+struct Accepted {
+    scheme: String,
+    host: String,
+    port: u16,
+    has_userinfo: bool,
+    has_fragment: bool,
+}
+
+fn accepted(decision: &RedirectDecision) -> Option<Accepted> {
+    let url = decision.uri()?;
+    Some(Accepted {
+        scheme: url.scheme().to_owned(),
+        host: url.host_str().unwrap_or_default().to_owned(),
+        port: url.port_or_known_default().unwrap_or_default(),
+        has_userinfo: !url.username().is_empty() || url.password().is_some(),
+        has_fragment: url.fragment().is_some(),
+    })
+}
+
+/// Property 1's invariant: an accepted URI's shape and host are ones design §4.5 allows.
+fn assert_allowed_shape(
+    raw: &str,
+    accepted: &Accepted,
+    public_origin: Option<&Origin>,
+    trusted: &TrustedRedirectOrigins,
+) -> Result<(), TestCaseError> {
+    prop_assert!(accepted.scheme == "http" || accepted.scheme == "https", "scheme of {raw:?}");
+    prop_assert!(!accepted.has_userinfo, "userinfo in {raw:?}");
+    prop_assert!(!accepted.has_fragment && !raw.contains('#'), "fragment in {raw:?}");
+    prop_assert!(raw.len() <= MAX_REDIRECT_URI_BYTES, "length of {raw:?}");
+    prop_assert!(raw.bytes().all(|b| b.is_ascii_graphic()) && !raw.contains('\\'), "characters of {raw:?}");
+    prop_assert!(raw.starts_with("http://") || raw.starts_with("https://"), "prefix of {raw:?}");
+    let scheme = if accepted.scheme == "https" { Scheme::Https } else { Scheme::Http };
+    let loopback = is_loopback_host(&accepted.host);
+    let same_origin = public_origin
+        .is_some_and(|origin| *origin == Origin::new(scheme, &accepted.host, Some(accepted.port)));
+    let trusted_https = scheme == Scheme::Https && trusted.matches(&accepted.host, accepted.port);
+    prop_assert!(loopback || same_origin || trusted_https, "{raw:?} accepted as {accepted:?}");
+    Ok(())
+}
+
+fn public_and_env() -> impl Strategy<Value = (Option<Origin>, String)> {
+    (proptest::option::weighted(0.8, s::origin()), s::trusted_redirect_origins_env())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Property 1: accepted ⇒ http(s), no userinfo, no fragment, loopback / same origin / trusted https.
+    #[test]
+    fn accepted_redirect_uri_is_loopback_same_origin_or_trusted_https(
+        (public, env, uri) in public_and_env().prop_flat_map(|(public, env)| {
+            let uris = s::redirect_uri_for(public.clone(), &env);
+            (Just(public), Just(env), uris)
+        })
+    ) {
+        let trusted = TrustedRedirectOrigins::parse(&env).unwrap();
+        let decision = validate_redirect_uri(&uri, public.as_ref(), &trusted);
+        if let Some(accepted) = accepted(&decision) {
+            assert_allowed_shape(&uri, &accepted, public.as_ref(), &trusted)?;
+        } else {
+            prop_assert!(decision.error_body().is_some());
+        }
+    }
+
+    /// Property 2: splicing attack text between an allowed host A and an attacker host B never
+    /// yields an accepted URI whose host is B (or anything but A, loopback, or a subdomain of A).
+    #[test]
+    fn attack_text_around_an_allowed_host_never_admits_another_host(
+        (public, env, a_scheme, a) in public_and_env().prop_flat_map(|(public, env)| {
+            let mut allowed: Vec<(Scheme, String)> = Vec::new();
+            if let Some(origin) = &public {
+                let port = (origin.port() != origin.scheme().default_port()).then_some(origin.port());
+                allowed.push((origin.scheme(), s::format_authority(origin.host(), port)));
+            }
+            for entry in env.split(',').map(|e| e.trim_matches([' ', '\t'])).filter(|e| !e.is_empty()) {
+                let authority = s::authorities_near_entry(entry).remove(0);
+                allowed.push((Scheme::Https, authority));
+            }
+            if allowed.is_empty() {
+                allowed.push((Scheme::Http, "localhost:8080".to_owned()));
+            }
+            (Just(public), Just(env), select(allowed))
+        }).prop_map(|(public, env, (scheme, a))| (public, env, scheme, a)),
+        b in s::attacker_host(),
+        b_port in s::port(),
+        c in s::attack_fragment(),
+        template in 0_usize..16,
+        keep_scheme in proptest::bool::weighted(0.8),
+        scheme in s::scheme(),
+    ) {
+        let trusted = TrustedRedirectOrigins::parse(&env).unwrap();
+        let a_host = match a.rfind(':') {
+            Some(at) if !a[at..].contains(']') => &a[..at],
+            _ => a.as_str(),
+        };
+        let a_port = a.strip_prefix(a_host).unwrap_or_default();
+        // B must really be refused on its own, on every port this case can produce.
+        for port in [443, 80, b_port.unwrap_or(443)] {
+            prop_assume!(!trusted.matches(&b, port));
+            prop_assume!(public.as_ref().is_none_or(|origin| origin.host() != b));
+        }
+        prop_assume!(!is_loopback_host(&b));
+        let s = if keep_scheme { a_scheme.as_str() } else { scheme.as_str() };
+        let b_host = b.clone();
+        let b = s::format_authority(&b, b_port);
+        let uri = match template {
+            0 => format!("{s}://{a}{c}{b}/cb"),
+            1 => format!("{s}://{b}{c}{a}/cb"),
+            2 => format!("{s}://{b}/{c}{a}"),
+            3 => format!("{s}://{a}{c}{b}"),
+            4 => format!("{s}://{b}{c}{a}"),
+            5 => format!("{s}://{a}{c}@{b}/cb"),
+            6 => format!("{s}://{b}{c}@{a}/cb"),
+            7 => format!("{s}://{a}/{c}/{b}"),
+            8 => format!("{s}://{b}?{c}{a}"),
+            9 => format!("{s}://{b}#{c}{a}"),
+            10 => format!("{s}://{b}{c}.{a}/cb"),
+            11 => format!("{s}://{a_host}{c}{b}{a_port}/cb"),
+            12 => format!("{s}://{c}{a}@{b}/cb"),
+            13 => format!("{s}://{a}{c}{b}{c}/cb"),
+            14 => format!("{s}:{c}//{a}/cb"),
+            _ => format!("{s}://{b}{c}{a}{c}/cb"),
+        };
+        let decision = validate_redirect_uri(&uri, public.as_ref(), &trusted);
+        if let Some(accepted) = accepted(&decision) {
+            prop_assert_ne!(&accepted.host, &b_host, "{:?} accepted for the attacker host", uri);
+            prop_assert!(
+                accepted.host == a_host
+                    || is_loopback_host(&accepted.host)
+                    || accepted.host.ends_with(&format!(".{a_host}")),
+                "{:?} accepted with host {:?}, expected {:?}", uri, accepted.host, a_host
+            );
+            assert_allowed_shape(&uri, &accepted, public.as_ref(), &trusted)?;
+        }
+    }
+
+    /// Property 3: adding allowlist entries never turns an acceptance into a rejection.
+    #[test]
+    fn adding_allowlist_entries_is_monotone(
+        (public, l1, l2, uri) in (public_and_env(), s::trusted_redirect_origins_env())
+            .prop_flat_map(|((public, l1), l2)| {
+                let uris = s::redirect_uri_for(public.clone(), &format!("{l1},{l2}"));
+                (Just(public), Just(l1), Just(l2), uris)
+            })
+    ) {
+        let first = TrustedRedirectOrigins::parse(&l1).unwrap();
+        let union = TrustedRedirectOrigins::parse(&format!("{l1},{l2}")).unwrap();
+        prop_assert_eq!(union.len(), first.len() + TrustedRedirectOrigins::parse(&l2).unwrap().len());
+        let under_first = validate_redirect_uri(&uri, public.as_ref(), &first);
+        let under_union = validate_redirect_uri(&uri, public.as_ref(), &union);
+        if under_first.is_allowed() {
+            prop_assert!(
+                under_union.is_allowed(),
+                "{:?} allowed under {:?} ({}) but {} under {:?}",
+                uri, l1, under_first.reason(), under_union.reason(), format!("{l1},{l2}")
+            );
+            prop_assert_eq!(under_first.uri(), under_union.uri());
+        }
+    }
+
+    /// Property 4: X-Forwarded-* (and RFC 7239 Forwarded) change the origin only for a trusted peer
+    /// with `use_x_forwarded_for` on.
+    #[test]
+    fn forwarded_headers_count_only_from_trusted_peers(
+        proxy_base_url in proptest::option::weighted(0.15, s::origin()),
+        use_x_forwarded_for in proptest::bool::weighted(0.7),
+        ranges in s::trusted_proxy_ranges(),
+        allowed_hosts in s::allowed_hosts(),
+        request_scheme in s::scheme(),
+        request_host in s::request_host(),
+        peer in proptest::option::weighted(0.9, s::peer_ip()),
+        forwarded in s::forwarded_headers(),
+        other in s::other_headers(),
+    ) {
+        let settings = OriginSettings {
+            proxy_base_url: proxy_base_url.clone(),
+            use_x_forwarded_for,
+            trusted_proxies: TrustedProxies::parse(&ranges).unwrap(),
+            allowed_hosts,
+        };
+        let all: Vec<(String, String)> = other.iter().chain(&forwarded).cloned().collect();
+        let without_forwarded: Vec<(String, String)> = all
+            .iter()
+            .filter(|(name, _)| {
+                let name = name.to_ascii_lowercase();
+                !name.starts_with("x-forwarded-") && name != "forwarded"
+            })
+            .cloned()
+            .collect();
+        let without_rfc7239: Vec<(String, String)> =
+            all.iter().filter(|(name, _)| !name.eq_ignore_ascii_case("forwarded")).cloned().collect();
+        let resolve = |pairs: &[(String, String)]| {
+            let headers = s::header_map(pairs);
+            let request = RequestOrigin {
+                scheme: request_scheme,
+                host: request_host.as_deref(),
+                peer,
+                headers: &headers,
+            };
+            resolve_public_origin(&settings, &request)
+        };
+        let outcome = |pairs: &[(String, String)]| {
+            resolve(pairs).map(|resolved| resolved.origin).map_err(|error| error.reason())
+        };
+        let trusted = use_x_forwarded_for && peer.is_some_and(|peer| in_ranges(&ranges, peer));
+        let with_all = outcome(&all);
+        prop_assert_eq!(&with_all, &outcome(&without_rfc7239), "RFC 7239 Forwarded changed the origin");
+        if !trusted || proxy_base_url.is_some() {
+            prop_assert_eq!(&with_all, &outcome(&without_forwarded), "untrusted forwarded headers counted");
+        }
+        if let Ok(resolved) = resolve(&all) {
+            if resolved.source == mcp_oauth_core::origin::OriginSource::Forwarded {
+                prop_assert!(trusted && proxy_base_url.is_none());
+            }
+            if let Some(origin) = &proxy_base_url {
+                prop_assert_eq!(&resolved.origin, origin);
+            }
+        }
+    }
+
+    /// Design §4.4 step 2: a trusted proxy's well-formed `X-Forwarded-*` set decides the origin.
+    #[test]
+    fn trusted_well_formed_forwarded_headers_decide_the_origin(
+        forwarded in s::valid_forwarded_headers(),
+        peer in s::peer_ip(),
+        request_scheme in s::scheme(),
+        request_host in s::request_host(),
+    ) {
+        let settings = OriginSettings {
+            use_x_forwarded_for: true,
+            trusted_proxies: TrustedProxies::parse(&["0.0.0.0/0", "::/0"]).unwrap(),
+            ..OriginSettings::default()
+        };
+        let value = |name: &str| {
+            forwarded.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+        };
+        let scheme = match value("x-forwarded-proto") {
+            Some("https") => Scheme::Https,
+            Some(_) => Scheme::Http,
+            None => request_scheme,
+        };
+        let authority = value("x-forwarded-host").unwrap_or_default();
+        let (host, host_port) = match authority.rfind(':') {
+            Some(at) if !authority[at..].contains(']') => (&authority[..at], authority[at + 1..].parse().ok()),
+            _ => (authority, None),
+        };
+        let port = host_port.or_else(|| value("x-forwarded-port").and_then(|port| port.parse().ok()));
+        let headers = s::header_map(&forwarded);
+        let request = RequestOrigin {
+            scheme: request_scheme,
+            host: request_host.as_deref(),
+            peer: Some(peer),
+            headers: &headers,
+        };
+        let resolved = resolve_public_origin(&settings, &request);
+        prop_assert_eq!(
+            resolved.map(|resolved| (resolved.origin, resolved.source)),
+            Ok((Origin::new(scheme, host, port), mcp_oauth_core::origin::OriginSource::Forwarded)),
+            "{:?}", forwarded
+        );
+    }
+
+    /// Property 5: the delegation verdict equals the one computed from design §4.6.
+    #[test]
+    fn delegation_is_granted_only_when_every_target_qualifies(
+        servers in s::server_map(),
+        (path, path_target) in s::request_path(),
+        servers_headers in s::servers_header_values(),
+        gateway_key in s::gateway_key_header(),
+        noise in s::other_headers(),
+    ) {
+        let mut pairs: Vec<(String, String)> = noise;
+        pairs.extend(servers_headers.iter().map(|value| (SERVERS_HEADER.to_owned(), value.clone())));
+        pairs.extend(gateway_key.clone());
+        let headers = s::header_map(&pairs);
+        let policies: Vec<(&String, Option<ServerPolicy>)> = servers
+            .iter()
+            .map(|(name, entry)| {
+                let policy = entry.as_object().and_then(|object| {
+                    ServerEntry::from_json(name, object, &|_| None).ok()?.policy().ok()
+                });
+                (name, policy)
+            })
+            .collect();
+        let decision = decide_delegation(&path, &headers, |name| {
+            match policies.iter().find(|(known, _)| known.as_str() == name) {
+                None => Target::Unknown,
+                Some((_, None)) => Target::Invalid,
+                Some((_, Some(policy))) => Target::Known(policy),
+            }
+        });
+
+        // The verdict from the design, computed from the raw inputs.
+        let mut targets: BTreeSet<String> = path_target.into_iter().collect();
+        let mut header_is_text = true;
+        for value in &servers_headers {
+            header_is_text &= value.is_ascii();
+            targets.extend(value.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned));
+        }
+        let models: Vec<Option<ModelPolicy>> =
+            targets.iter().map(|name| servers.get(name).and_then(model_policy)).collect();
+        let every_target_delegates = models.iter().all(|model| {
+            model.as_ref().is_some_and(|m| m.oauth2 && m.interactive && m.delegate)
+        });
+        let shared_authorization_server = targets.len() <= 1 || {
+            let named: Vec<Option<&str>> = models
+                .iter()
+                .map(|model| model.as_ref().and_then(|m| m.authorization_server))
+                .collect();
+            named.iter().all(|server| server.is_some() && *server == named[0])
+        };
+        let expected = gateway_key.is_none()
+            && header_is_text
+            && !targets.is_empty()
+            && every_target_delegates
+            && shared_authorization_server;
+        prop_assert_eq!(
+            decision.delegates(), expected,
+            "path {:?}, headers {:?}, servers {}, reason {}",
+            path, pairs, Value::Object(servers.clone()), decision.reason()
+        );
+        if decision.delegates() {
+            prop_assert!(!targets.is_empty());
+            prop_assert!(GATEWAY_KEY_HEADERS.iter().all(|name| !headers.contains_key(*name)));
+            for name in &targets {
+                let policy = policies.iter().find(|(known, _)| known.as_str() == name).and_then(|(_, p)| p.as_ref());
+                prop_assert!(policy.is_some_and(|p| p.auth_type == mcp_oauth_core::config::AuthType::OAuth2
+                    && p.flow.is_interactive()
+                    && p.delegate_auth_to_upstream), "target {name} does not qualify");
+            }
+        }
+    }
+
+    /// Property 6: a mask shows at most the last 4 characters, and only of secrets of 12 or more.
+    #[test]
+    fn masking_reveals_at_most_the_last_four_characters(
+        word in s::scheme_word(),
+        secret in s::secret(),
+    ) {
+        let masked = mask(&format!("{word}{secret}"));
+        let scheme = word.trim_matches([' ', '\t']);
+        let rest = masked.strip_prefix(scheme).and_then(|rest| rest.strip_prefix("****"));
+        prop_assert!(rest.is_some(), "{:?} masked as {:?}", secret, masked);
+        let shown = rest.unwrap_or_default();
+        let length = secret.chars().count();
+        if length >= 12 {
+            let tail: String = secret.chars().skip(length - 4).collect();
+            prop_assert_eq!(shown, tail.as_str());
+        } else {
+            prop_assert_eq!(shown, "");
+        }
+    }
+
+    /// Property 6: long secrets with one tail mask alike; short secrets mask alike.
+    #[test]
+    fn mask_does_not_depend_on_the_secret_length(
+        word in s::scheme_word(),
+        tail in s::secret_with_len(4..=4),
+        first in s::secret_with_len(8..=48),
+        second in s::secret_with_len(8..=48),
+        short_a in s::secret_with_len(0..=11),
+        short_b in s::secret_with_len(0..=11),
+    ) {
+        let long_a = mask(&format!("{word}{first}{tail}"));
+        let long_b = mask(&format!("{word}{second}{tail}"));
+        prop_assert_eq!(&long_a, &long_b);
+        prop_assert_eq!(long_a.len(), word.trim_matches([' ', '\t']).len() + 4 + tail.len());
+        let short_a = mask(&format!("{word}{short_a}"));
+        prop_assert_eq!(&short_a, &mask(&format!("{word}{short_b}")));
+        prop_assert_eq!(short_a.matches('*').count(), 4);
+    }
+
+    /// Property 7: a cache TTL never exceeds `expires_in`; the M2M TTL is `expires_in − 60` past 70 s.
+    #[test]
+    fn cache_ttl_never_exceeds_expires_in(
+        expires_in in prop_oneof![any::<i64>(), -100_i64..4000],
+        storage in proptest::option::of(prop_oneof![any::<u64>(), 0_u64..5000]),
+    ) {
+        let ceiling = u64::try_from(expires_in).unwrap_or(0);
+        let m2m = m2m_cache_ttl(Some(expires_in));
+        let user = user_token_ttl(Some(expires_in), storage);
+        prop_assert!(m2m <= ceiling, "m2m {m2m} > expires_in {expires_in}");
+        prop_assert!(user <= ceiling, "user {user} > expires_in {expires_in}");
+        let expected = ceiling.saturating_sub(60).max(10).min(ceiling);
+        prop_assert_eq!(m2m, expected);
+        if expires_in > 70 {
+            prop_assert_eq!(m2m, ceiling - 60);
+        }
+        if let Some(storage) = storage {
+            prop_assert!(user <= storage);
+        }
+    }
+
+    /// `Origin::parse(o.to_string()) == o`.
+    #[test]
+    fn origin_display_round_trips(origin in s::origin()) {
+        prop_assert_eq!(Origin::parse(&origin.to_string()), Ok(origin));
+    }
+
+    /// `TrustedRedirectOrigins` parses its own `Display`.
+    #[test]
+    fn trusted_redirect_origins_display_round_trips(env in s::trusted_redirect_origins_env()) {
+        let parsed = TrustedRedirectOrigins::parse(&env).unwrap();
+        let shown = parsed.to_string();
+        prop_assert_eq!(TrustedRedirectOrigins::parse(&shown), Ok(parsed), "{:?} shown as {:?}", env, shown);
+    }
+
+    /// A canonical loopback `redirect_uri` is accepted on any port, over http and https.
+    #[test]
+    fn canonical_loopback_redirect_uri_is_accepted(
+        uri in (s::loopback_host(), s::port()).prop_flat_map(|(host, port)| {
+            s::redirect_uri_on(s::format_authority(&host, port))
+        }),
+    ) {
+        let decision = validate_redirect_uri(&uri, None, &TrustedRedirectOrigins::default());
+        prop_assert_eq!(decision.reason(), "loopback", "{:?}", uri);
+    }
+
+    /// `*.suffix` matches strictly deeper subdomains on its port, never the suffix itself.
+    #[test]
+    fn wildcard_entries_match_strict_subdomains_only(
+        suffix in s::domain_host(),
+        labels in proptest::collection::vec(s::random_label(), 1..=3),
+        port in s::port(),
+    ) {
+        let entry_port = port.unwrap_or(443);
+        let trusted = TrustedRedirectOrigins::parse(&format!("*.{}", s::format_authority(&suffix, port))).unwrap();
+        let deeper = format!("{}.{suffix}", labels.join("."));
+        prop_assert!(trusted.matches(&deeper, entry_port));
+        prop_assert!(!trusted.matches(&suffix, entry_port));
+        let glued = format!("{}{suffix}", labels[0]);
+        prop_assert!(!trusted.matches(&glued, entry_port));
+        let other_port = if entry_port == 1 { 2 } else { entry_port - 1 };
+        prop_assert!(!trusted.matches(&deeper, other_port));
+    }
+}
+
+/// Whether `peer` (canonical) lies in one of `ranges`, computed without `ipnet`.
+fn in_ranges(ranges: &[String], peer: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    ranges.iter().any(|range| {
+        let (address, prefix) = match range.split_once('/') {
+            Some((address, prefix)) => {
+                let Ok(address) = address.parse::<IpAddr>() else { return false };
+                let Ok(prefix) = prefix.parse::<u32>() else { return false };
+                (address, prefix)
+            }
+            None => {
+                let Ok(address) = range.parse::<IpAddr>() else { return false };
+                let address = address.to_canonical();
+                (address, if address.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        match (address, peer) {
+            (IpAddr::V4(network), IpAddr::V4(peer)) => {
+                let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+                u32::from(network) & mask == u32::from(peer) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(peer)) => {
+                let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+                u128::from(network) & mask == u128::from(peer) & mask
+            }
+            _ => false,
+        }
+    })
+}
+
+/// What design §4.1 and §4.6 say about one server entry, read from its JSON.
+struct ModelPolicy {
+    oauth2: bool,
+    interactive: bool,
+    delegate: bool,
+    authorization_server: Option<&'static str>,
+}
+
+/// A string field: `Ok(None)` when absent, null or blank; `Err` when it cannot load.
+fn text_field<'v>(object: &'v Map<String, Value>, key: &str) -> Result<Option<&'v str>, ()> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.starts_with("os.environ/") => Err(()),
+        Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(()),
+    }
+}
+
+/// An enumerated field: like [`text_field`], but a blank value is an unknown value, hence an error.
+fn enum_field<'v>(object: &'v Map<String, Value>, key: &str) -> Result<Option<&'v str>, ()> {
+    match object.get(key) {
+        Some(Value::String(text)) if text.trim().is_empty() => Err(()),
+        _ => text_field(object, key),
+    }
+}
+
+/// The authorization server each generated spelling names, after origin normalisation.
+fn authorization_server_identity(url: &str) -> &'static str {
+    match url {
+        "https://auth.example.com"
+        | "https://auth.example.com/"
+        | "https://AUTH.example.com"
+        | "https://auth.example.com:443/"
+        | "HTTPS://auth.example.com" => "https://auth.example.com",
+        "https://auth.example.com/tenant" | "https://auth.example.com/tenant/" => {
+            "https://auth.example.com/tenant"
+        }
+        "https://auth.example.com:8443" => "https://auth.example.com:8443",
+        "http://auth.example.com" => "http://auth.example.com",
+        "https://other.example.com" => "https://other.example.com",
+        other => panic!("the strategy produced an unexpected authorization server {other}"),
+    }
+}
+
+/// The `auth_type` spellings LiteLLM accepts.
+const AUTH_TYPES: [&str; 12] = [
+    "none",
+    "api_key",
+    "bearer_token",
+    "basic",
+    "authorization",
+    "token",
+    "oauth2",
+    "oauth2_token_exchange",
+    "aws_sigv4",
+    "oauth2_id_jag",
+    "true_passthrough",
+    "oauth_delegate",
+];
+
+/// The policy of one entry, or `None` when it does not load (a target that cannot resolve).
+fn model_policy(entry: &Value) -> Option<ModelPolicy> {
+    let object = entry.as_object()?;
+    let auth_type = enum_field(object, "auth_type").ok()?;
+    if auth_type.is_some_and(|value| !AUTH_TYPES.contains(&value)) {
+        return None;
+    }
+    let flow = enum_field(object, "oauth2_flow").ok()?;
+    if flow.is_some_and(|value| value != "authorization_code" && value != "client_credentials") {
+        return None;
+    }
+    let client_id = text_field(object, "client_id").ok()?.is_some();
+    let client_secret = text_field(object, "client_secret").ok()?.is_some();
+    let token_url = text_field(object, "token_url").ok()?.is_some();
+    let authorization_url = text_field(object, "authorization_url").ok()?;
+    let issuer = text_field(object, "issuer").ok()?;
+    text_field(object, "url").ok()?;
+    let delegate = match object.get("delegate_auth_to_upstream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(flag)) => *flag,
+        Some(_) => return None,
+    };
+    if !matches!(object.get("available_on_public_internet"), None | Some(Value::Null | Value::Bool(_))) {
+        return None;
+    }
+    let oauth2 = auth_type == Some("oauth2");
+    let interactive = match flow {
+        Some("client_credentials") if !(client_id && client_secret) => return None,
+        Some("client_credentials") => false,
+        Some(_) => true,
+        None if oauth2 => authorization_url.is_some() || !(token_url && client_id && client_secret),
+        None => false,
+    };
+    Some(ModelPolicy {
+        oauth2,
+        interactive,
+        delegate,
+        authorization_server: authorization_url.or(issuer).map(authorization_server_identity),
+    })
+}
+
+/// The aimed strategies reach every verdict often enough for the properties above to mean something.
+#[test]
+fn strategies_reach_acceptance_and_rejection() {
+    let mut runner = TestRunner::deterministic();
+    let strategy = public_and_env().prop_flat_map(|(public, env)| {
+        let uris = s::redirect_uri_for(public.clone(), &env);
+        (Just(public), Just(env), uris)
+    });
+    let (mut allowed, mut trusted_origin, mut rejected) = (0, 0, 0);
+    for _ in 0..1000 {
+        let (public, env, uri) = strategy.new_tree(&mut runner).unwrap().current();
+        let trusted = TrustedRedirectOrigins::parse(&env).unwrap();
+        let decision = validate_redirect_uri(&uri, public.as_ref(), &trusted);
+        match decision.reason() {
+            "trusted_origin" => trusted_origin += 1,
+            _ if decision.is_allowed() => allowed += 1,
+            _ => rejected += 1,
+        }
+    }
+    assert!(
+        allowed >= 100 && trusted_origin >= 25 && rejected >= 100,
+        "{allowed} {trusted_origin} {rejected}"
+    );
+
+    let mut delegated = 0;
+    let cases = (s::server_map(), s::request_path(), s::servers_header_values());
+    for _ in 0..1000 {
+        let (servers, (path, _), values) = cases.new_tree(&mut runner).unwrap().current();
+        let pairs: Vec<(String, String)> =
+            values.into_iter().map(|value| (SERVERS_HEADER.to_owned(), value)).collect();
+        let policies: Vec<(String, Option<ServerPolicy>)> = servers
+            .iter()
+            .map(|(name, entry)| {
+                let policy = entry
+                    .as_object()
+                    .and_then(|object| ServerEntry::from_json(name, object, &|_| None).ok()?.policy().ok());
+                (name.clone(), policy)
+            })
+            .collect();
+        let decision = decide_delegation(&path, &s::header_map(&pairs), |name| {
+            match policies.iter().find(|(known, _)| known == name) {
+                None => Target::Unknown,
+                Some((_, None)) => Target::Invalid,
+                Some((_, Some(policy))) => Target::Known(policy),
+            }
+        });
+        delegated += usize::from(decision.delegates());
+    }
+    assert!(delegated >= 50, "only {delegated} of 1000 delegation cases delegate");
+}
