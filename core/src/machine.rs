@@ -234,3 +234,53 @@ impl<T, F: FnOnce(Result<http::Response<Vec<u8>>, TransportError>) -> T> Machine
         }
     }
 }
+
+/// A machine run inside another: its request ids are mapped into the parent's id space so the
+/// parent can forward answers without collisions.
+pub struct Child<M> {
+    /// The inner machine.
+    pub machine: M,
+    ids: std::collections::HashMap<RequestId, RequestId>,
+}
+
+impl<M: Machine> Child<M> {
+    /// Wraps `machine`.
+    pub fn new(machine: M) -> Self {
+        Self { machine, ids: std::collections::HashMap::new() }
+    }
+
+    /// Polls the inner machine, renumbering its requests with `ids`.
+    pub fn poll(&mut self, now: Instant, ids: &mut RequestIds) -> Step<M::Outcome> {
+        match self.machine.poll(now) {
+            Step::Send(requests) => Step::Send(
+                requests
+                    .into_iter()
+                    .map(|mut outgoing| {
+                        let outer = ids.next_id();
+                        self.ids.insert(outer, outgoing.id);
+                        outgoing.id = outer;
+                        outgoing
+                    })
+                    .collect(),
+            ),
+            Step::Wait(deadline) => Step::Wait(deadline),
+            Step::Done(outcome) => Step::Done(outcome),
+        }
+    }
+
+    /// Forwards an answer if `id` belongs to this child; returns whether it did.
+    pub fn handle_response(
+        &mut self,
+        id: RequestId,
+        result: Result<http::Response<Vec<u8>>, TransportError>,
+        now: Instant,
+    ) -> bool {
+        match self.ids.remove(&id) {
+            Some(inner) => {
+                self.machine.handle_response(inner, result, now);
+                true
+            }
+            None => false,
+        }
+    }
+}

@@ -271,6 +271,31 @@ impl Discovery {
         }
     }
 
+    /// A machine that skips the probe because the caller already sent the MCP request and got
+    /// `status` with these `WWW-Authenticate` values (the session's own unauthenticated request).
+    pub fn after_probe<'a>(
+        config: DiscoveryConfig,
+        status: u16,
+        www_authenticate: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let mut machine = Self::new(config);
+        machine.record_probe(status, www_authenticate);
+        machine
+    }
+
+    fn record_probe<'a>(&mut self, status: u16, www_authenticate: impl IntoIterator<Item = &'a str>) {
+        self.probe_status = status;
+        if status == 401 || status == 403 {
+            self.challenge = parse_bearer(www_authenticate).ok().flatten();
+        }
+        self.trail.push(TrailEntry {
+            stage: StageName::Probe,
+            url: self.config.server_url.to_string(),
+            outcome: CandidateOutcome::Probed { status, challenge: self.challenge.is_some() },
+        });
+        self.start_protected_resource();
+    }
+
     /// The trail so far.
     pub fn trail(&self) -> &[TrailEntry] {
         &self.trail
@@ -622,21 +647,9 @@ impl Discovery {
                         return self.fail(DiscoveryErrorKind::ProbeFailed(error));
                     }
                 };
-                self.probe_status = response.status().as_u16();
-                if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-                    let values = response.headers().get_all(header::WWW_AUTHENTICATE);
-                    let values: Vec<&str> = values.iter().filter_map(|value| value.to_str().ok()).collect();
-                    self.challenge = parse_bearer(values).ok().flatten();
-                }
-                self.trail.push(TrailEntry {
-                    stage: StageName::Probe,
-                    url: self.config.server_url.to_string(),
-                    outcome: CandidateOutcome::Probed {
-                        status: self.probe_status,
-                        challenge: self.challenge.is_some(),
-                    },
-                });
-                self.start_protected_resource();
+                let values = response.headers().get_all(header::WWW_AUTHENTICATE);
+                let values: Vec<&str> = values.iter().filter_map(|value| value.to_str().ok()).collect();
+                self.record_probe(response.status().as_u16(), values);
             }
             State::ProtectedResource(stage) => {
                 let Some(index) = stage.owner(id) else { return };

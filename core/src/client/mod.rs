@@ -7,6 +7,7 @@ pub mod authorization;
 pub mod discovery;
 pub mod mcp;
 pub mod registration;
+pub mod session;
 mod stage;
 #[cfg(test)]
 pub(crate) mod testkit;

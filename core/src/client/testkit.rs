@@ -49,6 +49,22 @@ pub(crate) struct Run<T> {
 /// Runs `machine` against `script`; unscripted requests get 404. Answers arrive in send order.
 pub(crate) fn run<M: Machine>(machine: &mut M, script: Vec<Exchange>) -> Run<M::Outcome> {
     let mut script: Vec<Option<Exchange>> = script.into_iter().map(Some).collect();
+    run_with(machine, |request| {
+        let method = request.method().to_string();
+        let url = request.uri().to_string();
+        script
+            .iter_mut()
+            .find(|slot| slot.as_ref().is_some_and(|e| e.method == method && e.url == url))
+            .and_then(Option::take)
+            .map_or_else(|| raw(404, &[], "not found"), |exchange| exchange.answer)
+    })
+}
+
+/// Runs `machine` against a responder function. Answers arrive in send order.
+pub(crate) fn run_with<M: Machine>(
+    machine: &mut M,
+    mut respond: impl FnMut(&http::Request<Vec<u8>>) -> Result<Response<Vec<u8>>, TransportError>,
+) -> Run<M::Outcome> {
     let mut requests = Vec::new();
     let mut sent = Vec::new();
     let mut queue = VecDeque::new();
@@ -61,11 +77,7 @@ pub(crate) fn run<M: Machine>(machine: &mut M, script: Vec<Exchange>) -> Run<M::
                     let method = out.request.method().to_string();
                     let url = out.request.uri().to_string();
                     requests.push(format!("{method} {url}"));
-                    let answer = script
-                        .iter_mut()
-                        .find(|slot| slot.as_ref().is_some_and(|e| e.method == method && e.url == url))
-                        .and_then(Option::take)
-                        .map_or_else(|| raw(404, &[], "not found"), |exchange| exchange.answer);
+                    let answer = respond(&out.request);
                     sent.push(out.request);
                     queue.push_back((out.id, answer));
                 }
