@@ -53,17 +53,23 @@ pub struct PendingAuthorization {
     pub iss_required: bool,
 }
 
-/// Scopes with `offline_access` removed unless the server lists it.
+/// The scopes to request: duplicates dropped, `offline_access` removed unless the server lists it,
+/// and added when the server lists it and other scopes are requested (so a refresh token can be
+/// issued; with no scopes at all the `scope` parameter stays omitted).
 pub fn filter_scopes(scopes: &[String], metadata: &AuthorizationServerMetadata) -> Vec<String> {
     let offered = metadata.scopes_supported.as_deref().unwrap_or_default();
-    let mut out: Vec<String> = Vec::with_capacity(scopes.len());
+    let offline_offered = offered.iter().any(|s| s == OFFLINE_ACCESS);
+    let mut out: Vec<String> = Vec::with_capacity(scopes.len() + 1);
     for scope in scopes {
-        if scope == OFFLINE_ACCESS && !offered.iter().any(|s| s == OFFLINE_ACCESS) {
+        if scope == OFFLINE_ACCESS && !offline_offered {
             continue;
         }
         if !out.contains(scope) {
             out.push(scope.clone());
         }
+    }
+    if offline_offered && !out.is_empty() && !out.iter().any(|s| s == OFFLINE_ACCESS) {
+        out.push(OFFLINE_ACCESS.to_owned());
     }
     out
 }
@@ -263,8 +269,17 @@ mod tests {
         assert_eq!(get("code_challenge_method"), Some("S256"));
         assert_eq!(get("code_challenge"), Some(pending.pkce.challenge()));
         assert_eq!(get("resource"), Some("https://mcp.example.com/mcp"));
-        assert_eq!(get("scope"), Some("mcp"));
+        assert_eq!(get("scope"), Some("mcp"), "offline_access is dropped when not offered");
         assert_eq!(get("state"), Some(pending.state.expose()));
+    }
+
+    #[test]
+    fn offline_access_only_when_offered() {
+        let mut offered = metadata(false);
+        offered.scopes_supported = Some(vec!["mcp".into(), OFFLINE_ACCESS.into()]);
+        assert_eq!(filter_scopes(&["mcp".into()], &offered), ["mcp", OFFLINE_ACCESS]);
+        assert!(filter_scopes(&[], &offered).is_empty());
+        assert_eq!(filter_scopes(&["mcp".into(), OFFLINE_ACCESS.into()], &metadata(false)), ["mcp"]);
     }
 
     #[test]

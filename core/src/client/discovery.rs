@@ -527,7 +527,8 @@ fn entra_metadata(issuer: &Url, endpoints: &EntraEndpoints) -> AuthorizationServ
 fn legacy_metadata(origin: &Url) -> AuthorizationServerMetadata {
     let endpoint = |path: &str| origin.join(path).map(|url| url.to_string()).ok();
     AuthorizationServerMetadata {
-        issuer: origin.to_string(),
+        // An origin issuer is written without the trailing slash a URL serialiser adds.
+        issuer: origin.origin().ascii_serialization(),
         authorization_endpoint: endpoint("/authorize"),
         token_endpoint: endpoint("/token"),
         registration_endpoint: endpoint("/register"),

@@ -341,21 +341,21 @@ impl Session {
                 }
             }
         }
-        match &self.discovered {
-            Some(_) => self.obtain_token(),
-            None => {
-                let config = DiscoveryConfig {
-                    server_url: self.config.server_url.clone(),
-                    protocol_version: self.config.protocol_version.clone(),
-                    parallel: self.config.parallel_discovery,
-                    configured: self.config.configured.clone(),
-                    limits: DiscoveryConfig::new(self.config.server_url.clone()).limits,
-                };
-                let discovery =
-                    Discovery::after_probe(config, status, www_authenticate.iter().map(String::as_str));
-                self.phase = Phase::Discovering(Box::new(Child::new(discovery)));
-            }
+        // A 403 step-up keeps what discovery found. A 401 discovers again: the resource may have
+        // moved to another authorization server, whose credentials must not be the old ones.
+        let step_up = status == 403 && self.discovered.is_some();
+        if step_up {
+            return self.obtain_token();
         }
+        let config = DiscoveryConfig {
+            server_url: self.config.server_url.clone(),
+            protocol_version: self.config.protocol_version.clone(),
+            parallel: self.config.parallel_discovery,
+            configured: self.config.configured.clone(),
+            limits: DiscoveryConfig::new(self.config.server_url.clone()).limits,
+        };
+        let discovery = Discovery::after_probe(config, status, www_authenticate.iter().map(String::as_str));
+        self.phase = Phase::Discovering(Box::new(Child::new(discovery)));
     }
 
     /// Registration (if needed), then the grant.
@@ -382,9 +382,11 @@ impl Session {
                 self.request_token(None);
             }
             GrantKind::AuthorizationCode => {
-                if self.registration.is_some() {
+                let issuer = &discovered.authorization_server.issuer;
+                if self.registration.as_ref().is_some_and(|registration| &registration.issuer == issuer) {
                     return self.start_authorization();
                 }
+                self.registration = None;
                 let plan = plan_registration(
                     &discovered.authorization_server.issuer,
                     &discovered.authorization_server,

@@ -1,0 +1,45 @@
+//! Runs `mcp-oauth-core`'s sans-IO machines over tokio and hyper 1.
+//!
+//! Core decides; this crate carries bytes. It has four parts:
+//!
+//! - [`client::HttpClient`] performs one [`Outgoing`](mcp_oauth_core::machine::Outgoing) request
+//!   under its [`Limits`](mcp_oauth_core::machine::Limits): a timeout on the whole exchange, a cap on
+//!   the body, redirects never followed, and every address checked by
+//!   [`permits_address`](mcp_oauth_core::fetch_policy::permits_address) before connecting (IP
+//!   literals and every address a host name resolves to).
+//! - [`driver::drive`] is the one generic loop that runs any
+//!   [`Machine`](mcp_oauth_core::machine::Machine): it sends every requested exchange concurrently,
+//!   feeds each answer back, sleeps until the machine's deadline and returns the outcome.
+//! - [`user_agent`] performs the requests a browser would: [`user_agent::Headless`] fetches the
+//!   authorization URL and returns its redirect unfollowed; [`user_agent::LoopbackBrowser`] asks a
+//!   person to open it and catches the redirect on `127.0.0.1`. [`user_agent::Io`] routes each
+//!   request to the client or the user agent.
+//! - `mock` (feature `mock`) is an in-process OAuth authorization server and MCP server on
+//!   `127.0.0.1:0`, with switches for failure modes and counters, for tests and demos.
+//!
+//! ```no_run
+//! use mcp_oauth_core::client::discovery::{Discovery, DiscoveryConfig};
+//! use mcp_oauth_tokio::client::HttpClient;
+//! use mcp_oauth_tokio::driver::drive;
+//! use mcp_oauth_tokio::user_agent::{Headless, Io};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let io = Io::new(HttpClient::new()?, Box::new(Headless));
+//! let url = url::Url::parse("https://mcp.example.com/mcp")?;
+//! let mut discovery = Discovery::new(DiscoveryConfig::new(url));
+//! let discovered = drive(&mut discovery, &io).await??;
+//! println!("authorization server: {}", discovered.issuer);
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod driver;
+#[cfg(feature = "mock")]
+pub mod mock;
+pub mod user_agent;
+
+pub use client::HttpClient;
+pub use driver::{Clock, DriveError, Perform, drive, drive_with_clock};
+pub use user_agent::{Headless, Io, LoopbackBrowser, UserAgent};
