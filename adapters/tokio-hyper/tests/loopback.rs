@@ -378,6 +378,7 @@ async fn call(
         url: Url::parse(&handle.mcp_url()).expect("url"),
         protocol_version: None,
         session_id: None,
+        stateless: false,
     };
     let request = rpc_request(&endpoint, Some(id), method, params, token).expect("request");
     let outgoing = Outgoing { request, ..outgoing(Method::POST, "http://unused/", local_limits()) };

@@ -27,6 +27,22 @@ pub struct McpEndpoint {
     pub protocol_version: Option<String>,
     /// The session ID the server issued, if any.
     pub session_id: Option<String>,
+    /// The stateless wire (2026-07-28 and later): no `initialize`; every request carries the
+    /// protocol version, client info and capabilities in `params._meta`, plus `Mcp-Method`.
+    pub stateless: bool,
+}
+
+/// The dated protocol revisions that use the stateful lifecycle (the `initialize` handshake).
+pub const STATEFUL_VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+
+/// Whether `version` uses the stateless lifecycle (every revision after 2025-11-25).
+pub fn is_stateless(version: &str) -> bool {
+    !STATEFUL_VERSIONS.contains(&version)
+}
+
+/// The client info sent in `initialize` and in stateless `_meta`.
+pub fn client_info() -> Value {
+    json!({"name": "mcp-oauth", "version": env!("CARGO_PKG_VERSION")})
 }
 
 /// A JSON-RPC call or notification.
@@ -37,6 +53,18 @@ pub fn rpc_request(
     params: Value,
     access_token: Option<&Secret>,
 ) -> Result<Request<Vec<u8>>, http::Error> {
+    let mut params = params;
+    if endpoint.stateless
+        && let (Some(version), Some(object)) = (&endpoint.protocol_version, params.as_object_mut())
+    {
+        let meta = object.entry("_meta").or_insert_with(|| json!({}));
+        if let Some(meta) = meta.as_object_mut() {
+            meta.insert("io.modelcontextprotocol/protocolVersion".into(), json!(version));
+            meta.insert("io.modelcontextprotocol/clientInfo".into(), client_info());
+            meta.insert("io.modelcontextprotocol/clientCapabilities".into(), json!({}));
+        }
+    }
+    let tool_name = params.get("name").and_then(Value::as_str).map(str::to_owned);
     let mut message = json!({"jsonrpc": "2.0", "method": method, "params": params});
     if let Some(id) = id {
         message["id"] = json!(id);
@@ -48,6 +76,12 @@ pub fn rpc_request(
         .header(header::CONTENT_TYPE, "application/json");
     if let Some(version) = &endpoint.protocol_version {
         builder = builder.header(PROTOCOL_VERSION_HEADER, version);
+    }
+    if endpoint.stateless {
+        builder = builder.header("mcp-method", method);
+        if let (Some(name), "tools/call") = (tool_name, method) {
+            builder = builder.header("mcp-name", name);
+        }
     }
     if let Some(session) = &endpoint.session_id {
         builder = builder.header(SESSION_HEADER, session);
@@ -63,7 +97,7 @@ pub fn initialize_params(version: &str) -> Value {
     json!({
         "protocolVersion": version,
         "capabilities": {},
-        "clientInfo": {"name": "mcp-oauth", "version": env!("CARGO_PKG_VERSION")},
+        "clientInfo": client_info(),
     })
 }
 
@@ -182,6 +216,7 @@ mod tests {
             url: Url::parse("https://mcp.example.com/mcp").unwrap(),
             protocol_version: Some("2025-11-25".into()),
             session_id: Some("s-1".into()),
+            stateless: false,
         };
         let token = Secret::new("tok");
         let request = rpc_request(&endpoint, Some(2), "tools/list", json!({}), Some(&token)).unwrap();
@@ -192,5 +227,26 @@ mod tests {
             rpc_request(&endpoint, None, "notifications/initialized", json!({}), None).unwrap();
         let body: Value = serde_json::from_slice(notification.body()).unwrap();
         assert!(body.get("id").is_none());
+    }
+
+    #[test]
+    fn the_stateless_wire_carries_meta_and_method_headers() {
+        assert!(!is_stateless("2025-11-25"));
+        assert!(is_stateless("2026-07-28"));
+        let endpoint = McpEndpoint {
+            url: Url::parse("https://mcp.example.com/mcp").unwrap(),
+            protocol_version: Some("2026-07-28".into()),
+            session_id: None,
+            stateless: true,
+        };
+        let request =
+            rpc_request(&endpoint, Some(1), "tools/call", json!({"name": "echo", "arguments": {}}), None)
+                .unwrap();
+        assert_eq!(request.headers()[PROTOCOL_VERSION_HEADER], "2026-07-28");
+        assert_eq!(request.headers()["mcp-method"], "tools/call");
+        assert_eq!(request.headers()["mcp-name"], "echo");
+        let body: Value = serde_json::from_slice(request.body()).unwrap();
+        assert_eq!(body["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"], "2026-07-28");
+        assert!(body["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"].is_object());
     }
 }

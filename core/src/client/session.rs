@@ -270,14 +270,19 @@ pub struct Session {
 impl Session {
     /// A session that will run `config`.
     pub fn new(config: SessionConfig) -> Self {
-        let endpoint =
-            McpEndpoint { url: config.server_url.clone(), protocol_version: None, session_id: None };
+        let stateless = super::mcp::is_stateless(&config.protocol_version);
+        let endpoint = McpEndpoint {
+            url: config.server_url.clone(),
+            protocol_version: stateless.then(|| config.protocol_version.clone()),
+            session_id: None,
+            stateless,
+        };
         let scopes = config.scopes.clone().unwrap_or_default();
         Self {
             config,
             ids: RequestIds::default(),
             phase: Phase::Mcp,
-            step: McpStep::Initialize,
+            step: if stateless { McpStep::Operation(0) } else { McpStep::Initialize },
             endpoint,
             rpc_id: 0,
             token: None,
