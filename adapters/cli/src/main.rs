@@ -12,19 +12,27 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use mcp_oauth_cli::connect::{Browser, RunError, entropy, run_discovery, run_session, trail_table};
 use mcp_oauth_core::Reason;
+use mcp_oauth_core::client::discovery::DiscoveryConfig;
+use mcp_oauth_core::client::registration::ClientIdentity;
+use mcp_oauth_core::client::session::{GrantKind, Operation, SessionConfig};
 use mcp_oauth_core::config::{Diagnostic, Severity, load_yaml};
 use mcp_oauth_core::eval::evaluate_line;
 use mcp_oauth_core::origin::{
     Origin, OriginSettings, RequestOrigin, Scheme, TrustedProxies, resolve_public_origin,
 };
 use mcp_oauth_core::redirect::{RedirectDecision, Rejected, TrustedRedirectOrigins, validate_redirect_uri};
+use mcp_oauth_core::secret::Secret;
+use url::Url;
 
 const EXIT_STATUS_HELP: &str = "\
 Examples:
   mcp-oauth check config config.yaml
   mcp-oauth check redirect-uri https://app.example.com/cb --public-origin https://gw.example.com
   echo '{\"check\":\"mask\",\"value\":\"Bearer abcdefghijklmnop\"}' | mcp-oauth eval
+  mcp-oauth discover https://mcp.example.com/mcp
+  mcp-oauth connect https://mcp.example.com/mcp --call echo --args '{\"text\":\"hi\"}'
 
 Exit status:
   0  accepted / valid (eval: always, unless stdin is unreadable)
@@ -51,6 +59,55 @@ enum Command {
     /// Explain one decision in words, with the change that would fix it.
     #[command(subcommand)]
     Check(Check),
+    /// Connect to an MCP server as an OAuth client: initialize, list tools, optionally call one.
+    Connect(ConnectArgs),
+    /// Show how an MCP server wants to be authorized: every discovery candidate and the result.
+    Discover {
+        /// The MCP endpoint, e.g. https://mcp.example.com/mcp.
+        url: String,
+        /// Request every candidate of a stage at once (still chosen by priority).
+        #[arg(long)]
+        parallel: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct ConnectArgs {
+    /// The MCP endpoint, e.g. https://mcp.example.com/mcp.
+    url: String,
+    /// A pre-registered client ID (default: $MCP_OAUTH_CLIENT_ID; else dynamic registration).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// The client secret (default: $MCP_OAUTH_CLIENT_SECRET).
+    #[arg(long)]
+    client_secret: Option<String>,
+    /// A scope to request instead of the discovered ones; repeat for several.
+    #[arg(long = "scope")]
+    scopes: Vec<String>,
+    /// The grant: authorization_code (interactive) or client_credentials (machine to machine).
+    #[arg(long, default_value = "authorization_code")]
+    grant: String,
+    /// The loopback port the browser returns to.
+    #[arg(long, default_value_t = 33418)]
+    redirect_port: u16,
+    /// Follow the authorization endpoint's redirect without a browser (servers that approve at once).
+    #[arg(long)]
+    headless: bool,
+    /// Call this tool after listing tools.
+    #[arg(long)]
+    call: Option<String>,
+    /// The tool's arguments as a JSON object.
+    #[arg(long, default_value = "{}")]
+    args: String,
+    /// The MCP protocol version to speak (2026-07-28 uses the stateless wire).
+    #[arg(long, default_value = "2025-11-25")]
+    protocol_version: String,
+    /// This client's metadata document URL, used as client_id where the server supports it.
+    #[arg(long)]
+    client_metadata_url: Option<String>,
+    /// Accept authorization servers that omit code_challenge_methods_supported (assume S256).
+    #[arg(long)]
+    assume_s256: bool,
 }
 
 #[derive(Subcommand)]
@@ -127,6 +184,135 @@ fn main() -> ExitCode {
             &trusted_proxy_ranges,
         ),
         Command::Check(Check::Config { file }) => check_config(&file, &env),
+        Command::Connect(args) => connect(args, &env),
+        Command::Discover { url, parallel } => discover(&url, parallel),
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            eprintln!("mcp-oauth: cannot start the runtime: {error}");
+            None
+        }
+    }
+}
+
+fn connect(args: ConnectArgs, env: &dyn Fn(&str) -> Option<String>) -> ExitCode {
+    let Ok(url) = Url::parse(&args.url) else {
+        return invalid(
+            format!("`{}` is not an absolute URL", args.url),
+            "pass the MCP endpoint, e.g. https://mcp.example.com/mcp",
+        );
+    };
+    let grant = match args.grant.as_str() {
+        "authorization_code" => GrantKind::AuthorizationCode,
+        "client_credentials" => GrantKind::ClientCredentials,
+        other => {
+            return invalid(
+                format!("unknown grant `{other}`"),
+                "use --grant authorization_code or --grant client_credentials",
+            );
+        }
+    };
+    let arguments: serde_json::Value = match serde_json::from_str(&args.args) {
+        Ok(value @ serde_json::Value::Object(_)) => value,
+        _ => return invalid("--args is not a JSON object", "pass --args '{\"text\": \"hi\"}'"),
+    };
+    let metadata_document_url = match args.client_metadata_url.as_deref().map(Url::parse).transpose() {
+        Ok(url) => url,
+        Err(_) => return invalid("--client-metadata-url is not a URL", "pass an https URL"),
+    };
+    let entropy = match entropy(3) {
+        Ok(bytes) => bytes,
+        Err(error) => return invalid(error, "run on a system with a random source"),
+    };
+    let redirect_uri = match Url::parse(&format!("http://127.0.0.1:{}/callback", args.redirect_port)) {
+        Ok(url) => url,
+        Err(error) => return invalid(error, "pass a valid --redirect-port"),
+    };
+    let mut config = SessionConfig::new(url, redirect_uri, entropy);
+    config.grant = grant;
+    config.protocol_version = args.protocol_version;
+    config.assume_s256 = args.assume_s256;
+    config.identity = ClientIdentity {
+        client_id: args.client_id.or_else(|| env("MCP_OAUTH_CLIENT_ID")),
+        client_secret: args.client_secret.or_else(|| env("MCP_OAUTH_CLIENT_SECRET")).map(Secret::new),
+        metadata_document_url,
+        client_name: "mcp-oauth".to_owned(),
+    };
+    if !args.scopes.is_empty() {
+        config.scopes = Some(args.scopes);
+    }
+    config.operations = vec![Operation::ListTools];
+    if let Some(name) = args.call {
+        config.operations.push(Operation::CallTool { name, arguments });
+    }
+    let browser = if args.headless { Browser::Headless } else { Browser::Loopback(args.redirect_port) };
+    let Some(runtime) = runtime() else { return ExitCode::from(1) };
+    match runtime.block_on(run_session(config, browser)) {
+        Ok(outcome) => {
+            if let Some(discovered) = &outcome.discovery {
+                println!(
+                    "authorization server: {} ({} authorization(s), scopes: {})",
+                    discovered.issuer,
+                    outcome.authorizations,
+                    outcome.scopes.join(" ")
+                );
+            }
+            println!("protocol version: {}", outcome.protocol_version.as_deref().unwrap_or("unknown"));
+            for result in &outcome.results {
+                println!("{}", serde_json::to_string_pretty(result).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            println!("failed: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn discover(url: &str, parallel: bool) -> ExitCode {
+    let Ok(url) = Url::parse(url) else {
+        return invalid(
+            format!("`{url}` is not an absolute URL"),
+            "pass the MCP endpoint, e.g. https://mcp.example.com/mcp",
+        );
+    };
+    let mut config = DiscoveryConfig::new(url);
+    config.parallel = parallel;
+    let Some(runtime) = runtime() else { return ExitCode::from(1) };
+    match runtime.block_on(run_discovery(config)) {
+        Ok(found) => {
+            print!("{}", trail_table(&found.trail));
+            println!();
+            println!("issuer:   {}", found.issuer);
+            println!("source:   {:?}", found.source);
+            println!("resource: {}", found.resource);
+            println!(
+                "scopes:   {}",
+                found.scopes.as_ref().map_or_else(|| "(none)".to_owned(), |s| s.join(" "))
+            );
+            if !found.authorization_server.supports_s256() {
+                println!(
+                    "warning:  S256 is not advertised; interactive flows are refused unless --assume-s256"
+                );
+            }
+            println!("{}", serde_json::to_string_pretty(&found.authorization_server).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(RunError::Discovery(failure)) => {
+            print!("{}", trail_table(&failure.trail));
+            println!();
+            println!("failed: {} [{}]", failure, failure.reason());
+            ExitCode::from(1)
+        }
+        Err(error) => {
+            println!("failed: {error}");
+            ExitCode::from(1)
+        }
     }
 }
 
