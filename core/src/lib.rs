@@ -35,6 +35,7 @@ pub mod discovery;
 pub mod eval;
 pub mod fetch_policy;
 pub mod flow;
+pub mod gateway;
 pub mod harness;
 pub mod machine;
 pub mod mask;

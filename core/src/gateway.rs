@@ -1,0 +1,1085 @@
+//! The gateway's per-request decision (design §3, §4.4–§4.8): what to do with one request.
+//!
+//! Given the request head, the peer, the configuration and `now`, [`decide`] answers with an
+//! [`Action`]: a complete response (health, metadata, errors, refusals, redirects), or an
+//! instruction to forward the MCP request upstream with a chosen credential, or to proxy a token
+//! or registration request. The server that runs it only carries bytes. OAuth endpoints answer only
+//! for servers configured for the interactive flow; every other name gets the same 404 as an
+//! unknown one, so a scanner cannot tell which servers exist.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
+use serde_json::{Value, json};
+use url::Url;
+
+use crate::Reason;
+use crate::config::{AuthType, GatewayConfig, ServerConfig};
+use crate::delegate::{GATEWAY_KEY_HEADERS, Target, decide_delegation};
+use crate::flow::Flow;
+use crate::machine::Instant;
+use crate::origin::{Origin, RequestOrigin, Scheme, resolve_public_origin};
+use crate::outbound::{
+    AuthResolution, OutboundCredential, debug_requested, is_gateway_key, resolve_outbound_auth,
+};
+use crate::redirect::validate_redirect_uri;
+use crate::secret::Secret;
+
+/// How long an authorization started at the gateway may take before its `state` expires.
+pub const FLOW_LIFETIME_MILLIS: u64 = 10 * 60 * 1000;
+
+/// The parts of a request the gateway decides on.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestHead<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The path and query as received.
+    pub path_and_query: &'a str,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+    /// The listener's scheme.
+    pub scheme: Scheme,
+    /// The TCP peer.
+    pub peer: Option<IpAddr>,
+}
+
+/// Where a request goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /health`.
+    Health,
+    /// `GET /.well-known/oauth-protected-resource/{server}/mcp`.
+    ProtectedResourceMetadata(String),
+    /// `GET /.well-known/oauth-authorization-server/{server}`.
+    AuthorizationServerMetadata(String),
+    /// `GET /{server}/authorize`.
+    Authorize(String),
+    /// `GET /callback` (the upstream returns here).
+    Callback,
+    /// `POST /{server}/token`.
+    Token(String),
+    /// `POST /{server}/register`.
+    Register(String),
+    /// `POST|GET|DELETE /{server}/mcp`.
+    ServerMcp(String),
+    /// `POST /mcp` with `x-mcp-servers`.
+    Mcp,
+    /// Nothing here.
+    NotFound,
+}
+
+/// Maps a method and path to a route.
+pub fn route(method: &Method, path_and_query: &str) -> Route {
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        (&Method::GET, ["health"]) => Route::Health,
+        (&Method::GET, [".well-known", "oauth-protected-resource", server, "mcp"]) => {
+            Route::ProtectedResourceMetadata((*server).to_owned())
+        }
+        (&Method::GET, [".well-known", "oauth-authorization-server", server]) => {
+            Route::AuthorizationServerMetadata((*server).to_owned())
+        }
+        (&Method::GET, ["callback"]) => Route::Callback,
+        (&Method::GET, [server, "authorize"]) => Route::Authorize((*server).to_owned()),
+        (&Method::POST, [server, "token"]) => Route::Token((*server).to_owned()),
+        (&Method::POST, [server, "register"]) => Route::Register((*server).to_owned()),
+        (&Method::POST | &Method::GET | &Method::DELETE, ["mcp"]) => Route::Mcp,
+        (&Method::POST | &Method::GET | &Method::DELETE, [server, "mcp"]) if !server.is_empty() => {
+            Route::ServerMcp((*server).to_owned())
+        }
+        _ => Route::NotFound,
+    }
+}
+
+/// What the server must do with one request.
+#[derive(Debug)]
+pub enum Action {
+    /// Answer with this response.
+    Respond(Response<Vec<u8>>),
+    /// Forward the MCP request to the server's upstream.
+    Forward(Forward),
+    /// Read the form body, build the upstream request with [`build_token_request`], send it, and
+    /// answer with [`finish_token_response`].
+    ProxyToken {
+        /// The server's name.
+        server: String,
+        /// The gateway's public origin for this request (its callback URL is derived from it).
+        origin: Origin,
+    },
+    /// Forward the client's registration body to this upstream registration endpoint and relay the
+    /// answer (status and JSON body).
+    ProxyRegister {
+        /// The server's name.
+        server: String,
+        /// The upstream registration endpoint.
+        url: Url,
+    },
+}
+
+/// What to do when the upstream MCP server answers a forwarded request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamReaction {
+    /// Relay the answer as it is.
+    Relay,
+    /// Drop the cached M2M token, fetch a fresh one and retry once (design §4.3).
+    RetryWithFreshToken,
+}
+
+/// Decides how to treat the upstream's status for a forwarded request; `retried` says whether
+/// this answer is already the retry.
+pub fn upstream_reaction(forward: &Forward, status: StatusCode, retried: bool) -> UpstreamReaction {
+    if status == StatusCode::UNAUTHORIZED
+        && !retried
+        && !forward.delegated
+        && forward.credential == OutboundCredential::ClientCredentialsToken
+    {
+        UpstreamReaction::RetryWithFreshToken
+    } else {
+        UpstreamReaction::Relay
+    }
+}
+
+/// An MCP request to forward.
+#[derive(Debug)]
+pub struct Forward {
+    /// The target server's name.
+    pub server: String,
+    /// The upstream URL.
+    pub url: Url,
+    /// Headers to send upstream (the credential is attached by the server per `credential`).
+    pub headers: HeaderMap,
+    /// Which credential to attach.
+    pub credential: OutboundCredential,
+    /// How it was chosen.
+    pub resolution: AuthResolution,
+    /// Auth was delegated: relay the upstream's 401 and `WWW-Authenticate` as they are.
+    pub delegated: bool,
+    /// The caller asked for debug headers.
+    pub debug: bool,
+}
+
+/// Authorizations in progress, keyed by the `state` the gateway sent upstream.
+#[derive(Debug, Default)]
+pub struct FlowStore {
+    flows: HashMap<String, PendingFlow>,
+    codes: HashMap<String, (String, Instant)>,
+}
+
+#[derive(Debug)]
+struct PendingFlow {
+    server: String,
+    client_redirect_uri: Url,
+    client_state: Option<String>,
+    started: Instant,
+}
+
+impl FlowStore {
+    /// Drops flows and codes older than [`FLOW_LIFETIME_MILLIS`].
+    pub fn expire(&mut self, now: Instant) {
+        let alive =
+            |started: Instant| now.as_millis().saturating_sub(started.as_millis()) < FLOW_LIFETIME_MILLIS;
+        self.flows.retain(|_, flow| alive(flow.started));
+        self.codes.retain(|_, (_, issued)| alive(*issued));
+    }
+
+    /// How many flows are pending.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether no flow is pending.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+}
+
+/// Inputs to [`decide`] besides the request.
+pub struct Context<'a> {
+    /// The loaded configuration.
+    pub config: &'a GatewayConfig,
+    /// Authorizations in progress.
+    pub flows: &'a mut FlowStore,
+    /// The time.
+    pub now: Instant,
+    /// 16 fresh random bytes (used for the upstream `state` when this request starts a flow).
+    pub random: [u8; 16],
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
+    let mut response = Response::new(body.to_string().into_bytes());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The JSON error every refusal uses: `{"error": code, "error_description": message}`.
+pub fn error_response(status: StatusCode, error: &str, description: &str) -> Response<Vec<u8>> {
+    json_response(status, &json!({"error": error, "error_description": description}))
+}
+
+fn not_found() -> Response<Vec<u8>> {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such route or server")
+}
+
+/// A server that serves the browser-facing OAuth endpoints (interactive oauth2 only).
+fn interactive<'c>(config: &'c GatewayConfig, name: &str) -> Option<&'c ServerConfig> {
+    config.servers.get(name).filter(|server| {
+        server.policy.auth_type == AuthType::OAuth2 && server.policy.flow == Flow::AuthorizationCode
+    })
+}
+
+/// Decides what to do with one request (see the module docs).
+pub fn decide(head: &RequestHead<'_>, context: &mut Context<'_>) -> Action {
+    let route = route(head.method, head.path_and_query);
+    if route == Route::Health {
+        return Action::Respond(json_response(StatusCode::OK, &json!({"status": "ok"})));
+    }
+    if route == Route::NotFound {
+        return Action::Respond(not_found());
+    }
+    let config = context.config;
+    let request_origin = RequestOrigin {
+        scheme: head.scheme,
+        host: head.headers.get(header::HOST).and_then(|value| value.to_str().ok()),
+        peer: head.peer,
+        headers: head.headers,
+    };
+    let origin = match resolve_public_origin(&config.settings.origin, &request_origin) {
+        Ok(resolved) => resolved.origin,
+        Err(error) => {
+            return Action::Respond(error_response(
+                StatusCode::BAD_REQUEST,
+                error.reason(),
+                &error.to_string(),
+            ));
+        }
+    };
+    match route {
+        Route::ProtectedResourceMetadata(name) => match interactive(config, &name) {
+            Some(_) => Action::Respond(json_response(
+                StatusCode::OK,
+                &json!({
+                    "resource": format!("{origin}/{name}/mcp"),
+                    "authorization_servers": [format!("{origin}/{name}")],
+                    "bearer_methods_supported": ["header"],
+                }),
+            )),
+            None => Action::Respond(not_found()),
+        },
+        Route::AuthorizationServerMetadata(name) => match interactive(config, &name) {
+            Some(server) => Action::Respond(json_response(
+                StatusCode::OK,
+                &authorization_server_metadata(&origin, server),
+            )),
+            None => Action::Respond(not_found()),
+        },
+        Route::Authorize(name) => match interactive(config, &name) {
+            Some(server) => Action::Respond(authorize(head, &origin, server, context)),
+            None => Action::Respond(not_found()),
+        },
+        Route::Callback => Action::Respond(callback(head, context)),
+        Route::Token(name) => match interactive(config, &name) {
+            Some(server) => proxy_token(head, origin, server),
+            None => Action::Respond(not_found()),
+        },
+        Route::Register(name) => match interactive(config, &name) {
+            Some(server) => register(server),
+            None => Action::Respond(not_found()),
+        },
+        Route::ServerMcp(name) => mcp(head, &origin, Some(&name), config),
+        Route::Mcp => mcp(head, &origin, None, config),
+        Route::Health | Route::NotFound => Action::Respond(not_found()),
+    }
+}
+
+/// RFC 8414 metadata the gateway publishes for one interactive server.
+fn authorization_server_metadata(origin: &Origin, server: &ServerConfig) -> Value {
+    let base = format!("{origin}/{}", server.name);
+    let mut document = json!({
+        "issuer": base,
+        "authorization_endpoint": format!("{base}/authorize"),
+        "token_endpoint": format!("{base}/token"),
+        "registration_endpoint": format!("{base}/register"),
+        "response_types_supported": ["code"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["none"],
+    });
+    if let Some(scopes) = &server.entry.scopes {
+        document["scopes_supported"] = json!(scopes);
+    }
+    document
+}
+
+fn query_pairs(path_and_query: &str) -> Vec<(String, String)> {
+    let query = path_and_query.split_once('?').map(|(_, query)| query).unwrap_or_default();
+    url::form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+}
+
+/// The single value of a query parameter; a repeated parameter is ambiguous and refused.
+fn single(pairs: &[(String, String)], name: &str) -> Result<Option<String>, String> {
+    let mut values = pairs.iter().filter(|(key, _)| key == name).map(|(_, value)| value.clone());
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(format!("parameter `{name}` is repeated"));
+    }
+    Ok(first)
+}
+
+fn authorize(
+    head: &RequestHead<'_>,
+    origin: &Origin,
+    server: &ServerConfig,
+    context: &mut Context<'_>,
+) -> Response<Vec<u8>> {
+    let pairs = query_pairs(head.path_and_query);
+    let param = |name: &str| single(&pairs, name);
+    let (redirect_uri, state, challenge, method) = match (
+        param("redirect_uri"),
+        param("state"),
+        param("code_challenge"),
+        param("code_challenge_method"),
+    ) {
+        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+        _ => return error_response(StatusCode::BAD_REQUEST, "invalid_request", "a parameter is repeated"),
+    };
+    let Some(redirect_uri) = redirect_uri else {
+        return error_response(StatusCode::BAD_REQUEST, "invalid_request", "redirect_uri is required");
+    };
+    let decision =
+        validate_redirect_uri(&redirect_uri, Some(origin), &context.config.settings.trusted_redirect_origins);
+    let Some(client_redirect) = decision.uri().cloned() else {
+        let body = decision.error_body().unwrap_or_else(|| json!({"error": "invalid_request"}));
+        return json_response(StatusCode::BAD_REQUEST, &body);
+    };
+    // From here on errors may be redirected to the validated redirect_uri, but only PKCE errors
+    // are worth it; keep them as 400s so a misbehaving client sees them at once.
+    if challenge.as_deref().is_none_or(str::is_empty) || method.as_deref() != Some("S256") {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "PKCE with code_challenge_method=S256 is required",
+        );
+    }
+    let Some(authorization_url) =
+        server.entry.authorization_url.as_deref().and_then(|url| Url::parse(url).ok())
+    else {
+        return error_response(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "the upstream authorization endpoint is not configured (set authorization_url)",
+        );
+    };
+    let Some(client_id) = server.entry.client_id.as_deref() else {
+        return error_response(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "no client_id is configured for the upstream",
+        );
+    };
+    context.flows.expire(context.now);
+    let upstream_state = crate::pkce::state_from_random(context.random);
+    context.flows.flows.insert(
+        upstream_state.clone(),
+        PendingFlow {
+            server: server.name.clone(),
+            client_redirect_uri: client_redirect,
+            client_state: state,
+            started: context.now,
+        },
+    );
+    let mut upstream = authorization_url;
+    {
+        let mut query = upstream.query_pairs_mut();
+        query
+            .append_pair("response_type", "code")
+            .append_pair("client_id", client_id)
+            .append_pair("redirect_uri", &format!("{origin}/callback"))
+            .append_pair("state", &upstream_state)
+            .append_pair("code_challenge", challenge.as_deref().unwrap_or_default())
+            .append_pair("code_challenge_method", "S256");
+        let scope = match single(&pairs, "scope") {
+            Ok(Some(scope)) => Some(scope),
+            _ => server.entry.scopes.as_ref().map(|scopes| scopes.join(" ")),
+        };
+        if let Some(scope) = scope.filter(|scope| !scope.is_empty()) {
+            query.append_pair("scope", &scope);
+        }
+        if let Ok(Some(resource)) = single(&pairs, "resource") {
+            query.append_pair("resource", &resource);
+        }
+    }
+    redirect(&upstream)
+}
+
+fn redirect(location: &Url) -> Response<Vec<u8>> {
+    let mut response = Response::new(Vec::new());
+    *response.status_mut() = StatusCode::FOUND;
+    if let Ok(value) = HeaderValue::from_str(location.as_str()) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn callback(head: &RequestHead<'_>, context: &mut Context<'_>) -> Response<Vec<u8>> {
+    let pairs = query_pairs(head.path_and_query);
+    let Ok(Some(state)) = single(&pairs, "state") else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the callback has no single state",
+        );
+    };
+    context.flows.expire(context.now);
+    // Single use: a replayed callback finds nothing.
+    let Some(flow) = context.flows.flows.remove(&state) else {
+        return error_response(StatusCode::BAD_REQUEST, "invalid_request", "unknown or expired state");
+    };
+    let mut location = flow.client_redirect_uri.clone();
+    {
+        let mut query = location.query_pairs_mut();
+        for name in ["code", "error", "error_description"] {
+            if let Ok(Some(value)) = single(&pairs, name) {
+                query.append_pair(name, &value);
+            }
+        }
+        if let Some(state) = &flow.client_state {
+            query.append_pair("state", state);
+        }
+    }
+    if let Ok(Some(code)) = single(&pairs, "code") {
+        context.flows.codes.insert(code, (flow.server.clone(), context.now));
+    }
+    redirect(&location)
+}
+
+/// The body of a form request, parsed; a repeated field is refused.
+pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+    for (index, (name, _)) in pairs.iter().enumerate() {
+        if pairs[..index].iter().any(|(earlier, _)| earlier == name) {
+            return Err(format!("form field `{name}` is repeated"));
+        }
+    }
+    Ok(pairs)
+}
+
+/// The token request arrives with its body, so [`decide`] only checks the route; the server calls
+/// this with the body to build the upstream request. The error is the response to send back.
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+pub fn build_token_request(
+    server: &ServerConfig,
+    origin: &Origin,
+    body: &[u8],
+    flows: &mut FlowStore,
+    now: Instant,
+) -> Result<http::Request<Vec<u8>>, Response<Vec<u8>>> {
+    let form =
+        parse_form(body).map_err(|why| error_response(StatusCode::BAD_REQUEST, "invalid_request", &why))?;
+    let get = |name: &str| form.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str());
+    let Some(token_url) = server.entry.token_url.as_deref().and_then(|url| Url::parse(url).ok()) else {
+        return Err(error_response(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "the upstream token endpoint is not configured",
+        ));
+    };
+    let mut upstream = url::form_urlencoded::Serializer::new(String::new());
+    match get("grant_type") {
+        Some("authorization_code") => {
+            let code = get("code").unwrap_or_default();
+            flows.expire(now);
+            // The code must come from a flow this gateway started for this server.
+            match flows.codes.remove(code) {
+                Some((flow_server, _)) if flow_server == server.name => {}
+                _ => {
+                    return Err(error_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        "unknown, expired or foreign code",
+                    ));
+                }
+            }
+            let Some(verifier) = get("code_verifier") else {
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "code_verifier is required (PKCE)",
+                ));
+            };
+            upstream
+                .append_pair("grant_type", "authorization_code")
+                .append_pair("code", code)
+                .append_pair("code_verifier", verifier)
+                .append_pair("redirect_uri", &format!("{origin}/callback"));
+        }
+        Some("refresh_token") => {
+            let Some(refresh) = get("refresh_token") else {
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "refresh_token is required",
+                ));
+            };
+            upstream.append_pair("grant_type", "refresh_token").append_pair("refresh_token", refresh);
+        }
+        _ => {
+            return Err(error_response(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "use authorization_code or refresh_token",
+            ));
+        }
+    }
+    if let Some(resource) = get("resource") {
+        upstream.append_pair("resource", resource);
+    }
+    if let Some(client_id) = &server.entry.client_id {
+        upstream.append_pair("client_id", client_id);
+    }
+    if let Some(secret) = &server.entry.client_secret {
+        upstream.append_pair("client_secret", secret.expose());
+    }
+    http::Request::builder()
+        .method(Method::POST)
+        .uri(token_url.as_str())
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::ACCEPT, "application/json")
+        .body(upstream.finish().into_bytes())
+        .map_err(|_| {
+            error_response(StatusCode::BAD_GATEWAY, "server_error", "cannot build the upstream token request")
+        })
+}
+
+fn proxy_token(head: &RequestHead<'_>, origin: Origin, server: &ServerConfig) -> Action {
+    let form = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        return Action::Respond(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the token endpoint takes application/x-www-form-urlencoded",
+        ));
+    }
+    Action::ProxyToken { server: server.name.clone(), origin }
+}
+
+/// Applies `token_validation` to the upstream's token answer; a failure is a 403 naming the field.
+pub fn finish_token_response(server: &ServerConfig, upstream: Response<Vec<u8>>) -> Response<Vec<u8>> {
+    let status = upstream.status();
+    if !status.is_success() {
+        return json_response(
+            if status.is_client_error() { status } else { StatusCode::BAD_GATEWAY },
+            &serde_json::from_slice::<Value>(upstream.body()).unwrap_or_else(|_| json!({"error": "server_error", "error_description": "the upstream token endpoint failed"})),
+        );
+    }
+    let Ok(document) = serde_json::from_slice::<Value>(upstream.body()) else {
+        return error_response(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "the upstream token response is not JSON",
+        );
+    };
+    if let Some(rules) = &server.entry.token_validation
+        && let Err(failure) = crate::token::validate_token_response(rules, &document)
+    {
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"error": failure.reason(), "field": failure.field(), "error_description": failure.to_string()}),
+        );
+    }
+    json_response(StatusCode::OK, &document)
+}
+
+fn register(server: &ServerConfig) -> Action {
+    match &server.entry.client_id {
+        // A pre-stored client: hand out its ID, never its secret.
+        Some(client_id) => Action::Respond(json_response(
+            StatusCode::CREATED,
+            &json!({
+                "client_id": client_id,
+                "token_endpoint_auth_method": "none",
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+            }),
+        )),
+        None => match server.entry.registration_url.as_deref().and_then(|url| Url::parse(url).ok()) {
+            Some(url) => Action::ProxyRegister { server: server.name.clone(), url },
+            None => Action::Respond(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_client_metadata",
+                "this server takes no registrations: configure client_id or registration_url",
+            )),
+        },
+    }
+}
+
+/// Request headers that travel upstream with an MCP request.
+const FORWARDED_HEADERS: [&str; 6] =
+    ["content-type", "accept", "mcp-session-id", "mcp-protocol-version", "last-event-id", "user-agent"];
+
+fn mcp(
+    head: &RequestHead<'_>,
+    origin: &Origin,
+    path_server_name: Option<&str>,
+    config: &GatewayConfig,
+) -> Action {
+    let lookup = |name: &str| match config.servers.get(name) {
+        Some(server) => Target::Known(&server.policy),
+        None => Target::Unknown,
+    };
+    let delegation = decide_delegation(head.path_and_query, head.headers, lookup);
+    let Some(name) = path_server_name.map(str::to_owned).or_else(|| {
+        head.headers.get(crate::delegate::SERVERS_HEADER).and_then(|value| value.to_str().ok()).and_then(
+            |value| value.split(',').map(str::trim).find(|name| !name.is_empty()).map(str::to_owned),
+        )
+    }) else {
+        return Action::Respond(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "name a server: /{server}/mcp or x-mcp-servers",
+        ));
+    };
+    let Some(server) = config.servers.get(&name) else {
+        return Action::Respond(not_found());
+    };
+    let delegated = delegation.delegates();
+    if !delegated && !admitted(head.headers, server, config) {
+        let challenge =
+            format!("Bearer resource_metadata=\"{origin}/.well-known/oauth-protected-resource/{name}/mcp\"");
+        let mut response = error_response(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "a valid gateway key is required in x-mcp-gateway-key (or x-litellm-api-key)",
+        );
+        if let Ok(value) = HeaderValue::from_str(&challenge) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        }
+        return Action::Respond(response);
+    }
+    let mut headers = HeaderMap::new();
+    for forwarded in FORWARDED_HEADERS {
+        for value in head.headers.get_all(forwarded) {
+            headers.append(HeaderName::from_static(forwarded), value.clone());
+        }
+    }
+    let (resolution, credential) = if delegated {
+        (AuthResolution::OAuth2Passthrough, OutboundCredential::ForwardAuthorization)
+    } else {
+        let decision =
+            resolve_outbound_auth(&name, &server.policy, head.headers, &config.settings.gateway_keys);
+        (decision.resolution, decision.credential)
+    };
+    if credential == OutboundCredential::ForwardAuthorization
+        && let Some(value) = head.headers.get(header::AUTHORIZATION)
+    {
+        headers.insert(header::AUTHORIZATION, value.clone());
+    }
+    Action::Forward(Forward {
+        server: name,
+        url: server.url.clone(),
+        headers,
+        credential,
+        resolution,
+        delegated,
+        debug: debug_requested(head.headers),
+    })
+}
+
+/// Whether the request carries a gateway key: in the key headers, or in `Authorization` when the
+/// target server is not oauth2 (there `Authorization` is never an upstream token).
+fn admitted(headers: &HeaderMap, server: &ServerConfig, config: &GatewayConfig) -> bool {
+    let keys = &config.settings.gateway_keys;
+    if keys.is_empty() {
+        return false;
+    }
+    let carries_key = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .any(|value| is_gateway_key(value, keys))
+    };
+    GATEWAY_KEY_HEADERS.iter().any(|name| carries_key(name))
+        || (server.policy.auth_type != AuthType::OAuth2 && carries_key("authorization"))
+}
+
+/// The header the static `authentication_token` is sent in, by `auth_type` (LiteLLM's mapping).
+pub fn static_credential_header(auth_type: AuthType, token: &Secret) -> (HeaderName, String) {
+    let value = token.expose();
+    match auth_type {
+        AuthType::ApiKey => (HeaderName::from_static("x-api-key"), value.to_owned()),
+        AuthType::Basic => (header::AUTHORIZATION, format!("Basic {value}")),
+        AuthType::Token => (header::AUTHORIZATION, format!("token {value}")),
+        AuthType::Authorization => (header::AUTHORIZATION, value.to_owned()),
+        _ => (header::AUTHORIZATION, format!("Bearer {value}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_yaml;
+
+    const CONFIG: &str = "
+general_settings:
+  master_key: sk-gateway-key-0001
+mcp_servers:
+  github:
+    url: https://api.github.example/mcp
+    auth_type: oauth2
+    oauth2_flow: authorization_code
+    client_id: gh-client
+    client_secret: gh-secret-value-0001
+    authorization_url: https://github.example/login/oauth/authorize
+    token_url: https://github.example/login/oauth/access_token
+    scopes: [repo]
+    token_validation:
+      team.enterprise_id: E1
+  delegated:
+    url: https://delegated.example/mcp
+    auth_type: oauth2
+    authorization_url: https://auth.example/authorize
+    delegate_auth_to_upstream: true
+  reports:
+    url: https://reports.example/mcp
+    auth_type: oauth2
+    oauth2_flow: client_credentials
+    client_id: r
+    client_secret: r-secret-value-0001
+    token_url: https://auth.example/token
+  wiki:
+    url: https://wiki.example/mcp
+    auth_type: bearer_token
+    authentication_token: wiki-token-0001
+";
+
+    fn config() -> GatewayConfig {
+        let env = |name: &str| (name == "PROXY_BASE_URL").then(|| "https://gw.example.com".to_owned());
+        load_yaml(CONFIG, &env).unwrap().config
+    }
+
+    fn run(
+        config: &GatewayConfig,
+        flows: &mut FlowStore,
+        method: Method,
+        path: &str,
+        pairs: &[(&'static str, &str)],
+    ) -> Action {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("internal:4000"));
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        let head = RequestHead {
+            method: &method,
+            path_and_query: path,
+            headers: &headers,
+            scheme: Scheme::Http,
+            peer: None,
+        };
+        let mut context = Context { config, flows, now: Instant::from_millis(1_000), random: [7; 16] };
+        decide(&head, &mut context)
+    }
+
+    fn respond(action: Action) -> Response<Vec<u8>> {
+        match action {
+            Action::Respond(response) => response,
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+
+    fn body(response: &Response<Vec<u8>>) -> Value {
+        serde_json::from_slice(response.body()).unwrap()
+    }
+
+    #[test]
+    fn oauth_endpoints_answer_only_for_interactive_servers() {
+        let config = config();
+        let mut flows = FlowStore::default();
+        let prm = respond(run(
+            &config,
+            &mut flows,
+            Method::GET,
+            "/.well-known/oauth-protected-resource/github/mcp",
+            &[],
+        ));
+        assert_eq!(prm.status(), StatusCode::OK);
+        assert_eq!(body(&prm)["resource"], "https://gw.example.com/github/mcp");
+        let asm = respond(run(
+            &config,
+            &mut flows,
+            Method::GET,
+            "/.well-known/oauth-authorization-server/github",
+            &[],
+        ));
+        assert_eq!(body(&asm)["authorization_endpoint"], "https://gw.example.com/github/authorize");
+        for name in ["reports", "wiki", "nope"] {
+            let unknown = respond(run(
+                &config,
+                &mut flows,
+                Method::GET,
+                &format!("/.well-known/oauth-authorization-server/{name}"),
+                &[],
+            ));
+            let known_404 = respond(run(
+                &config,
+                &mut flows,
+                Method::GET,
+                "/.well-known/oauth-authorization-server/nope",
+                &[],
+            ));
+            assert_eq!(unknown.status(), StatusCode::NOT_FOUND, "{name}");
+            assert_eq!(
+                unknown.body(),
+                known_404.body(),
+                "{name} is indistinguishable from an unknown server"
+            );
+            let register = respond(run(&config, &mut flows, Method::POST, &format!("/{name}/register"), &[]));
+            assert_eq!(register.status(), StatusCode::NOT_FOUND);
+        }
+    }
+
+    #[test]
+    fn register_hands_out_the_client_id_never_the_secret() {
+        let config = config();
+        let response =
+            respond(run(&config, &mut FlowStore::default(), Method::POST, "/github/register", &[]));
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let text = String::from_utf8_lossy(response.body()).into_owned();
+        assert!(text.contains("gh-client"));
+        assert!(!text.contains("gh-secret-value-0001"));
+    }
+
+    #[test]
+    fn authorize_validates_redirect_uri_and_binds_state_through_the_callback() {
+        let config = config();
+        let mut flows = FlowStore::default();
+        let bad = respond(run(
+            &config,
+            &mut flows,
+            Method::GET,
+            "/github/authorize?redirect_uri=https%3A%2F%2Fevil.example%2Fcb&state=s&code_challenge=c&code_challenge_method=S256",
+            &[],
+        ));
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        assert!(bad.headers().get(header::LOCATION).is_none());
+        assert_eq!(body(&bad)["error"], "invalid_request");
+        assert!(flows.is_empty());
+
+        let ok = respond(run(
+            &config,
+            &mut flows,
+            Method::GET,
+            "/github/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A9999%2Fcb&state=client-state&code_challenge=abc&code_challenge_method=S256",
+            &[],
+        ));
+        assert_eq!(ok.status(), StatusCode::FOUND);
+        let upstream = Url::parse(ok.headers()[header::LOCATION].to_str().unwrap()).unwrap();
+        assert!(upstream.as_str().starts_with("https://github.example/login/oauth/authorize?"));
+        let query: HashMap<String, String> = upstream.query_pairs().into_owned().collect();
+        assert_eq!(query["redirect_uri"], "https://gw.example.com/callback");
+        assert_eq!(query["code_challenge"], "abc");
+        assert_eq!(query["client_id"], "gh-client");
+        assert_ne!(query["state"], "client-state", "the upstream sees the gateway's own state");
+
+        let callback = format!("/callback?code=up-code&state={}", query["state"]);
+        let back = respond(run(&config, &mut flows, Method::GET, &callback, &[]));
+        let client = Url::parse(back.headers()[header::LOCATION].to_str().unwrap()).unwrap();
+        assert_eq!(client.host_str(), Some("127.0.0.1"));
+        let returned: HashMap<String, String> = client.query_pairs().into_owned().collect();
+        assert_eq!(returned["code"], "up-code");
+        assert_eq!(returned["state"], "client-state");
+        let replay = respond(run(&config, &mut flows, Method::GET, &callback, &[]));
+        assert_eq!(replay.status(), StatusCode::BAD_REQUEST, "a state is used once");
+
+        let server = &config.servers["github"];
+        let origin = Origin::parse("https://gw.example.com").unwrap();
+        let foreign = build_token_request(
+            server,
+            &origin,
+            b"grant_type=authorization_code&code=other&code_verifier=v",
+            &mut flows,
+            Instant::from_millis(2_000),
+        );
+        assert!(foreign.is_err());
+        let request = build_token_request(
+            server,
+            &origin,
+            b"grant_type=authorization_code&code=up-code&code_verifier=v",
+            &mut flows,
+            Instant::from_millis(2_000),
+        )
+        .unwrap();
+        let form: HashMap<String, String> =
+            url::form_urlencoded::parse(request.body()).into_owned().collect();
+        assert_eq!(form["client_secret"], "gh-secret-value-0001");
+        assert_eq!(form["redirect_uri"], "https://gw.example.com/callback");
+        assert!(
+            build_token_request(
+                server,
+                &origin,
+                b"grant_type=authorization_code&code=up-code&code_verifier=v",
+                &mut flows,
+                Instant::from_millis(3_000)
+            )
+            .is_err(),
+            "a code is used once"
+        );
+    }
+
+    #[test]
+    fn flows_expire() {
+        let config = config();
+        let mut flows = FlowStore::default();
+        let ok = respond(run(
+            &config,
+            &mut flows,
+            Method::GET,
+            "/github/authorize?redirect_uri=http%3A%2F%2Flocalhost%2Fcb&code_challenge=abc&code_challenge_method=S256",
+            &[],
+        ));
+        assert_eq!(ok.status(), StatusCode::FOUND);
+        flows.expire(Instant::from_millis(1_000 + FLOW_LIFETIME_MILLIS));
+        assert!(flows.is_empty());
+    }
+
+    #[test]
+    fn token_validation_gates_the_token_response() {
+        let config = config();
+        let server = &config.servers["github"];
+        let upstream = |body: &str| Response::builder().status(200).body(body.as_bytes().to_vec()).unwrap();
+        let ok = finish_token_response(
+            server,
+            upstream(r#"{"access_token":"at-secret","team":{"enterprise_id":"E1"}}"#),
+        );
+        assert_eq!(ok.status(), StatusCode::OK);
+        let refused = finish_token_response(
+            server,
+            upstream(r#"{"access_token":"at-secret","team":{"enterprise_id":"E2"}}"#),
+        );
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        let text = String::from_utf8_lossy(refused.body()).into_owned();
+        assert!(text.contains("token_validation_failed") && text.contains("team.enterprise_id"));
+        assert!(!text.contains("at-secret") && !text.contains("E2"));
+    }
+
+    #[test]
+    fn mcp_admission_and_outbound_credentials() {
+        let config = config();
+        let mut flows = FlowStore::default();
+        let refused = respond(run(&config, &mut flows, Method::POST, "/reports/mcp", &[]));
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            refused.headers()[header::WWW_AUTHENTICATE],
+            "Bearer resource_metadata=\"https://gw.example.com/.well-known/oauth-protected-resource/reports/mcp\""
+        );
+        let wrong = respond(run(
+            &config,
+            &mut flows,
+            Method::POST,
+            "/reports/mcp",
+            &[("x-mcp-gateway-key", "sk-wrong")],
+        ));
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+
+        let Action::Forward(m2m) = run(
+            &config,
+            &mut flows,
+            Method::POST,
+            "/reports/mcp",
+            &[("x-litellm-api-key", "Bearer sk-gateway-key-0001"), ("x-mcp-debug", "true")],
+        ) else {
+            panic!("expected a forward")
+        };
+        assert_eq!(m2m.credential, OutboundCredential::ClientCredentialsToken);
+        assert!(m2m.debug);
+        assert!(m2m.headers.get("x-litellm-api-key").is_none(), "the gateway key never goes upstream");
+        assert_eq!(
+            upstream_reaction(&m2m, StatusCode::UNAUTHORIZED, false),
+            UpstreamReaction::RetryWithFreshToken
+        );
+        assert_eq!(upstream_reaction(&m2m, StatusCode::UNAUTHORIZED, true), UpstreamReaction::Relay);
+
+        let Action::Forward(wiki) = run(
+            &config,
+            &mut flows,
+            Method::POST,
+            "/wiki/mcp",
+            &[("authorization", "Bearer sk-gateway-key-0001")],
+        ) else {
+            panic!("the key in Authorization admits a non-oauth2 server")
+        };
+        assert_eq!(wiki.credential, OutboundCredential::StaticToken);
+        assert!(wiki.headers.get(header::AUTHORIZATION).is_none());
+
+        let github = respond(run(
+            &config,
+            &mut flows,
+            Method::POST,
+            "/github/mcp",
+            &[("authorization", "Bearer sk-gateway-key-0001")],
+        ));
+        assert_eq!(
+            github.status(),
+            StatusCode::UNAUTHORIZED,
+            "for oauth2 servers Authorization is not the key"
+        );
+
+        let Action::Forward(passthrough) = run(
+            &config,
+            &mut flows,
+            Method::POST,
+            "/github/mcp",
+            &[("x-mcp-gateway-key", "sk-gateway-key-0001"), ("authorization", "Bearer user-token")],
+        ) else {
+            panic!("expected a forward")
+        };
+        assert_eq!(passthrough.credential, OutboundCredential::ForwardAuthorization);
+        assert_eq!(passthrough.headers[header::AUTHORIZATION], "Bearer user-token");
+    }
+
+    #[test]
+    fn delegation_skips_the_key_and_relays_upstream_challenges() {
+        let config = config();
+        let mut flows = FlowStore::default();
+        let Action::Forward(delegated) =
+            run(&config, &mut flows, Method::POST, "/delegated/mcp", &[("authorization", "Bearer user")])
+        else {
+            panic!("delegated servers need no gateway key")
+        };
+        assert!(delegated.delegated);
+        assert_eq!(delegated.headers[header::AUTHORIZATION], "Bearer user");
+        assert_eq!(upstream_reaction(&delegated, StatusCode::UNAUTHORIZED, false), UpstreamReaction::Relay);
+        let mixed = respond(run(
+            &config,
+            &mut flows,
+            Method::POST,
+            "/delegated/mcp",
+            &[("x-mcp-servers", "reports")],
+        ));
+        assert_eq!(
+            mixed.status(),
+            StatusCode::UNAUTHORIZED,
+            "one non-delegating target enforces the gateway's auth"
+        );
+    }
+
+    #[test]
+    fn routes_and_static_headers() {
+        assert_eq!(route(&Method::GET, "/health"), Route::Health);
+        assert_eq!(route(&Method::POST, "/a/mcp?x=1"), Route::ServerMcp("a".into()));
+        assert_eq!(route(&Method::GET, "/a/b/c"), Route::NotFound);
+        assert_eq!(route(&Method::PUT, "/a/mcp"), Route::NotFound);
+        let token = Secret::new("t");
+        assert_eq!(static_credential_header(AuthType::ApiKey, &token).0, "x-api-key");
+        assert_eq!(static_credential_header(AuthType::BearerToken, &token).1, "Bearer t");
+    }
+}
