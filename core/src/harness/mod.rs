@@ -6,6 +6,7 @@
 //! crash found once stays fixed.
 
 pub mod config;
+pub mod gateway_request;
 pub mod mask;
 pub mod public_origin;
 pub mod redirect_uri;
@@ -13,6 +14,7 @@ pub mod trusted_redirect_origins;
 pub mod www_authenticate;
 
 pub use config::config;
+pub use gateway_request::gateway_request;
 pub use mask::mask;
 pub use public_origin::public_origin;
 pub use redirect_uri::redirect_uri;
@@ -33,6 +35,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("mask", mask),
     ("trusted_redirect_origins", trusted_redirect_origins),
     ("config", config),
+    ("gateway_request", gateway_request),
 ];
 
 #[cfg(test)]
