@@ -49,6 +49,7 @@ pub mod sse;
 #[cfg(feature = "proptest")]
 pub mod strategies;
 pub mod token;
+pub mod token_cache;
 pub mod www_authenticate;
 
 /// A value with a stable machine-readable reason code, for logs, metrics and `eval`.

@@ -5,6 +5,9 @@
 //! 2 usage error (unknown flag, missing argument), as documented in `--help`.
 #![forbid(unsafe_code)]
 
+mod demo;
+mod serve;
+
 use std::io::{self, BufRead, BufWriter, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -28,6 +31,8 @@ use url::Url;
 
 const EXIT_STATUS_HELP: &str = "\
 Examples:
+  mcp-oauth demo --once
+  mcp-oauth serve --config config.yaml --listen 127.0.0.1:4000
   mcp-oauth check config config.yaml
   mcp-oauth check redirect-uri https://app.example.com/cb --public-origin https://gw.example.com
   echo '{\"check\":\"mask\",\"value\":\"Bearer abcdefghijklmnop\"}' | mcp-oauth eval
@@ -61,6 +66,22 @@ enum Command {
     Check(Check),
     /// Connect to an MCP server as an OAuth client: initialize, list tools, optionally call one.
     Connect(ConnectArgs),
+    /// Run the gateway: load a LiteLLM-style config.yaml and serve until SIGTERM or Ctrl-C.
+    Serve {
+        /// The YAML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:4000")]
+        listen: String,
+    },
+    /// Start a mock upstream and the gateway on loopback and walk through an M2M call and an
+    /// interactive OAuth flow, printing every step.
+    Demo {
+        /// Exit after the walkthrough (0 when every step passed) instead of serving until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
     /// Show how an MCP server wants to be authorized: every discovery candidate and the result.
     Discover {
         /// The MCP endpoint, e.g. https://mcp.example.com/mcp.
@@ -186,6 +207,8 @@ fn main() -> ExitCode {
         Command::Check(Check::Config { file }) => check_config(&file, &env),
         Command::Connect(args) => connect(args, &env),
         Command::Discover { url, parallel } => discover(&url, parallel),
+        Command::Serve { config, listen } => serve::run(&config, &listen),
+        Command::Demo { once } => demo::run(once),
     }
 }
 

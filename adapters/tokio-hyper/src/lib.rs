@@ -1,6 +1,6 @@
 //! Runs `mcp-oauth-core`'s sans-IO machines over tokio and hyper 1.
 //!
-//! Core decides; this crate carries bytes. It has four parts:
+//! Core decides; this crate carries bytes. It has five parts:
 //!
 //! - [`client::HttpClient`] performs one [`Outgoing`](mcp_oauth_core::machine::Outgoing) request
 //!   under its [`Limits`](mcp_oauth_core::machine::Limits): a timeout on the whole exchange, a cap on
@@ -14,6 +14,9 @@
 //!   authorization URL and returns its redirect unfollowed; [`user_agent::LoopbackBrowser`] asks a
 //!   person to open it and catches the redirect on `127.0.0.1`. [`user_agent::Io`] routes each
 //!   request to the client or the user agent.
+//! - [`server::serve`] is the gateway: a hyper server that asks
+//!   [`gateway::decide`](mcp_oauth_core::gateway::decide) what to do with each request and
+//!   streams MCP traffic to and from the upstream servers.
 //! - `mock` (feature `mock`) is an in-process OAuth authorization server and MCP server on
 //!   `127.0.0.1:0`, with switches for failure modes and counters, for tests and demos.
 //!
@@ -38,6 +41,8 @@ pub mod client;
 pub mod driver;
 #[cfg(feature = "mock")]
 pub mod mock;
+pub mod server;
+pub mod token_cache;
 pub mod user_agent;
 
 pub use client::HttpClient;

@@ -1,0 +1,290 @@
+//! A bounded loopback load test: M2M `tools/call` through the gateway versus directly to the mock.
+//!
+//! ```text
+//! cargo run --release -p mcp-oauth-tokio --example gateway_load -- [--sequential N] [--concurrent N] [--workers N]
+//! ```
+//!
+//! The mock upstream runs in this process; the gateway runs in a child process (this same binary
+//! started with `--gateway CONFIG`), so its start-up time and RSS are its own. The direct calls use
+//! a token fetched beforehand; the gateway calls use its M2M token cache. Every phase is bounded by
+//! its call count and a 120 s deadline; the child stops when its stdin closes. Prints a Markdown
+//! table of p50/p99 latency, calls/s, upstream requests per call, token fetches, RSS and start-up.
+#![allow(clippy::print_stdout, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use mcp_oauth_tokio::mock::{MockConfig, MockUpstream};
+use mcp_oauth_tokio::server::{GatewayState, ServerOptions, serve};
+
+const KEY: &str = "sk-load-test-gateway-key";
+const BODY: &str =
+    r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(position) = args.iter().position(|arg| arg == "--gateway") {
+        let path = args.get(position + 1).ok_or("--gateway needs a config path")?;
+        return gateway_child(path);
+    }
+    let number = |flag: &str, default: usize| {
+        args.iter()
+            .position(|arg| arg == flag)
+            .and_then(|position| args.get(position + 1))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(default)
+    };
+    let sequential = number("--sequential", 3_000);
+    let concurrent = number("--concurrent", 20_000);
+    let workers = number("--workers", 50);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(sequential, concurrent, workers))
+}
+
+/// The gateway process: serve the config on 127.0.0.1:0, print the address, stop when stdin closes.
+fn gateway_child(path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(path)?;
+    let loaded = mcp_oauth_core::config::load_yaml(&text, &|_| None)
+        .map_err(|errors| format!("{} config error(s)", errors.errors.len()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let state = Arc::new(GatewayState::new(loaded.config, ServerOptions::default())?);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        println!("LISTENING {}", listener.local_addr()?);
+        let stdin_closed = tokio::task::spawn_blocking(|| {
+            let mut sink = String::new();
+            while std::io::stdin().read_line(&mut sink).map(|read| read > 0).unwrap_or(false) {}
+        });
+        serve(listener, state, async {
+            let _ = stdin_closed.await;
+        })
+        .await;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
+
+struct Phase {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Phase {
+    fn percentile(&self, fraction: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+        sorted.get(index).copied().unwrap_or_default()
+    }
+
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+async fn one_call(client: &HttpClient, url: &str, headers: &[(&'static str, String)]) -> Duration {
+    let started = Instant::now();
+    let mut request = Request::builder().method(Method::POST).uri(url);
+    request = request.header("content-type", "application/json").header("accept", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, value.as_str());
+    }
+    let request = request.body(Full::new(Bytes::from_static(BODY.as_bytes()))).expect("request");
+    let response = client.request(request).await.expect("an answer");
+    assert_eq!(response.status(), StatusCode::OK, "every call succeeds");
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    assert!(body.starts_with(b"{\"jsonrpc\""), "a JSON-RPC answer");
+    started.elapsed()
+}
+
+async fn phase(
+    client: &HttpClient,
+    url: &str,
+    headers: &[(&'static str, String)],
+    calls: usize,
+    workers: usize,
+) -> Phase {
+    let started = Instant::now();
+    let per_worker = calls / workers.max(1);
+    let mut tasks = Vec::new();
+    for _ in 0..workers.max(1) {
+        let client = client.clone();
+        let url = url.to_owned();
+        let headers = headers.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per_worker);
+            for _ in 0..per_worker {
+                latencies.push(one_call(&client, &url, &headers).await);
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::with_capacity(calls);
+    for task in tasks {
+        latencies.extend(task.await.expect("worker"));
+    }
+    Phase { latencies, elapsed: started.elapsed() }
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn run(sequential: usize, concurrent: usize, workers: usize) -> Result<(), Box<dyn std::error::Error>> {
+    tokio::time::timeout(Duration::from_secs(120), measure(sequential, concurrent, workers))
+        .await
+        .map_err(|_| "the load test took longer than 120 s")?
+}
+
+async fn measure(
+    sequential: usize,
+    concurrent: usize,
+    workers: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mock = MockUpstream::start(MockConfig::default()).await?;
+    let handle = mock.handle();
+    let config = MockConfig::default();
+    let yaml = format!(
+        "general_settings:\n  master_key: {KEY}\nmcp_servers:\n  reports:\n    url: {origin}/mcp\n    auth_type: oauth2\n    oauth2_flow: client_credentials\n    client_id: {id}\n    client_secret: {secret}\n    token_url: {origin}/token\n",
+        origin = mock.origin(),
+        id = config.client_id,
+        secret = config.client_secret,
+    );
+    let path = std::env::temp_dir().join(format!("mcp-oauth-load-{}.yaml", std::process::id()));
+    std::fs::write(&path, yaml)?;
+
+    let started = Instant::now();
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--gateway")
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no child stdout")?;
+    let pid = child.id();
+    let guard = ChildGuard(child);
+    let address = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        line.trim().strip_prefix("LISTENING ").map(str::to_owned)
+    })
+    .await?
+    .ok_or("the gateway did not start")?;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
+    let health = format!("http://{address}/health");
+    loop {
+        let request = Request::get(&health).body(Full::new(Bytes::new()))?;
+        if let Ok(response) = client.request(request).await
+            && response.status() == StatusCode::OK
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let startup = started.elapsed();
+    let _ = std::fs::remove_file(&path);
+    let (rss_idle, _) = rss_kib(pid);
+
+    let direct_url = mock.mcp_url();
+    let gateway_url = format!("http://{address}/reports/mcp");
+    let token = handle.issue_access_token();
+    let direct_headers = vec![("authorization", format!("Bearer {token}"))];
+    let gateway_headers = vec![("x-mcp-gateway-key", KEY.to_owned())];
+
+    // Warm up both paths (connections, the gateway's token) outside the measurement.
+    let before_warmup = handle.counters();
+    phase(&client, &direct_url, &direct_headers, 200, 10).await;
+    phase(&client, &gateway_url, &gateway_headers, 200, 10).await;
+    let tokens_at_warmup = handle.counters().token_requests_for("client_credentials")
+        - before_warmup.token_requests_for("client_credentials");
+
+    let mut rows = Vec::new();
+    let mut gateway_calls = 0;
+    let mut upstream_for_gateway = 0;
+    for (label, calls, concurrency) in [("sequential", sequential, 1), ("concurrent", concurrent, workers)] {
+        let direct = phase(&client, &direct_url, &direct_headers, calls, concurrency).await;
+        let before = handle.counters();
+        let through = phase(&client, &gateway_url, &gateway_headers, calls, concurrency).await;
+        let after = handle.counters();
+        gateway_calls += through.latencies.len() as u64;
+        upstream_for_gateway +=
+            after.mcp_requests.values().sum::<u64>() - before.mcp_requests.values().sum::<u64>();
+        rows.push((label, concurrency, direct, through));
+    }
+    let token_fetches = handle.counters().token_requests_for("client_credentials")
+        - before_warmup.token_requests_for("client_credentials");
+    let (rss, rss_peak) = rss_kib(pid);
+    drop(guard);
+
+    let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
+    println!("| phase | path | calls | p50 ms | p99 ms | calls/s |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (label, concurrency, direct, through) in &rows {
+        for (path, phase) in [("direct", direct), ("gateway", through)] {
+            println!(
+                "| {label} (×{concurrency}) | {path} | {} | {:.3} | {:.3} | {:.0} |",
+                phase.latencies.len(),
+                ms(phase.percentile(0.5)),
+                ms(phase.percentile(0.99)),
+                phase.rate()
+            );
+        }
+    }
+    println!();
+    for (label, concurrency, direct, through) in &rows {
+        println!(
+            "{label} (×{concurrency}): added p50 {:.3} ms, added p99 {:.3} ms, gateway throughput {:.0}% of direct",
+            ms(through.percentile(0.5)) - ms(direct.percentile(0.5)),
+            ms(through.percentile(0.99)) - ms(direct.percentile(0.99)),
+            100.0 * through.rate() / direct.rate()
+        );
+    }
+    println!(
+        "upstream MCP requests per gateway call: {:.3} ({upstream_for_gateway} for {gateway_calls})",
+        upstream_for_gateway as f64 / gateway_calls.max(1) as f64
+    );
+    println!("token fetches: {token_fetches} in the whole run ({tokens_at_warmup} during warm-up)");
+    println!(
+        "gateway RSS: {:.1} MiB idle after start, {:.1} MiB after the load, peak {:.1} MiB",
+        rss_idle as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        rss_peak as f64 / 1024.0
+    );
+    println!("gateway start-up (spawn to first /health 200): {:.1} ms", ms(startup));
+    Ok(())
+}

@@ -1,0 +1,716 @@
+//! The gateway's HTTP server: core decides each request, this module carries the bytes.
+//!
+//! [`serve`] accepts connections (HTTP/1.1 and HTTP/2, keep-alive) and, for every request, builds
+//! core's [`RequestHead`] (the peer from the accepted socket, scheme `http`), asks
+//! [`gateway::decide`] what to do and carries the answer out:
+//!
+//! - [`Action::Respond`]: the response is sent as it is;
+//! - [`Action::Forward`]: the request body is read (up to [`ServerOptions::max_request_body`], so a
+//!   retry can resend it), the credential core chose is attached (the M2M token from the
+//!   single-flight [`M2mTokenCache`], an RFC 8693 exchange, a static or per-request value, or the
+//!   caller's own `Authorization` already in the headers), **one** request goes upstream over a
+//!   shared keep-alive pool, and the upstream's answer is streamed back (JSON or SSE, never
+//!   buffered) with the headers core relays ([`gateway::relays_upstream_header`]). When core's
+//!   [`gateway::upstream_reaction`] says so, the cached token is dropped once, a fresh one fetched
+//!   and the request retried once;
+//! - [`Action::ProxyToken`] / [`Action::ProxyRegister`]: the form or JSON body (up to
+//!   [`ServerOptions::max_form_body`]) goes to the upstream token or registration endpoint;
+//!   token answers pass through [`gateway::finish_token_response`] (`token_validation`).
+//!
+//! Failures of a step answer with core's JSON error ([`gateway::error_response`]) naming it: 413 for
+//! an oversized body, 502 when the upstream cannot be reached or fails (5xx), 504 when it does not
+//! answer in time, 503 when the token endpoint fails. No error body and no log line carries a
+//! header value, a body or a secret: logs hold the method, route, server, status and latency.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use mcp_oauth_tokio::server::{GatewayState, ServerOptions, serve};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let yaml = std::fs::read_to_string("config.yaml")?;
+//! let loaded = mcp_oauth_core::config::load_yaml(&yaml, &|name| std::env::var(name).ok())
+//!     .map_err(|errors| format!("{} configuration error(s)", errors.errors.len()))?;
+//! let state = Arc::new(GatewayState::new(loaded.config, ServerOptions::default())?);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:4000").await?;
+//! serve(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_rustls::{ConfigBuilderExt, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use mcp_oauth_core::Reason;
+use mcp_oauth_core::client::token::parse_token_response;
+use mcp_oauth_core::config::{GatewayConfig, ServerConfig};
+use mcp_oauth_core::gateway::{
+    self, Action, Context, FlowStore, Forward, RequestHead, Route, UpstreamReaction, error_response,
+};
+use mcp_oauth_core::machine::Instant;
+use mcp_oauth_core::origin::{Origin, Scheme};
+use mcp_oauth_core::outbound::{DebugContext, OutboundCredential, debug_headers};
+use mcp_oauth_core::secret::Secret;
+use mcp_oauth_core::token::m2m_cache_ttl;
+use tokio::net::TcpListener;
+use url::Url;
+
+use crate::client::TlsSetupError;
+use crate::driver::Clock;
+
+/// The body of every response the gateway sends: core's complete answers or an upstream stream.
+pub type GatewayBody = BoxBody<Bytes, hyper::Error>;
+
+type Upstream = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Limits and timeouts of the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// Time until the upstream MCP server's response head arrives; the body then streams without
+    /// a deadline (SSE streams may be long). Default 30 s.
+    pub upstream_timeout: Duration,
+    /// Time for a whole exchange with a token or registration endpoint. Default 10 s.
+    pub token_timeout: Duration,
+    /// The largest MCP request body (it is kept so a retry can resend it). Default 4 MiB.
+    pub max_request_body: usize,
+    /// The largest token or registration request body. Default 64 KiB.
+    pub max_form_body: usize,
+    /// The largest token or registration response read from upstream. Default 1 MiB.
+    pub max_token_response: usize,
+    /// How long open connections may finish after shutdown is requested. Default 10 s.
+    pub shutdown_grace: Duration,
+    /// Idle keep-alive connections kept per upstream host. Default 256.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            upstream_timeout: Duration::from_secs(30),
+            token_timeout: Duration::from_secs(10),
+            max_request_body: 4 * 1024 * 1024,
+            max_form_body: 64 * 1024,
+            max_token_response: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+/// A cached M2M token.
+#[derive(Clone, Debug)]
+struct CachedToken {
+    token: Secret,
+    expires_at: Instant,
+}
+
+/// One server's slot: the current token, and a lock held while a fetch is in flight.
+#[derive(Debug, Default)]
+struct TokenSlot {
+    current: Mutex<Option<CachedToken>>,
+    fetching: tokio::sync::Mutex<()>,
+}
+
+/// The M2M token cache: one token per server, one fetch in flight per server (single flight), and
+/// a failed token dropped only once however many requests saw it fail.
+///
+/// Lifetimes come from core ([`m2m_cache_ttl`]); this type only stores and times them.
+#[derive(Debug, Default)]
+pub struct M2mTokenCache {
+    slots: Mutex<HashMap<String, Arc<TokenSlot>>>,
+    fetches: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl M2mTokenCache {
+    fn slot(&self, server: &str) -> Arc<TokenSlot> {
+        Arc::clone(lock(&self.slots).entry(server.to_owned()).or_default())
+    }
+
+    fn valid(slot: &TokenSlot, now: Instant) -> Option<Secret> {
+        lock(&slot.current)
+            .as_ref()
+            .filter(|cached| now < cached.expires_at)
+            .map(|cached| cached.token.clone())
+    }
+
+    /// The cached token for `server`, or the one `fetch` returns (with its lifetime in seconds);
+    /// concurrent callers wait for a single fetch. A lifetime of 0 is used once and not cached.
+    pub async fn get<F, Fut, E>(&self, server: &str, clock: &Clock, fetch: F) -> Result<Secret, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Secret, u64), E>>,
+    {
+        let slot = self.slot(server);
+        if let Some(token) = Self::valid(&slot, clock.now()) {
+            return Ok(token);
+        }
+        let _fetching = slot.fetching.lock().await;
+        if let Some(token) = Self::valid(&slot, clock.now()) {
+            return Ok(token);
+        }
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let (token, ttl_seconds) = fetch().await?;
+        if ttl_seconds > 0 {
+            let expires_at = clock.now().plus(Duration::from_secs(ttl_seconds));
+            *lock(&slot.current) = Some(CachedToken { token: token.clone(), expires_at });
+        }
+        Ok(token)
+    }
+
+    /// Drops `server`'s token if it is still `failed`; a token fetched since is kept, so many
+    /// requests failing with the same token cause one refetch.
+    pub fn invalidate(&self, server: &str, failed: &Secret) {
+        let slot = self.slot(server);
+        let mut current = lock(&slot.current);
+        if current.as_ref().is_some_and(|cached| cached.token.expose() == failed.expose()) {
+            *current = None;
+        }
+    }
+
+    /// How many token fetches were started since the cache was created.
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything the server shares between requests: the configuration snapshot, the flows in
+/// progress, the clock, the upstream connection pool and the M2M token cache.
+pub struct GatewayState {
+    config: GatewayConfig,
+    flows: Mutex<FlowStore>,
+    clock: Clock,
+    upstream: Upstream,
+    tokens: M2mTokenCache,
+    options: ServerOptions,
+    requests: AtomicU64,
+}
+
+impl std::fmt::Debug for GatewayState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayState")
+            .field("servers", &self.config.servers.keys().collect::<Vec<_>>())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayState {
+    /// The state for `config`, with an upstream client trusting the Mozilla roots.
+    pub fn new(config: GatewayConfig, options: ServerOptions) -> Result<Self, TlsSetupError> {
+        let tls =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_webpki_roots()
+                .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let upstream = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(options.pool_max_idle_per_host)
+            .build(https);
+        Ok(Self {
+            config,
+            flows: Mutex::new(FlowStore::default()),
+            clock: Clock::new(),
+            upstream,
+            tokens: M2mTokenCache::default(),
+            options,
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    /// The configuration snapshot.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The M2M token cache (its counters are useful in tests and benchmarks).
+    pub fn tokens(&self) -> &M2mTokenCache {
+        &self.tokens
+    }
+
+    /// Requests handled since start.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves `listener` until `shutdown` completes, then stops accepting and gives open connections
+/// [`ServerOptions::shutdown_grace`] to finish their requests.
+pub async fn serve(listener: TcpListener, state: Arc<GatewayState>, shutdown: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let state = Arc::clone(&state);
+        let peer = peer.ip();
+        let service = service_fn(move |request| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(handle(&state, request, peer).await) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; waiting for open ones");
+    if tokio::time::timeout(state.options.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the grace period; closing them");
+    }
+}
+
+/// A stable label for logs (the route without its server name).
+fn route_label(route: &Route) -> (&'static str, Option<&str>) {
+    match route {
+        Route::Health => ("health", None),
+        Route::ProtectedResourceMetadata(server) => ("protected_resource_metadata", Some(server)),
+        Route::AuthorizationServerMetadata(server) => ("authorization_server_metadata", Some(server)),
+        Route::Authorize(server) => ("authorize", Some(server)),
+        Route::Callback => ("callback", None),
+        Route::Token(server) => ("token", Some(server)),
+        Route::Register(server) => ("register", Some(server)),
+        Route::ServerMcp(server) => ("server_mcp", Some(server)),
+        Route::Mcp => ("mcp", None),
+        Route::NotFound => ("not_found", None),
+    }
+}
+
+fn full(response: Response<Vec<u8>>) -> Response<GatewayBody> {
+    response.map(|body| Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed())
+}
+
+fn refuse(status: StatusCode, error: &str, description: &str) -> Response<GatewayBody> {
+    full(error_response(status, error, description))
+}
+
+/// Handles one request: decide, then carry out the action.
+async fn handle(state: &GatewayState, request: Request<Incoming>, peer: IpAddr) -> Response<GatewayBody> {
+    let started = std::time::Instant::now();
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    let (parts, body) = request.into_parts();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |value| value.as_str());
+    let route = gateway::route(&parts.method, path_and_query);
+    let (label, server) = route_label(&route);
+    let mut random = [0u8; 16];
+    let response = if getrandom::fill(&mut random).is_err() {
+        refuse(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the gateway has no random source")
+    } else {
+        let head = RequestHead {
+            method: &parts.method,
+            path_and_query,
+            headers: &parts.headers,
+            scheme: Scheme::Http,
+            peer: Some(peer),
+        };
+        let action = {
+            let mut flows = lock(&state.flows);
+            let mut context =
+                Context { config: &state.config, flows: &mut flows, now: state.clock.now(), random };
+            gateway::decide(&head, &mut context)
+        };
+        match action {
+            Action::Respond(response) => full(response),
+            Action::Forward(forward) => forward_mcp(state, &parts, body, forward).await,
+            Action::ProxyToken { server, origin } => proxy_token(state, &parts, body, &server, &origin).await,
+            Action::ProxyRegister { server, url } => proxy_register(state, &parts, body, &server, &url).await,
+        }
+    };
+    tracing::info!(
+        method = %parts.method,
+        route = label,
+        server = server.unwrap_or("-"),
+        status = response.status().as_u16(),
+        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+    response
+}
+
+/// Reads a request body up to `limit` bytes; beyond it a 413 JSON error.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<Bytes, Response<GatewayBody>> {
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            &format!("the request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(_) => {
+            Err(refuse(StatusCode::BAD_REQUEST, "invalid_request", "the request body could not be read"))
+        }
+    }
+}
+
+/// Why an upstream exchange produced no response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// No answer in time.
+    Timeout,
+    /// Connecting, TLS, or reading failed.
+    Unreachable,
+    /// The answer was larger than allowed.
+    TooLarge,
+}
+
+impl Failure {
+    /// The response for a failed step: 504 on a timeout, `status` otherwise.
+    fn response(self, status: StatusCode, step: &str) -> Response<GatewayBody> {
+        match self {
+            Self::Timeout => {
+                refuse(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &format!("{step}: no answer in time"))
+            }
+            Self::Unreachable => {
+                refuse(status, "upstream_unreachable", &format!("{step}: the upstream could not be reached"))
+            }
+            Self::TooLarge => refuse(status, "upstream_error", &format!("{step}: the answer is too large")),
+        }
+    }
+}
+
+fn parse_uri(url: &Url) -> Result<Uri, Failure> {
+    url.as_str().parse::<Uri>().map_err(|_| Failure::Unreachable)
+}
+
+/// Sends one request and waits for the response head at most `timeout`.
+async fn send(
+    state: &GatewayState,
+    request: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, Failure> {
+    match tokio::time::timeout(timeout, state.upstream.request(request)).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(error)) => {
+            tracing::debug!(connect = error.is_connect(), "upstream request failed");
+            Err(Failure::Unreachable)
+        }
+        Err(_elapsed) => Err(Failure::Timeout),
+    }
+}
+
+/// Sends a complete request and reads the whole answer (at most `limit` bytes), all within
+/// `timeout`.
+async fn exchange(
+    state: &GatewayState,
+    request: Request<Vec<u8>>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<Response<Vec<u8>>, Failure> {
+    let (parts, body) = request.into_parts();
+    let request = Request::from_parts(parts, Full::new(Bytes::from(body)));
+    let whole = async {
+        let response = send(state, request, timeout).await?;
+        let (parts, body) = response.into_parts();
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok(Response::from_parts(parts, collected.to_bytes().to_vec())),
+            Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(Failure::TooLarge),
+            Err(_) => Err(Failure::Unreachable),
+        }
+    };
+    tokio::time::timeout(timeout, whole).await.unwrap_or(Err(Failure::Timeout))
+}
+
+/// Fetches an upstream token (M2M or exchange) as core builds the request; returns the token and
+/// its cache lifetime in seconds.
+async fn fetch_token(
+    state: &GatewayState,
+    server: &ServerConfig,
+    credential: &OutboundCredential,
+) -> Result<(Secret, u64), Response<GatewayBody>> {
+    let request = gateway::outbound_token_request(server, credential).map_err(full)?;
+    let step = format!("fetching the upstream token for `{}`", server.name);
+    let response = exchange(state, request, state.options.token_timeout, state.options.max_token_response)
+        .await
+        .map_err(|failure| failure.response(StatusCode::SERVICE_UNAVAILABLE, &step))?;
+    match parse_token_response(&response) {
+        Ok(token) => Ok((token.access_token, m2m_cache_ttl(token.expires_in))),
+        Err(error) => {
+            tracing::warn!(server = %server.name, reason = error.reason(), "the token endpoint refused or failed");
+            Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token_endpoint_failed",
+                &format!(
+                    "{step}: the token endpoint answered HTTP {} ({})",
+                    response.status().as_u16(),
+                    error.reason()
+                ),
+            ))
+        }
+    }
+}
+
+/// The credential header to attach for `forward`, and the M2M token used (for invalidation).
+async fn credential_header(
+    state: &GatewayState,
+    server: &ServerConfig,
+    forward: &Forward,
+) -> Result<(Option<(HeaderName, String)>, Option<Secret>), Response<GatewayBody>> {
+    let bearer = |token: &Secret| Some((header::AUTHORIZATION, format!("Bearer {}", token.expose())));
+    match &forward.credential {
+        OutboundCredential::ClientCredentialsToken => {
+            let token = state
+                .tokens
+                .get(&server.name, &state.clock, || fetch_token(state, server, &forward.credential))
+                .await?;
+            Ok((bearer(&token), Some(token)))
+        }
+        credential @ OutboundCredential::ExchangeToken { .. } => {
+            let (token, _ttl) = fetch_token(state, server, credential).await?;
+            Ok((bearer(&token), None))
+        }
+        OutboundCredential::Authorization(value) => {
+            Ok((Some((header::AUTHORIZATION, value.expose().to_owned())), None))
+        }
+        OutboundCredential::StaticToken => Ok((
+            server
+                .entry
+                .authentication_token
+                .as_ref()
+                .map(|token| gateway::static_credential_header(server.policy.auth_type, token)),
+            None,
+        )),
+        OutboundCredential::ForwardAuthorization | OutboundCredential::None => Ok((None, None)),
+    }
+}
+
+/// Forwards an MCP request: one upstream request, a retry only when core asks for one.
+async fn forward_mcp(
+    state: &GatewayState,
+    parts: &Parts,
+    body: Incoming,
+    forward: Forward,
+) -> Response<GatewayBody> {
+    let Some(server) = state.config.servers.get(&forward.server) else {
+        return refuse(StatusCode::NOT_FOUND, "not_found", "no such route or server");
+    };
+    let body = match read_body(&parts.headers, body, state.options.max_request_body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let Ok(uri) = parse_uri(&forward.url) else {
+        return refuse(StatusCode::BAD_GATEWAY, "upstream_unreachable", "the upstream URL is not usable");
+    };
+    let step = format!("forwarding to the upstream MCP server `{}`", server.name);
+    let mut retried = false;
+    loop {
+        let (credential, m2m_token) = match credential_header(state, server, &forward).await {
+            Ok(credential) => credential,
+            Err(response) => return response,
+        };
+        let mut request = Request::new(Full::new(body.clone()));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = forward.headers.clone();
+        if let Some((name, value)) = &credential {
+            let Ok(value) = HeaderValue::from_str(value) else {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "the outbound credential is not a valid header value",
+                );
+            };
+            request.headers_mut().insert(name.clone(), value);
+        }
+        let response = match send(state, request, state.options.upstream_timeout).await {
+            Ok(response) => response,
+            Err(failure) => return failure.response(StatusCode::BAD_GATEWAY, &step),
+        };
+        match gateway::upstream_reaction(&forward, response.status(), retried) {
+            UpstreamReaction::RetryWithFreshToken if !retried => {
+                if let Some(token) = &m2m_token {
+                    state.tokens.invalidate(&server.name, token);
+                }
+                tracing::info!(server = %server.name, "upstream refused the M2M token; refetching once");
+                retried = true;
+            }
+            _ => {
+                let outbound = credential.as_ref().map(|(_, value)| value.as_str()).or_else(|| {
+                    forward.headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok())
+                });
+                return relay(state, server, &parts.headers, &forward, outbound, response, &step);
+            }
+        }
+    }
+}
+
+/// The upstream's answer for the caller: its status and the headers core relays, the body
+/// streamed; a 5xx becomes a 502 naming the step.
+fn relay(
+    state: &GatewayState,
+    server: &ServerConfig,
+    inbound: &HeaderMap,
+    forward: &Forward,
+    outbound_authorization: Option<&str>,
+    upstream: Response<Incoming>,
+    step: &str,
+) -> Response<GatewayBody> {
+    let status = upstream.status();
+    let mut response = if status.is_server_error() {
+        refuse(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            &format!("{step}: the upstream answered HTTP {}", status.as_u16()),
+        )
+    } else {
+        let (parts, body) = upstream.into_parts();
+        let mut response = Response::new(body.boxed());
+        *response.status_mut() = parts.status;
+        for (name, value) in &parts.headers {
+            if gateway::relays_upstream_header(forward, name) {
+                response.headers_mut().append(name.clone(), value.clone());
+            }
+        }
+        response
+    };
+    if forward.debug {
+        let context = DebugContext {
+            auth_type: server.entry.auth_type,
+            resolution: forward.resolution,
+            outbound_url: Some(&forward.url),
+            outbound_authorization,
+        };
+        for (name, value) in debug_headers(inbound, &state.config.settings.gateway_keys, &context) {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+    }
+    response
+}
+
+/// `POST /{server}/token`: core builds the upstream request from the form, the answer goes through
+/// `token_validation`.
+async fn proxy_token(
+    state: &GatewayState,
+    parts: &Parts,
+    body: Incoming,
+    server: &str,
+    origin: &Origin,
+) -> Response<GatewayBody> {
+    let Some(server) = state.config.servers.get(server) else {
+        return refuse(StatusCode::NOT_FOUND, "not_found", "no such route or server");
+    };
+    let body = match read_body(&parts.headers, body, state.options.max_form_body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let request = {
+        let mut flows = lock(&state.flows);
+        gateway::build_token_request(server, origin, &body, &mut flows, state.clock.now())
+    };
+    let request = match request {
+        Ok(request) => request,
+        Err(response) => return full(response),
+    };
+    let step = format!("exchanging the code at the upstream token endpoint of `{}`", server.name);
+    match exchange(state, request, state.options.token_timeout, state.options.max_token_response).await {
+        Ok(upstream) => full(gateway::finish_token_response(server, upstream)),
+        Err(failure) => failure.response(StatusCode::SERVICE_UNAVAILABLE, &step),
+    }
+}
+
+/// `POST /{server}/register` for a server without a pre-stored client: the client's JSON goes to
+/// the upstream registration endpoint and the answer comes back (status and JSON).
+async fn proxy_register(
+    state: &GatewayState,
+    parts: &Parts,
+    body: Incoming,
+    server: &str,
+    url: &Url,
+) -> Response<GatewayBody> {
+    let body = match read_body(&parts.headers, body, state.options.max_form_body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let step = format!("registering at the upstream registration endpoint of `{server}`");
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(url.as_str())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json")
+        .body(body.to_vec());
+    let Ok(request) = request else {
+        return refuse(StatusCode::BAD_GATEWAY, "upstream_unreachable", "the registration URL is not usable");
+    };
+    match exchange(state, request, state.options.token_timeout, state.options.max_token_response).await {
+        Ok(upstream) if upstream.status().is_server_error() => refuse(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            &format!("{step}: the upstream answered HTTP {}", upstream.status().as_u16()),
+        ),
+        Ok(upstream) => {
+            let (parts, body) = upstream.into_parts();
+            let mut response = Response::new(body);
+            *response.status_mut() = parts.status;
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            full(response)
+        }
+        Err(failure) => failure.response(StatusCode::BAD_GATEWAY, &step),
+    }
+}

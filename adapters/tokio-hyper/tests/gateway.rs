@@ -1,0 +1,736 @@
+//! The gateway end to end over loopback: every route, each failure, and what must never leak.
+//!
+//! Every test binds `127.0.0.1:0`, runs under a 30 s bound and stops by itself (the gateway on a
+//! shutdown signal, the mock when dropped). One global `tracing` subscriber captures every log
+//! line of every test at TRACE level, so the secrets test checks all of them.
+
+use std::future::Future;
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use mcp_oauth_core::config::load_yaml;
+use mcp_oauth_core::pkce::Pkce;
+use mcp_oauth_tokio::mock::{MockConfig, MockUpstream, Switch};
+use mcp_oauth_tokio::server::{GatewayState, ServerOptions, serve};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use url::Url;
+
+const KEY: &str = "sk-gateway-test-key-0001";
+const CLIENT_SECRET: &str = "mock-secret";
+
+async fn bounded<T>(body: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), body).await.expect("the test took longer than 30 s")
+}
+
+/// A gateway in front of a mock, stopped when dropped.
+struct Gateway {
+    mock: MockUpstream,
+    origin: String,
+    state: Arc<GatewayState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn servers_yaml(upstream: &str) -> String {
+    format!(
+        "general_settings:
+  master_key: {KEY}
+mcp_servers:
+  reports:
+    url: {upstream}/mcp
+    auth_type: oauth2
+    oauth2_flow: client_credentials
+    client_id: mock-client
+    client_secret: {CLIENT_SECRET}
+    token_url: {upstream}/token
+  notes:
+    url: {upstream}/mcp
+    auth_type: oauth2
+    oauth2_flow: authorization_code
+    client_id: mock-client
+    client_secret: {CLIENT_SECRET}
+    authorization_url: {upstream}/authorize
+    token_url: {upstream}/token
+  delegated:
+    url: {upstream}/mcp
+    auth_type: oauth2
+    oauth2_flow: authorization_code
+    authorization_url: {upstream}/authorize
+    delegate_auth_to_upstream: true
+  open:
+    url: {upstream}/mcp
+"
+    )
+}
+
+/// Builds the YAML from the mock's origin.
+type MakeYaml = Box<dyn FnOnce(&str) -> String>;
+
+struct Setup {
+    yaml: Option<MakeYaml>,
+    options: ServerOptions,
+    public_origin: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self { yaml: None, options: ServerOptions::default(), public_origin: true }
+    }
+}
+
+/// The log lines of every gateway in this test binary.
+fn logs() -> &'static Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        captured
+    })
+}
+
+async fn start(setup: Setup) -> Gateway {
+    logs();
+    let mock = MockUpstream::start(MockConfig::default()).await.expect("mock starts");
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+    let origin = format!("http://{}", listener.local_addr().expect("address"));
+    let yaml = match setup.yaml {
+        Some(make) => make(mock.origin()),
+        None => servers_yaml(mock.origin()),
+    };
+    let public = origin.clone();
+    let with_origin = setup.public_origin;
+    let env = move |name: &str| (with_origin && name == "PROXY_BASE_URL").then(|| public.clone());
+    let loaded = load_yaml(&yaml, &env).unwrap_or_else(|errors| panic!("config: {:?}", errors.errors));
+    let state = Arc::new(GatewayState::new(loaded.config, setup.options).expect("state"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, Arc::clone(&state), async {
+        let _ = stopped.await;
+    }));
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    Gateway { mock, origin, state, stop: Some(stop), task: Some(task), client }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+}
+
+impl Gateway {
+    async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+        let url = if path.starts_with("http") { path.to_owned() } else { format!("{}{path}", self.origin) };
+        let mut request = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::from(body.to_owned()))).expect("request");
+        let response: Response<_> = self.client.request(request).await.expect("the gateway answers");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    async fn call(&self, server: &str, extra: &[(&str, &str)], method: &str, params: Value) -> Answer {
+        let mut headers =
+            vec![("content-type", "application/json"), ("accept", "application/json, text/event-stream")];
+        headers.extend_from_slice(extra);
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
+        self.request(Method::POST, &format!("/{server}/mcp"), &headers, &body).await
+    }
+
+    async fn echo(&self, server: &str, extra: &[(&str, &str)]) -> Answer {
+        self.call(server, extra, "tools/call", json!({"name": "echo", "arguments": {"text": "hi"}})).await
+    }
+}
+
+fn keyed() -> Vec<(&'static str, &'static str)> {
+    vec![("x-mcp-gateway-key", KEY)]
+}
+
+/// A `tracing` subscriber writing into a shared buffer, for the test's thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn routes_answer_and_oauth_endpoints_hide_non_interactive_servers() {
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        let health = gateway.request(Method::GET, "/health", &[], "").await;
+        assert_eq!(health.status, StatusCode::OK);
+        assert_eq!(health.json()["status"], "ok");
+
+        let prm =
+            gateway.request(Method::GET, "/.well-known/oauth-protected-resource/notes/mcp", &[], "").await;
+        assert_eq!(prm.status, StatusCode::OK);
+        assert_eq!(prm.json()["resource"], format!("{}/notes/mcp", gateway.origin));
+        let asm =
+            gateway.request(Method::GET, "/.well-known/oauth-authorization-server/notes", &[], "").await;
+        assert_eq!(asm.json()["token_endpoint"], format!("{}/notes/token", gateway.origin));
+
+        let unknown =
+            gateway.request(Method::GET, "/.well-known/oauth-authorization-server/nope", &[], "").await;
+        assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+        for name in ["reports", "open", "nope"] {
+            for (method, path) in [
+                (Method::GET, format!("/.well-known/oauth-protected-resource/{name}/mcp")),
+                (Method::GET, format!("/.well-known/oauth-authorization-server/{name}")),
+                (Method::GET, format!("/{name}/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%2Fcb")),
+                (Method::POST, format!("/{name}/register")),
+            ] {
+                let answer = gateway.request(method, &path, &[], "{}").await;
+                assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}");
+                assert_eq!(answer.body, unknown.body, "{path} looks like an unknown server");
+            }
+            let token = gateway
+                .request(
+                    Method::POST,
+                    &format!("/{name}/token"),
+                    &[("content-type", "application/x-www-form-urlencoded")],
+                    "grant_type=refresh_token&refresh_token=x",
+                )
+                .await;
+            assert_eq!(token.status, StatusCode::NOT_FOUND);
+            assert_eq!(token.body, unknown.body);
+        }
+
+        let register = gateway
+            .request(Method::POST, "/notes/register", &[("content-type", "application/json")], "{}")
+            .await;
+        assert_eq!(register.status, StatusCode::CREATED);
+        assert_eq!(register.json()["client_id"], "mock-client");
+        assert!(!register.body.contains(CLIENT_SECRET));
+
+        let nowhere = gateway.request(Method::GET, "/no/such/route", &[], "").await;
+        assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+        assert_eq!(nowhere.header("content-type"), Some("application/json"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn m2m_calls_send_one_upstream_request_each_and_fetch_one_token() {
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        for _ in 0..5 {
+            let answer = gateway.echo("reports", &keyed()).await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+            assert_eq!(answer.json()["result"]["content"][0]["text"], "hi");
+        }
+        let counters = gateway.mock.handle().counters();
+        assert_eq!(counters.mcp_requests_for("tools/call"), 5);
+        assert_eq!(counters.mcp_requests.values().sum::<u64>(), 5, "no initialize or tools/list per call");
+        assert_eq!(counters.token_requests_for("client_credentials"), 1);
+        assert_eq!(gateway.state.tokens().fetches(), 1);
+        assert!(counters.connections <= 3, "keep-alive: {} connections", counters.connections);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_first_calls_share_one_token_fetch() {
+    bounded(async {
+        let gateway = Arc::new(start(Setup::default()).await);
+        gateway.mock.handle().set(Switch::SlowMs(50));
+        let mut calls = Vec::new();
+        for _ in 0..10 {
+            let gateway = Arc::clone(&gateway);
+            calls.push(tokio::spawn(async move { gateway.echo("reports", &keyed()).await.status }));
+        }
+        for call in calls {
+            assert_eq!(call.await.expect("task"), StatusCode::OK);
+        }
+        assert_eq!(gateway.mock.handle().counters().token_requests_for("client_credentials"), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_upstream_401_refetches_the_token_once_and_retries_once() {
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        assert_eq!(gateway.echo("reports", &keyed()).await.status, StatusCode::OK);
+        gateway.mock.handle().set(Switch::UnauthorizedOnce(true));
+        let answer = gateway.echo("reports", &keyed()).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        let counters = gateway.mock.handle().counters();
+        assert_eq!(counters.token_requests_for("client_credentials"), 2);
+        assert_eq!(counters.mcp_requests_for("tools/call"), 3, "1 + the refused one + its retry");
+
+        // An upstream that keeps refusing gets one retry, then its 401 is relayed.
+        gateway.mock.handle().set(Switch::McpStatus(Some(401)));
+        let before = gateway.mock.handle().counters().mcp_requests_for("tools/call");
+        let refused = gateway.echo("reports", &keyed()).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        assert!(refused.header("www-authenticate").is_none());
+        assert_eq!(gateway.mock.handle().counters().mcp_requests_for("tools/call") - before, 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn upstream_down_is_a_502_naming_the_step() {
+    bounded(async {
+        let closed = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+        let dead = format!("http://{}", closed.local_addr().expect("address"));
+        drop(closed);
+        let gateway = start(Setup {
+            yaml: Some(Box::new(move |_| {
+                format!(
+                    "general_settings:\n  master_key: {KEY}\nmcp_servers:\n  wiki:\n    url: {dead}/mcp\n    auth_type: bearer_token\n    authentication_token: wiki-static-token-0001\n"
+                )
+            })),
+            ..Setup::default()
+        })
+        .await;
+        let answer = gateway.echo("wiki", &keyed()).await;
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(answer.json()["error"], "upstream_unreachable");
+        assert!(answer.json()["error_description"].as_str().unwrap_or_default().contains("`wiki`"));
+        assert!(!answer.body.contains("wiki-static-token-0001") && !answer.body.contains(KEY));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn upstream_5xx_is_a_502() {
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        gateway.mock.handle().set(Switch::McpStatus(Some(500)));
+        let answer = gateway.echo("reports", &keyed()).await;
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(answer.json()["error"], "upstream_error");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn token_endpoint_failure_is_a_503_without_secrets() {
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        gateway.mock.handle().set(Switch::TokenStatus(Some(500)));
+        let answer = gateway.echo("reports", &keyed()).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.json()["error"], "token_endpoint_failed");
+        assert!(answer.json()["error_description"].as_str().unwrap_or_default().contains("token"));
+        assert!(!answer.body.contains(CLIENT_SECRET) && !answer.body.contains(KEY));
+        assert_eq!(gateway.mock.handle().counters().mcp_requests.values().sum::<u64>(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_upstream_is_a_504() {
+    bounded(async {
+        let options =
+            ServerOptions { upstream_timeout: Duration::from_millis(300), ..ServerOptions::default() };
+        let gateway = start(Setup { options, ..Setup::default() }).await;
+        assert_eq!(gateway.echo("reports", &keyed()).await.status, StatusCode::OK);
+        gateway.mock.handle().set(Switch::SlowMs(2_000));
+        let answer = gateway.echo("reports", &keyed()).await;
+        assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(answer.json()["error"], "upstream_timeout");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413() {
+    bounded(async {
+        let options = ServerOptions { max_request_body: 1024, ..ServerOptions::default() };
+        let gateway = start(Setup { options, ..Setup::default() }).await;
+        let big = "x".repeat(4096);
+        let answer = gateway
+            .request(
+                Method::POST,
+                "/reports/mcp",
+                &[("x-mcp-gateway-key", KEY), ("content-type", "application/json")],
+                &big,
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(answer.json()["error"], "payload_too_large");
+        let form = "a".repeat(70 * 1024);
+        let token = gateway
+            .request(
+                Method::POST,
+                "/notes/token",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                &form,
+            )
+            .await;
+        assert_eq!(token.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(gateway.mock.handle().counters().mcp_requests.values().sum::<u64>(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_invalid_redirect_uri_is_a_400_without_location() {
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        for uri in ["https://evil.example/cb", "http://127.0.0.1\\@evil.example/cb", "javascript:alert(1)"] {
+            let mut path = Url::parse("http://x/notes/authorize").expect("url");
+            path.query_pairs_mut()
+                .append_pair("redirect_uri", uri)
+                .append_pair("code_challenge", "abc")
+                .append_pair("code_challenge_method", "S256");
+            let path = format!("/notes/authorize?{}", path.query().unwrap_or_default());
+            let answer = gateway.request(Method::GET, &path, &[], "").await;
+            assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{uri}");
+            assert!(answer.header("location").is_none(), "{uri}");
+            assert_eq!(answer.json()["error"], "invalid_request");
+        }
+        assert_eq!(gateway.mock.handle().counters().authorize_calls, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn forged_forwarded_headers_from_an_untrusted_peer_change_nothing() {
+    bounded(async {
+        let gateway = start(Setup {
+            yaml: Some(Box::new(|upstream| {
+                servers_yaml(upstream).replacen(
+                    "general_settings:\n",
+                    "general_settings:\n  use_x_forwarded_for: true\n  mcp_trusted_proxy_ranges: [10.0.0.0/8]\n",
+                    1,
+                )
+            })),
+            public_origin: false,
+            ..Setup::default()
+        })
+        .await;
+        let forged = [("x-forwarded-host", "evil.example"), ("x-forwarded-proto", "https")];
+        let prm = gateway.request(Method::GET, "/.well-known/oauth-protected-resource/notes/mcp", &forged, "").await;
+        assert_eq!(prm.status, StatusCode::OK);
+        assert_eq!(prm.json()["resource"], format!("{}/notes/mcp", gateway.origin));
+        assert!(!prm.body.contains("evil.example"));
+        let asm = gateway.request(Method::GET, "/.well-known/oauth-authorization-server/notes", &forged, "").await;
+        assert!(!asm.body.contains("evil.example"));
+        let refused = gateway.echo("reports", &forged).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        assert!(!refused.header("www-authenticate").unwrap_or_default().contains("evil.example"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn delegation_fails_closed() {
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        // No key on a non-delegating server: the gateway's own challenge.
+        let refused = gateway.echo("reports", &[]).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            refused.header("www-authenticate"),
+            Some(
+                format!(
+                    "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/reports/mcp\"",
+                    gateway.origin
+                )
+                .as_str()
+            )
+        );
+        let wrong = gateway.echo("reports", &[("x-mcp-gateway-key", "sk-wrong")]).await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+        assert!(!wrong.body.contains(KEY));
+        assert_eq!(gateway.mock.handle().counters().mcp_requests.values().sum::<u64>(), 0);
+
+        // A delegating server: no challenge of the gateway's own; the upstream's 401 and its
+        // WWW-Authenticate come back, and the caller's Authorization goes up untouched.
+        let upstream = gateway.echo("delegated", &[]).await;
+        assert_eq!(upstream.status, StatusCode::UNAUTHORIZED);
+        let challenge = upstream.header("www-authenticate").unwrap_or_default();
+        assert!(challenge.contains(gateway.mock.origin()), "{challenge}");
+        let token = gateway.mock.handle().issue_access_token();
+        let bearer = format!("Bearer {token}");
+        let ok = gateway.echo("delegated", &[("authorization", bearer.as_str())]).await;
+        assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+
+        // Mixing in a non-delegating target enforces the gateway's auth again.
+        let mixed = gateway
+            .echo("delegated", &[("x-mcp-servers", "reports"), ("authorization", bearer.as_str())])
+            .await;
+        assert_eq!(mixed.status, StatusCode::UNAUTHORIZED);
+        assert!(mixed.header("www-authenticate").unwrap_or_default().contains(&gateway.origin));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn interactive_flow_through_the_gateway_then_passthrough() {
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        let pkce = Pkce::from_random([9; 32]);
+        let mut authorize = Url::parse(&format!("{}/notes/authorize", gateway.origin)).expect("url");
+        authorize
+            .query_pairs_mut()
+            .append_pair("redirect_uri", "http://127.0.0.1:9/cb")
+            .append_pair("state", "client-state")
+            .append_pair("code_challenge", pkce.challenge())
+            .append_pair("code_challenge_method", "S256");
+        let first = gateway.request(Method::GET, authorize.as_str(), &[], "").await;
+        assert_eq!(first.status, StatusCode::FOUND);
+        let upstream = first.header("location").expect("location").to_owned();
+        assert!(upstream.starts_with(gateway.mock.origin()));
+        let second = gateway.request(Method::GET, &upstream, &[], "").await;
+        let callback = second.header("location").expect("location").to_owned();
+        assert!(callback.starts_with(&format!("{}/callback", gateway.origin)));
+        let third = gateway.request(Method::GET, &callback, &[], "").await;
+        let back = Url::parse(third.header("location").expect("location")).expect("url");
+        assert_eq!(back.host_str(), Some("127.0.0.1"));
+        let query: std::collections::HashMap<String, String> = back.query_pairs().into_owned().collect();
+        assert_eq!(query["state"], "client-state");
+        let form = format!(
+            "grant_type=authorization_code&code={}&code_verifier={}",
+            query["code"],
+            pkce.verifier().expose()
+        );
+        let token = gateway
+            .request(
+                Method::POST,
+                "/notes/token",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                &form,
+            )
+            .await;
+        assert_eq!(token.status, StatusCode::OK, "{}", token.body);
+        let access = token.json()["access_token"].as_str().expect("access_token").to_owned();
+        let replay = gateway
+            .request(
+                Method::POST,
+                "/notes/token",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                &form,
+            )
+            .await;
+        assert_eq!(replay.status, StatusCode::BAD_REQUEST, "a code is used once");
+
+        let bearer = format!("Bearer {access}");
+        let mut headers = keyed();
+        headers.push(("authorization", bearer.as_str()));
+        let ok = gateway.echo("notes", &headers).await;
+        assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+        // An upstream 401 on passthrough (not delegated) is relayed without the upstream's challenge.
+        gateway.mock.handle().revoke_access_tokens();
+        let expired = gateway.echo("notes", &headers).await;
+        assert_eq!(expired.status, StatusCode::UNAUTHORIZED);
+        assert!(expired.header("www-authenticate").is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn debug_headers_are_masked() {
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        let mut headers = keyed();
+        headers.push(("x-mcp-debug", "true"));
+        let answer = gateway.echo("reports", &headers).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.header("x-mcp-debug-auth-resolution"), Some("m2m-client-credentials"));
+        assert_eq!(answer.header("x-mcp-debug-server-auth-type"), Some("oauth2"));
+        assert_eq!(answer.header("x-mcp-debug-outbound-url"), Some(gateway.mock.mcp_url().as_str()));
+        let inbound = answer.header("x-mcp-debug-inbound-auth").expect("inbound");
+        assert_eq!(inbound, "x-mcp-gateway-key=****0001");
+        let token = answer.header("x-mcp-debug-oauth2-token").expect("token");
+        assert!(token.starts_with("Bearer****") && token.len() == "Bearer****".len() + 4, "{token}");
+        let plain = gateway.echo("reports", &keyed()).await;
+        assert!(plain.header("x-mcp-debug-oauth2-token").is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sse_answers_and_session_ids_pass_through() {
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        let initialize = gateway
+            .call("reports", &keyed(), "initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}))
+            .await;
+        assert_eq!(initialize.status, StatusCode::OK);
+        let session = initialize.header("mcp-session-id").expect("Mcp-Session-Id relayed").to_owned();
+        let mut headers = keyed();
+        headers.push(("mcp-session-id", session.as_str()));
+        let in_session = gateway.echo("reports", &headers).await;
+        assert_eq!(in_session.status, StatusCode::OK, "the session id reached the upstream");
+        let mut unknown = keyed();
+        unknown.push(("mcp-session-id", "no-such-session"));
+        assert_eq!(gateway.echo("reports", &unknown).await.status, StatusCode::NOT_FOUND);
+
+        gateway.mock.handle().set(Switch::Sse(true));
+        let sse = gateway.echo("reports", &keyed()).await;
+        assert_eq!(sse.status, StatusCode::OK);
+        assert_eq!(sse.header("content-type"), Some("text/event-stream"));
+        assert!(sse.body.starts_with("event: message\ndata: "), "{}", sse.body);
+    })
+    .await;
+}
+
+/// An upstream that sends one SSE event, then waits for a signal before the second: the first
+/// must reach the client before the upstream finishes (the gateway streams, never buffers).
+#[tokio::test]
+async fn sse_is_streamed_event_by_event() {
+    bounded(async {
+        let upstream = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+        let upstream_url = format!("http://{}", upstream.local_addr().expect("address"));
+        let (release, released) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut socket, _) = upstream.accept().await.expect("accept");
+            let mut seen = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+                let read = socket.read(&mut buffer).await.expect("read");
+                assert!(read > 0);
+                seen.extend_from_slice(&buffer[..read]);
+            }
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            socket.write_all(head.as_bytes()).await.expect("write");
+            let chunk = |text: &str| format!("{:x}\r\n{text}\r\n", text.len());
+            socket.write_all(chunk("data: first\n\n").as_bytes()).await.expect("write");
+            let _ = released.await;
+            socket.write_all(chunk("data: second\n\n").as_bytes()).await.expect("write");
+            socket.write_all(b"0\r\n\r\n").await.expect("write");
+        });
+        let gateway = start(Setup {
+            yaml: Some(Box::new(move |_| {
+                format!("general_settings:\n  master_key: {KEY}\nmcp_servers:\n  stream:\n    url: {upstream_url}/mcp\n")
+            })),
+            ..Setup::default()
+        })
+        .await;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}/stream/mcp", gateway.origin))
+            .header("x-mcp-gateway-key", KEY)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}")))
+            .expect("request");
+        let response = gateway.client.request(request).await.expect("answer");
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut body = response.into_body();
+        let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("the first event arrives before the upstream finishes")
+            .expect("a frame")
+            .expect("data");
+        assert_eq!(first.into_data().expect("data"), Bytes::from_static(b"data: first\n\n"));
+        release.send(()).expect("release");
+        let rest = body.collect().await.expect("rest").to_bytes();
+        assert_eq!(rest, Bytes::from_static(b"data: second\n\n"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn secrets_never_reach_logs_or_error_bodies() {
+    let captured = logs();
+    let mut bodies = Vec::new();
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        let mut debug = keyed();
+        debug.push(("x-mcp-debug", "true"));
+        bodies.push(gateway.echo("reports", &debug).await.body);
+        gateway.mock.handle().set(Switch::UnauthorizedOnce(true));
+        bodies.push(gateway.echo("reports", &debug).await.body);
+        bodies.push(gateway.echo("reports", &[("x-mcp-gateway-key", "sk-wrong-key-value")]).await.body);
+        bodies.push(gateway.echo("reports", &[("authorization", &format!("Bearer {KEY}"))]).await.body);
+        let token = gateway.mock.handle().issue_access_token();
+        let bearer = format!("Bearer {token}");
+        let mut passthrough = keyed();
+        passthrough.push(("authorization", bearer.as_str()));
+        bodies.push(gateway.echo("notes", &passthrough).await.body);
+        gateway.mock.handle().revoke_access_tokens();
+        gateway.mock.handle().set(Switch::TokenStatus(Some(500)));
+        let fresh = start(Setup::default()).await;
+        fresh.mock.handle().set(Switch::TokenStatus(Some(500)));
+        bodies.push(fresh.echo("reports", &keyed()).await.body);
+        fresh.mock.handle().set(Switch::TokenStatus(Some(400)));
+        bodies.push(fresh.echo("reports", &keyed()).await.body);
+        let logs = captured.text();
+        assert!(
+            logs.contains("route=\"server_mcp\"") || logs.contains("route=server_mcp"),
+            "the gateway logs requests: {logs}"
+        );
+        for secret in [KEY, CLIENT_SECRET, "sk-wrong-key-value", token.as_str()] {
+            assert!(!logs.contains(secret), "`{secret}` leaked into the logs");
+            for body in &bodies {
+                assert!(!body.contains(secret), "`{secret}` leaked into {body}");
+            }
+        }
+        assert!(!logs.contains("mock_at_"), "no M2M token in the logs");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn serve_stops_on_the_shutdown_signal() {
+    bounded(async {
+        let mut gateway = start(Setup::default()).await;
+        assert_eq!(gateway.request(Method::GET, "/health", &[], "").await.status, StatusCode::OK);
+        let stop = gateway.stop.take().expect("stop");
+        let task = gateway.task.take().expect("task");
+        stop.send(()).expect("send");
+        tokio::time::timeout(Duration::from_secs(15), task).await.expect("serve returns").expect("no panic");
+    })
+    .await;
+}
