@@ -42,6 +42,7 @@ compile_error!("mcp-oauth-async-std needs the `h1-client` (default) or the `h1-c
 
 pub mod client;
 pub mod driver;
+pub mod token_cache;
 pub mod user_agent;
 
 pub use client::{ClientSetupError, HttpClient};
