@@ -14,7 +14,7 @@
 //! use proptest::prelude::*;
 //!
 //! proptest!(|(uri in redirect_uri(), env in trusted_redirect_origins_env())| {
-//!     let trusted = TrustedRedirectOrigins::parse(&env).unwrap();
+//!     let trusted = TrustedRedirectOrigins::parse(&env).unwrap(); // ok: doc example
 //!     let verdict = validate_redirect_uri(&uri, None, &trusted);
 //!     prop_assert!(verdict.uri().is_none_or(|url| url.fragment().is_none()));
 //! });

@@ -22,7 +22,8 @@ use super::registration::{
     parse_registration_response, plan_registration,
 };
 use super::token::{
-    Client, Grant, TokenError, choose_token_endpoint_auth, parse_token_response, token_request,
+    Client, Grant, TokenEndpointAuth, TokenError, choose_token_endpoint_auth, parse_token_response,
+    token_request,
 };
 use crate::Reason;
 use crate::config::ClientAuthMethod;
@@ -222,6 +223,22 @@ impl Reason for SessionError {
             Self::TooManyAuthorizations(_) => "too_many_authorizations",
             Self::EntropyExhausted => "entropy_exhausted",
         }
+    }
+}
+
+/// Client authentication at the token endpoint, the same for every grant of one registration:
+/// what the registration response assigned, else the configuration, else the metadata.
+fn token_endpoint_auth(
+    registration: &Registration,
+    discovered: &Discovered,
+    configured: Option<ClientAuthMethod>,
+) -> TokenEndpointAuth {
+    let has_secret = registration.client_secret.is_some();
+    match registration.token_endpoint_auth_method.as_deref() {
+        Some("none") => TokenEndpointAuth::None,
+        Some("client_secret_post") if has_secret => TokenEndpointAuth::ClientSecretPost,
+        Some("client_secret_basic") if has_secret => TokenEndpointAuth::ClientSecretBasic,
+        _ => choose_token_endpoint_auth(Some(&discovered.authorization_server), has_secret, configured),
     }
 }
 
@@ -479,20 +496,7 @@ impl Session {
         if let Err(error) = check_url(&endpoint, limits.allow_private_addresses) {
             return self.fail(SessionError::Blocked(error.to_string()));
         }
-        let auth = match registration.token_endpoint_auth_method.as_deref() {
-            Some("none") => super::token::TokenEndpointAuth::None,
-            Some("client_secret_post") if registration.client_secret.is_some() => {
-                super::token::TokenEndpointAuth::ClientSecretPost
-            }
-            Some("client_secret_basic") if registration.client_secret.is_some() => {
-                super::token::TokenEndpointAuth::ClientSecretBasic
-            }
-            _ => choose_token_endpoint_auth(
-                Some(&discovered.authorization_server),
-                registration.client_secret.is_some(),
-                self.config.token_endpoint_auth,
-            ),
-        };
+        let auth = token_endpoint_auth(registration, discovered, self.config.token_endpoint_auth);
         let client = Client {
             client_id: &registration.client_id,
             client_secret: registration.client_secret.as_ref(),
@@ -560,11 +564,7 @@ impl Session {
         else {
             return false;
         };
-        let auth = choose_token_endpoint_auth(
-            Some(&discovered.authorization_server),
-            registration.client_secret.is_some(),
-            self.config.token_endpoint_auth,
-        );
+        let auth = token_endpoint_auth(registration, discovered, self.config.token_endpoint_auth);
         let client = Client {
             client_id: &registration.client_id,
             client_secret: registration.client_secret.as_ref(),

@@ -1,4 +1,5 @@
-//! A scripted, synchronous driver for testing machines without any I/O.
+//! A scripted, synchronous driver for testing machines without any I/O (compiled for tests only;
+//! its `unwrap`s build fixed test responses and never see outside input).
 
 use std::collections::VecDeque;
 
@@ -16,10 +17,10 @@ pub(crate) struct Exchange {
 /// Builds a JSON response.
 pub(crate) fn json(status: u16, body: serde_json::Value) -> Result<Response<Vec<u8>>, TransportError> {
     Ok(Response::builder()
-        .status(StatusCode::from_u16(status).unwrap())
+        .status(StatusCode::from_u16(status).unwrap()) // ok: test-only
         .header("content-type", "application/json")
         .body(body.to_string().into_bytes())
-        .unwrap())
+        .unwrap()) // ok: test-only
 }
 
 /// Builds a response with headers and a raw body.
@@ -28,11 +29,11 @@ pub(crate) fn raw(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<Response<Vec<u8>>, TransportError> {
-    let mut builder = Response::builder().status(StatusCode::from_u16(status).unwrap());
+    let mut builder = Response::builder().status(StatusCode::from_u16(status).unwrap()); // ok: test-only
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
-    Ok(builder.body(body.as_bytes().to_vec()).unwrap())
+    Ok(builder.body(body.as_bytes().to_vec()).unwrap()) // ok: test-only
 }
 
 /// Everything a scripted run saw.
