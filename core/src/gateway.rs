@@ -63,8 +63,12 @@ pub enum Route {
     Register(String),
     /// `POST|GET|DELETE /{server}/mcp`.
     ServerMcp(String),
-    /// `POST /mcp` with `x-mcp-servers`.
+    /// `POST /mcp` with `x-mcp-servers`: the aggregating MCP endpoint.
     Mcp,
+    /// `GET /mcp-rest/tools/list`: the targets' tools as plain JSON.
+    RestToolsList,
+    /// `POST /mcp-rest/tools/call`: one tool call as plain JSON.
+    RestToolsCall,
     /// Nothing here.
     NotFound,
 }
@@ -86,6 +90,8 @@ pub fn route(method: &Method, path_and_query: &str) -> Route {
         (&Method::POST, [server, "token"]) => Route::Token((*server).to_owned()),
         (&Method::POST, [server, "register"]) => Route::Register((*server).to_owned()),
         (&Method::POST | &Method::GET | &Method::DELETE, ["mcp"]) => Route::Mcp,
+        (&Method::GET, ["mcp-rest", "tools", "list"]) => Route::RestToolsList,
+        (&Method::POST, ["mcp-rest", "tools", "call"]) => Route::RestToolsCall,
         (&Method::POST | &Method::GET | &Method::DELETE, [server, "mcp"]) if !server.is_empty() => {
             Route::ServerMcp((*server).to_owned())
         }
@@ -100,6 +106,9 @@ pub enum Action {
     Respond(Response<Vec<u8>>),
     /// Forward the MCP request to the server's upstream.
     Forward(Forward),
+    /// Read the body (up to the MCP limit), [`Aggregate::plan`] it and carry out the plan: the
+    /// request concerns several servers (`POST /mcp`, `/mcp-rest/tools/*`).
+    Aggregate(Aggregate),
     /// Read the form body, build the upstream request with [`build_token_request`], send it, and
     /// answer with [`finish_token_response`].
     ProxyToken {
@@ -158,6 +167,34 @@ pub struct Forward {
     pub delegated: bool,
     /// The caller asked for debug headers.
     pub debug: bool,
+}
+
+/// A request to the aggregating endpoints, with one [`Forward`] per target server: each carries
+/// the URL, headers and credential for that server, exactly as a single-server request would.
+#[derive(Debug)]
+pub struct Aggregate {
+    /// Which endpoint the request came to.
+    pub endpoint: crate::aggregate::Endpoint,
+    /// The target servers, in the order the caller named them (or the configuration lists them).
+    pub targets: Vec<Forward>,
+    /// The REST listing's `cursor` query parameter.
+    pub cursor: Option<String>,
+    names: Vec<String>,
+}
+
+impl Aggregate {
+    /// Plans the request from its body (see [`crate::aggregate::plan`]); a plan's `target` is an
+    /// index into [`Aggregate::targets`].
+    pub fn plan(&self, body: &[u8]) -> crate::aggregate::Plan {
+        let delegated = self.targets.iter().all(|target| target.delegated);
+        let request = crate::aggregate::Request {
+            endpoint: self.endpoint,
+            servers: &self.names,
+            delegated,
+            cursor: self.cursor.as_deref(),
+        };
+        crate::aggregate::plan(&request, body)
+    }
 }
 
 /// Authorizations in progress, keyed by the `state` the gateway sent upstream.
@@ -289,8 +326,9 @@ pub fn decide(head: &RequestHead<'_>, context: &mut Context<'_>) -> Action {
             Some(server) => register(server),
             None => Action::Respond(not_found()),
         },
-        Route::ServerMcp(name) => mcp(head, &origin, Some(&name), config),
-        Route::Mcp => mcp(head, &origin, None, config),
+        Route::ServerMcp(name) => mcp(head, &origin, &name, config),
+        Route::Mcp => aggregate_mcp(head, &origin, config),
+        Route::RestToolsList | Route::RestToolsCall => rest_tools(head, &route, config),
         Route::Health | Route::NotFound => Action::Respond(not_found()),
     }
 }
@@ -625,45 +663,54 @@ fn register(server: &ServerConfig) -> Action {
 const FORWARDED_HEADERS: [&str; 6] =
     ["content-type", "accept", "mcp-session-id", "mcp-protocol-version", "last-event-id", "user-agent"];
 
-fn mcp(
-    head: &RequestHead<'_>,
-    origin: &Origin,
-    path_server_name: Option<&str>,
-    config: &GatewayConfig,
-) -> Action {
+fn mcp(head: &RequestHead<'_>, origin: &Origin, name: &str, config: &GatewayConfig) -> Action {
+    let Some(server) = config.servers.get(name) else {
+        return Action::Respond(not_found());
+    };
+    let delegated = delegation(head, config);
+    if !delegated && !admitted(head.headers, server, config) {
+        return Action::Respond(key_required(Some(&challenge(origin, name))));
+    }
+    Action::Forward(forward(head, name, server, delegated, config))
+}
+
+/// Whether auth is delegated for this request (design §4.6), from the path and `x-mcp-servers`.
+fn delegation(head: &RequestHead<'_>, config: &GatewayConfig) -> bool {
     let lookup = |name: &str| match config.servers.get(name) {
         Some(server) => Target::Known(&server.policy),
         None => Target::Unknown,
     };
-    let delegation = decide_delegation(head.path_and_query, head.headers, lookup);
-    let Some(name) = path_server_name.map(str::to_owned).or_else(|| {
-        head.headers.get(crate::delegate::SERVERS_HEADER).and_then(|value| value.to_str().ok()).and_then(
-            |value| value.split(',').map(str::trim).find(|name| !name.is_empty()).map(str::to_owned),
-        )
-    }) else {
-        return Action::Respond(error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "name a server: /{server}/mcp or x-mcp-servers",
-        ));
-    };
-    let Some(server) = config.servers.get(&name) else {
-        return Action::Respond(not_found());
-    };
-    let delegated = delegation.delegates();
-    if !delegated && !admitted(head.headers, server, config) {
-        let challenge =
-            format!("Bearer resource_metadata=\"{origin}/.well-known/oauth-protected-resource/{name}/mcp\"");
-        let mut response = error_response(
-            StatusCode::UNAUTHORIZED,
-            "invalid_token",
-            "a valid gateway key is required in x-mcp-gateway-key (or x-litellm-api-key)",
-        );
-        if let Ok(value) = HeaderValue::from_str(&challenge) {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
-        }
-        return Action::Respond(response);
+    decide_delegation(head.path_and_query, head.headers, lookup).delegates()
+}
+
+/// The challenge a caller without a gateway key gets: where the server's protected-resource
+/// metadata is, so an OAuth client can find its way.
+fn challenge(origin: &Origin, name: &str) -> String {
+    format!("Bearer resource_metadata=\"{origin}/.well-known/oauth-protected-resource/{name}/mcp\"")
+}
+
+/// 401 for a request without a valid gateway key.
+fn key_required(challenge: Option<&str>) -> Response<Vec<u8>> {
+    let mut response = error_response(
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+        "a valid gateway key is required in x-mcp-gateway-key (or x-litellm-api-key)",
+    );
+    let challenge = challenge.unwrap_or("Bearer realm=\"mcp-oauth\"");
+    if let Ok(value) = HeaderValue::from_str(challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
     }
+    response
+}
+
+/// How one MCP request goes to `server`: the caller's MCP headers and the chosen credential.
+fn forward(
+    head: &RequestHead<'_>,
+    name: &str,
+    server: &ServerConfig,
+    delegated: bool,
+    config: &GatewayConfig,
+) -> Forward {
     let mut headers = HeaderMap::new();
     for forwarded in FORWARDED_HEADERS {
         for value in head.headers.get_all(forwarded) {
@@ -674,7 +721,7 @@ fn mcp(
         (AuthResolution::OAuth2Passthrough, OutboundCredential::ForwardAuthorization)
     } else {
         let decision =
-            resolve_outbound_auth(&name, &server.policy, head.headers, &config.settings.gateway_keys);
+            resolve_outbound_auth(name, &server.policy, head.headers, &config.settings.gateway_keys);
         (decision.resolution, decision.credential)
     };
     // The caller's Authorization goes up only for passthrough, and never when it is a gateway key
@@ -685,15 +732,134 @@ fn mcp(
     {
         headers.insert(header::AUTHORIZATION, value.clone());
     }
-    Action::Forward(Forward {
-        server: name,
+    Forward {
+        server: name.to_owned(),
         url: server.url.clone(),
         headers,
         credential,
         resolution,
         delegated,
         debug: debug_requested(head.headers),
-    })
+    }
+}
+
+/// `POST /mcp`: the servers named in `x-mcp-servers`, aggregated (see [`crate::aggregate`]).
+fn aggregate_mcp(head: &RequestHead<'_>, origin: &Origin, config: &GatewayConfig) -> Action {
+    if head.method != Method::POST {
+        // No session and no server-initiated stream: the aggregating endpoint is request/response.
+        let mut response = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "the aggregating endpoint accepts POST only",
+        );
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return Action::Respond(response);
+    }
+    let names = match named_targets(head.headers) {
+        Ok(Some(names)) => names,
+        Ok(None) => {
+            return Action::Respond(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "name a server: /{server}/mcp or x-mcp-servers",
+            ));
+        }
+        Err(response) => return Action::Respond(response),
+    };
+    let delegated = delegation(head, config);
+    targets(head, crate::aggregate::Endpoint::Mcp, names, delegated, None, config, Some(origin))
+}
+
+/// `/mcp-rest/tools/list` and `/mcp-rest/tools/call`: always behind the gateway key (they are not
+/// MCP endpoints, so there is nothing to delegate to). The targets are `server_id` (listing),
+/// else `x-mcp-servers`, else every configured server.
+fn rest_tools(head: &RequestHead<'_>, route: &Route, config: &GatewayConfig) -> Action {
+    let pairs = query_pairs(head.path_and_query);
+    let (server_id, cursor) = match (single(&pairs, "server_id"), single(&pairs, "cursor")) {
+        (Ok(server_id), Ok(cursor)) => (server_id, cursor),
+        (Err(message), _) | (_, Err(message)) => {
+            return Action::Respond(error_response(StatusCode::BAD_REQUEST, "invalid_request", &message));
+        }
+    };
+    let endpoint = match route {
+        Route::RestToolsCall => crate::aggregate::Endpoint::RestCall,
+        _ => crate::aggregate::Endpoint::RestList,
+    };
+    let names = match (server_id, named_targets(head.headers)) {
+        (Some(server_id), _) if endpoint == crate::aggregate::Endpoint::RestList => vec![server_id],
+        (_, Ok(Some(names))) => names,
+        (_, Ok(None)) => config.servers.keys().cloned().collect(),
+        (_, Err(response)) => return Action::Respond(response),
+    };
+    targets(head, endpoint, names, false, cursor, config, None)
+}
+
+/// The names in `x-mcp-servers`, in order and without repeats; `None` when it names none.
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+fn named_targets(headers: &HeaderMap) -> Result<Option<Vec<String>>, Response<Vec<u8>>> {
+    let mut names: Vec<String> = Vec::new();
+    for value in headers.get_all(crate::delegate::SERVERS_HEADER) {
+        let Ok(value) = value.to_str() else {
+            return Err(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the x-mcp-servers header is not valid text",
+            ));
+        };
+        for name in value.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+            if !names.iter().any(|known| known == name) {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    Ok((!names.is_empty()).then_some(names))
+}
+
+/// One [`Forward`] per named server, after admission: every name must be configured (else the
+/// same 404 as an unknown route) and, unless auth is delegated, the gateway key must admit the
+/// request for every one of them. A refusal on `/mcp` points at the first server's
+/// protected-resource metadata (`origin` given); the REST routes have none.
+fn targets(
+    head: &RequestHead<'_>,
+    endpoint: crate::aggregate::Endpoint,
+    names: Vec<String>,
+    delegated: bool,
+    cursor: Option<String>,
+    config: &GatewayConfig,
+    origin: Option<&Origin>,
+) -> Action {
+    let mut servers = Vec::with_capacity(names.len());
+    for name in &names {
+        match config.servers.get(name) {
+            Some(server) => servers.push(server),
+            None => return Action::Respond(not_found()),
+        }
+    }
+    if servers.is_empty() {
+        return Action::Respond(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "no MCP server is configured",
+        ));
+    }
+    if !delegated && !servers.iter().all(|server| admitted(head.headers, server, config)) {
+        let challenge = origin.zip(names.first()).map(|(origin, name)| challenge(origin, name));
+        return Action::Respond(key_required(challenge.as_deref()));
+    }
+    let mut targets = Vec::with_capacity(servers.len());
+    for (name, server) in names.iter().zip(servers) {
+        let mut forward = forward(head, name, server, delegated, config);
+        // The gateway speaks to each upstream on its own: no caller session or stream position
+        // belongs to any of them, and the REST routes speak JSON-RPC on the caller's behalf.
+        forward.headers.remove("mcp-session-id");
+        forward.headers.remove("last-event-id");
+        forward.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        forward
+            .headers
+            .insert(header::ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+        targets.push(forward);
+    }
+    Action::Aggregate(Aggregate { endpoint, targets, cursor, names })
 }
 
 /// Whether the request carries a gateway key: in the key headers, or in `Authorization` when the
@@ -1151,6 +1317,132 @@ mcp_servers:
             StatusCode::UNAUTHORIZED,
             "one non-delegating target enforces the gateway's auth"
         );
+    }
+
+    fn aggregate(action: Action) -> Aggregate {
+        match action {
+            Action::Aggregate(aggregate) => aggregate,
+            other => panic!("expected an aggregate, got {other:?}"),
+        }
+    }
+
+    fn target_names(aggregate: &Aggregate) -> Vec<&str> {
+        aggregate.targets.iter().map(|target| target.server.as_str()).collect()
+    }
+
+    #[test]
+    fn the_aggregating_endpoint_admits_every_target_or_none() {
+        let config = config();
+        let mut flows = FlowStore::default();
+        let key = ("x-mcp-gateway-key", "sk-gateway-key-0001");
+        let all = aggregate(run(
+            &config,
+            &mut flows,
+            Method::POST,
+            "/mcp",
+            &[("x-mcp-servers", "reports, wiki,reports"), key, ("mcp-session-id", "s-1")],
+        ));
+        assert_eq!(target_names(&all), ["reports", "wiki"], "named order, no repeats");
+        assert_eq!(all.targets[0].credential, OutboundCredential::ClientCredentialsToken);
+        assert_eq!(all.targets[1].credential, OutboundCredential::StaticToken);
+        assert!(all.targets.iter().all(|target| target.headers.get("mcp-session-id").is_none()));
+        let unknown =
+            respond(run(&config, &mut flows, Method::POST, "/mcp", &[("x-mcp-servers", "wiki,nope"), key]));
+        assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+        let keyless =
+            respond(run(&config, &mut flows, Method::POST, "/mcp", &[("x-mcp-servers", "github,wiki")]));
+        assert_eq!(keyless.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            keyless.headers()[header::WWW_AUTHENTICATE],
+            "Bearer resource_metadata=\"https://gw.example.com/.well-known/oauth-protected-resource/github/mcp\""
+        );
+        // The key in Authorization admits a bearer_token target but not an oauth2 one.
+        let authorization = ("authorization", "Bearer sk-gateway-key-0001");
+        assert!(matches!(
+            run(&config, &mut flows, Method::POST, "/mcp", &[("x-mcp-servers", "wiki"), authorization]),
+            Action::Aggregate(_)
+        ));
+        let mixed = respond(run(
+            &config,
+            &mut flows,
+            Method::POST,
+            "/mcp",
+            &[("x-mcp-servers", "wiki,github"), authorization],
+        ));
+        assert_eq!(mixed.status(), StatusCode::UNAUTHORIZED);
+        let unnamed = respond(run(&config, &mut flows, Method::POST, "/mcp", &[key]));
+        assert_eq!(unnamed.status(), StatusCode::BAD_REQUEST);
+        let get = respond(run(&config, &mut flows, Method::GET, "/mcp", &[("x-mcp-servers", "wiki"), key]));
+        assert_eq!(
+            (get.status(), &get.headers()[header::ALLOW]),
+            (StatusCode::METHOD_NOT_ALLOWED, &HeaderValue::from_static("POST"))
+        );
+    }
+
+    #[test]
+    fn aggregation_delegates_only_as_design_4_6_allows() {
+        let config = config();
+        let mut flows = FlowStore::default();
+        let user = ("authorization", "Bearer user-token");
+        let delegated = aggregate(run(
+            &config,
+            &mut flows,
+            Method::POST,
+            "/mcp",
+            &[("x-mcp-servers", "delegated"), user],
+        ));
+        assert!(delegated.targets[0].delegated);
+        assert_eq!(delegated.targets[0].headers[header::AUTHORIZATION], "Bearer user-token");
+        // The REST routes are not MCP endpoints: the gateway key is always required.
+        let rest = respond(run(
+            &config,
+            &mut flows,
+            Method::GET,
+            "/mcp-rest/tools/list?server_id=delegated",
+            &[user],
+        ));
+        assert_eq!(rest.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn rest_routes_pick_their_targets() {
+        let config = config();
+        let mut flows = FlowStore::default();
+        let key = ("x-mcp-gateway-key", "sk-gateway-key-0001");
+        let every = aggregate(run(&config, &mut flows, Method::GET, "/mcp-rest/tools/list", &[key]));
+        assert_eq!(target_names(&every), ["github", "delegated", "reports", "wiki"], "configuration order");
+        assert_eq!(every.endpoint, crate::aggregate::Endpoint::RestList);
+        let one = aggregate(run(
+            &config,
+            &mut flows,
+            Method::GET,
+            "/mcp-rest/tools/list?server_id=wiki&cursor=c",
+            &[key],
+        ));
+        assert_eq!((target_names(&one), one.cursor.as_deref()), (vec!["wiki"], Some("c")));
+        let named = aggregate(run(
+            &config,
+            &mut flows,
+            Method::POST,
+            "/mcp-rest/tools/call",
+            &[("x-mcp-servers", "wiki"), key],
+        ));
+        assert_eq!(
+            (target_names(&named), named.endpoint),
+            (vec!["wiki"], crate::aggregate::Endpoint::RestCall)
+        );
+        let unknown =
+            respond(run(&config, &mut flows, Method::GET, "/mcp-rest/tools/list?server_id=nope", &[key]));
+        assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+        let repeated = respond(run(
+            &config,
+            &mut flows,
+            Method::GET,
+            "/mcp-rest/tools/list?server_id=a&server_id=b",
+            &[key],
+        ));
+        assert_eq!(repeated.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(route(&Method::POST, "/mcp-rest/tools/list"), Route::NotFound);
     }
 
     #[test]

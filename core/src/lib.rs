@@ -28,6 +28,7 @@
 //! are parsed; its `Debug` and `Display` never print them.
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
 pub mod client;
 pub mod config;
 pub mod delegate;

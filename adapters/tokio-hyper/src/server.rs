@@ -13,6 +13,12 @@
 //!   buffered) with the headers core relays ([`gateway::relays_upstream_header`]). When core's
 //!   [`gateway::upstream_reaction`] says so, the cached token is dropped once, a fresh one fetched
 //!   and the request retried once;
+//! - [`Action::Aggregate`] (`POST /mcp` with `x-mcp-servers`, `/mcp-rest/tools/*`): the body is
+//!   read and core's [`Aggregate::plan`] says what to do: answer at once (`initialize`, `ping`,
+//!   notifications, refusals), forward one rewritten `tools/call` to the server its prefix names
+//!   (streamed like a single-server request), or ask every target at the same time, read each
+//!   answer whole (up to [`ServerOptions::max_gathered_answer`]) and hand them to core, which
+//!   merges the listing under `{server}-{tool}` names;
 //! - [`Action::ProxyToken`] / [`Action::ProxyRegister`]: the form or JSON body (up to
 //!   [`ServerOptions::max_form_body`]) goes to the upstream token or registration endpoint;
 //!   token answers pass through [`gateway::finish_token_response`] (`token_validation`).
@@ -59,10 +65,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use mcp_oauth_core::Reason;
+use mcp_oauth_core::aggregate::{Answer, Endpoint, Plan};
 use mcp_oauth_core::client::token::parse_token_response;
 use mcp_oauth_core::config::{GatewayConfig, ServerConfig};
 use mcp_oauth_core::gateway::{
-    self, Action, Context, FlowStore, Forward, RequestHead, Route, UpstreamReaction, error_response,
+    self, Action, Aggregate, Context, FlowStore, Forward, RequestHead, Route, UpstreamReaction,
+    error_response,
 };
 use mcp_oauth_core::machine::Instant;
 use mcp_oauth_core::origin::{Origin, Scheme};
@@ -98,6 +106,9 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// Idle keep-alive connections kept per upstream host. Default 256.
     pub pool_max_idle_per_host: usize,
+    /// The largest upstream answer read whole to merge it (aggregated listings, REST calls).
+    /// Default 4 MiB.
+    pub max_gathered_answer: usize,
 }
 
 impl Default for ServerOptions {
@@ -110,6 +121,7 @@ impl Default for ServerOptions {
             max_token_response: 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             pool_max_idle_per_host: 256,
+            max_gathered_answer: 4 * 1024 * 1024,
         }
     }
 }
@@ -323,6 +335,8 @@ fn route_label(route: &Route) -> (&'static str, Option<&str>) {
         Route::Register(server) => ("register", Some(server)),
         Route::ServerMcp(server) => ("server_mcp", Some(server)),
         Route::Mcp => ("mcp", None),
+        Route::RestToolsList => ("rest_tools_list", None),
+        Route::RestToolsCall => ("rest_tools_call", None),
         Route::NotFound => ("not_found", None),
     }
 }
@@ -363,6 +377,7 @@ async fn handle(state: &GatewayState, request: Request<Incoming>, peer: IpAddr) 
         match action {
             Action::Respond(response) => full(response),
             Action::Forward(forward) => forward_mcp(state, &parts, body, forward).await,
+            Action::Aggregate(aggregate) => aggregated(state, &parts, body, aggregate).await,
             Action::ProxyToken { server, origin } => proxy_token(state, &parts, body, &server, &origin).await,
             Action::ProxyRegister { server, url } => proxy_register(state, &parts, body, &server, &url).await,
         }
@@ -552,35 +567,56 @@ async fn forward_mcp(
         Ok(body) => body,
         Err(response) => return response,
     };
+    match send_forward(state, server, &parts.method, &forward, body).await {
+        Ok((response, outbound)) => {
+            relay(state, server, &parts.headers, &forward, outbound.as_deref(), response)
+        }
+        Err(response) => response,
+    }
+}
+
+fn step(server: &ServerConfig) -> String {
+    format!("forwarding to the upstream MCP server `{}`", server.name)
+}
+
+/// Sends `body` to `forward`'s upstream with the credential core chose: one request, and one
+/// retry with a fresh token when core's [`gateway::upstream_reaction`] asks for it. Returns the
+/// answer and the `Authorization` value that went up (for the debug headers).
+async fn send_forward(
+    state: &GatewayState,
+    server: &ServerConfig,
+    method: &Method,
+    forward: &Forward,
+    body: Bytes,
+) -> Result<(Response<Incoming>, Option<String>), Response<GatewayBody>> {
     let Ok(uri) = parse_uri(&forward.url) else {
-        return refuse(StatusCode::BAD_GATEWAY, "upstream_unreachable", "the upstream URL is not usable");
+        return Err(refuse(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            "the upstream URL is not usable",
+        ));
     };
-    let step = format!("forwarding to the upstream MCP server `{}`", server.name);
     let mut retried = false;
     loop {
-        let (credential, m2m_token) = match credential_header(state, server, &forward).await {
-            Ok(credential) => credential,
-            Err(response) => return response,
-        };
+        let (credential, m2m_token) = credential_header(state, server, forward).await?;
         let mut request = Request::new(Full::new(body.clone()));
-        *request.method_mut() = parts.method.clone();
+        *request.method_mut() = method.clone();
         *request.uri_mut() = uri.clone();
         *request.headers_mut() = forward.headers.clone();
         if let Some((name, value)) = &credential {
             let Ok(value) = HeaderValue::from_str(value) else {
-                return refuse(
+                return Err(refuse(
                     StatusCode::BAD_REQUEST,
                     "invalid_request",
                     "the outbound credential is not a valid header value",
-                );
+                ));
             };
             request.headers_mut().insert(name.clone(), value);
         }
-        let response = match send(state, request, state.options.upstream_timeout).await {
-            Ok(response) => response,
-            Err(failure) => return failure.response(StatusCode::BAD_GATEWAY, &step),
-        };
-        match gateway::upstream_reaction(&forward, response.status(), retried) {
+        let response = send(state, request, state.options.upstream_timeout)
+            .await
+            .map_err(|failure| failure.response(StatusCode::BAD_GATEWAY, &step(server)))?;
+        match gateway::upstream_reaction(forward, response.status(), retried) {
             UpstreamReaction::RetryWithFreshToken if !retried => {
                 if let Some(token) = &m2m_token {
                     state.tokens.invalidate(&server.name, token);
@@ -589,10 +625,14 @@ async fn forward_mcp(
                 retried = true;
             }
             _ => {
-                let outbound = credential.as_ref().map(|(_, value)| value.as_str()).or_else(|| {
-                    forward.headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok())
+                let outbound = credential.map(|(_, value)| value).or_else(|| {
+                    forward
+                        .headers
+                        .get(header::AUTHORIZATION)
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::to_owned)
                 });
-                return relay(state, server, &parts.headers, &forward, outbound, response, &step);
+                return Ok((response, outbound));
             }
         }
     }
@@ -607,14 +647,13 @@ fn relay(
     forward: &Forward,
     outbound_authorization: Option<&str>,
     upstream: Response<Incoming>,
-    step: &str,
 ) -> Response<GatewayBody> {
     let status = upstream.status();
     let mut response = if status.is_server_error() {
         refuse(
             StatusCode::BAD_GATEWAY,
             "upstream_error",
-            &format!("{step}: the upstream answered HTTP {}", status.as_u16()),
+            &format!("{}: the upstream answered HTTP {}", step(server), status.as_u16()),
         )
     } else {
         let (parts, body) = upstream.into_parts();
@@ -627,20 +666,145 @@ fn relay(
         }
         response
     };
-    if forward.debug {
-        let context = DebugContext {
-            auth_type: server.entry.auth_type,
-            resolution: forward.resolution,
-            outbound_url: Some(&forward.url),
-            outbound_authorization,
-        };
-        for (name, value) in debug_headers(inbound, &state.config.settings.gateway_keys, &context) {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                response.headers_mut().insert(name, value);
-            }
+    add_debug_headers(state, server, inbound, forward, outbound_authorization, response.headers_mut());
+    response
+}
+
+/// Core's debug headers (design §4.7), when the caller asked for them.
+fn add_debug_headers(
+    state: &GatewayState,
+    server: &ServerConfig,
+    inbound: &HeaderMap,
+    forward: &Forward,
+    outbound_authorization: Option<&str>,
+    headers: &mut HeaderMap,
+) {
+    if !forward.debug {
+        return;
+    }
+    let context = DebugContext {
+        auth_type: server.entry.auth_type,
+        resolution: forward.resolution,
+        outbound_url: Some(&forward.url),
+        outbound_authorization,
+    };
+    for (name, value) in debug_headers(inbound, &state.config.settings.gateway_keys, &context) {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
         }
     }
-    response
+}
+
+/// `POST /mcp` and `/mcp-rest/tools/*`: core plans the request from its body; a call forwards
+/// and streams like a single-server request, a listing (or a REST call) asks its targets at the
+/// same time, reads each answer whole and lets core merge them.
+async fn aggregated(
+    state: &GatewayState,
+    parts: &Parts,
+    body: Incoming,
+    aggregate: Aggregate,
+) -> Response<GatewayBody> {
+    let body = if aggregate.endpoint == Endpoint::RestList {
+        Bytes::new()
+    } else {
+        match read_body(&parts.headers, body, state.options.max_request_body).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        }
+    };
+    let target = |index: usize| {
+        let forward = aggregate.targets.get(index)?;
+        Some((forward, state.config.servers.get(&forward.server)?))
+    };
+    match aggregate.plan(&body) {
+        Plan::Respond(response) => full(response),
+        Plan::Forward(call) => {
+            let Some((forward, server)) = target(call.target) else {
+                return refuse(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "no such target");
+            };
+            match send_forward(state, server, &Method::POST, forward, Bytes::from(call.body)).await {
+                Ok((response, outbound)) => {
+                    relay(state, server, &parts.headers, forward, outbound.as_deref(), response)
+                }
+                Err(response) => response,
+            }
+        }
+        Plan::Gather(gather) => {
+            let asks = gather.calls().iter().map(|call| async {
+                let Some((forward, server)) = target(call.target) else {
+                    let error =
+                        error_response(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "no such target");
+                    return (Answer::Failed(error), None);
+                };
+                gathered(state, server, forward, Bytes::from(call.body.clone())).await
+            });
+            let mut answers = futures_util::future::join_all(asks).await;
+            // One target (a REST call, a one-server listing): its debug headers describe the answer.
+            let debug = match (gather.calls(), answers.as_slice()) {
+                ([call], [(_, outbound)]) => {
+                    target(call.target).map(|(forward, server)| (forward, server, outbound.clone()))
+                }
+                _ => None,
+            };
+            let answers = answers.drain(..).map(|(answer, _)| answer).collect();
+            let mut response = full(gather.finish(answers));
+            if let Some((forward, server, outbound)) = debug {
+                add_debug_headers(
+                    state,
+                    server,
+                    &parts.headers,
+                    forward,
+                    outbound.as_deref(),
+                    response.headers_mut(),
+                );
+            }
+            response
+        }
+    }
+}
+
+/// One gathered request: sent as [`send_forward`] does, its answer read whole (at most
+/// [`ServerOptions::max_gathered_answer`] bytes, within the upstream timeout).
+async fn gathered(
+    state: &GatewayState,
+    server: &ServerConfig,
+    forward: &Forward,
+    body: Bytes,
+) -> (Answer, Option<String>) {
+    let failed = |response: Response<Vec<u8>>| (Answer::Failed(response), None);
+    let whole = async {
+        let (response, outbound) = match send_forward(state, server, &Method::POST, forward, body).await {
+            Ok(sent) => sent,
+            Err(response) => return failed(into_vec(response).await),
+        };
+        let (parts, body) = response.into_parts();
+        match Limited::new(body, state.options.max_gathered_answer).collect().await {
+            Ok(collected) => {
+                (Answer::Upstream(Response::from_parts(parts, collected.to_bytes().to_vec())), outbound)
+            }
+            Err(error) => {
+                let failure = if error.downcast_ref::<LengthLimitError>().is_some() {
+                    Failure::TooLarge
+                } else {
+                    Failure::Unreachable
+                };
+                failed(into_vec(failure.response(StatusCode::BAD_GATEWAY, &step(server))).await)
+            }
+        }
+    };
+    match tokio::time::timeout(state.options.upstream_timeout, whole).await {
+        Ok(answer) => answer,
+        Err(_elapsed) => {
+            failed(into_vec(Failure::Timeout.response(StatusCode::BAD_GATEWAY, &step(server))).await)
+        }
+    }
+}
+
+/// A complete response of the gateway's own (a JSON error) as bytes, for core to merge.
+async fn into_vec(response: Response<GatewayBody>) -> Response<Vec<u8>> {
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.map(|collected| collected.to_bytes().to_vec()).unwrap_or_default();
+    Response::from_parts(parts, bytes)
 }
 
 /// `POST /{server}/token`: core builds the upstream request from the form, the answer goes through

@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use mcp_oauth_core::config::load_yaml;
 use mcp_oauth_core::pkce::Pkce;
-use mcp_oauth_tokio::mock::{MockConfig, MockUpstream, Switch};
+use mcp_oauth_tokio::mock::{MockConfig, MockUpstream, Switch, Switches};
 use mcp_oauth_tokio::server::{GatewayState, ServerOptions, serve};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -731,6 +731,186 @@ async fn serve_stops_on_the_shutdown_signal() {
         let task = gateway.task.take().expect("task");
         stop.send(()).expect("send");
         tokio::time::timeout(Duration::from_secs(15), task).await.expect("serve returns").expect("no panic");
+    })
+    .await;
+}
+
+/// A gateway whose `reports` (M2M) lives on its own mock and `reports-archive` (no auth) on a
+/// second one, so each call's destination is visible in the mocks' counters. Names share a
+/// prefix on purpose: `reports-archive-add` must reach the archive, not `reports`.
+async fn two_upstreams() -> (Gateway, MockUpstream) {
+    let open = MockConfig {
+        switches: Switches { require_auth: false, ..Switches::default() },
+        ..MockConfig::default()
+    };
+    let archive = MockUpstream::start(open).await.expect("second mock starts");
+    let archive_origin = archive.origin().to_owned();
+    let gateway = start(Setup {
+        yaml: Some(Box::new(move |upstream| {
+            format!(
+                "general_settings:
+  master_key: {KEY}
+mcp_servers:
+  reports:
+    url: {upstream}/mcp
+    auth_type: oauth2
+    oauth2_flow: client_credentials
+    client_id: mock-client
+    client_secret: {CLIENT_SECRET}
+    token_url: {upstream}/token
+  reports-archive:
+    url: {archive_origin}/mcp
+  delegated:
+    url: {upstream}/mcp
+    auth_type: oauth2
+    oauth2_flow: authorization_code
+    authorization_url: {upstream}/authorize
+    delegate_auth_to_upstream: true
+"
+            )
+        })),
+        ..Setup::default()
+    })
+    .await;
+    (gateway, archive)
+}
+
+impl Gateway {
+    async fn aggregated(&self, servers: &str, extra: &[(&str, &str)], message: &Value) -> Answer {
+        let mut headers = vec![
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("x-mcp-servers", servers),
+        ];
+        headers.extend_from_slice(extra);
+        self.request(Method::POST, "/mcp", &headers, &message.to_string()).await
+    }
+}
+
+fn tool_names(result: &Value) -> Vec<String> {
+    result["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|tool| tool["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn aggregated_mcp_lists_prefixed_tools_and_routes_each_call_to_its_server() {
+    bounded(async {
+        let (gateway, archive) = two_upstreams().await;
+        let servers = "reports,reports-archive";
+        let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}});
+        let answer = gateway.aggregated(servers, &keyed(), &initialize).await;
+        assert_eq!(answer.json()["result"]["protocolVersion"], "2025-06-18", "{}", answer.body);
+        let list = json!({"jsonrpc": "2.0", "id": "l", "method": "tools/list"});
+        let answer = gateway.aggregated(servers, &keyed(), &list).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert_eq!(
+            tool_names(&answer.json()["result"]),
+            ["reports-echo", "reports-add", "reports-archive-echo", "reports-archive-add"]
+        );
+        let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "reports-archive-add", "arguments": {"a": 2, "b": 3}}});
+        let answer = gateway.aggregated(servers, &keyed(), &call).await;
+        assert_eq!((answer.json()["id"].clone(), answer.json()["result"]["structuredContent"]["sum"].clone()), (json!(9), json!(5)));
+        let call = json!({"jsonrpc": "2.0", "id": 10, "method": "tools/call", "params": {"name": "reports-echo", "arguments": {"text": "hi"}}});
+        let answer = gateway.aggregated(servers, &keyed(), &call).await;
+        assert_eq!(answer.json()["result"]["content"][0]["text"], "hi", "{}", answer.body);
+
+        // Each upstream saw its own listing and its own call, nothing else: no initialize.
+        let (main, other) = (gateway.mock.handle().counters(), archive.handle().counters());
+        assert_eq!((main.mcp_requests_for("tools/list"), other.mcp_requests_for("tools/list")), (1, 1));
+        assert_eq!((main.mcp_requests_for("tools/call"), other.mcp_requests_for("tools/call")), (1, 1));
+        assert_eq!(main.mcp_requests_for("initialize") + other.mcp_requests_for("initialize"), 0);
+        assert_eq!(main.token_requests_for("client_credentials"), 1);
+
+        let unknown = json!({"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {"name": "wiki-echo"}});
+        let answer = gateway.aggregated(servers, &keyed(), &unknown).await;
+        assert_eq!((answer.status, answer.json()["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!(-32602)));
+        let answer = gateway.aggregated(servers, &[], &list).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        let answer = gateway.aggregated("reports,nope", &keyed(), &list).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        let answer = gateway.request(Method::POST, "/mcp", &[("x-mcp-servers", servers), ("x-mcp-gateway-key", KEY)], "{").await;
+        assert_eq!((answer.status, answer.json()["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!(-32600)));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn aggregated_listing_names_a_failing_server_and_serves_the_rest() {
+    bounded(async {
+        let (gateway, archive) = two_upstreams().await;
+        archive.handle().set(Switch::McpStatus(Some(503)));
+        let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+        let answer = gateway.aggregated("reports,reports-archive", &keyed(), &list).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        let result = &answer.json()["result"];
+        assert_eq!(tool_names(result), ["reports-echo", "reports-add"]);
+        assert_eq!(result["_meta"]["mcp-oauth/errors"][0]["server_id"], "reports-archive");
+        // Every target failing fails the listing with a 502 that names the server.
+        let answer = gateway.aggregated("reports-archive", &keyed(), &list).await;
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+        assert!(answer.json()["error_description"].as_str().unwrap_or_default().contains("reports-archive"));
+        let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "reports-archive-echo", "arguments": {"text": "x"}}});
+        assert_eq!(gateway.aggregated("reports,reports-archive", &keyed(), &call).await.status, StatusCode::BAD_GATEWAY);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn aggregated_delegation_relays_the_upstream_challenge() {
+    bounded(async {
+        let (gateway, _archive) = two_upstreams().await;
+        let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+        let answer = gateway.aggregated("delegated", &[], &list).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.body);
+        assert!(answer.header("www-authenticate").unwrap_or_default().contains(gateway.mock.origin()));
+        let bearer = format!("Bearer {}", gateway.mock.handle().issue_access_token());
+        let answer = gateway.aggregated("delegated", &[("authorization", bearer.as_str())], &list).await;
+        assert_eq!(tool_names(&answer.json()["result"]), ["delegated-echo", "delegated-add"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rest_tools_list_and_call() {
+    bounded(async {
+        let (gateway, archive) = two_upstreams().await;
+        let key = keyed();
+        let answer =
+            gateway.request(Method::GET, "/mcp-rest/tools/list?server_id=reports-archive", &key, "").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        let body = answer.json();
+        assert_eq!(tool_names(&body), ["reports-archive-echo", "reports-archive-add"]);
+        assert_eq!(
+            (body["tools"][0]["server_id"].clone(), body["errors"].clone()),
+            (json!("reports-archive"), json!([]))
+        );
+
+        let json_body = [("content-type", "application/json"), ("x-mcp-gateway-key", KEY)];
+        let inferred = r#"{"name": "reports-archive-add", "arguments": {"a": 1, "b": 41}}"#;
+        let answer = gateway.request(Method::POST, "/mcp-rest/tools/call", &json_body, inferred).await;
+        assert_eq!(answer.json()["structuredContent"]["sum"], 42, "{}", answer.body);
+        let named = r#"{"server_id": "reports", "name": "echo", "arguments": {"text": "direct"}}"#;
+        let answer = gateway.request(Method::POST, "/mcp-rest/tools/call", &json_body, named).await;
+        assert_eq!(answer.json()["content"][0]["text"], "direct", "{}", answer.body);
+        assert_eq!(archive.handle().counters().mcp_requests_for("tools/call"), 1);
+
+        let missing = r#"{"server_id": "reports", "name": "nope"}"#;
+        let answer = gateway.request(Method::POST, "/mcp-rest/tools/call", &json_body, missing).await;
+        assert_eq!(
+            (answer.status, answer.json()["error"].clone()),
+            (StatusCode::BAD_REQUEST, json!("tool_error"))
+        );
+        let answer = gateway.request(Method::POST, "/mcp-rest/tools/call", &json_body, "[1]").await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        let answer = gateway.request(Method::GET, "/mcp-rest/tools/list?server_id=ghost", &key, "").await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        let answer = gateway.request(Method::GET, "/mcp-rest/tools/list", &[], "").await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert!(!answer.body.contains(KEY) && !answer.body.contains(CLIENT_SECRET));
     })
     .await;
 }

@@ -3,7 +3,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::config::{GatewayConfig, load_yaml};
-use crate::gateway::{Action, Context, FlowStore, RequestHead, decide};
+use crate::gateway::{Action, Context, FlowStore, Forward, RequestHead, decide};
 use crate::machine::Instant;
 use crate::origin::Scheme;
 use crate::outbound::{OutboundCredential, is_gateway_key};
@@ -74,22 +74,23 @@ pub fn gateway_request(data: &[u8]) {
     };
     let mut context = Context { config, flows: &mut flows, now: Instant::ZERO, random: [3; 16] };
     let keys = [Secret::new(KEY)];
+    let admitted = ["x-mcp-gateway-key", "x-litellm-api-key"].iter().any(|name| {
+        headers.get_all(*name).iter().filter_map(|v| v.to_str().ok()).any(|v| is_gateway_key(v, &keys))
+    });
+    let check = |forward: &Forward| {
+        assert!(forward.delegated || admitted, "forwarded without admission");
+        for (_, value) in &forward.headers {
+            assert!(!is_gateway_key(value.to_str().unwrap_or_default(), &keys), "the key went upstream");
+        }
+        if forward.credential != OutboundCredential::ForwardAuthorization {
+            assert!(forward.headers.get("authorization").is_none(), "Authorization leaked upstream");
+        }
+    };
     match decide(&head, &mut context) {
-        Action::Forward(forward) => {
-            let presented = ["x-mcp-gateway-key", "x-litellm-api-key"].iter().any(|name| {
-                headers
-                    .get_all(*name)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .any(|v| is_gateway_key(v, &keys))
-            });
-            assert!(forward.delegated || presented, "forwarded without admission");
-            for (_, value) in &forward.headers {
-                assert!(!is_gateway_key(value.to_str().unwrap_or_default(), &keys), "the key went upstream");
-            }
-            if forward.credential != OutboundCredential::ForwardAuthorization {
-                assert!(forward.headers.get("authorization").is_none(), "Authorization leaked upstream");
-            }
+        Action::Forward(forward) => check(&forward),
+        Action::Aggregate(aggregate) => {
+            assert!(!aggregate.targets.is_empty(), "an aggregate without targets");
+            aggregate.targets.iter().for_each(check);
         }
         Action::Respond(response) => {
             let body = String::from_utf8_lossy(response.body());
@@ -112,6 +113,8 @@ mod tests {
         super::gateway_request(b"POST /d/mcp\nauthorization: Bearer user");
         super::gateway_request(b"GET /a/authorize?redirect_uri=https%3A%2F%2Fevil.example%2F&code_challenge=x&code_challenge_method=S256");
         super::gateway_request(b"GET /a/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%2Fcb&code_challenge=x&code_challenge_method=S256");
+        super::gateway_request(b"POST /mcp\nx-mcp-servers: a, m\nx-mcp-gateway-key: sk-fuzz-gateway-key");
+        super::gateway_request(b"GET /mcp-rest/tools/list?server_id=m\nauthorization: sk-fuzz-gateway-key");
         super::gateway_request(b"\xff");
     }
 }

@@ -1,0 +1,898 @@
+//! Several MCP servers behind one endpoint: `POST /mcp` with `x-mcp-servers: a,b`, and the REST
+//! routes `GET /mcp-rest/tools/list` and `POST /mcp-rest/tools/call`.
+//!
+//! Callers see every tool as `{server}-{tool}` (LiteLLM's naming, so its users keep their tool
+//! names). A listing asks each target server once and merges the answers; a call is routed back to
+//! the one server whose name prefixes the tool name. LiteLLM splits a prefixed name at its first
+//! `-`, which sends `github-enterprise-search` to a server called `github` even when a server
+//! `github-enterprise` is the target; here the name is matched against the request's target
+//! servers (the longest matching name wins), and a listed tool whose prefixed name would route
+//! elsewhere is left out of the listing, so every listed name calls the tool it describes.
+//!
+//! Everything here is a JSON transform. [`plan`] reads the caller's body and answers with a
+//! [`Plan`]: a response to send at once (`initialize`, `ping`, notifications, refusals), one
+//! request to forward with its answer streamed back (an MCP `tools/call`), or a [`Gather`]: a set
+//! of upstream requests whose answers, read whole, [`Gather::finish`] turns into the response. The
+//! server performs the requests with the credentials core chose for each target (see
+//! [`crate::gateway::Action::Aggregate`]); it never looks inside the JSON.
+//!
+//! Listings tolerate a failing server: its tools are missing and the failure is named (in
+//! `result._meta` for MCP, in `errors` for REST) while the other servers' tools are served. Only
+//! when every target fails does the listing fail, with the first failure's status. A delegated
+//! request (design §4.6) whose upstream answers 401 gets that 401 and its `WWW-Authenticate`, so the
+//! caller can authenticate.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::{Map, Value, json};
+
+use crate::Reason;
+use crate::client::mcp::{RpcError, parse_rpc_response};
+use crate::gateway::error_response;
+
+/// What joins a server's name and a tool's name in the names callers see.
+pub const SEPARATOR: &str = "-";
+
+/// The `_meta` key under which an MCP listing names the servers that failed.
+pub const ERRORS_META_KEY: &str = "mcp-oauth/errors";
+
+/// The newest protocol revision the aggregating endpoint answers `initialize` with when the
+/// caller asks for one it does not know.
+pub const LATEST_STATEFUL_VERSION: &str = "2025-11-25";
+
+/// The JSON-RPC id the gateway gives the requests it builds itself (each goes on its own).
+const UPSTREAM_ID: u64 = 1;
+
+/// The longest piece of caller input quoted back in an error message.
+const QUOTE_LIMIT: usize = 120;
+
+/// The name a caller sees for `tool` of `server`.
+pub fn prefixed_name(server: &str, tool: &str) -> String {
+    format!("{server}{SEPARATOR}{tool}")
+}
+
+/// Why an aggregated request was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AggregateError {
+    /// The body is not a JSON-RPC 2.0 message (or not JSON at all).
+    #[error("the body is not a JSON-RPC 2.0 message: {0}")]
+    InvalidMessage(String),
+    /// A JSON-RPC batch (an array); MCP removed batching in 2025-06-18.
+    #[error("JSON-RPC batches are not accepted; send one message per request")]
+    Batch,
+    /// A JSON-RPC response arrived, but the gateway never sends requests to its callers.
+    #[error("the gateway sent no request this could answer")]
+    UnexpectedResponse,
+    /// The method is not served by the aggregating endpoint.
+    #[error("method `{0}` is not served here; the aggregating endpoint serves tools")]
+    MethodNotFound(String),
+    /// A tool call without a tool name.
+    #[error("the tool call names no tool (`name` must be a non-empty string)")]
+    MissingToolName,
+    /// A tool call's `arguments` is not an object.
+    #[error("`arguments` must be a JSON object")]
+    InvalidArguments,
+    /// No target server's name prefixes the tool name.
+    #[error("tool `{0}` does not start with a target server's name and `-`")]
+    UnknownTool(String),
+    /// `server_id` names no target server.
+    #[error("server `{0}` is not a target of this request")]
+    UnknownServer(String),
+    /// The cursor was not issued by this gateway for these servers.
+    #[error("the cursor was not issued by this gateway for these servers")]
+    InvalidCursor,
+}
+
+impl Reason for AggregateError {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidMessage(_) => "invalid_jsonrpc",
+            Self::Batch => "batch_not_supported",
+            Self::UnexpectedResponse => "unexpected_response",
+            Self::MethodNotFound(_) => "method_not_found",
+            Self::MissingToolName => "missing_tool_name",
+            Self::InvalidArguments => "invalid_arguments",
+            Self::UnknownTool(_) => "unknown_tool",
+            Self::UnknownServer(_) => "unknown_server",
+            Self::InvalidCursor => "invalid_cursor",
+        }
+    }
+}
+
+impl AggregateError {
+    /// The JSON-RPC error code for this refusal.
+    pub fn rpc_code(&self) -> i64 {
+        match self {
+            Self::InvalidMessage(_) | Self::Batch | Self::UnexpectedResponse => -32600,
+            Self::MethodNotFound(_) => -32601,
+            _ => -32602,
+        }
+    }
+}
+
+fn quote(text: &str) -> String {
+    text.chars().take(QUOTE_LIMIT).collect()
+}
+
+/// The target server and the upstream tool name for the prefixed tool `name`.
+///
+/// A server matches when its name followed by [`SEPARATOR`] starts `name` and something follows.
+/// Server names may themselves contain `-`, so with servers `github` and `github-enterprise`
+/// both match `github-enterprise-search`: the longest name wins, and the listing leaves out any
+/// tool of `github` whose prefixed name would therefore route to `github-enterprise`.
+pub fn route_tool<S: AsRef<str>>(name: &str, servers: &[S]) -> Result<(usize, String), AggregateError> {
+    servers
+        .iter()
+        .enumerate()
+        .filter_map(|(index, server)| {
+            let server = server.as_ref();
+            let tool = name.strip_prefix(server)?.strip_prefix(SEPARATOR)?;
+            (!tool.is_empty()).then_some((index, server.len(), tool))
+        })
+        .max_by_key(|(_, length, _)| *length)
+        .map(|(index, _, tool)| (index, tool.to_owned()))
+        .ok_or_else(|| AggregateError::UnknownTool(quote(name)))
+}
+
+/// Which aggregating endpoint a request came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /mcp`: JSON-RPC, answered in JSON-RPC.
+    Mcp,
+    /// `GET /mcp-rest/tools/list`: the merged listing as plain JSON.
+    RestList,
+    /// `POST /mcp-rest/tools/call`: `{"server_id"?, "name", "arguments"}`, the tool's result as JSON.
+    RestCall,
+}
+
+/// One request to one target server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamCall {
+    /// The index of the target server (in the order the plan was given them).
+    pub target: usize,
+    /// The JSON-RPC body to send.
+    pub body: Vec<u8>,
+}
+
+/// What the server does with an aggregated request.
+#[derive(Debug)]
+pub enum Plan {
+    /// Send this response.
+    Respond(Response<Vec<u8>>),
+    /// Forward this call as an MCP request and stream the answer back as it comes (the caller's
+    /// JSON-RPC id is kept, so the answer needs no rewriting).
+    Forward(UpstreamCall),
+    /// Send every call, read every answer whole, and answer with [`Gather::finish`].
+    Gather(Gather),
+}
+
+/// How one gathered call ended, as the server hands it back.
+#[derive(Debug)]
+pub enum Answer {
+    /// The upstream answered (any status).
+    Upstream(Response<Vec<u8>>),
+    /// The step failed before an answer (unreachable, timeout, no token); this is the gateway's
+    /// JSON error for it, with the status that names the failure (502, 503, 504).
+    Failed(Response<Vec<u8>>),
+}
+
+/// Upstream requests whose answers are merged into one response.
+#[derive(Debug)]
+pub struct Gather {
+    calls: Vec<UpstreamCall>,
+    servers: Vec<String>,
+    finish: Finish,
+    delegated: bool,
+}
+
+#[derive(Debug)]
+enum Finish {
+    McpList { id: Value },
+    RestList,
+    RestCall,
+}
+
+/// The part of a request [`plan`] needs besides the body.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// Where the request came.
+    pub endpoint: Endpoint,
+    /// The target servers' names, in order.
+    pub servers: &'a [String],
+    /// Auth was delegated to the upstreams (their 401 goes back to the caller as it is).
+    pub delegated: bool,
+    /// The REST listing's `cursor` query parameter.
+    pub cursor: Option<&'a str>,
+}
+
+/// Plans an aggregated request from its body (ignored for [`Endpoint::RestList`]).
+pub fn plan(request: &Request<'_>, body: &[u8]) -> Plan {
+    let outcome = match request.endpoint {
+        Endpoint::Mcp => plan_mcp(request, body),
+        Endpoint::RestList => list_calls(request, &json!({}), request.cursor)
+            .map(|calls| Plan::Gather(gather(request, calls, Finish::RestList))),
+        Endpoint::RestCall => plan_rest_call(request, body),
+    };
+    outcome.unwrap_or_else(|(id, error)| Plan::Respond(refusal(request.endpoint, id, &error)))
+}
+
+fn gather(request: &Request<'_>, calls: Vec<UpstreamCall>, finish: Finish) -> Gather {
+    Gather { calls, servers: request.servers.to_vec(), finish, delegated: request.delegated }
+}
+
+type Refused = (Option<Value>, AggregateError);
+
+fn plan_mcp(request: &Request<'_>, body: &[u8]) -> Result<Plan, Refused> {
+    let message: Value = serde_json::from_slice(body)
+        .map_err(|error| (None, AggregateError::InvalidMessage(quote(&error.to_string()))))?;
+    let Value::Object(mut message) = message else {
+        let error = if message.is_array() {
+            AggregateError::Batch
+        } else {
+            AggregateError::InvalidMessage("not an object".into())
+        };
+        return Err((None, error));
+    };
+    let id = message.get("id").cloned();
+    let invalid = |what: &str| (id.clone(), AggregateError::InvalidMessage(what.into()));
+    if message.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(invalid("`jsonrpc` must be \"2.0\""));
+    }
+    let Some(method) = message.get("method").and_then(Value::as_str).map(str::to_owned) else {
+        if message.contains_key("method") {
+            return Err(invalid("`method` must be a string"));
+        }
+        return Err((id, AggregateError::UnexpectedResponse));
+    };
+    let Some(id) = id else {
+        // A notification (`notifications/initialized`, cancellations): nothing to answer.
+        let mut response = Response::new(Vec::new());
+        *response.status_mut() = StatusCode::ACCEPTED;
+        return Ok(Plan::Respond(response));
+    };
+    if !(id.is_string() || id.is_i64() || id.is_u64()) {
+        return Err((None, AggregateError::InvalidMessage("`id` must be a string or an integer".into())));
+    }
+    let params = match message.get("params") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(params @ Value::Object(_)) => params.clone(),
+        Some(_) => {
+            return Err((Some(id), AggregateError::InvalidMessage("`params` must be an object".into())));
+        }
+    };
+    match method.as_str() {
+        "initialize" => Ok(Plan::Respond(rpc_result(&id, &initialize_result(&params)))),
+        "ping" => Ok(Plan::Respond(rpc_result(&id, &json!({})))),
+        "tools/list" => {
+            let cursor = match params.get("cursor") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(cursor)) => Some(cursor.as_str()),
+                Some(_) => return Err((Some(id), AggregateError::InvalidCursor)),
+            };
+            let calls =
+                list_calls(request, &params, cursor).map_err(|(_, error)| (Some(id.clone()), error))?;
+            Ok(Plan::Gather(gather(request, calls, Finish::McpList { id })))
+        }
+        "tools/call" => {
+            let name = params.get("name").and_then(Value::as_str).filter(|name| !name.is_empty());
+            let Some(name) = name else {
+                return Err((Some(id), AggregateError::MissingToolName));
+            };
+            let (target, tool) =
+                route_tool(name, request.servers).map_err(|error| (Some(id.clone()), error))?;
+            let mut params = params;
+            params["name"] = Value::String(tool);
+            message.insert("params".into(), params);
+            Ok(Plan::Forward(UpstreamCall { target, body: Value::Object(message).to_string().into_bytes() }))
+        }
+        other => Err((Some(id), AggregateError::MethodNotFound(quote(other)))),
+    }
+}
+
+/// The `initialize` answer: the caller's revision when the gateway knows it, else the newest.
+fn initialize_result(params: &Value) -> Value {
+    let requested = params.get("protocolVersion").and_then(Value::as_str);
+    let version = requested
+        .filter(|version| crate::client::mcp::STATEFUL_VERSIONS.contains(version))
+        .unwrap_or(LATEST_STATEFUL_VERSION);
+    json!({
+        "protocolVersion": version,
+        "capabilities": {"tools": {"listChanged": false}},
+        "serverInfo": {"name": "mcp-oauth-gateway", "version": env!("CARGO_PKG_VERSION")},
+    })
+}
+
+/// The cursor a listing hands out: each unfinished server's own cursor, encoded so the caller
+/// treats it as opaque.
+fn encode_cursor(pending: &Map<String, Value>) -> String {
+    URL_SAFE_NO_PAD.encode(Value::Object(pending.clone()).to_string())
+}
+
+/// The servers a cursor continues, with their own cursors; every name must be a target.
+fn decode_cursor<S: AsRef<str>>(cursor: &str, servers: &[S]) -> Result<Vec<(usize, String)>, AggregateError> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| AggregateError::InvalidCursor)?;
+    let Ok(Value::Object(pending)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Err(AggregateError::InvalidCursor);
+    };
+    if pending.is_empty() {
+        return Err(AggregateError::InvalidCursor);
+    }
+    pending
+        .iter()
+        .map(|(server, cursor)| {
+            let index = servers.iter().position(|name| name.as_ref() == server);
+            match (index, cursor.as_str()) {
+                (Some(index), Some(cursor)) => Ok((index, cursor.to_owned())),
+                _ => Err(AggregateError::InvalidCursor),
+            }
+        })
+        .collect()
+}
+
+/// One `tools/list` per server to ask: every target, or those the cursor continues.
+fn list_calls(
+    request: &Request<'_>,
+    params: &Value,
+    cursor: Option<&str>,
+) -> Result<Vec<UpstreamCall>, Refused> {
+    let pages: Vec<(usize, Option<String>)> = match cursor {
+        None => (0..request.servers.len()).map(|index| (index, None)).collect(),
+        Some(cursor) => decode_cursor(cursor, request.servers)
+            .map_err(|error| (None, error))?
+            .into_iter()
+            .map(|(index, cursor)| (index, Some(cursor)))
+            .collect(),
+    };
+    Ok(pages
+        .into_iter()
+        .map(|(target, cursor)| {
+            let mut params = params.clone();
+            if let Some(object) = params.as_object_mut() {
+                object.remove("cursor");
+                if let Some(cursor) = cursor {
+                    object.insert("cursor".into(), Value::String(cursor));
+                }
+            }
+            let body = json!({"jsonrpc": "2.0", "id": UPSTREAM_ID, "method": "tools/list", "params": params});
+            UpstreamCall { target, body: body.to_string().into_bytes() }
+        })
+        .collect())
+}
+
+fn plan_rest_call(request: &Request<'_>, body: &[u8]) -> Result<Plan, Refused> {
+    let refuse = |error| (None, error);
+    let Ok(Value::Object(call)) = serde_json::from_slice::<Value>(body) else {
+        return Err(refuse(AggregateError::InvalidMessage("the body must be a JSON object".into())));
+    };
+    let name = call.get("name").and_then(Value::as_str).filter(|name| !name.is_empty());
+    let Some(name) = name else {
+        return Err(refuse(AggregateError::MissingToolName));
+    };
+    let arguments = match call.get("arguments") {
+        None | Some(Value::Null) => json!({}),
+        Some(arguments @ Value::Object(_)) => arguments.clone(),
+        Some(_) => return Err(refuse(AggregateError::InvalidArguments)),
+    };
+    // With `server_id` the name is the server's own tool name; without, it is the listed name.
+    let (target, tool) = match call.get("server_id") {
+        None | Some(Value::Null) => route_tool(name, request.servers).map_err(refuse)?,
+        Some(Value::String(server)) => {
+            let Some(index) = request.servers.iter().position(|name| name == server) else {
+                return Err(refuse(AggregateError::UnknownServer(quote(server))));
+            };
+            (index, name.to_owned())
+        }
+        Some(_) => return Err(refuse(AggregateError::InvalidMessage("`server_id` must be a string".into()))),
+    };
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": UPSTREAM_ID,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments},
+    });
+    let calls = vec![UpstreamCall { target, body: body.to_string().into_bytes() }];
+    Ok(Plan::Gather(gather(request, calls, Finish::RestCall)))
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
+    let mut response = Response::new(body.to_string().into_bytes());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn rpc_result(id: &Value, result: &Value) -> Response<Vec<u8>> {
+    json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": id, "result": result}))
+}
+
+/// A refusal of the caller's input: a JSON-RPC error on the MCP endpoint, the gateway's JSON error
+/// on REST; HTTP 404 for an unknown server (as for an unknown route), 400 otherwise.
+fn refusal(endpoint: Endpoint, id: Option<Value>, error: &AggregateError) -> Response<Vec<u8>> {
+    let status = match error {
+        AggregateError::UnknownServer(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    match endpoint {
+        Endpoint::Mcp => json_response(
+            status,
+            &json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": {"code": error.rpc_code(), "message": error.to_string(), "data": {"reason": error.reason()}},
+            }),
+        ),
+        Endpoint::RestList | Endpoint::RestCall => error_response(status, error.reason(), &error.to_string()),
+    }
+}
+
+/// A server's failure in a listing, as the caller sees it.
+struct ServerFailure {
+    server: String,
+    error: String,
+    description: String,
+}
+
+impl ServerFailure {
+    fn to_json(&self) -> Value {
+        json!({"server_id": self.server, "error": self.error, "error_description": self.description})
+    }
+}
+
+/// What one answer amounts to: the JSON-RPC result, or why there is none.
+enum Outcome {
+    Result(Value),
+    /// The upstream's own answer must reach the caller as it is (a delegated 401).
+    Relay(Response<Vec<u8>>),
+    /// The step failed; the response says how (the gateway's JSON error).
+    Failed(Response<Vec<u8>>, ServerFailure),
+}
+
+fn failure(server: &str, status: StatusCode, error: &str, description: String) -> Outcome {
+    let response = error_response(status, error, &description);
+    Outcome::Failed(
+        response,
+        ServerFailure { server: server.to_owned(), error: error.to_owned(), description },
+    )
+}
+
+fn outcome(server: &str, delegated: bool, answer: Answer) -> Outcome {
+    let upstream = match answer {
+        Answer::Upstream(upstream) => upstream,
+        Answer::Failed(response) => {
+            let body: Value = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
+            let text =
+                |key: &str| body.get(key).and_then(Value::as_str).unwrap_or("upstream_error").to_owned();
+            let failed = ServerFailure {
+                server: server.to_owned(),
+                error: text("error"),
+                description: text("error_description"),
+            };
+            return Outcome::Failed(response, failed);
+        }
+    };
+    let status = upstream.status();
+    if status == StatusCode::UNAUTHORIZED && delegated {
+        let mut response = error_response(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            &format!("server `{server}` requires authorization"),
+        );
+        if let Some(challenge) = upstream.headers().get(header::WWW_AUTHENTICATE) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.clone());
+        }
+        return Outcome::Relay(response);
+    }
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        return failure(
+            server,
+            status,
+            "upstream_unauthorized",
+            format!("server `{server}` refused the credential (HTTP {})", status.as_u16()),
+        );
+    }
+    match parse_rpc_response(&upstream, UPSTREAM_ID) {
+        Ok(result) => Outcome::Result(result),
+        Err(RpcError::Rpc { code, message }) => {
+            // The caller's mistake (no such tool, bad arguments) is a 400; anything else is the
+            // upstream's failure.
+            let status = if matches!(code, -32602 | -32601) {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            failure(
+                server,
+                status,
+                "tool_error",
+                format!("server `{server}` answered JSON-RPC error {code}: {message}"),
+            )
+        }
+        Err(error) => failure(
+            server,
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            format!("server `{server}` gave no usable answer ({}): HTTP {}", error.reason(), status.as_u16()),
+        ),
+    }
+}
+
+impl Gather {
+    /// The requests to send, each to its target server.
+    pub fn calls(&self) -> &[UpstreamCall] {
+        &self.calls
+    }
+
+    /// The response for the caller, from one answer per call, in the order of [`Gather::calls`].
+    /// A missing answer counts as a failure of its server.
+    pub fn finish(self, answers: Vec<Answer>) -> Response<Vec<u8>> {
+        let mut answers = answers.into_iter();
+        let mut results: Vec<(usize, Value)> = Vec::new();
+        let mut failures: Vec<(Response<Vec<u8>>, ServerFailure)> = Vec::new();
+        for call in &self.calls {
+            let server = self.servers.get(call.target).map_or("", String::as_str);
+            let answer = answers.next().unwrap_or_else(|| {
+                Answer::Failed(error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    &format!("server `{server}` was not asked"),
+                ))
+            });
+            match outcome(server, self.delegated, answer) {
+                Outcome::Result(result) => results.push((call.target, result)),
+                Outcome::Relay(response) => return response,
+                Outcome::Failed(response, failed) => failures.push((response, failed)),
+            }
+        }
+        match self.finish {
+            Finish::RestCall => match (results.pop(), failures.into_iter().next()) {
+                (Some((_, result)), _) => json_response(StatusCode::OK, &result),
+                (None, Some((response, _))) => response,
+                (None, None) => error_response(StatusCode::BAD_GATEWAY, "upstream_error", "no answer"),
+            },
+            Finish::McpList { .. } | Finish::RestList if results.is_empty() => {
+                match failures.into_iter().next() {
+                    Some((response, _)) => response,
+                    None => error_response(StatusCode::BAD_GATEWAY, "upstream_error", "no server was asked"),
+                }
+            }
+            Finish::McpList { id } => {
+                let (tools, next) = merge(&self.servers, &results, false);
+                let mut result = json!({"tools": tools});
+                if let Some(next) = next {
+                    result["nextCursor"] = Value::String(next);
+                }
+                if !failures.is_empty() {
+                    let errors: Vec<Value> = failures.iter().map(|(_, failed)| failed.to_json()).collect();
+                    result["_meta"] = json!({ERRORS_META_KEY: errors});
+                }
+                rpc_result(&id, &result)
+            }
+            Finish::RestList => {
+                let (tools, next) = merge(&self.servers, &results, true);
+                let errors: Vec<Value> = failures.iter().map(|(_, failed)| failed.to_json()).collect();
+                let mut body = json!({"tools": tools, "errors": errors});
+                if let Some(next) = next {
+                    body["next_cursor"] = Value::String(next);
+                }
+                json_response(StatusCode::OK, &body)
+            }
+        }
+    }
+}
+
+/// The merged tools, each named `{server}-{tool}` (with `server_id` on REST), and the cursor for
+/// the servers with more pages. A tool without a name, or whose prefixed name would route to
+/// another target, is left out.
+fn merge(servers: &[String], results: &[(usize, Value)], rest: bool) -> (Vec<Value>, Option<String>) {
+    let mut tools = Vec::new();
+    let mut pending = Map::new();
+    for (target, result) in results {
+        let Some(server) = servers.get(*target) else { continue };
+        for tool in result.get("tools").and_then(Value::as_array).into_iter().flatten() {
+            let (Some(object), Some(name)) = (tool.as_object(), tool.get("name").and_then(Value::as_str))
+            else {
+                continue;
+            };
+            let listed = prefixed_name(server, name);
+            if route_tool(&listed, servers).ok() != Some((*target, name.to_owned())) {
+                continue;
+            }
+            let mut object = object.clone();
+            object.insert("name".into(), Value::String(listed));
+            if rest {
+                object.insert("server_id".into(), Value::String(server.clone()));
+            }
+            tools.push(Value::Object(object));
+        }
+        if let Some(next) = result.get("nextCursor").and_then(Value::as_str) {
+            pending.insert(server.clone(), Value::String(next.to_owned()));
+        }
+    }
+    let next = (!pending.is_empty()).then(|| encode_cursor(&pending));
+    (tools, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn servers(names: &[&str]) -> Vec<String> {
+        names.iter().map(|name| (*name).to_owned()).collect()
+    }
+
+    fn body_json(response: &Response<Vec<u8>>) -> Value {
+        serde_json::from_slice(response.body()).unwrap_or(Value::Null)
+    }
+
+    fn mcp_plan(names: &[String], body: &str) -> Plan {
+        let request = Request { endpoint: Endpoint::Mcp, servers: names, delegated: false, cursor: None };
+        plan(&request, body.as_bytes())
+    }
+
+    fn upstream(body: &Value) -> Answer {
+        let mut response = Response::new(body.to_string().into_bytes());
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Answer::Upstream(response)
+    }
+
+    fn tools(names: &[&str]) -> Value {
+        let tools: Vec<Value> = names.iter().map(|name| json!({"name": name, "inputSchema": {}})).collect();
+        json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}})
+    }
+
+    #[test]
+    fn routes_a_prefixed_tool_to_the_one_server_it_names() {
+        let names = servers(&["github", "jira"]);
+        assert_eq!(route_tool("jira-create-issue", &names), Ok((1, "create-issue".to_owned())));
+        assert_eq!(route_tool("github-search", &names), Ok((0, "search".to_owned())));
+        assert_eq!(route_tool("gitlab-search", &names).map_err(|error| error.reason()), Err("unknown_tool"));
+        assert_eq!(route_tool("github-", &names).map_err(|error| error.reason()), Err("unknown_tool"));
+        assert_eq!(route_tool("github", &names).map_err(|error| error.reason()), Err("unknown_tool"));
+    }
+
+    #[test]
+    fn the_longest_server_name_wins_where_names_share_a_prefix() {
+        // LiteLLM splits at the first `-` and would send this to `github`.
+        let names = servers(&["github", "github-enterprise"]);
+        assert_eq!(route_tool("github-enterprise-search", &names), Ok((1, "search".to_owned())));
+        assert_eq!(route_tool("github-search", &names), Ok((0, "search".to_owned())));
+    }
+
+    #[test]
+    fn listing_prefixes_names_and_drops_those_that_would_route_elsewhere() {
+        let names = servers(&["a", "a-b", "c"]);
+        let Plan::Gather(gather) = mcp_plan(&names, r#"{"jsonrpc":"2.0","id":"x","method":"tools/list"}"#)
+        else {
+            panic!("a listing gathers");
+        };
+        assert_eq!(gather.calls().iter().map(|call| call.target).collect::<Vec<_>>(), [0, 1, 2]);
+        let answers = vec![
+            upstream(&tools(&["b-c", "echo"])),
+            upstream(&tools(&["c", "d"])),
+            upstream(&tools(&["add"])),
+        ];
+        let response = gather.finish(answers);
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = body_json(&response);
+        assert_eq!(body["id"], "x");
+        let listed: Vec<&str> = body["result"]["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|tool| tool["name"].as_str())
+            .collect();
+        // a's `b-c` would be listed as `a-b-c`, which calls a-b's `c`: it is left out.
+        assert_eq!(listed, ["a-echo", "a-b-c", "a-b-d", "c-add"]);
+    }
+
+    #[test]
+    fn a_call_is_rewritten_for_its_server_and_keeps_the_callers_id_and_meta() {
+        let names = servers(&["echo-server", "math"]);
+        let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"math-add","arguments":{"a":1},"_meta":{"progressToken":3}}}"#;
+        let Plan::Forward(call) = mcp_plan(&names, body) else { panic!("a call forwards") };
+        assert_eq!(call.target, 1);
+        let sent: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
+        assert_eq!(sent["id"], 7);
+        assert_eq!(sent["params"]["name"], "add");
+        assert_eq!(sent["params"]["arguments"]["a"], 1);
+        assert_eq!(sent["params"]["_meta"]["progressToken"], 3);
+    }
+
+    #[test]
+    fn bad_messages_get_a_400_with_a_jsonrpc_error() {
+        let names = servers(&["a"]);
+        for (body, code, reason) in [
+            ("not json", -32600, "invalid_jsonrpc"),
+            ("[]", -32600, "batch_not_supported"),
+            (r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#, -32600, "invalid_jsonrpc"),
+            (r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#, -32600, "invalid_jsonrpc"),
+            (r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, -32600, "unexpected_response"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"resources/list"}"#, -32601, "method_not_found"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#, -32602, "missing_tool_name"),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"b-x"}}"#,
+                -32602,
+                "unknown_tool",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"!!"}}"#,
+                -32602,
+                "invalid_cursor",
+            ),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":[]}"#, -32600, "invalid_jsonrpc"),
+        ] {
+            let Plan::Respond(response) = mcp_plan(&names, body) else { panic!("{body} is refused") };
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+            let answer = body_json(&response);
+            assert_eq!(answer["error"]["code"], code, "{body}");
+            assert_eq!(answer["error"]["data"]["reason"], reason, "{body}");
+        }
+    }
+
+    #[test]
+    fn the_gateway_answers_initialize_ping_and_notifications_itself() {
+        let names = servers(&["a"]);
+        let initialize =
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#;
+        let Plan::Respond(response) = mcp_plan(&names, initialize) else { panic!("initialize is local") };
+        assert_eq!(body_json(&response)["result"]["protocolVersion"], "2025-06-18");
+        let unknown =
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"1999-01-01"}}"#;
+        let Plan::Respond(response) = mcp_plan(&names, unknown) else { panic!("initialize is local") };
+        assert_eq!(body_json(&response)["result"]["protocolVersion"], LATEST_STATEFUL_VERSION);
+        let Plan::Respond(response) =
+            mcp_plan(&names, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        else {
+            panic!("a notification is local");
+        };
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        assert!(response.body().is_empty());
+        let Plan::Respond(response) = mcp_plan(&names, r#"{"jsonrpc":"2.0","id":"p","method":"ping"}"#)
+        else {
+            panic!("ping is local");
+        };
+        assert_eq!(body_json(&response), json!({"jsonrpc": "2.0", "id": "p", "result": {}}));
+    }
+
+    #[test]
+    fn cursors_continue_only_the_servers_with_more_pages() {
+        let names = servers(&["a", "b"]);
+        let Plan::Gather(first) = mcp_plan(&names, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        else {
+            panic!("gather");
+        };
+        let mut paged = tools(&["one"]);
+        paged["result"]["nextCursor"] = json!("page-2");
+        let response = first.finish(vec![upstream(&paged), upstream(&tools(&["two"]))]);
+        let cursor = body_json(&response)["result"]["nextCursor"].as_str().map(str::to_owned);
+        let Some(cursor) = cursor else { panic!("a cursor for a's second page") };
+        let next = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"cursor": cursor}})
+            .to_string();
+        let Plan::Gather(second) = mcp_plan(&names, &next) else { panic!("gather") };
+        assert_eq!(second.calls().len(), 1);
+        let sent: Value = serde_json::from_slice(&second.calls()[0].body).unwrap_or(Value::Null);
+        assert_eq!((second.calls()[0].target, sent["params"]["cursor"].clone()), (0, json!("page-2")));
+        // A cursor naming a server that is not a target is refused.
+        let Plan::Respond(refused) = mcp_plan(&servers(&["b"]), &next) else { panic!("refused") };
+        assert_eq!(body_json(&refused)["error"]["data"]["reason"], "invalid_cursor");
+    }
+
+    #[test]
+    fn a_failing_server_is_named_while_the_others_are_served() {
+        let names = servers(&["a", "b"]);
+        let Plan::Gather(gather) = mcp_plan(&names, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        else {
+            panic!("gather");
+        };
+        let down = error_response(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "b: no answer in time");
+        let response = gather.finish(vec![upstream(&tools(&["echo"])), Answer::Failed(down)]);
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = body_json(&response);
+        assert_eq!(body["result"]["tools"][0]["name"], "a-echo");
+        assert_eq!(body["result"]["_meta"][ERRORS_META_KEY][0]["server_id"], "b");
+        assert_eq!(body["result"]["_meta"][ERRORS_META_KEY][0]["error"], "upstream_timeout");
+    }
+
+    #[test]
+    fn when_every_server_fails_the_listing_fails_with_the_first_status() {
+        let names = servers(&["a"]);
+        let Plan::Gather(gather) = mcp_plan(&names, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        else {
+            panic!("gather");
+        };
+        let mut broken = Response::new(b"oops".to_vec());
+        *broken.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        let response = gather.finish(vec![Answer::Upstream(broken)]);
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(body_json(&response)["error"], "upstream_error");
+    }
+
+    #[test]
+    fn a_delegated_401_reaches_the_caller_with_its_challenge() {
+        let names = servers(&["a", "b"]);
+        let request = Request { endpoint: Endpoint::Mcp, servers: &names, delegated: true, cursor: None };
+        let Plan::Gather(gather) = plan(&request, br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        else {
+            panic!("gather");
+        };
+        let mut refused = Response::new(Vec::new());
+        *refused.status_mut() = StatusCode::UNAUTHORIZED;
+        let challenge = HeaderValue::from_static(
+            "Bearer resource_metadata=\"https://a.example/.well-known/oauth-protected-resource\"",
+        );
+        refused.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.clone());
+        let response = gather.finish(vec![upstream(&tools(&["x"])), Answer::Upstream(refused)]);
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers().get(header::WWW_AUTHENTICATE), Some(&challenge));
+    }
+
+    #[test]
+    fn rest_call_infers_the_server_or_takes_server_id_verbatim() {
+        let names = servers(&["a", "b"]);
+        let request =
+            Request { endpoint: Endpoint::RestCall, servers: &names, delegated: false, cursor: None };
+        let sent = |body: &str| match plan(&request, body.as_bytes()) {
+            Plan::Gather(gather) => {
+                let call = &gather.calls()[0];
+                let sent: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
+                Ok((call.target, sent["params"].clone()))
+            }
+            Plan::Respond(response) => Err((response.status(), body_json(&response)["error"].clone())),
+            Plan::Forward(_) => Err((StatusCode::IM_A_TEAPOT, Value::Null)),
+        };
+        assert_eq!(
+            sent(r#"{"name":"b-echo","arguments":{"text":"hi"}}"#),
+            Ok((1, json!({"name": "echo", "arguments": {"text": "hi"}})))
+        );
+        assert_eq!(
+            sent(r#"{"server_id":"a","name":"b-echo"}"#),
+            Ok((0, json!({"name": "b-echo", "arguments": {}})))
+        );
+        assert_eq!(
+            sent(r#"{"server_id":"z","name":"echo"}"#),
+            Err((StatusCode::NOT_FOUND, json!("unknown_server")))
+        );
+        assert_eq!(sent(r#"{"name":"echo"}"#), Err((StatusCode::BAD_REQUEST, json!("unknown_tool"))));
+        assert_eq!(
+            sent(r#"{"name":"a-echo","arguments":[1]}"#),
+            Err((StatusCode::BAD_REQUEST, json!("invalid_arguments")))
+        );
+        assert_eq!(sent(r#"{"arguments":{}}"#), Err((StatusCode::BAD_REQUEST, json!("missing_tool_name"))));
+    }
+
+    #[test]
+    fn rest_call_answers_the_tool_result_or_names_the_error() {
+        let names = servers(&["a"]);
+        let request =
+            Request { endpoint: Endpoint::RestCall, servers: &names, delegated: false, cursor: None };
+        let call = || match plan(&request, br#"{"name":"a-add","arguments":{"a":1,"b":2}}"#) {
+            Plan::Gather(gather) => gather,
+            other => panic!("{other:?}"),
+        };
+        let result = json!({"content": [{"type": "text", "text": "3"}]});
+        let ok = call().finish(vec![upstream(&json!({"jsonrpc": "2.0", "id": 1, "result": result}))]);
+        assert_eq!((ok.status(), body_json(&ok)), (StatusCode::OK, result));
+        let error =
+            json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32602, "message": "Unknown tool: add"}});
+        let refused = call().finish(vec![upstream(&error)]);
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(body_json(&refused)["error"], "tool_error");
+    }
+
+    #[test]
+    fn sse_answers_are_read_like_json_ones() {
+        let names = servers(&["a"]);
+        let Plan::Gather(gather) = mcp_plan(&names, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        else {
+            panic!("gather");
+        };
+        let event = format!("event: message\ndata: {}\n\n", tools(&["echo"]));
+        let mut response = Response::new(event.into_bytes());
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        let body = body_json(&gather.finish(vec![Answer::Upstream(response)]));
+        assert_eq!(body["result"]["tools"][0]["name"], "a-echo");
+    }
+}
