@@ -5,6 +5,7 @@
 //! targets and `tests/` replays every committed corpus file through them on stable Rust, so a
 //! crash found once stays fixed.
 
+pub mod aggregate;
 pub mod config;
 pub mod gateway_request;
 pub mod mask;
@@ -13,6 +14,7 @@ pub mod redirect_uri;
 pub mod trusted_redirect_origins;
 pub mod www_authenticate;
 
+pub use aggregate::aggregate;
 pub use config::config;
 pub use gateway_request::gateway_request;
 pub use mask::mask;
@@ -36,6 +38,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("trusted_redirect_origins", trusted_redirect_origins),
     ("config", config),
     ("gateway_request", gateway_request),
+    ("aggregate", aggregate),
 ];
 
 #[cfg(test)]

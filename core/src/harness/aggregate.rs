@@ -1,0 +1,93 @@
+//! Fuzz harness for the aggregating endpoints: the caller's JSON-RPC or REST body, the
+//! composite cursor, and the upstream answers (JSON or SSE) merged into one response.
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::Value;
+
+use crate::aggregate::{Answer, Endpoint, Plan, Request, plan, prefixed_name, route_tool};
+
+/// Target names that share prefixes, so routing by prefix has something to get wrong.
+const SERVERS: [&str; 3] = ["a", "a-b", "github"];
+
+/// Input: byte 0 picks the endpoint (bits 0–1), delegation (bit 2) and SSE answers (bit 3); the
+/// rest splits at NUL bytes into the caller's body and one upstream answer per gathered call.
+/// Invariants: nothing panics; a forwarded call goes to a target and names the tool whose
+/// prefixed name the caller sent; every answer is JSON (or an empty 202); every listed tool name
+/// routes back to a target; an upstream's challenge is relayed only when delegated.
+pub fn aggregate(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else { return };
+    let endpoint = match selector & 3 {
+        0 => Endpoint::Mcp,
+        1 => Endpoint::RestList,
+        _ => Endpoint::RestCall,
+    };
+    let delegated = selector & 4 != 0;
+    let mut parts = rest.split(|byte| *byte == 0);
+    let body = parts.next().unwrap_or_default();
+    let servers: Vec<String> = SERVERS.iter().map(|name| (*name).to_owned()).collect();
+    let cursor = std::str::from_utf8(body).ok().filter(|_| endpoint == Endpoint::RestList);
+    let request = Request { endpoint, servers: &servers, delegated, cursor };
+    match plan(&request, body) {
+        Plan::Respond(response) => check_response(&response, &servers, delegated),
+        Plan::Forward(call) => {
+            let server = servers.get(call.target).expect("a forwarded call has a target");
+            let sent: Value = serde_json::from_slice(&call.body).expect("the forwarded body is JSON");
+            let tool = sent["params"]["name"].as_str().expect("the forwarded call names a tool");
+            let asked: Value = serde_json::from_slice(body).expect("a forwarded call came as JSON");
+            let asked = asked["params"]["name"].as_str().expect("the caller named a tool");
+            assert_eq!(prefixed_name(server, tool), asked, "the call went to another tool");
+        }
+        Plan::Gather(gather) => {
+            for call in gather.calls() {
+                assert!(call.target < servers.len(), "a gathered call without a target");
+                assert!(
+                    serde_json::from_slice::<Value>(&call.body).is_ok(),
+                    "an upstream body that is not JSON"
+                );
+            }
+            let answers = parts
+                .map(|bytes| {
+                    let mut response = Response::new(bytes.to_vec());
+                    let kind = if selector & 8 != 0 { "text/event-stream" } else { "application/json" };
+                    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+                    if bytes.first() == Some(&b'!') {
+                        *response.status_mut() = StatusCode::UNAUTHORIZED;
+                    }
+                    Answer::Upstream(response)
+                })
+                .collect();
+            check_response(&gather.finish(answers), &servers, delegated);
+        }
+    }
+}
+
+fn check_response(response: &Response<Vec<u8>>, servers: &[String], delegated: bool) {
+    if response.status() == StatusCode::ACCEPTED {
+        assert!(response.body().is_empty(), "a 202 with a body");
+        return;
+    }
+    assert!(
+        delegated || !response.headers().contains_key(header::WWW_AUTHENTICATE),
+        "an upstream challenge relayed without delegation"
+    );
+    let body: Value = serde_json::from_slice(response.body()).expect("every answer is JSON");
+    let tools = body.get("tools").or_else(|| body.get("result").and_then(|result| result.get("tools")));
+    for tool in tools.and_then(Value::as_array).into_iter().flatten() {
+        let name = tool["name"].as_str().expect("a listed tool has a name");
+        assert!(route_tool(name, servers).is_ok(), "listed `{name}` routes nowhere");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sample_inputs() {
+        super::aggregate(
+            b"\x00{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"a-b-c\"}}",
+        );
+        super::aggregate(b"\x00{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}\x00{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"b-x\"}],\"nextCursor\":\"n\"}}\x00!\x00");
+        super::aggregate(b"\x01");
+        super::aggregate(b"\x02{\"name\":\"github-search\",\"arguments\":{}}\x00{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}");
+        super::aggregate(b"\x0c{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}\x00!\x00event: message\ndata: {}\n\n");
+    }
+}
