@@ -5,7 +5,8 @@
 //! (client credentials), and `notes`, an interactive server (authorization code + PKCE, no
 //! delegation). Then it runs (a) an M2M `tools/call` through the gateway with the debug headers,
 //! (b) a headless interactive flow through the gateway's own OAuth endpoints followed by a
-//! `tools/call` with the token it issued, and (c) prints curl lines to try by hand. Every step is
+//! `tools/call` with the token it issued, (c) lists and calls both servers' tools through the
+//! aggregating `POST /mcp` (each with its own credential), and (d) prints curl lines to try by hand. Every step is
 //! checked; a failed step ends the demo with exit status 1.
 
 use std::fmt::Write as _;
@@ -330,11 +331,55 @@ async fn steps(demo: &Walkthrough, mock: &MockUpstream) -> Result<(), StepFailed
         .tools_call("notes", &[("authorization", bearer.as_str())], "add", json!({"a": 2, "b": 3}))
         .await?;
     println!("      result: {}", result_text(&response, "interactive tools/call")?);
+    aggregated(demo, mock, &bearer).await
+}
+
+/// (c) Both servers behind `POST /mcp`: each target gets its own credential (the M2M token for
+/// `reports`, the caller's token for `notes`), tools are listed as `{server}-{tool}` and a call
+/// goes only to the server its prefix names.
+async fn aggregated(demo: &Walkthrough, mock: &MockUpstream, bearer: &str) -> Result<(), StepFailed> {
+    println!("\n(c) Aggregated: reports and notes behind POST /mcp with x-mcp-servers");
+    let url = format!("{}/mcp", demo.gateway);
+    let headers = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("x-mcp-gateway-key", demo.key.as_str()),
+        ("x-mcp-servers", "reports,notes"),
+        ("authorization", bearer),
+    ];
+    let before = mock.handle().counters();
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    println!("  → POST {url}  tools/list");
+    let response = demo.send(Method::POST, &url, &headers, list.to_string().into_bytes()).await?;
+    let message: Value = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
+    let names: Vec<&str> = message["result"]["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|tool| tool["name"].as_str())
+        .collect();
+    println!("  ← HTTP {}  tools: {}", response.status().as_u16(), names.join(", "));
+    if names != ["reports-echo", "reports-add", "notes-echo", "notes-add"] {
+        return fail(format!("aggregated tools/list: unexpected tools {names:?}"));
+    }
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "notes-add", "arguments": {"a": 20, "b": 22}}});
+    println!("  → POST {url}  tools/call notes-add {{\"a\":20,\"b\":22}}");
+    let response = demo.send(Method::POST, &url, &headers, call.to_string().into_bytes()).await?;
+    println!("  ← HTTP {}", response.status().as_u16());
+    println!("      result: {}", result_text(&response, "aggregated tools/call")?);
+    let after = mock.handle().counters();
+    let lists = after.mcp_requests_for("tools/list") - before.mcp_requests_for("tools/list");
+    let calls = after.mcp_requests_for("tools/call") - before.mcp_requests_for("tools/call");
+    println!("  upstream saw: {lists} tools/list (one per server), {calls} tools/call");
+    if lists != 2 || calls != 1 {
+        return fail("expected one listing per server and one upstream call");
+    }
     Ok(())
 }
 
 fn print_curl_lines(gateway: &str, key: &str) {
-    println!("\n(c) Try it yourself (while the demo serves):");
+    println!("\n(d) Try it yourself (while the demo serves):");
     println!("  curl -s {gateway}/health");
     println!("  curl -s {gateway}/.well-known/oauth-protected-resource/notes/mcp");
     println!("  curl -s {gateway}/.well-known/oauth-authorization-server/notes");
@@ -345,5 +390,10 @@ fn print_curl_lines(gateway: &str, key: &str) {
     );
     println!(
         "  curl -s -D - {gateway}/reports/mcp -H 'content-type: application/json' -d '{{}}'   # no key: 401 + resource_metadata"
+    );
+    println!("  curl -s '{gateway}/mcp-rest/tools/list?server_id=reports' -H 'x-mcp-gateway-key: {key}'");
+    println!(
+        "  curl -s {gateway}/mcp-rest/tools/call -H 'x-mcp-gateway-key: {key}' -H 'content-type: application/json' \\\n      \
+         -d '{{\"name\":\"reports-add\",\"arguments\":{{\"a\":1,\"b\":2}}}}'"
     );
 }
