@@ -98,7 +98,7 @@ proptest! {
         }
         let mut flows = FlowStore::default();
         let head = RequestHead { method: &Method::POST, path_and_query: &path, headers: &headers, scheme: Scheme::Https, peer: None };
-        let mut context = Context { config: &config, flows: &mut flows, now: Instant::ZERO, random: [1; 16] };
+        let mut context = Context { config: &config, flows: &mut flows, now: Instant::ZERO, random: Some([1; 16]) };
         if let Action::Forward(forward) = decide(&head, &mut context) {
             let keys = [Secret::new(KEY)];
             let presented = ["x-mcp-gateway-key", "x-litellm-api-key"].iter().any(|name| {

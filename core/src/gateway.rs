@@ -73,6 +73,13 @@ pub enum Route {
     NotFound,
 }
 
+impl Route {
+    /// Whether [`decide`] needs [`Context::random`] for this route (it starts an authorization).
+    pub fn needs_random(&self) -> bool {
+        matches!(self, Self::Authorize(_))
+    }
+}
+
 /// Maps a method and path to a route.
 pub fn route(method: &Method, path_and_query: &str) -> Route {
     let path = path_and_query.split('?').next().unwrap_or_default();
@@ -240,8 +247,10 @@ pub struct Context<'a> {
     pub flows: &'a mut FlowStore,
     /// The time.
     pub now: Instant,
-    /// 16 fresh random bytes (used for the upstream `state` when this request starts a flow).
-    pub random: [u8; 16],
+    /// 16 fresh random bytes for the upstream `state` when this request starts a flow. Only
+    /// routes for which [`Route::needs_random`] holds use them, so a server can skip the system
+    /// call on every other request; an authorization without them is refused (503).
+    pub random: Option<[u8; 16]>,
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
@@ -418,8 +427,15 @@ fn authorize(
             "no client_id is configured for the upstream",
         );
     };
+    let Some(random) = context.random else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the gateway has no random source for the authorization state",
+        );
+    };
     context.flows.expire(context.now);
-    let upstream_state = crate::pkce::state_from_random(context.random);
+    let upstream_state = crate::pkce::state_from_random(random);
     context.flows.flows.insert(
         upstream_state.clone(),
         PendingFlow {
@@ -1032,7 +1048,7 @@ mcp_servers:
             scheme: Scheme::Http,
             peer: None,
         };
-        let mut context = Context { config, flows, now: Instant::from_millis(1_000), random: [7; 16] };
+        let mut context = Context { config, flows, now: Instant::from_millis(1_000), random: Some([7; 16]) };
         decide(&head, &mut context)
     }
 

@@ -357,30 +357,35 @@ async fn handle(state: &GatewayState, request: Request<Incoming>, peer: IpAddr) 
     let path_and_query = parts.uri.path_and_query().map_or("/", |value| value.as_str());
     let route = gateway::route(&parts.method, path_and_query);
     let (label, server) = route_label(&route);
-    let mut random = [0u8; 16];
-    let response = if getrandom::fill(&mut random).is_err() {
-        refuse(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the gateway has no random source")
-    } else {
-        let head = RequestHead {
-            method: &parts.method,
-            path_and_query,
-            headers: &parts.headers,
-            scheme: Scheme::Http,
-            peer: Some(peer),
+    // Only a route that starts an authorization consumes randomness; the others skip the system
+    // call (one per request otherwise, measurable under load).
+    let random = route.needs_random().then(|| {
+        let mut random = [0u8; 16];
+        getrandom::fill(&mut random).ok().map(|()| random)
+    });
+    let head = RequestHead {
+        method: &parts.method,
+        path_and_query,
+        headers: &parts.headers,
+        scheme: Scheme::Http,
+        peer: Some(peer),
+    };
+    let action = {
+        let mut flows = lock(&state.flows);
+        let mut context = Context {
+            config: &state.config,
+            flows: &mut flows,
+            now: state.clock.now(),
+            random: random.flatten(),
         };
-        let action = {
-            let mut flows = lock(&state.flows);
-            let mut context =
-                Context { config: &state.config, flows: &mut flows, now: state.clock.now(), random };
-            gateway::decide(&head, &mut context)
-        };
-        match action {
-            Action::Respond(response) => full(response),
-            Action::Forward(forward) => forward_mcp(state, &parts, body, forward).await,
-            Action::Aggregate(aggregate) => aggregated(state, &parts, body, aggregate).await,
-            Action::ProxyToken { server, origin } => proxy_token(state, &parts, body, &server, &origin).await,
-            Action::ProxyRegister { server, url } => proxy_register(state, &parts, body, &server, &url).await,
-        }
+        gateway::decide(&head, &mut context)
+    };
+    let response = match action {
+        Action::Respond(response) => full(response),
+        Action::Forward(forward) => forward_mcp(state, &parts, body, forward).await,
+        Action::Aggregate(aggregate) => aggregated(state, &parts, body, aggregate).await,
+        Action::ProxyToken { server, origin } => proxy_token(state, &parts, body, &server, &origin).await,
+        Action::ProxyRegister { server, url } => proxy_register(state, &parts, body, &server, &url).await,
     };
     tracing::info!(
         method = %parts.method,

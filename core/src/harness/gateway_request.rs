@@ -72,7 +72,7 @@ pub fn gateway_request(data: &[u8]) {
         scheme: Scheme::Https,
         peer: None,
     };
-    let mut context = Context { config, flows: &mut flows, now: Instant::ZERO, random: [3; 16] };
+    let mut context = Context { config, flows: &mut flows, now: Instant::ZERO, random: Some([3; 16]) };
     let keys = [Secret::new(KEY)];
     let admitted = ["x-mcp-gateway-key", "x-litellm-api-key"].iter().any(|name| {
         headers.get_all(*name).iter().filter_map(|v| v.to_str().ok()).any(|v| is_gateway_key(v, &keys))
