@@ -1122,6 +1122,30 @@ mcp_servers:
     }
 
     #[test]
+    fn only_authorize_needs_randomness_and_fails_closed_without_it() {
+        assert!(route(&Method::GET, "/github/authorize?x=1").needs_random());
+        assert!(!route(&Method::POST, "/github/mcp").needs_random());
+        assert!(!route(&Method::POST, "/github/token").needs_random());
+        let config = config();
+        let mut flows = FlowStore::default();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("internal:4000"));
+        let path = "/github/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A9999%2Fcb&code_challenge=abc&code_challenge_method=S256";
+        let head = RequestHead {
+            method: &Method::GET,
+            path_and_query: path,
+            headers: &headers,
+            scheme: Scheme::Http,
+            peer: None,
+        };
+        let mut context =
+            Context { config: &config, flows: &mut flows, now: Instant::from_millis(1), random: None };
+        let refused = respond(decide(&head, &mut context));
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(flows.is_empty(), "no flow starts without a fresh state");
+    }
+
+    #[test]
     fn authorize_validates_redirect_uri_and_binds_state_through_the_callback() {
         let config = config();
         let mut flows = FlowStore::default();
