@@ -986,6 +986,137 @@ pub fn outbound_token_request(
         .map_err(|_| unavailable("the token request cannot be built"))
 }
 
+// ---------------------------------------------------------------------------------------------
+// Start-up discovery: LiteLLM configurations often name only the MCP server's `url` and leave the
+// authorization server's endpoints to discovery (design §4.2). Before serving, the adapter runs
+// core's discovery for each server [`endpoint_discovery`] names and hands the result to
+// [`apply_discovery`], which fills only what the configuration left empty.
+// ---------------------------------------------------------------------------------------------
+
+/// The endpoint fields `server`'s flow needs that its configuration leaves empty.
+pub fn missing_endpoints(server: &ServerConfig) -> Vec<&'static str> {
+    let entry = &server.entry;
+    if server.policy.auth_type != AuthType::OAuth2 {
+        return Vec::new();
+    }
+    let mut missing = Vec::new();
+    match server.policy.flow {
+        Flow::AuthorizationCode => {
+            if entry.authorization_url.is_none() {
+                missing.push("authorization_url");
+            }
+            if entry.token_url.is_none() {
+                missing.push("token_url");
+            }
+        }
+        Flow::ClientCredentials if entry.token_url.is_none() => missing.push("token_url"),
+        Flow::TokenExchange if entry.token_url.is_none() && entry.token_exchange_endpoint.is_none() => {
+            missing.push("token_url");
+        }
+        _ => {}
+    }
+    missing
+}
+
+/// The discovery to run for `server` before serving it, or `None` when its configuration names
+/// every endpoint its flow needs. Configured endpoints and `issuer` take precedence over what
+/// discovery finds.
+pub fn endpoint_discovery(server: &ServerConfig) -> Option<crate::client::discovery::DiscoveryConfig> {
+    use crate::client::discovery::{ConfiguredEndpoints, DiscoveryConfig};
+    if missing_endpoints(server).is_empty() {
+        return None;
+    }
+    let parse = |value: &Option<String>| value.as_deref().and_then(|url| Url::parse(url).ok());
+    let entry = &server.entry;
+    let mut config = DiscoveryConfig::new(server.url.clone());
+    config.configured = ConfiguredEndpoints {
+        issuer: parse(&entry.issuer),
+        authorization_endpoint: parse(&entry.authorization_url),
+        token_endpoint: parse(&entry.token_url),
+        registration_endpoint: parse(&entry.registration_url),
+    };
+    Some(config)
+}
+
+/// Why discovered endpoints were not applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// The authorization server's metadata lacks an endpoint the flow needs.
+    #[error("the authorization server `{issuer}` publishes no {field}")]
+    Missing {
+        /// The issuer.
+        issuer: String,
+        /// The configuration field it would fill.
+        field: &'static str,
+    },
+    /// A discovered endpoint is not a URL the gateway may send credentials to.
+    #[error("the discovered {field} is refused: {why}")]
+    Refused {
+        /// The configuration field it would fill.
+        field: &'static str,
+        /// Why (the fetch policy's words).
+        why: String,
+    },
+}
+
+impl Reason for EndpointError {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing { .. } => "endpoint_not_published",
+            Self::Refused { .. } => "blocked_by_fetch_policy",
+        }
+    }
+}
+
+/// Fills `server`'s empty endpoint fields from `metadata` (discovery's result for it) and returns
+/// the fields filled. Every endpoint must pass the fetch policy for the server (https, or http
+/// only when the MCP server itself is local), since the gateway sends its client secret there;
+/// nothing is changed when one fails or a needed one is missing.
+pub fn apply_discovery(
+    server: &mut ServerConfig,
+    metadata: &crate::metadata::AuthorizationServerMetadata,
+) -> Result<Vec<&'static str>, EndpointError> {
+    let allow_private = crate::fetch_policy::is_local_server(&server.url);
+    let checked = |field: &'static str, value: &Option<String>| -> Result<Option<String>, EndpointError> {
+        let Some(value) = value else { return Ok(None) };
+        let url =
+            Url::parse(value).map_err(|error| EndpointError::Refused { field, why: error.to_string() })?;
+        crate::fetch_policy::check_url(&url, allow_private)
+            .map_err(|error| EndpointError::Refused { field, why: error.to_string() })?;
+        Ok(Some(url.to_string()))
+    };
+    let authorization = checked("authorization_url", &metadata.authorization_endpoint)?;
+    let token = checked("token_url", &metadata.token_endpoint)?;
+    let registration = checked("registration_url", &metadata.registration_endpoint)?;
+    let missing = missing_endpoints(server);
+    let found = |field: &'static str, value: &Option<String>| match value {
+        Some(_) => Ok(()),
+        None => Err(EndpointError::Missing { issuer: metadata.issuer.clone(), field }),
+    };
+    for field in &missing {
+        match *field {
+            "authorization_url" => found(field, &authorization)?,
+            _ => found(field, &token)?,
+        }
+    }
+    let entry = &mut server.entry;
+    let mut filled = Vec::new();
+    for (field, slot, value) in [
+        ("authorization_url", &mut entry.authorization_url, authorization),
+        ("token_url", &mut entry.token_url, token),
+        ("registration_url", &mut entry.registration_url, registration),
+    ] {
+        if slot.is_none()
+            && let Some(value) = value
+        {
+            *slot = Some(value);
+            filled.push(field);
+        }
+    }
+    Ok(filled)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1119,6 +1250,107 @@ mcp_servers:
         let text = String::from_utf8_lossy(response.body()).into_owned();
         assert!(text.contains("gh-client"));
         assert!(!text.contains("gh-secret-value-0001"));
+    }
+
+    fn as_metadata(
+        authorization: Option<&str>,
+        token: Option<&str>,
+    ) -> crate::metadata::AuthorizationServerMetadata {
+        crate::metadata::AuthorizationServerMetadata {
+            issuer: "https://login.example".into(),
+            authorization_endpoint: authorization.map(str::to_owned),
+            token_endpoint: token.map(str::to_owned),
+            registration_endpoint: Some("https://login.example/register".into()),
+            ..Default::default()
+        }
+    }
+
+    const DISCOVERED: &str = "
+mcp_servers:
+  bare:
+    url: https://bare.example/mcp
+    auth_type: oauth2
+  half:
+    url: https://half.example/mcp
+    auth_type: oauth2
+    authorization_url: https://configured.example/authorize
+    issuer: https://configured.example
+  m2m:
+    url: https://m2m.example/mcp
+    auth_type: oauth2
+    oauth2_flow: client_credentials
+    client_id: m
+    client_secret: m-secret-value
+  local:
+    url: http://127.0.0.1:9000/mcp
+    auth_type: oauth2
+";
+
+    #[test]
+    fn startup_discovery_fills_only_what_the_configuration_leaves_empty() {
+        let mut discovered = load_yaml(DISCOVERED, &|_| None).unwrap().config;
+        let names: Vec<(&str, Vec<&str>)> = discovered
+            .servers
+            .values()
+            .map(|server| (server.name.as_str(), missing_endpoints(server)))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("bare", vec!["authorization_url", "token_url"]),
+                ("half", vec!["token_url"]),
+                ("m2m", vec!["token_url"]),
+                ("local", vec!["authorization_url", "token_url"])
+            ]
+        );
+        assert!(discovered.servers.values().all(|server| endpoint_discovery(server).is_some()));
+        let configured = config();
+        for name in ["github", "reports", "wiki"] {
+            assert!(endpoint_discovery(&configured.servers[name]).is_none(), "{name} names its endpoints");
+        }
+        let half = &mut discovered.servers["half"];
+        let discovery = endpoint_discovery(half).unwrap();
+        assert_eq!(
+            discovery.configured.issuer.as_ref().map(Url::as_str),
+            Some("https://configured.example/")
+        );
+        let filled = apply_discovery(
+            half,
+            &as_metadata(Some("https://login.example/a"), Some("https://login.example/t")),
+        );
+        assert_eq!(filled, Ok(vec!["token_url", "registration_url"]));
+        assert_eq!(half.entry.authorization_url.as_deref(), Some("https://configured.example/authorize"));
+        assert_eq!(half.entry.token_url.as_deref(), Some("https://login.example/t"));
+        assert!(missing_endpoints(half).is_empty());
+    }
+
+    #[test]
+    fn startup_discovery_refuses_endpoints_it_must_not_send_secrets_to() {
+        let mut config = load_yaml(DISCOVERED, &|_| None).unwrap().config;
+        let bare = &mut config.servers["bare"];
+        let plain = as_metadata(Some("https://login.example/a"), Some("http://login.example/t"));
+        assert_eq!(
+            apply_discovery(bare, &plain).map_err(|error| error.reason()),
+            Err("blocked_by_fetch_policy")
+        );
+        let internal = as_metadata(Some("https://login.example/a"), Some("https://10.0.0.8/t"));
+        assert_eq!(
+            apply_discovery(bare, &internal).map_err(|error| error.reason()),
+            Err("blocked_by_fetch_policy")
+        );
+        let without_token = as_metadata(Some("https://login.example/a"), None);
+        assert_eq!(
+            apply_discovery(bare, &without_token).map_err(|error| error.reason()),
+            Err("endpoint_not_published")
+        );
+        assert!(bare.entry.authorization_url.is_none(), "a refused discovery changes nothing");
+        // A server on loopback may use http endpoints on loopback (a local development setup).
+        let local = &mut config.servers["local"];
+        let loopback = as_metadata(Some("http://127.0.0.1:9001/a"), Some("http://127.0.0.1:9001/t"));
+        assert_eq!(
+            apply_discovery(local, &loopback),
+            Ok(vec!["authorization_url", "token_url", "registration_url"])
+        );
     }
 
     #[test]

@@ -194,8 +194,6 @@ mcp_servers:
     oauth2_flow: authorization_code
     client_id: {id}
     client_secret: {secret}
-    authorization_url: {upstream}/authorize
-    token_url: {upstream}/token
     scopes: [mcp]
 ",
         id = config.client_id,
@@ -209,8 +207,20 @@ mcp_servers:
     for warning in &loaded.warnings {
         println!("config warning: {warning}");
     }
-    let state = GatewayState::new(loaded.config, ServerOptions::default())
+    let mut config = loaded.config;
+    // `notes` names only its MCP URL: its authorization server's endpoints are discovered
+    // (RFC 9728, then RFC 8414), as `serve` does for such servers.
+    let reports = mcp_oauth_tokio::startup::discover_endpoints(&mut config, Duration::from_secs(10))
+        .await
         .map_err(|error| StepFailed(error.to_string()))?;
+    for report in reports {
+        match report.outcome {
+            Ok(filled) => println!("discovered for `{}`: {}", report.server, filled.join(", ")),
+            Err(failed) => return fail(format!("discovery for `{}` failed: {failed}", report.server)),
+        }
+    }
+    let state =
+        GatewayState::new(config, ServerOptions::default()).map_err(|error| StepFailed(error.to_string()))?;
     let state = Arc::new(state);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, Arc::clone(&state), async {

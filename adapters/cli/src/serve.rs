@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use mcp_oauth_core::config::{Diagnostic, Severity, load_yaml};
 use mcp_oauth_tokio::server::{GatewayState, ServerOptions, serve};
+use mcp_oauth_tokio::startup::discover_endpoints;
 use tokio::net::TcpListener;
 use tracing_subscriber::filter::LevelFilter;
 
@@ -103,8 +104,12 @@ pub(crate) fn run(config: &Path, listen: &str) -> ExitCode {
         }
     };
     let servers = loaded.config.servers.len();
+    let mut config = loaded.config;
     runtime.block_on(async move {
-        let state = match GatewayState::new(loaded.config, ServerOptions::default()) {
+        if !discover(&mut config).await {
+            return ExitCode::from(1);
+        }
+        let state = match GatewayState::new(config, ServerOptions::default()) {
             Ok(state) => Arc::new(state),
             Err(error) => {
                 eprintln!("mcp-oauth serve: {error}");
@@ -129,4 +134,32 @@ pub(crate) fn run(config: &Path, listen: &str) -> ExitCode {
         tracing::info!("gateway stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Fills the endpoints the configuration leaves to discovery and logs what happened per server;
+/// `false` only when the HTTP client cannot be set up. A server whose discovery fails is served
+/// as configured (its OAuth routes say the endpoint is missing).
+pub(crate) async fn discover(config: &mut mcp_oauth_core::config::GatewayConfig) -> bool {
+    match discover_endpoints(config, std::time::Duration::from_secs(10)).await {
+        Ok(reports) => {
+            for report in reports {
+                match report.outcome {
+                    Ok(filled) => {
+                        tracing::info!(server = %report.server, filled = %filled.join(","), "endpoints discovered");
+                    }
+                    Err(failed) => tracing::warn!(
+                        server = %report.server,
+                        reason = failed.reason,
+                        "endpoint discovery failed ({}); set authorization_url/token_url to serve this server's OAuth routes",
+                        failed.message
+                    ),
+                }
+            }
+            true
+        }
+        Err(error) => {
+            eprintln!("mcp-oauth serve: {error}");
+            false
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! Runs `mcp-oauth-core`'s sans-IO machines over tokio and hyper 1.
 //!
-//! Core decides; this crate carries bytes. It has five parts:
+//! Core decides; this crate carries bytes. It has six parts:
 //!
 //! - [`client::HttpClient`] performs one [`Outgoing`](mcp_oauth_core::machine::Outgoing) request
 //!   under its [`Limits`](mcp_oauth_core::machine::Limits): a timeout on the whole exchange, a cap on
@@ -17,6 +17,8 @@
 //! - [`server::serve`] is the gateway: a hyper server that asks
 //!   [`gateway::decide`](mcp_oauth_core::gateway::decide) what to do with each request and
 //!   streams MCP traffic to and from the upstream servers.
+//! - [`startup::discover_endpoints`] fills, before serving, the endpoints a configuration leaves
+//!   to discovery (RFC 9728 and RFC 8414 through core's discovery machine).
 //! - `mock` (feature `mock`) is an in-process OAuth authorization server and MCP server on
 //!   `127.0.0.1:0`, with switches for failure modes and counters, for tests and demos.
 //!
@@ -42,6 +44,7 @@ pub mod driver;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod server;
+pub mod startup;
 pub mod token_cache;
 pub mod user_agent;
 
