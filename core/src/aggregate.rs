@@ -56,7 +56,10 @@ pub fn prefixed_name(server: &str, tool: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AggregateError {
-    /// The body is not a JSON-RPC 2.0 message (or not JSON at all).
+    /// The body is not JSON.
+    #[error("the body is not JSON: {0}")]
+    ParseError(String),
+    /// The body is JSON but not a JSON-RPC 2.0 message.
     #[error("the body is not a JSON-RPC 2.0 message: {0}")]
     InvalidMessage(String),
     /// A JSON-RPC batch (an array); MCP removed batching in 2025-06-18.
@@ -88,6 +91,7 @@ pub enum AggregateError {
 impl Reason for AggregateError {
     fn reason(&self) -> &'static str {
         match self {
+            Self::ParseError(_) => "parse_error",
             Self::InvalidMessage(_) => "invalid_jsonrpc",
             Self::Batch => "batch_not_supported",
             Self::UnexpectedResponse => "unexpected_response",
@@ -105,6 +109,7 @@ impl AggregateError {
     /// The JSON-RPC error code for this refusal.
     pub fn rpc_code(&self) -> i64 {
         match self {
+            Self::ParseError(_) => -32700,
             Self::InvalidMessage(_) | Self::Batch | Self::UnexpectedResponse => -32600,
             Self::MethodNotFound(_) => -32601,
             _ => -32602,
@@ -134,6 +139,56 @@ pub fn route_tool<S: AsRef<str>>(name: &str, servers: &[S]) -> Result<(usize, St
         .max_by_key(|(_, length, _)| *length)
         .map(|(index, _, tool)| (index, tool.to_owned()))
         .ok_or_else(|| AggregateError::UnknownTool(quote(name)))
+}
+
+/// The envelope of one JSON-RPC message: what [`check_message`] looks at (the rest is skipped
+/// without being built).
+#[derive(serde::Deserialize)]
+struct Envelope {
+    jsonrpc: String,
+    #[serde(default)]
+    method: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    result: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+/// Checks that a body forwarded to one MCP server is JSON-RPC 2.0: one message (a request, a
+/// notification or a response), or a non-empty batch of them for clients of the 2025-03-26
+/// revision. A malformed body gets a 400 with a JSON-RPC error here, before any credential is
+/// spent on it; the upstream judges everything else.
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+pub fn check_message(body: &[u8]) -> Result<(), Response<Vec<u8>>> {
+    let refuse = |error: AggregateError| Err(refusal(Endpoint::Mcp, None, &error));
+    let valid = |envelope: &Envelope| {
+        envelope.jsonrpc == "2.0"
+            && (envelope.method.is_some() || envelope.result.is_some() || envelope.error.is_some())
+    };
+    let trimmed =
+        body.iter().position(|byte| !byte.is_ascii_whitespace()).map_or(&[][..], |start| &body[start..]);
+    if trimmed.first() == Some(&b'[') {
+        return match serde_json::from_slice::<Vec<Envelope>>(body) {
+            Ok(batch) if !batch.is_empty() && batch.iter().all(valid) => Ok(()),
+            Ok(_) => refuse(AggregateError::InvalidMessage(
+                "an empty batch or a member that is not JSON-RPC 2.0".into(),
+            )),
+            Err(error) if error.is_syntax() || error.is_eof() => {
+                refuse(AggregateError::ParseError(quote(&error.to_string())))
+            }
+            Err(error) => refuse(AggregateError::InvalidMessage(quote(&error.to_string()))),
+        };
+    }
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(envelope) if valid(&envelope) => Ok(()),
+        Ok(_) => refuse(AggregateError::InvalidMessage(
+            "`jsonrpc` must be \"2.0\" and a method, result or error present".into(),
+        )),
+        Err(error) if error.is_syntax() || error.is_eof() => {
+            refuse(AggregateError::ParseError(quote(&error.to_string())))
+        }
+        Err(error) => refuse(AggregateError::InvalidMessage(quote(&error.to_string()))),
+    }
 }
 
 /// Which aggregating endpoint a request came to.
@@ -226,7 +281,7 @@ type Refused = (Option<Value>, AggregateError);
 
 fn plan_mcp(request: &Request<'_>, body: &[u8]) -> Result<Plan, Refused> {
     let message: Value = serde_json::from_slice(body)
-        .map_err(|error| (None, AggregateError::InvalidMessage(quote(&error.to_string()))))?;
+        .map_err(|error| (None, AggregateError::ParseError(quote(&error.to_string()))))?;
     let Value::Object(mut message) = message else {
         let error = if message.is_array() {
             AggregateError::Batch
@@ -705,7 +760,7 @@ mod tests {
     fn bad_messages_get_a_400_with_a_jsonrpc_error() {
         let names = servers(&["a"]);
         for (body, code, reason) in [
-            ("not json", -32600, "invalid_jsonrpc"),
+            ("not json", -32700, "parse_error"),
             ("[]", -32600, "batch_not_supported"),
             (r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#, -32600, "invalid_jsonrpc"),
             (r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#, -32600, "invalid_jsonrpc"),
@@ -729,6 +784,33 @@ mod tests {
             let answer = body_json(&response);
             assert_eq!(answer["error"]["code"], code, "{body}");
             assert_eq!(answer["error"]["data"]["reason"], reason, "{body}");
+        }
+    }
+
+    #[test]
+    fn forwarded_bodies_must_be_jsonrpc() {
+        for good in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+            r#" [{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"n"}]"#,
+        ] {
+            assert!(check_message(good.as_bytes()).is_ok(), "{good}");
+        }
+        for (bad, code) in [
+            ("", -32700),
+            ("{", -32700),
+            ("[", -32700),
+            ("42", -32600),
+            ("[]", -32600),
+            (r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#, -32600),
+            (r#"{"jsonrpc":"2.0","id":1}"#, -32600),
+            (r#"{"id":1,"method":"ping"}"#, -32600),
+            (r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},7]"#, -32600),
+        ] {
+            let Err(response) = check_message(bad.as_bytes()) else { panic!("{bad} passed") };
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(body_json(&response)["error"]["code"], code, "{bad}");
         }
     }
 

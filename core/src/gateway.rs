@@ -930,6 +930,14 @@ pub fn relays_upstream_header(forward: &Forward, name: &HeaderName) -> bool {
     RELAYED_RESPONSE_HEADERS.contains(&name.as_str())
 }
 
+/// Checks the body of a request to forward before any credential is spent on it: a `POST` must
+/// carry JSON-RPC 2.0 ([`crate::aggregate::check_message`]); other methods carry no message. The
+/// error is a 400 with a JSON-RPC error.
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+pub fn check_forward_body(method: &Method, body: &[u8]) -> Result<(), Response<Vec<u8>>> {
+    if method == Method::POST { crate::aggregate::check_message(body) } else { Ok(()) }
+}
+
 /// The token request to send before forwarding with `credential` to `server`: the M2M
 /// client-credentials grant to `token_url`, or the RFC 8693 exchange of the caller's token to
 /// `token_exchange_endpoint` (else `token_url`). An incomplete configuration is a 503 naming what

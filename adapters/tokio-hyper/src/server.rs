@@ -572,6 +572,9 @@ async fn forward_mcp(
         Ok(body) => body,
         Err(response) => return response,
     };
+    if let Err(refused) = gateway::check_forward_body(&parts.method, &body) {
+        return full(refused);
+    }
     match send_forward(state, server, &parts.method, &forward, body).await {
         Ok((response, outbound)) => {
             relay(state, server, &parts.headers, &forward, outbound.as_deref(), response)

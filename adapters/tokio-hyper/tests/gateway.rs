@@ -833,7 +833,7 @@ async fn aggregated_mcp_lists_prefixed_tools_and_routes_each_call_to_its_server(
         let answer = gateway.aggregated("reports,nope", &keyed(), &list).await;
         assert_eq!(answer.status, StatusCode::NOT_FOUND);
         let answer = gateway.request(Method::POST, "/mcp", &[("x-mcp-servers", servers), ("x-mcp-gateway-key", KEY)], "{").await;
-        assert_eq!((answer.status, answer.json()["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!(-32600)));
+        assert_eq!((answer.status, answer.json()["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!(-32700)));
     })
     .await;
 }
@@ -911,6 +911,28 @@ async fn rest_tools_list_and_call() {
         let answer = gateway.request(Method::GET, "/mcp-rest/tools/list", &[], "").await;
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
         assert!(!answer.body.contains(KEY) && !answer.body.contains(CLIENT_SECRET));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_jsonrpc_is_refused_before_any_token_or_upstream_request() {
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        let mut headers = keyed();
+        headers.push(("content-type", "application/json"));
+        for (body, code) in
+            [("{not json", -32700), (r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#, -32600), ("[]", -32600)]
+        {
+            let answer = gateway.request(Method::POST, "/reports/mcp", &headers, body).await;
+            assert_eq!(
+                (answer.status, answer.json()["error"]["code"].clone()),
+                (StatusCode::BAD_REQUEST, json!(code)),
+                "{body}"
+            );
+        }
+        let counters = gateway.mock.handle().counters();
+        assert_eq!((counters.token_requests_total(), counters.mcp_requests.values().sum::<u64>()), (0, 0));
     })
     .await;
 }

@@ -4,14 +4,14 @@
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::Value;
 
-use crate::aggregate::{Answer, Endpoint, Plan, Request, plan, prefixed_name, route_tool};
+use crate::aggregate::{Answer, Endpoint, Plan, Request, check_message, plan, prefixed_name, route_tool};
 
 /// Target names that share prefixes, so routing by prefix has something to get wrong.
 const SERVERS: [&str; 3] = ["a", "a-b", "github"];
 
 /// Input: byte 0 picks the endpoint (bits 0–1), delegation (bit 2) and SSE answers (bit 3); the
 /// rest splits at NUL bytes into the caller's body and one upstream answer per gathered call.
-/// Invariants: nothing panics; a forwarded call goes to a target and names the tool whose
+/// Invariants: nothing panics; a body [`check_message`] accepts as one object says `jsonrpc: 2.0`; a forwarded call goes to a target and names the tool whose
 /// prefixed name the caller sent; every answer is JSON (or an empty 202); every listed tool name
 /// routes back to a target; an upstream's challenge is relayed only when delegated.
 pub fn aggregate(data: &[u8]) {
@@ -25,6 +25,16 @@ pub fn aggregate(data: &[u8]) {
     let mut parts = rest.split(|byte| *byte == 0);
     let body = parts.next().unwrap_or_default();
     let servers: Vec<String> = SERVERS.iter().map(|name| (*name).to_owned()).collect();
+    if let Err(refused) = check_message(body) {
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "a refused body is a 400");
+        assert!(serde_json::from_slice::<Value>(refused.body()).is_ok(), "a refusal is JSON");
+    } else if let Ok(Value::Object(message)) = serde_json::from_slice::<Value>(body) {
+        assert_eq!(
+            message.get("jsonrpc").and_then(Value::as_str),
+            Some("2.0"),
+            "accepted without jsonrpc 2.0"
+        );
+    }
     let cursor = std::str::from_utf8(body).ok().filter(|_| endpoint == Endpoint::RestList);
     let request = Request { endpoint, servers: &servers, delegated, cursor };
     match plan(&request, body) {
