@@ -1,6 +1,7 @@
 //! Security invariants of the gateway's per-request decision (design §4.6–§4.8), as properties.
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use mcp_oauth_core::aggregate::{Answer, Endpoint, Plan, Request, plan, prefixed_name, route_tool};
 use mcp_oauth_core::config::{GatewayConfig, load_yaml};
 use mcp_oauth_core::gateway::{Action, Context, FlowStore, RequestHead, decide};
 use mcp_oauth_core::machine::Instant;
@@ -8,6 +9,7 @@ use mcp_oauth_core::origin::Scheme;
 use mcp_oauth_core::outbound::{OutboundCredential, is_gateway_key};
 use mcp_oauth_core::secret::Secret;
 use proptest::prelude::*;
+use serde_json::{Value, json};
 
 const KEY: &str = "sk-gateway-key-0001";
 
@@ -75,6 +77,7 @@ fn path() -> impl Strategy<Value = String> {
         prop::sample::select(vec!["interactive", "delegated", "m2m", "wiki", "nope", ""])
             .prop_map(|s| format!("/{s}/mcp")),
         Just("/mcp".to_owned()),
+        Just("/mcp-rest/tools/call".to_owned()),
     ]
 }
 
@@ -99,17 +102,31 @@ proptest! {
         let mut flows = FlowStore::default();
         let head = RequestHead { method: &Method::POST, path_and_query: &path, headers: &headers, scheme: Scheme::Https, peer: None };
         let mut context = Context { config: &config, flows: &mut flows, now: Instant::ZERO, random: Some([1; 16]) };
-        if let Action::Forward(forward) = decide(&head, &mut context) {
-            let keys = [Secret::new(KEY)];
-            let presented = ["x-mcp-gateway-key", "x-litellm-api-key"].iter().any(|name| {
-                headers.get_all(*name).iter().filter_map(|v| v.to_str().ok()).any(|v| is_gateway_key(v, &keys))
-            });
-            let via_authorization = forward.server == "wiki"
-                && headers.get_all("authorization").iter().filter_map(|v| v.to_str().ok()).any(|v| is_gateway_key(v, &keys));
-            prop_assert!(forward.delegated || presented || via_authorization, "forwarded without admission: {pairs:?}");
+        let forwards = match decide(&head, &mut context) {
+            Action::Forward(forward) => vec![forward],
+            Action::Aggregate(aggregate) => {
+                prop_assert!(!aggregate.targets.is_empty());
+                aggregate.targets
+            }
+            _ => Vec::new(),
+        };
+        let keys = [Secret::new(KEY)];
+        let presented = ["x-mcp-gateway-key", "x-litellm-api-key"].iter().any(|name| {
+            headers.get_all(*name).iter().filter_map(|v| v.to_str().ok()).any(|v| is_gateway_key(v, &keys))
+        });
+        let key_in_authorization =
+            headers.get_all("authorization").iter().filter_map(|v| v.to_str().ok()).any(|v| is_gateway_key(v, &keys));
+        // Admission is all or nothing: with the key only in Authorization, every target must be wiki.
+        let only_wiki = forwards.iter().all(|forward| forward.server == "wiki");
+        for forward in &forwards {
+            prop_assert!(
+                forward.delegated || presented || (key_in_authorization && only_wiki),
+                "forwarded without admission: {pairs:?}"
+            );
             if forward.delegated {
                 prop_assert_eq!(forward.server.as_str(), "delegated");
                 prop_assert!(!presented);
+                prop_assert!(!path.starts_with("/mcp-rest"), "the REST routes never delegate");
             }
             for (_, value) in forward.headers.iter() {
                 let value = value.to_str().unwrap_or_default();
@@ -123,6 +140,45 @@ proptest! {
             }
             prop_assert!(forward.headers.get("x-forwarded-host").is_none());
             prop_assert!(forward.headers.get("cookie").is_none());
+        }
+    }
+
+    /// Behind the aggregating endpoint every listed tool name calls exactly the tool it lists:
+    /// routing it back gives the same server and the server's own tool name, whatever hyphens
+    /// the server and tool names contain.
+    #[test]
+    fn every_listed_tool_name_routes_back_to_its_tool(
+        servers in prop::collection::btree_set("[a-c]{1,2}(-[a-c]{1,2}){0,2}", 1..5),
+        tools in prop::collection::vec(prop::collection::vec("[a-c]{1,2}(-[a-c]{1,2}){0,2}", 0..5), 5),
+    ) {
+        let servers: Vec<String> = servers.into_iter().collect();
+        let request = Request { endpoint: Endpoint::Mcp, servers: &servers, delegated: false, cursor: None };
+        let Plan::Gather(gather) = plan(&request, br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#) else {
+            return Err(TestCaseError::fail("a listing gathers"));
+        };
+        let answers = gather.calls().iter().map(|call| {
+            let listed: Vec<_> = tools[call.target].iter().map(|name| json!({"name": name})).collect();
+            let body = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": listed}}).to_string();
+            let mut response = http::Response::new(body.into_bytes());
+            response.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+            Answer::Upstream(response)
+        }).collect();
+        let response = gather.finish(answers);
+        let body: Value = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
+        for tool in body["result"]["tools"].as_array().into_iter().flatten() {
+            let name = tool["name"].as_str().unwrap_or_default();
+            let (target, upstream) = route_tool(name, &servers).map_err(|error| TestCaseError::fail(error.to_string()))?;
+            prop_assert_eq!(prefixed_name(&servers[target], &upstream), name);
+            prop_assert!(tools[target].contains(&upstream), "`{}` calls `{}` on `{}`, which it does not list", name, upstream, servers[target]);
+        }
+        // And nothing routable is dropped: a tool whose prefixed name routes to its own server is listed.
+        for (index, server) in servers.iter().enumerate() {
+            for tool in &tools[index] {
+                let name = prefixed_name(server, tool);
+                if route_tool(&name, &servers).ok() == Some((index, tool.clone())) {
+                    prop_assert!(body["result"]["tools"].as_array().into_iter().flatten().any(|listed| listed["name"] == name.as_str()));
+                }
+            }
         }
     }
 }
