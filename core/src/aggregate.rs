@@ -687,6 +687,13 @@ mod tests {
         plan(&request, body.as_bytes())
     }
 
+    fn listing(names: &[String]) -> Gather {
+        match mcp_plan(names, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#) {
+            Plan::Gather(gather) => gather,
+            other => panic!("a listing gathers, got {other:?}"),
+        }
+    }
+
     fn upstream(body: &Value) -> Answer {
         let mut response = Response::new(body.to_string().into_bytes());
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -842,10 +849,7 @@ mod tests {
     #[test]
     fn cursors_continue_only_the_servers_with_more_pages() {
         let names = servers(&["a", "b"]);
-        let Plan::Gather(first) = mcp_plan(&names, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
-        else {
-            panic!("gather");
-        };
+        let first = listing(&names);
         let mut paged = tools(&["one"]);
         paged["result"]["nextCursor"] = json!("page-2");
         let response = first.finish(vec![upstream(&paged), upstream(&tools(&["two"]))]);
@@ -865,10 +869,7 @@ mod tests {
     #[test]
     fn a_failing_server_is_named_while_the_others_are_served() {
         let names = servers(&["a", "b"]);
-        let Plan::Gather(gather) = mcp_plan(&names, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
-        else {
-            panic!("gather");
-        };
+        let gather = listing(&names);
         let down = error_response(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "b: no answer in time");
         let response = gather.finish(vec![upstream(&tools(&["echo"])), Answer::Failed(down)]);
         assert_eq!(response.status(), StatusCode::OK);
@@ -881,10 +882,7 @@ mod tests {
     #[test]
     fn when_every_server_fails_the_listing_fails_with_the_first_status() {
         let names = servers(&["a"]);
-        let Plan::Gather(gather) = mcp_plan(&names, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
-        else {
-            panic!("gather");
-        };
+        let gather = listing(&names);
         let mut broken = Response::new(b"oops".to_vec());
         *broken.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         let response = gather.finish(vec![Answer::Upstream(broken)]);
@@ -967,10 +965,7 @@ mod tests {
     #[test]
     fn sse_answers_are_read_like_json_ones() {
         let names = servers(&["a"]);
-        let Plan::Gather(gather) = mcp_plan(&names, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
-        else {
-            panic!("gather");
-        };
+        let gather = listing(&names);
         let event = format!("event: message\ndata: {}\n\n", tools(&["echo"]));
         let mut response = Response::new(event.into_bytes());
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -735,8 +735,8 @@ async fn serve_stops_on_the_shutdown_signal() {
     .await;
 }
 
-/// A gateway whose `reports` (M2M) lives on its own mock and `reports-archive` (no auth) on a
-/// second one, so each call's destination is visible in the mocks' counters. Names share a
+/// The usual gateway plus `reports-archive` (no auth) on a second mock, while `reports` (M2M)
+/// stays on the first, so each call's destination is visible in the mocks' counters. Names share a
 /// prefix on purpose: `reports-archive-add` must reach the archive, not `reports`.
 async fn two_upstreams() -> (Gateway, MockUpstream) {
     let open = MockConfig {
@@ -747,27 +747,7 @@ async fn two_upstreams() -> (Gateway, MockUpstream) {
     let archive_origin = archive.origin().to_owned();
     let gateway = start(Setup {
         yaml: Some(Box::new(move |upstream| {
-            format!(
-                "general_settings:
-  master_key: {KEY}
-mcp_servers:
-  reports:
-    url: {upstream}/mcp
-    auth_type: oauth2
-    oauth2_flow: client_credentials
-    client_id: mock-client
-    client_secret: {CLIENT_SECRET}
-    token_url: {upstream}/token
-  reports-archive:
-    url: {archive_origin}/mcp
-  delegated:
-    url: {upstream}/mcp
-    auth_type: oauth2
-    oauth2_flow: authorization_code
-    authorization_url: {upstream}/authorize
-    delegate_auth_to_upstream: true
-"
-            )
+            format!("{}  reports-archive:\n    url: {archive_origin}/mcp\n", servers_yaml(upstream))
         })),
         ..Setup::default()
     })
