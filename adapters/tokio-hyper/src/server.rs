@@ -6,13 +6,13 @@
 //!
 //! - [`Action::Respond`]: the response is sent as it is;
 //! - [`Action::Forward`]: the request body is read (up to [`ServerOptions::max_request_body`], so a
-//!   retry can resend it), the credential core chose is attached (the M2M token from the
-//!   single-flight [`M2mTokenCache`], an RFC 8693 exchange, a static or per-request value, or the
-//!   caller's own `Authorization` already in the headers), **one** request goes upstream over a
-//!   shared keep-alive pool, and the upstream's answer is streamed back (JSON or SSE, never
-//!   buffered) with the headers core relays ([`gateway::relays_upstream_header`]). When core's
-//!   [`gateway::upstream_reaction`] says so, the cached token is dropped once, a fresh one fetched
-//!   and the request retried once;
+//!   retry can resend it), the credential core chose is attached (an M2M token or an RFC 8693
+//!   exchanged token from the token cache, a static or per-request value, or the caller's own
+//!   `Authorization` already in the headers), **one** request goes upstream over a shared
+//!   keep-alive pool, and the upstream's answer is streamed back (JSON or SSE, never buffered)
+//!   with the headers core relays ([`gateway::relays_upstream_header`]). When core's
+//!   [`gateway::upstream_reaction`] says so (a 401 to the M2M token), the cached token is dropped
+//!   once, a fresh one fetched and the request retried once;
 //! - [`Action::Aggregate`] (`POST /mcp` with `x-mcp-servers`, `/mcp-rest/tools/*`): the body is
 //!   read and core's [`Aggregate::plan`] says what to do: answer at once (`initialize`, `ping`,
 //!   notifications, refusals), forward one rewritten `tools/call` to the server its prefix names
@@ -23,10 +23,17 @@
 //!   [`ServerOptions::max_form_body`]) goes to the upstream token or registration endpoint;
 //!   token answers pass through [`gateway::finish_token_response`] (`token_validation`).
 //!
+//! Upstream tokens live in one [`SharedTokenCache`] keyed by [`TokenKey`]: the M2M token per server,
+//! and the exchanged token per server and caller token (kept as its SHA-256 digest). Core decides
+//! their lifetimes (`m2m_cache_ttl` for M2M tokens, `user_token_ttl` with the server's
+//! `token_storage_ttl_seconds` for exchanged ones, which act for a user), refreshes them ahead of
+//! expiry, lets one fetch per key run at a time and backs off after failed fetches.
+//!
 //! Failures of a step answer with core's JSON error ([`gateway::error_response`]) naming it: 413 for
 //! an oversized body, 502 when the upstream cannot be reached or fails (5xx), 504 when it does not
-//! answer in time, 503 when the token endpoint fails. No error body and no log line carries a
-//! header value, a body or a secret: logs hold the method, route, server, status and latency.
+//! answer in time, 503 when the token endpoint fails or token fetches are backing off. No error
+//! body and no log line carries a header value, a body or a secret: logs hold the method, route,
+//! server, status and latency.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -43,7 +50,6 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
@@ -72,16 +78,18 @@ use mcp_oauth_core::gateway::{
     self, Action, Aggregate, Context, FlowStore, Forward, RequestHead, Route, UpstreamReaction,
     error_response,
 };
-use mcp_oauth_core::machine::Instant;
+use mcp_oauth_core::metadata::TokenResponse;
 use mcp_oauth_core::origin::{Origin, Scheme};
 use mcp_oauth_core::outbound::{DebugContext, OutboundCredential, debug_headers};
 use mcp_oauth_core::secret::Secret;
-use mcp_oauth_core::token::m2m_cache_ttl;
+use mcp_oauth_core::token_cache::{CacheConfig, Fetched, TtlPolicy};
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use url::Url;
 
 use crate::client::TlsSetupError;
 use crate::driver::Clock;
+use crate::token_cache::{CacheError, FetchError, SharedTokenCache};
 
 /// The body of every response the gateway sends: core's complete answers or an upstream stream.
 pub type GatewayBody = BoxBody<Bytes, hyper::Error>;
@@ -126,94 +134,74 @@ impl Default for ServerOptions {
     }
 }
 
-/// A cached M2M token.
-#[derive(Clone, Debug)]
-struct CachedToken {
-    token: Secret,
-    expires_at: Instant,
+/// What a cached upstream token is for: a server's M2M (client-credentials) token, or the token
+/// an RFC 8693 exchange gave for one caller's token at a server. The caller's token is kept only
+/// as its SHA-256 digest, and `Debug` shows neither it nor the digest.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TokenKey {
+    server: String,
+    subject: Option<[u8; 32]>,
 }
 
-/// One server's slot: the current token, and a lock held while a fetch is in flight.
-#[derive(Debug, Default)]
-struct TokenSlot {
-    current: Mutex<Option<CachedToken>>,
-    fetching: tokio::sync::Mutex<()>,
+impl TokenKey {
+    /// The key of `server`'s M2M token.
+    pub fn m2m(server: &str) -> Self {
+        Self { server: server.to_owned(), subject: None }
+    }
+
+    /// The key of the token exchanged for `subject_token` (the caller's token) at `server`.
+    pub fn exchange(server: &str, subject_token: &Secret) -> Self {
+        let digest = Sha256::digest(subject_token.expose().as_bytes());
+        Self { server: server.to_owned(), subject: Some(digest.into()) }
+    }
 }
 
-/// The M2M token cache: one token per server, one fetch in flight per server (single flight), and
-/// a failed token dropped only once however many requests saw it fail.
-///
-/// Lifetimes come from core ([`m2m_cache_ttl`]); this type only stores and times them.
-#[derive(Debug, Default)]
-pub struct M2mTokenCache {
-    slots: Mutex<HashMap<String, Arc<TokenSlot>>>,
-    fetches: AtomicU64,
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.subject.is_some() { "exchange" } else { "m2m" };
+        f.debug_struct("TokenKey").field("server", &self.server).field("kind", &kind).finish()
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl M2mTokenCache {
-    fn slot(&self, server: &str) -> Arc<TokenSlot> {
-        Arc::clone(lock(&self.slots).entry(server.to_owned()).or_default())
-    }
-
-    fn valid(slot: &TokenSlot, now: Instant) -> Option<Secret> {
-        lock(&slot.current)
-            .as_ref()
-            .filter(|cached| now < cached.expires_at)
-            .map(|cached| cached.token.clone())
-    }
-
-    /// The cached token for `server`, or the one `fetch` returns (with its lifetime in seconds);
-    /// concurrent callers wait for a single fetch. A lifetime of 0 is used once and not cached.
-    pub async fn get<F, Fut, E>(&self, server: &str, clock: &Clock, fetch: F) -> Result<Secret, E>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(Secret, u64), E>>,
-    {
-        let slot = self.slot(server);
-        if let Some(token) = Self::valid(&slot, clock.now()) {
-            return Ok(token);
+/// The answer for a request that waited for another request's failed token fetch, or that came
+/// while the cache backs off after failures: core's JSON error naming the step, 503 (504 after a
+/// timeout, as for the request that fetched), with `Retry-After` while backing off.
+fn token_unavailable(error: &CacheError, step: &str) -> Response<GatewayBody> {
+    match error {
+        CacheError::BackingOff { reason, retry_in } => {
+            let seconds = retry_in.as_secs() + u64::from(retry_in.subsec_nanos() > 0);
+            let mut response = refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token_endpoint_failed",
+                &format!("{step}: recent fetches failed ({reason}); the next try is in {seconds} s"),
+            );
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response
         }
-        let _fetching = slot.fetching.lock().await;
-        if let Some(token) = Self::valid(&slot, clock.now()) {
-            return Ok(token);
+        CacheError::Fetch { reason, message } => {
+            let (status, error) = match *reason {
+                "upstream_timeout" => (StatusCode::GATEWAY_TIMEOUT, *reason),
+                "server_error" => (StatusCode::INTERNAL_SERVER_ERROR, *reason),
+                "upstream_unreachable" | "upstream_error" => (StatusCode::SERVICE_UNAVAILABLE, *reason),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, "token_endpoint_failed"),
+            };
+            refuse(status, error, &format!("{step}: {message}"))
         }
-        self.fetches.fetch_add(1, Ordering::Relaxed);
-        let (token, ttl_seconds) = fetch().await?;
-        if ttl_seconds > 0 {
-            let expires_at = clock.now().plus(Duration::from_secs(ttl_seconds));
-            *lock(&slot.current) = Some(CachedToken { token: token.clone(), expires_at });
-        }
-        Ok(token)
-    }
-
-    /// Drops `server`'s token if it is still `failed`; a token fetched since is kept, so many
-    /// requests failing with the same token cause one refetch.
-    pub fn invalidate(&self, server: &str, failed: &Secret) {
-        let slot = self.slot(server);
-        let mut current = lock(&slot.current);
-        if current.as_ref().is_some_and(|cached| cached.token.expose() == failed.expose()) {
-            *current = None;
-        }
-    }
-
-    /// How many token fetches were started since the cache was created.
-    pub fn fetches(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
     }
 }
 
 /// Everything the server shares between requests: the configuration snapshot, the flows in
-/// progress, the clock, the upstream connection pool and the M2M token cache.
+/// progress, the clock, the upstream connection pool and the upstream token cache.
 pub struct GatewayState {
     config: GatewayConfig,
     flows: Mutex<FlowStore>,
     clock: Clock,
     upstream: Upstream,
-    tokens: M2mTokenCache,
+    tokens: SharedTokenCache<TokenKey>,
     options: ServerOptions,
     requests: AtomicU64,
 }
@@ -250,12 +238,13 @@ impl GatewayState {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(options.pool_max_idle_per_host)
             .build(https);
+        let clock = Clock::new();
         Ok(Self {
             config,
             flows: Mutex::new(FlowStore::default()),
-            clock: Clock::new(),
+            clock,
             upstream,
-            tokens: M2mTokenCache::default(),
+            tokens: SharedTokenCache::with_clock(CacheConfig::default(), clock),
             options,
             requests: AtomicU64::new(0),
         })
@@ -266,8 +255,9 @@ impl GatewayState {
         &self.config
     }
 
-    /// The M2M token cache (its counters are useful in tests and benchmarks).
-    pub fn tokens(&self) -> &M2mTokenCache {
+    /// The upstream token cache: M2M and exchanged tokens (its [`SharedTokenCache::fetches`]
+    /// counter is useful in tests and benchmarks).
+    pub fn tokens(&self) -> &SharedTokenCache<TokenKey> {
         &self.tokens
     }
 
@@ -495,33 +485,77 @@ async fn exchange(
     tokio::time::timeout(timeout, whole).await.unwrap_or(Err(Failure::Timeout))
 }
 
-/// Fetches an upstream token (M2M or exchange) as core builds the request; returns the token and
-/// its cache lifetime in seconds.
+/// The upstream token (M2M or exchange) for `key` from the token cache; on a miss this request
+/// or a concurrent one for the same key fetches it (single flight), cached for as long as `policy`
+/// allows. A failure is core's JSON error naming the step: 503 (504 when the token endpoint does
+/// not answer in time), also while the cache backs off after failed fetches.
 async fn fetch_token(
     state: &GatewayState,
     server: &ServerConfig,
     credential: &OutboundCredential,
-) -> Result<(Secret, u64), Response<GatewayBody>> {
-    let request = gateway::outbound_token_request(server, credential).map_err(full)?;
-    let step = format!("fetching the upstream token for `{}`", server.name);
-    let response = exchange(state, request, state.options.token_timeout, state.options.max_token_response)
-        .await
-        .map_err(|failure| failure.response(StatusCode::SERVICE_UNAVAILABLE, &step))?;
-    match parse_token_response(&response) {
-        Ok(token) => Ok((token.access_token, m2m_cache_ttl(token.expires_in))),
-        Err(error) => {
-            tracing::warn!(server = %server.name, reason = error.reason(), "the token endpoint refused or failed");
-            Err(refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "token_endpoint_failed",
-                &format!(
-                    "{step}: the token endpoint answered HTTP {} ({})",
-                    response.status().as_u16(),
-                    error.reason()
-                ),
-            ))
-        }
+    key: TokenKey,
+    policy: TtlPolicy,
+) -> Result<Secret, Response<GatewayBody>> {
+    // The answer for this request when it fetched and failed: exactly what the failed step said.
+    let mut refusal = None;
+    let slot = &mut refusal;
+    let fetched = state
+        .tokens
+        .get_or_fetch(key, move || async move {
+            match request_token(state, server, credential).await {
+                Ok(response) => Ok(Fetched::with_policy(&response, policy)),
+                Err((error, answer)) => {
+                    *slot = Some(answer);
+                    Err(error)
+                }
+            }
+        })
+        .await;
+    match fetched {
+        Ok(token) => Ok(token.access_token().clone()),
+        Err(error) => Err(refusal.unwrap_or_else(|| token_unavailable(&error, &token_step(server)))),
     }
+}
+
+/// The step a token fetch for `server` is named by in error answers.
+fn token_step(server: &ServerConfig) -> String {
+    format!("fetching the upstream token for `{}`", server.name)
+}
+
+/// Requests an upstream token as core builds the request. A failure comes as the cache's
+/// [`FetchError`] (reason: the answer's error code; message: what failed, without the step) and
+/// this request's own answer (core's JSON error naming the step).
+async fn request_token(
+    state: &GatewayState,
+    server: &ServerConfig,
+    credential: &OutboundCredential,
+) -> Result<TokenResponse, (FetchError, Response<GatewayBody>)> {
+    let step = token_step(server);
+    let request = gateway::outbound_token_request(server, credential).map_err(|refusal| {
+        let reason = match refusal.status() {
+            StatusCode::INTERNAL_SERVER_ERROR => "server_error",
+            _ => "token_endpoint_failed",
+        };
+        let message = "the configuration does not allow a token request";
+        (FetchError::new(reason, message), full(refusal))
+    })?;
+    let limit = state.options.max_token_response;
+    let response = exchange(state, request, state.options.token_timeout, limit).await.map_err(|failure| {
+        let (reason, message) = match failure {
+            Failure::Timeout => ("upstream_timeout", "the token endpoint did not answer in time"),
+            Failure::Unreachable => ("upstream_unreachable", "the token endpoint could not be reached"),
+            Failure::TooLarge => ("upstream_error", "the token endpoint's answer is too large"),
+        };
+        (FetchError::new(reason, message), failure.response(StatusCode::SERVICE_UNAVAILABLE, &step))
+    })?;
+    parse_token_response(&response).map_err(|error| {
+        tracing::warn!(server = %server.name, reason = error.reason(), "the token endpoint refused or failed");
+        let status = response.status().as_u16();
+        let message = format!("the token endpoint answered HTTP {status} ({})", error.reason());
+        let description = format!("{step}: {message}");
+        let answer = refuse(StatusCode::SERVICE_UNAVAILABLE, "token_endpoint_failed", &description);
+        (FetchError::new("token_endpoint_failed", message), answer)
+    })
 }
 
 /// The credential header to attach for `forward`, and the M2M token used (for invalidation).
@@ -532,15 +566,17 @@ async fn credential_header(
 ) -> Result<(Option<(HeaderName, String)>, Option<Secret>), Response<GatewayBody>> {
     let bearer = |token: &Secret| Some((header::AUTHORIZATION, format!("Bearer {}", token.expose())));
     match &forward.credential {
-        OutboundCredential::ClientCredentialsToken => {
-            let token = state
-                .tokens
-                .get(&server.name, &state.clock, || fetch_token(state, server, &forward.credential))
-                .await?;
+        credential @ OutboundCredential::ClientCredentialsToken => {
+            let key = TokenKey::m2m(&server.name);
+            let token = fetch_token(state, server, credential, key, TtlPolicy::M2m).await?;
             Ok((bearer(&token), Some(token)))
         }
-        credential @ OutboundCredential::ExchangeToken { .. } => {
-            let (token, _ttl) = fetch_token(state, server, credential).await?;
+        credential @ OutboundCredential::ExchangeToken { subject_token } => {
+            // An exchanged token acts for the caller: a per-user lifetime, keyed by the caller's token.
+            let key = TokenKey::exchange(&server.name, subject_token);
+            let policy =
+                TtlPolicy::User { token_storage_ttl_seconds: server.entry.token_storage_ttl_seconds };
+            let token = fetch_token(state, server, credential, key, policy).await?;
             Ok((bearer(&token), None))
         }
         OutboundCredential::Authorization(value) => {
@@ -627,7 +663,7 @@ async fn send_forward(
         match gateway::upstream_reaction(forward, response.status(), retried) {
             UpstreamReaction::RetryWithFreshToken if !retried => {
                 if let Some(token) = &m2m_token {
-                    state.tokens.invalidate(&server.name, token);
+                    state.tokens.invalidate(&TokenKey::m2m(&server.name), token);
                 }
                 tracing::info!(server = %server.name, "upstream refused the M2M token; refetching once");
                 retried = true;

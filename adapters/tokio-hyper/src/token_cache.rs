@@ -12,6 +12,11 @@
 //! request) abandons its ticket from a drop guard: its waiters wake up and look up again, and one
 //! of them leads a new fetch; nobody hangs.
 //!
+//! Keys may come and go (one per user token, say), so keys that hold nothing any more (no fresh
+//! token, no flight, no running backoff; core's [`TokenCache::prune`]) are dropped whenever a new
+//! fetch starts and the number of keys has doubled since the last pruning (from 1024 keys on).
+//! [`SharedTokenCache::fetches`] counts the fetches started, for tests and benchmarks.
+//!
 //! ```no_run
 //! use mcp_oauth_core::token_cache::{CacheConfig, Fetched};
 //! use mcp_oauth_tokio::token_cache::{FetchError, SharedTokenCache};
@@ -36,10 +41,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use mcp_oauth_core::Reason;
+use mcp_oauth_core::machine::Instant;
 use mcp_oauth_core::secret::Secret;
 use mcp_oauth_core::token_cache::{
     ABANDONED, CacheConfig, CachedToken, Completion, Fetched, Lookup, Ticket, TokenCache,
@@ -123,12 +130,26 @@ struct Flight {
     sender: watch::Sender<Option<Signal>>,
 }
 
+/// The fewest keys at which idle ones are pruned.
+const PRUNE_FLOOR: usize = 1024;
+
 struct State<K> {
     cache: TokenCache<K>,
     flights: HashMap<K, Flight>,
+    /// Prune idle keys when the cache holds this many.
+    prune_at: usize,
 }
 
 impl<K: Eq + Hash + Clone> State<K> {
+    /// Drops idle keys once their number has doubled since the last pruning, so memory follows
+    /// the keys in use at an amortised constant cost per fetch.
+    fn prune_if_grown(&mut self, now: Instant) {
+        if self.cache.len() >= self.prune_at {
+            self.cache.prune(now);
+            self.prune_at = self.cache.len().saturating_mul(2).max(PRUNE_FLOOR);
+        }
+    }
+
     /// Wakes the waiters of `ticket`'s flight (and only of that flight).
     fn finish_flight(&mut self, key: &K, ticket: u64, signal: Signal) {
         if self.flights.get(key).is_some_and(|flight| flight.ticket == ticket)
@@ -142,6 +163,7 @@ impl<K: Eq + Hash + Clone> State<K> {
 struct Inner<K> {
     state: Mutex<State<K>>,
     clock: Clock,
+    fetches: AtomicU64,
 }
 
 /// Core's [`TokenCache`] shared by tasks, with single flight per key; cheap to clone.
@@ -175,13 +197,18 @@ impl<K: Eq + Hash + Clone> SharedTokenCache<K> {
 
     /// An empty cache reading time from `clock`.
     pub fn with_clock(config: CacheConfig, clock: Clock) -> Self {
-        let state = State { cache: TokenCache::new(config), flights: HashMap::new() };
-        Self { inner: Arc::new(Inner { state: Mutex::new(state), clock }) }
+        let state = State { cache: TokenCache::new(config), flights: HashMap::new(), prune_at: PRUNE_FLOOR };
+        Self { inner: Arc::new(Inner { state: Mutex::new(state), clock, fetches: AtomicU64::new(0) }) }
     }
 
     /// The clock the cache reads.
     pub fn clock(&self) -> &Clock {
         &self.inner.clock
+    }
+
+    /// How many fetches were started (calls that led a flight) since the cache was created.
+    pub fn fetches(&self) -> u64 {
+        self.inner.fetches.load(Ordering::Relaxed)
     }
 
     fn state(&self) -> MutexGuard<'_, State<K>> {
@@ -212,6 +239,8 @@ impl<K: Eq + Hash + Clone> SharedTokenCache<K> {
                         return Err(CacheError::BackingOff { reason, retry_in: until.saturating_since(now) });
                     }
                     Lookup::Fetch(ticket) => {
+                        state.prune_if_grown(now);
+                        self.inner.fetches.fetch_add(1, Ordering::Relaxed);
                         let (sender, _) = watch::channel(None);
                         state.flights.insert(key.clone(), Flight { ticket: ticket.id(), sender });
                         Next::Lead(ticket)
@@ -339,5 +368,33 @@ impl<K: Eq + Hash + Clone> Drop for AbandonOnDrop<'_, K> {
                 state.finish_flight(&key, id, Signal::Retry);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mcp_oauth_core::token_cache::TtlPolicy;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_keys_do_not_accumulate() {
+        let cache: SharedTokenCache<u32> = SharedTokenCache::new(CacheConfig::default());
+        for key in 0..5_000u32 {
+            // A zero lifetime: handed to the caller, never cached, so the key is idle at once.
+            let fetched = cache
+                .get_or_fetch(key, || async {
+                    Ok(Fetched {
+                        access_token: Secret::new("t"),
+                        expires_in: Some(0),
+                        policy: TtlPolicy::M2m,
+                    })
+                })
+                .await;
+            assert!(fetched.is_ok());
+        }
+        assert_eq!(cache.fetches(), 5_000);
+        let keys = cache.state().cache.len();
+        assert!(keys <= PRUNE_FLOOR, "{keys} idle keys kept");
     }
 }

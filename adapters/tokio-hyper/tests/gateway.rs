@@ -17,8 +17,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use mcp_oauth_core::config::load_yaml;
 use mcp_oauth_core::pkce::Pkce;
+use mcp_oauth_core::secret::Secret;
 use mcp_oauth_tokio::mock::{MockConfig, MockUpstream, Switch, Switches};
-use mcp_oauth_tokio::server::{GatewayState, ServerOptions, serve};
+use mcp_oauth_tokio::server::{GatewayState, ServerOptions, TokenKey, serve};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -79,6 +80,13 @@ mcp_servers:
     oauth2_flow: authorization_code
     authorization_url: {upstream}/authorize
     delegate_auth_to_upstream: true
+  exchange:
+    url: {upstream}/mcp
+    auth_type: oauth2_token_exchange
+    client_id: mock-client
+    client_secret: {CLIENT_SECRET}
+    token_exchange_endpoint: {upstream}/token
+    audience: mcp
   open:
     url: {upstream}/mcp
 "
@@ -187,6 +195,13 @@ impl Gateway {
 
 fn keyed() -> Vec<(&'static str, &'static str)> {
     vec![("x-mcp-gateway-key", KEY)]
+}
+
+/// The gateway key, and the caller's own `Authorization` (the subject of a token exchange).
+fn keyed_as(authorization: &str) -> Vec<(&'static str, &str)> {
+    let mut headers: Vec<(&str, &str)> = keyed();
+    headers.push(("authorization", authorization));
+    headers
 }
 
 /// A `tracing` subscriber writing into a shared buffer, for the test's thread.
@@ -304,6 +319,28 @@ async fn concurrent_first_calls_share_one_token_fetch() {
 }
 
 #[tokio::test]
+async fn exchanged_tokens_are_cached_per_caller_token() {
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        let exchanges = || gateway.mock.handle().counters().token_requests_for("token_exchange");
+        let alice = keyed_as("Bearer alice-caller-token-0001");
+        for _ in 0..2 {
+            let answer = gateway.echo("exchange", &alice).await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+            assert_eq!(answer.json()["result"]["content"][0]["text"], "hi");
+        }
+        assert_eq!(exchanges(), 1, "the second call reuses the exchanged token");
+        let bob = gateway.echo("exchange", &keyed_as("Bearer bob-caller-token-0002")).await;
+        assert_eq!(bob.status, StatusCode::OK, "{}", bob.body);
+        assert_eq!(exchanges(), 2, "another caller token gets its own exchange");
+        assert_eq!(gateway.echo("exchange", &alice).await.status, StatusCode::OK);
+        assert_eq!(exchanges(), 2);
+        assert_eq!(gateway.state.tokens().fetches(), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_upstream_401_refetches_the_token_once_and_retries_once() {
     bounded(async {
         let gateway = start(Setup::default()).await;
@@ -372,6 +409,27 @@ async fn token_endpoint_failure_is_a_503_without_secrets() {
         assert_eq!(answer.json()["error"], "token_endpoint_failed");
         assert!(answer.json()["error_description"].as_str().unwrap_or_default().contains("token"));
         assert!(!answer.body.contains(CLIENT_SECRET) && !answer.body.contains(KEY));
+
+        // Right after a failure the cache backs off: the same 503, without asking the endpoint.
+        let again = gateway.echo("reports", &keyed()).await;
+        assert_eq!(again.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(again.json()["error"], "token_endpoint_failed");
+        assert!(again.json()["error_description"].as_str().unwrap_or_default().contains("`reports`"));
+        assert!(again.header("retry-after").is_some_and(|seconds| seconds.parse::<u64>().is_ok()));
+        assert!(!again.body.contains(CLIENT_SECRET) && !again.body.contains(KEY));
+        assert_eq!(gateway.mock.handle().counters().token_requests_for("client_credentials"), 1);
+
+        // Callers waiting for a fetch that fails get the 503 too; the endpoint saw one request.
+        gateway.mock.handle().set(Switch::SlowMs(100));
+        let caller = keyed_as("Bearer carol-caller-token-0003");
+        let answers = futures_util::future::join_all((0..5).map(|_| gateway.echo("exchange", &caller))).await;
+        for answer in answers {
+            assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.body);
+            assert_eq!(answer.json()["error"], "token_endpoint_failed");
+            assert!(answer.json()["error_description"].as_str().unwrap_or_default().contains("`exchange`"));
+            assert!(!answer.body.contains("carol-caller-token-0003") && !answer.body.contains(CLIENT_SECRET));
+        }
+        assert_eq!(gateway.mock.handle().counters().token_requests_for("token_exchange"), 1);
         assert_eq!(gateway.mock.handle().counters().mcp_requests.values().sum::<u64>(), 0);
     })
     .await;
@@ -699,6 +757,12 @@ async fn secrets_never_reach_logs_or_error_bodies() {
         let mut passthrough = keyed();
         passthrough.push(("authorization", bearer.as_str()));
         bodies.push(gateway.echo("notes", &passthrough).await.body);
+        let caller = "sk-caller-token-0004";
+        let mut exchange = keyed_as("Bearer sk-caller-token-0004");
+        exchange.push(("x-mcp-debug", "true"));
+        bodies.push(gateway.echo("exchange", &exchange).await.body);
+        let key = format!("{:?}", TokenKey::exchange("exchange", &Secret::new(caller)));
+        assert_eq!(key, "TokenKey { server: \"exchange\", kind: \"exchange\" }");
         gateway.mock.handle().revoke_access_tokens();
         gateway.mock.handle().set(Switch::TokenStatus(Some(500)));
         let fresh = start(Setup::default()).await;
@@ -711,7 +775,7 @@ async fn secrets_never_reach_logs_or_error_bodies() {
             logs.contains("route=\"server_mcp\"") || logs.contains("route=server_mcp"),
             "the gateway logs requests: {logs}"
         );
-        for secret in [KEY, CLIENT_SECRET, "sk-wrong-key-value", token.as_str()] {
+        for secret in [KEY, CLIENT_SECRET, "sk-wrong-key-value", token.as_str(), caller] {
             assert!(!logs.contains(secret), "`{secret}` leaked into the logs");
             for body in &bodies {
                 assert!(!body.contains(secret), "`{secret}` leaked into {body}");
