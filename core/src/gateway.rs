@@ -139,18 +139,21 @@ pub enum Action {
 pub enum UpstreamReaction {
     /// Relay the answer as it is.
     Relay,
-    /// Drop the cached M2M token, fetch a fresh one and retry once (design §4.3).
+    /// Drop the cached token the gateway obtained (M2M or exchanged), fetch a fresh one and retry
+    /// once (design §4.3).
     RetryWithFreshToken,
 }
 
 /// Decides how to treat the upstream's status for a forwarded request; `retried` says whether
 /// this answer is already the retry.
 pub fn upstream_reaction(forward: &Forward, status: StatusCode, retried: bool) -> UpstreamReaction {
-    if status == StatusCode::UNAUTHORIZED
-        && !retried
-        && !forward.delegated
-        && forward.credential == OutboundCredential::ClientCredentialsToken
-    {
+    // The tokens the gateway obtained itself (M2M, RFC 8693 exchange) may be cached past their
+    // validity upstream; a caller's own or static credential would only fail again.
+    let gateway_token = matches!(
+        forward.credential,
+        OutboundCredential::ClientCredentialsToken | OutboundCredential::ExchangeToken { .. }
+    );
+    if status == StatusCode::UNAUTHORIZED && !retried && !forward.delegated && gateway_token {
         UpstreamReaction::RetryWithFreshToken
     } else {
         UpstreamReaction::Relay
@@ -158,7 +161,7 @@ pub fn upstream_reaction(forward: &Forward, status: StatusCode, retried: bool) -
 }
 
 /// An MCP request to forward.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Forward {
     /// The target server's name.
     pub server: String,
@@ -1534,6 +1537,21 @@ mcp_servers:
             UpstreamReaction::RetryWithFreshToken
         );
         assert_eq!(upstream_reaction(&m2m, StatusCode::UNAUTHORIZED, true), UpstreamReaction::Relay);
+        assert_eq!(upstream_reaction(&m2m, StatusCode::FORBIDDEN, false), UpstreamReaction::Relay);
+        let mut exchanged = Forward {
+            credential: OutboundCredential::ExchangeToken { subject_token: Secret::new("caller") },
+            ..m2m.clone()
+        };
+        assert_eq!(
+            upstream_reaction(&exchanged, StatusCode::UNAUTHORIZED, false),
+            UpstreamReaction::RetryWithFreshToken
+        );
+        exchanged.credential = OutboundCredential::StaticToken;
+        assert_eq!(
+            upstream_reaction(&exchanged, StatusCode::UNAUTHORIZED, false),
+            UpstreamReaction::Relay,
+            "a static token would fail again"
+        );
 
         let Action::Forward(wiki) = run(
             &config,

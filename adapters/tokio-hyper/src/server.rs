@@ -11,7 +11,7 @@
 //!   `Authorization` already in the headers), **one** request goes upstream over a shared
 //!   keep-alive pool, and the upstream's answer is streamed back (JSON or SSE, never buffered)
 //!   with the headers core relays ([`gateway::relays_upstream_header`]). When core's
-//!   [`gateway::upstream_reaction`] says so (a 401 to the M2M token), the cached token is dropped
+//!   [`gateway::upstream_reaction`] says so (a 401 to an M2M or exchanged token), the cached token is dropped
 //!   once, a fresh one fetched and the request retried once;
 //! - [`Action::Aggregate`] (`POST /mcp` with `x-mcp-servers`, `/mcp-rest/tools/*`): the body is
 //!   read and core's [`Aggregate::plan`] says what to do: answer at once (`initialize`, `ping`,
@@ -563,21 +563,21 @@ async fn credential_header(
     state: &GatewayState,
     server: &ServerConfig,
     forward: &Forward,
-) -> Result<(Option<(HeaderName, String)>, Option<Secret>), Response<GatewayBody>> {
+) -> Result<(Option<(HeaderName, String)>, Option<(TokenKey, Secret)>), Response<GatewayBody>> {
     let bearer = |token: &Secret| Some((header::AUTHORIZATION, format!("Bearer {}", token.expose())));
     match &forward.credential {
         credential @ OutboundCredential::ClientCredentialsToken => {
             let key = TokenKey::m2m(&server.name);
-            let token = fetch_token(state, server, credential, key, TtlPolicy::M2m).await?;
-            Ok((bearer(&token), Some(token)))
+            let token = fetch_token(state, server, credential, key.clone(), TtlPolicy::M2m).await?;
+            Ok((bearer(&token), Some((key, token))))
         }
         credential @ OutboundCredential::ExchangeToken { subject_token } => {
             // An exchanged token acts for the caller: a per-user lifetime, keyed by the caller's token.
             let key = TokenKey::exchange(&server.name, subject_token);
             let policy =
                 TtlPolicy::User { token_storage_ttl_seconds: server.entry.token_storage_ttl_seconds };
-            let token = fetch_token(state, server, credential, key, policy).await?;
-            Ok((bearer(&token), None))
+            let token = fetch_token(state, server, credential, key.clone(), policy).await?;
+            Ok((bearer(&token), Some((key, token))))
         }
         OutboundCredential::Authorization(value) => {
             Ok((Some((header::AUTHORIZATION, value.expose().to_owned())), None))
@@ -642,7 +642,7 @@ async fn send_forward(
     };
     let mut retried = false;
     loop {
-        let (credential, m2m_token) = credential_header(state, server, forward).await?;
+        let (credential, cached) = credential_header(state, server, forward).await?;
         let mut request = Request::new(Full::new(body.clone()));
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri.clone();
@@ -662,10 +662,10 @@ async fn send_forward(
             .map_err(|failure| failure.response(StatusCode::BAD_GATEWAY, &step(server)))?;
         match gateway::upstream_reaction(forward, response.status(), retried) {
             UpstreamReaction::RetryWithFreshToken if !retried => {
-                if let Some(token) = &m2m_token {
-                    state.tokens.invalidate(&TokenKey::m2m(&server.name), token);
+                if let Some((key, token)) = &cached {
+                    state.tokens.invalidate(key, token);
                 }
-                tracing::info!(server = %server.name, "upstream refused the M2M token; refetching once");
+                tracing::info!(server = %server.name, "upstream refused the cached token; fetching a fresh one once");
                 retried = true;
             }
             _ => {

@@ -336,6 +336,14 @@ async fn exchanged_tokens_are_cached_per_caller_token() {
         assert_eq!(gateway.echo("exchange", &alice).await.status, StatusCode::OK);
         assert_eq!(exchanges(), 2);
         assert_eq!(gateway.state.tokens().fetches(), 2);
+
+        // An upstream 401 to a cached exchanged token: one fresh exchange, one retry, success.
+        gateway.mock.handle().set(Switch::UnauthorizedOnce(true));
+        let calls_before = gateway.mock.handle().counters().mcp_requests_for("tools/call");
+        let answer = gateway.echo("exchange", &alice).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert_eq!(exchanges(), 3, "the refused token is exchanged afresh once");
+        assert_eq!(gateway.mock.handle().counters().mcp_requests_for("tools/call") - calls_before, 2);
     })
     .await;
 }
