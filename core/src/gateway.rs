@@ -644,15 +644,37 @@ pub fn finish_token_response(server: &ServerConfig, upstream: Response<Vec<u8>>)
             "the upstream token response is not JSON",
         );
     };
-    if let Some(rules) = &server.entry.token_validation
-        && let Err(failure) = crate::token::validate_token_response(rules, &document)
-    {
-        return json_response(
-            StatusCode::FORBIDDEN,
-            &json!({"error": failure.reason(), "field": failure.field(), "error_description": failure.to_string()}),
-        );
+    if let Err(refusal) = check_token_validation(server, &document) {
+        return refusal;
     }
     json_response(StatusCode::OK, &document)
+}
+
+/// `token_validation` (design §4.3) on a token response `document`: every rule must hold, else a
+/// 403 `token_validation_failed` naming the field (never the token).
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+fn check_token_validation(server: &ServerConfig, document: &Value) -> Result<(), Response<Vec<u8>>> {
+    match &server.entry.token_validation {
+        Some(rules) => crate::token::validate_token_response(rules, document).map_err(|failure| {
+            json_response(
+                StatusCode::FORBIDDEN,
+                &json!({"error": failure.reason(), "field": failure.field(), "error_description": failure.to_string()}),
+            )
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Applies `token_validation` to a token the gateway fetched for itself (M2M, RFC 8693 exchange)
+/// before it is cached or used: design §4.3 checks every token response "before it is stored or
+/// returned". A body that is not JSON fails every rule.
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+pub fn validate_fetched_token(server: &ServerConfig, body: &[u8]) -> Result<(), Response<Vec<u8>>> {
+    if server.entry.token_validation.is_none() {
+        return Ok(());
+    }
+    let document = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+    check_token_validation(server, &document)
 }
 
 fn register(server: &ServerConfig) -> Action {

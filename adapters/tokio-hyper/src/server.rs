@@ -548,14 +548,20 @@ async fn request_token(
         };
         (FetchError::new(reason, message), failure.response(StatusCode::SERVICE_UNAVAILABLE, &step))
     })?;
-    parse_token_response(&response).map_err(|error| {
+    let token = parse_token_response(&response).map_err(|error| {
         tracing::warn!(server = %server.name, reason = error.reason(), "the token endpoint refused or failed");
         let status = response.status().as_u16();
         let message = format!("the token endpoint answered HTTP {status} ({})", error.reason());
         let description = format!("{step}: {message}");
         let answer = refuse(StatusCode::SERVICE_UNAVAILABLE, "token_endpoint_failed", &description);
         (FetchError::new("token_endpoint_failed", message), answer)
-    })
+    })?;
+    gateway::validate_fetched_token(server, response.body()).map_err(|refusal| {
+        tracing::warn!(server = %server.name, "the upstream token failed token_validation; not used");
+        let message = "the upstream token failed token_validation";
+        (FetchError::new("token_validation_failed", message), full(refusal))
+    })?;
+    Ok(token)
 }
 
 /// The credential header to attach for `forward`, and the M2M token used (for invalidation).

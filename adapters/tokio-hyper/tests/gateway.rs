@@ -988,3 +988,50 @@ async fn malformed_jsonrpc_is_refused_before_any_token_or_upstream_request() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn token_validation_applies_to_tokens_the_gateway_fetches_for_itself() {
+    bounded(async {
+        let gateway = start(Setup {
+            yaml: Some(Box::new(|upstream| {
+                format!(
+                    "general_settings:
+  master_key: {KEY}
+mcp_servers:
+  checked:
+    url: {upstream}/mcp
+    auth_type: oauth2
+    oauth2_flow: client_credentials
+    client_id: mock-client
+    client_secret: {CLIENT_SECRET}
+    token_url: {upstream}/token
+    token_validation:
+      token_type: Bearer
+  strict:
+    url: {upstream}/mcp
+    auth_type: oauth2
+    oauth2_flow: client_credentials
+    client_id: mock-client
+    client_secret: {CLIENT_SECRET}
+    token_url: {upstream}/token
+    token_validation:
+      team.enterprise_id: E1
+"
+                )
+            })),
+            ..Setup::default()
+        })
+        .await;
+        assert_eq!(gateway.echo("checked", &keyed()).await.status, StatusCode::OK);
+        let refused = gateway.echo("strict", &keyed()).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+        assert_eq!(
+            (refused.json()["error"].clone(), refused.json()["field"].clone()),
+            (json!("token_validation_failed"), json!("team.enterprise_id"))
+        );
+        assert!(!refused.body.contains("mock_at_"), "the refused token is never echoed");
+        // The refused token was neither used nor cached: the MCP server saw only `checked`'s call.
+        assert_eq!(gateway.mock.handle().counters().mcp_requests_for("tools/call"), 1);
+    })
+    .await;
+}
