@@ -670,6 +670,203 @@ fn merge(servers: &[String], results: &[(usize, Value)], rest: bool) -> (Vec<Val
     (tools, next)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Upstream sessions. Servers on the stateful revisions (2024-11-05 … 2025-11-25) may refuse any
+// request without the `Mcp-Session-Id` their `initialize` issued. Behind the aggregating endpoint
+// the caller holds no session with any upstream, so the gateway opens one per server and caller
+// identity the first time it needs it (`initialize`, then `notifications/initialized`), keeps it
+// in a [`SessionStore`] and sends every later request in it: one upstream request per call after
+// the first, instead of LiteLLM's initialize-per-call. A server that issues no session is
+// remembered as stateless; a 404 in a session means it expired, and the gateway opens a new one
+// once. The server performs the requests; these functions decide what they are.
+// ---------------------------------------------------------------------------------------------
+
+/// How the gateway speaks to one upstream for one caller identity, learned from `initialize`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamSession {
+    /// No session was issued (or the server has no `initialize`): requests go without one.
+    Stateless {
+        /// The negotiated protocol revision, when `initialize` answered one.
+        protocol_version: Option<String>,
+    },
+    /// Requests carry this session and protocol revision.
+    Session {
+        /// The `Mcp-Session-Id` the server issued.
+        id: String,
+        /// The negotiated protocol revision.
+        protocol_version: String,
+    },
+}
+
+impl UpstreamSession {
+    /// Sets the session and protocol-version headers on a request to the upstream.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        let (id, version) = match self {
+            Self::Stateless { protocol_version } => (None, protocol_version.as_deref()),
+            Self::Session { id, protocol_version } => (Some(id.as_str()), Some(protocol_version.as_str())),
+        };
+        headers.remove(crate::client::mcp::SESSION_HEADER);
+        if let Some(value) = id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            headers.insert(crate::client::mcp::SESSION_HEADER, value);
+        }
+        if let Some(value) = version.and_then(|version| HeaderValue::from_str(version).ok()) {
+            headers.insert(crate::client::mcp::PROTOCOL_VERSION_HEADER, value);
+        }
+    }
+
+    /// Whether an upstream answer with `status` says this session is gone (MCP: 404 to a request
+    /// in a session), so a new one must be opened.
+    pub fn expired_by(&self, status: StatusCode) -> bool {
+        matches!(self, Self::Session { .. }) && status == StatusCode::NOT_FOUND
+    }
+}
+
+/// Whom a session belongs to: the server and the identity the gateway speaks for there (its own
+/// for M2M, static and anonymous credentials; the caller's, as a SHA-256 digest, when the
+/// caller's token goes up or is exchanged). A session is never shared across callers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    server: String,
+    identity: [u8; 32],
+}
+
+/// The session key for requests sent as `forward` says.
+pub fn session_key(forward: &crate::gateway::Forward) -> SessionKey {
+    use crate::outbound::OutboundCredential;
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    match &forward.credential {
+        OutboundCredential::ClientCredentialsToken
+        | OutboundCredential::StaticToken
+        | OutboundCredential::None => {
+            digest.update(b"gateway");
+        }
+        OutboundCredential::ExchangeToken { subject_token } => {
+            digest.update(b"exchange:");
+            digest.update(subject_token.expose().as_bytes());
+        }
+        OutboundCredential::Authorization(value) => {
+            digest.update(b"header:");
+            digest.update(value.expose().as_bytes());
+        }
+        OutboundCredential::ForwardAuthorization => {
+            digest.update(b"caller:");
+            if let Some(value) = forward.headers.get(header::AUTHORIZATION) {
+                digest.update(value.as_bytes());
+            }
+        }
+    }
+    SessionKey { server: forward.server.clone(), identity: digest.finalize().into() }
+}
+
+/// The `initialize` the gateway sends to open a session: the caller's protocol revision (from its
+/// `MCP-Protocol-Version` header) when it is a stateful one, else the newest.
+pub fn initialize_request(headers: &http::HeaderMap) -> Vec<u8> {
+    let requested =
+        headers.get(crate::client::mcp::PROTOCOL_VERSION_HEADER).and_then(|value| value.to_str().ok());
+    let version = requested
+        .filter(|version| crate::client::mcp::STATEFUL_VERSIONS.contains(version))
+        .unwrap_or(LATEST_STATEFUL_VERSION);
+    let params = crate::client::mcp::initialize_params(version);
+    json!({"jsonrpc": "2.0", "id": UPSTREAM_ID, "method": "initialize", "params": params})
+        .to_string()
+        .into_bytes()
+}
+
+/// The notification that completes the handshake once a session is open.
+pub fn initialized_notification() -> Vec<u8> {
+    json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string().into_bytes()
+}
+
+/// What the `initialize` answer says: the session to use, or `None` when the answer itself must
+/// reach the caller (a 401 or 403, a 5xx), as the answer to its request would have.
+///
+/// A server without `initialize` (a JSON-RPC error, or a 400/404/405 to it) is stateless; a
+/// success with a usable `Mcp-Session-Id` opens a session.
+pub fn session_from_initialize(response: &Response<Vec<u8>>) -> Option<UpstreamSession> {
+    let status = response.status();
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN || status.is_server_error() {
+        return None;
+    }
+    if !status.is_success() {
+        return Some(UpstreamSession::Stateless { protocol_version: None });
+    }
+    let Ok(result) = parse_rpc_response(response, UPSTREAM_ID) else {
+        return Some(UpstreamSession::Stateless { protocol_version: None });
+    };
+    let protocol_version = result
+        .get("protocolVersion")
+        .and_then(Value::as_str)
+        .filter(|version| HeaderValue::from_str(version).is_ok())
+        .map(str::to_owned);
+    let id = response
+        .headers()
+        .get(crate::client::mcp::SESSION_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| !id.is_empty() && id.bytes().all(|byte| (0x21..=0x7e).contains(&byte)));
+    Some(match (id, protocol_version) {
+        (Some(id), Some(protocol_version)) => {
+            UpstreamSession::Session { id: id.to_owned(), protocol_version }
+        }
+        (Some(id), None) => UpstreamSession::Session {
+            id: id.to_owned(),
+            protocol_version: LATEST_STATEFUL_VERSION.to_owned(),
+        },
+        (None, protocol_version) => UpstreamSession::Stateless { protocol_version },
+    })
+}
+
+/// The sessions the gateway holds with upstreams, bounded: beyond `capacity` the least recently
+/// used is forgotten (the server expires it on its side; a later request opens a new one).
+#[derive(Debug)]
+pub struct SessionStore {
+    entries: std::collections::HashMap<SessionKey, (UpstreamSession, crate::machine::Instant)>,
+    capacity: usize,
+}
+
+impl SessionStore {
+    /// A store holding at most `capacity` sessions (at least one).
+    pub fn new(capacity: usize) -> Self {
+        Self { entries: std::collections::HashMap::new(), capacity: capacity.max(1) }
+    }
+
+    /// The session for `key`, marked as used at `now`.
+    pub fn get(&mut self, key: &SessionKey, now: crate::machine::Instant) -> Option<UpstreamSession> {
+        let (session, used) = self.entries.get_mut(key)?;
+        *used = now;
+        Some(session.clone())
+    }
+
+    /// Remembers `session` for `key`.
+    pub fn insert(&mut self, key: SessionKey, session: UpstreamSession, now: crate::machine::Instant) {
+        if !self.entries.contains_key(&key)
+            && self.entries.len() >= self.capacity
+            && let Some(oldest) =
+                self.entries.iter().min_by_key(|(_, (_, used))| *used).map(|(key, _)| key.clone())
+        {
+            self.entries.remove(&oldest);
+        }
+        self.entries.insert(key, (session, now));
+    }
+
+    /// Forgets `key`'s session if it is still `session` (another request may have replaced it).
+    pub fn remove(&mut self, key: &SessionKey, session: &UpstreamSession) {
+        if self.entries.get(key).is_some_and(|(current, _)| current == session) {
+            self.entries.remove(key);
+        }
+    }
+
+    /// How many sessions are held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -960,6 +1157,116 @@ mod tests {
         let refused = call().finish(vec![upstream(&error)]);
         assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
         assert_eq!(body_json(&refused)["error"], "tool_error");
+    }
+
+    fn initialize_answer(session: Option<&str>, result: &Value, status: StatusCode) -> Response<Vec<u8>> {
+        let mut response =
+            Response::new(json!({"jsonrpc": "2.0", "id": 1, "result": result}).to_string().into_bytes());
+        *response.status_mut() = status;
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(session) = session {
+            response.headers_mut().insert(
+                "mcp-session-id",
+                HeaderValue::from_str(session).unwrap_or(HeaderValue::from_static("x")),
+            );
+        }
+        response
+    }
+
+    #[test]
+    fn the_initialize_answer_decides_the_session() {
+        let result = json!({"protocolVersion": "2025-06-18"});
+        let opened = session_from_initialize(&initialize_answer(Some("s-1"), &result, StatusCode::OK));
+        assert_eq!(
+            opened,
+            Some(UpstreamSession::Session { id: "s-1".into(), protocol_version: "2025-06-18".into() })
+        );
+        let stateless = session_from_initialize(&initialize_answer(None, &result, StatusCode::OK));
+        assert_eq!(
+            stateless,
+            Some(UpstreamSession::Stateless { protocol_version: Some("2025-06-18".into()) })
+        );
+        // No initialize on the server (the stateless wire): requests go without a session.
+        let mut refused =
+            Response::new(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}"#.to_vec());
+        refused.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        assert_eq!(
+            session_from_initialize(&refused),
+            Some(UpstreamSession::Stateless { protocol_version: None })
+        );
+        for status in [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN, StatusCode::BAD_GATEWAY] {
+            assert_eq!(
+                session_from_initialize(&initialize_answer(Some("s"), &result, status)),
+                None,
+                "{status}"
+            );
+        }
+        let mut headers = http::HeaderMap::new();
+        headers.insert("mcp-session-id", HeaderValue::from_static("caller-session"));
+        if let Some(session) = &opened {
+            session.apply(&mut headers);
+            assert!(session.expired_by(StatusCode::NOT_FOUND));
+            assert!(!session.expired_by(StatusCode::BAD_REQUEST));
+        }
+        assert_eq!(headers["mcp-session-id"], "s-1");
+        assert_eq!(headers["mcp-protocol-version"], "2025-06-18");
+        assert!(!UpstreamSession::Stateless { protocol_version: None }.expired_by(StatusCode::NOT_FOUND));
+    }
+
+    #[test]
+    fn sessions_are_per_caller_identity_and_bounded() {
+        use crate::gateway::Forward;
+        use crate::outbound::{AuthResolution, OutboundCredential};
+        use crate::secret::Secret;
+        let forward = |credential: OutboundCredential, authorization: Option<&'static str>| {
+            let mut headers = http::HeaderMap::new();
+            if let Some(value) = authorization {
+                headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            }
+            Forward {
+                server: "a".into(),
+                url: url::Url::parse("https://a.example/mcp").unwrap_or_else(|_| unreachable!()),
+                headers,
+                credential,
+                resolution: AuthResolution::NoAuth,
+                delegated: false,
+                debug: false,
+            }
+        };
+        let m2m = session_key(&forward(OutboundCredential::ClientCredentialsToken, None));
+        assert_eq!(
+            m2m,
+            session_key(&forward(OutboundCredential::StaticToken, None)),
+            "the gateway's own identity"
+        );
+        let alice = session_key(&forward(OutboundCredential::ForwardAuthorization, Some("Bearer alice")));
+        let bob = session_key(&forward(OutboundCredential::ForwardAuthorization, Some("Bearer bob")));
+        let exchanged = session_key(&forward(
+            OutboundCredential::ExchangeToken { subject_token: Secret::new("Bearer alice") },
+            None,
+        ));
+        assert!(alice != bob && alice != m2m && exchanged != alice && exchanged != m2m);
+        assert!(!format!("{alice:?}").contains("alice"), "the key holds a digest, not the token");
+
+        let mut store = SessionStore::new(2);
+        let session =
+            |id: &str| UpstreamSession::Session { id: id.into(), protocol_version: "2025-06-18".into() };
+        store.insert(alice.clone(), session("a"), crate::machine::Instant::from_millis(1));
+        store.insert(bob.clone(), session("b"), crate::machine::Instant::from_millis(2));
+        assert_eq!(store.get(&alice, crate::machine::Instant::from_millis(3)), Some(session("a")));
+        store.insert(m2m.clone(), session("m"), crate::machine::Instant::from_millis(4));
+        assert_eq!(store.len(), 2);
+        assert!(
+            store.get(&bob, crate::machine::Instant::from_millis(5)).is_none(),
+            "the least recently used goes"
+        );
+        store.remove(&alice, &session("other"));
+        assert!(
+            store.get(&alice, crate::machine::Instant::from_millis(6)).is_some(),
+            "a replaced session is not removed"
+        );
+        store.remove(&alice, &session("a"));
+        assert!(store.get(&alice, crate::machine::Instant::from_millis(7)).is_none());
     }
 
     #[test]

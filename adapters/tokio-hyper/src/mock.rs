@@ -70,6 +70,9 @@ pub struct Switches {
     pub require_auth: bool,
     /// `/mcp` answers as `text/event-stream` instead of JSON.
     pub sse: bool,
+    /// `/mcp` refuses every request but `initialize` without a valid `Mcp-Session-Id` (400), as
+    /// stateful servers such as FastMCP's default do.
+    pub require_session: bool,
     /// Every `/.well-known/` document is `404`, the 2025-03-26 layout (the challenge then has no
     /// `resource_metadata`, and `/authorize` sends no `iss`).
     pub metadata_missing: bool,
@@ -84,6 +87,7 @@ impl Default for Switches {
             mcp_status: None,
             require_auth: true,
             sse: false,
+            require_session: false,
             metadata_missing: false,
         }
     }
@@ -104,6 +108,8 @@ pub enum Switch {
     RequireAuth(bool),
     /// [`Switches::sse`].
     Sse(bool),
+    /// [`Switches::require_session`].
+    RequireSession(bool),
     /// [`Switches::metadata_missing`].
     MetadataMissing(bool),
 }
@@ -262,6 +268,7 @@ impl MockHandle {
             Switch::McpStatus(status) => switches.mcp_status = status,
             Switch::RequireAuth(on) => switches.require_auth = on,
             Switch::Sse(on) => switches.sse = on,
+            Switch::RequireSession(on) => switches.require_session = on,
             Switch::MetadataMissing(on) => switches.metadata_missing = on,
         }
     }
@@ -289,6 +296,11 @@ impl MockHandle {
     /// Issues a valid access token directly (for tests that skip the OAuth part).
     pub fn issue_access_token(&self) -> String {
         self.shared.issue_access_token()
+    }
+
+    /// Forgets every MCP session (as a restarted server would); requests in them then get 404.
+    pub fn end_sessions(&self) {
+        self.shared.state().sessions.clear();
     }
 
     /// Makes every issued access token invalid (as if they expired).
@@ -824,6 +836,10 @@ fn mcp(shared: &Shared, headers: &HeaderMap, body: &[u8], switches: &Switches) -
         && !shared.state().sessions.contains(session)
     {
         return answer(StatusCode::NOT_FOUND, "text/plain", "unknown Mcp-Session-Id");
+    }
+    let has_session = headers.get("mcp-session-id").is_some();
+    if switches.require_session && !has_session && method.as_deref() != Some("initialize") {
+        return answer(StatusCode::BAD_REQUEST, "text/plain", "Bad Request: No valid session ID provided");
     }
     let (Some(message), Some(method)) = (message, method) else {
         return json_answer(

@@ -71,7 +71,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use mcp_oauth_core::Reason;
-use mcp_oauth_core::aggregate::{Answer, Endpoint, Plan};
+use mcp_oauth_core::aggregate::{self, Answer, Endpoint, Plan, SessionStore, UpstreamSession};
 use mcp_oauth_core::client::token::parse_token_response;
 use mcp_oauth_core::config::{GatewayConfig, ServerConfig};
 use mcp_oauth_core::gateway::{
@@ -117,6 +117,9 @@ pub struct ServerOptions {
     /// The largest upstream answer read whole to merge it (aggregated listings, REST calls).
     /// Default 4 MiB.
     pub max_gathered_answer: usize,
+    /// Upstream sessions kept for the aggregating endpoints (one per server and caller identity);
+    /// beyond it the least recently used is forgotten. Default 4096.
+    pub max_upstream_sessions: usize,
 }
 
 impl Default for ServerOptions {
@@ -130,6 +133,7 @@ impl Default for ServerOptions {
             shutdown_grace: Duration::from_secs(10),
             pool_max_idle_per_host: 256,
             max_gathered_answer: 4 * 1024 * 1024,
+            max_upstream_sessions: 4096,
         }
     }
 }
@@ -199,6 +203,7 @@ fn token_unavailable(error: &CacheError, step: &str) -> Response<GatewayBody> {
 pub struct GatewayState {
     config: GatewayConfig,
     flows: Mutex<FlowStore>,
+    sessions: Mutex<SessionStore>,
     clock: Clock,
     upstream: Upstream,
     tokens: SharedTokenCache<TokenKey>,
@@ -242,6 +247,7 @@ impl GatewayState {
         Ok(Self {
             config,
             flows: Mutex::new(FlowStore::default()),
+            sessions: Mutex::new(SessionStore::new(options.max_upstream_sessions)),
             clock,
             upstream,
             tokens: SharedTokenCache::with_clock(CacheConfig::default(), clock),
@@ -619,6 +625,7 @@ async fn forward_mcp(
     }
     match send_forward(state, server, &parts.method, &forward, body).await {
         Ok((response, outbound)) => {
+            let response = response.map(BodyExt::boxed);
             relay(state, server, &parts.headers, &forward, outbound.as_deref(), response)
         }
         Err(response) => response,
@@ -696,7 +703,7 @@ fn relay(
     inbound: &HeaderMap,
     forward: &Forward,
     outbound_authorization: Option<&str>,
-    upstream: Response<Incoming>,
+    upstream: Response<GatewayBody>,
 ) -> Response<GatewayBody> {
     let status = upstream.status();
     let mut response = if status.is_server_error() {
@@ -707,7 +714,7 @@ fn relay(
         )
     } else {
         let (parts, body) = upstream.into_parts();
-        let mut response = Response::new(body.boxed());
+        let mut response = Response::new(body);
         *response.status_mut() = parts.status;
         for (name, value) in &parts.headers {
             if gateway::relays_upstream_header(forward, name) {
@@ -772,7 +779,7 @@ async fn aggregated(
             let Some((forward, server)) = target(call.target) else {
                 return refuse(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "no such target");
             };
-            match send_forward(state, server, &Method::POST, forward, Bytes::from(call.body)).await {
+            match send_in_session(state, server, forward, Bytes::from(call.body)).await {
                 Ok((response, outbound)) => {
                     relay(state, server, &parts.headers, forward, outbound.as_deref(), response)
                 }
@@ -823,7 +830,7 @@ async fn gathered(
 ) -> (Answer, Option<String>) {
     let failed = |response: Response<Vec<u8>>| (Answer::Failed(response), None);
     let whole = async {
-        let (response, outbound) = match send_forward(state, server, &Method::POST, forward, body).await {
+        let (response, outbound) = match send_in_session(state, server, forward, body).await {
             Ok(sent) => sent,
             Err(response) => return failed(into_vec(response).await),
         };
@@ -848,6 +855,79 @@ async fn gathered(
             failed(into_vec(Failure::Timeout.response(StatusCode::BAD_GATEWAY, &step(server))).await)
         }
     }
+}
+
+/// Sends one aggregated request in the upstream session for its caller identity (see
+/// [`aggregate::UpstreamSession`]): opens the session first when the store has none, and once more
+/// when the server answers that it expired. The answer is the upstream's, or the `initialize`
+/// answer when that one must reach the caller (a 401, a 5xx).
+async fn send_in_session(
+    state: &GatewayState,
+    server: &ServerConfig,
+    forward: &Forward,
+    body: Bytes,
+) -> Result<(Response<GatewayBody>, Option<String>), Response<GatewayBody>> {
+    let key = aggregate::session_key(forward);
+    let mut reopened = false;
+    loop {
+        let stored = lock(&state.sessions).get(&key, state.clock.now());
+        let session = match stored {
+            Some(session) => session,
+            None => match open_session(state, server, forward).await? {
+                Ok(session) => {
+                    lock(&state.sessions).insert(key.clone(), session.clone(), state.clock.now());
+                    session
+                }
+                Err(answer) => return Ok((answer, None)),
+            },
+        };
+        let mut in_session = forward.clone();
+        session.apply(&mut in_session.headers);
+        let (response, outbound) =
+            send_forward(state, server, &Method::POST, &in_session, body.clone()).await?;
+        if session.expired_by(response.status()) && !reopened {
+            lock(&state.sessions).remove(&key, &session);
+            tracing::info!(server = %server.name, "the upstream session expired; opening a new one");
+            reopened = true;
+            continue;
+        }
+        return Ok((response.map(BodyExt::boxed), outbound));
+    }
+}
+
+/// Opens a session with `server` for `forward`'s identity: `initialize`, then (when a session was
+/// issued) `notifications/initialized` in it. `Ok(Err(answer))` is the `initialize` answer the
+/// caller must get instead (core's [`aggregate::session_from_initialize`] says when).
+async fn open_session(
+    state: &GatewayState,
+    server: &ServerConfig,
+    forward: &Forward,
+) -> Result<Result<UpstreamSession, Response<GatewayBody>>, Response<GatewayBody>> {
+    let mut opening = forward.clone();
+    opening.headers.remove(mcp_oauth_core::client::mcp::SESSION_HEADER);
+    let body = Bytes::from(aggregate::initialize_request(&forward.headers));
+    let (response, _) = send_forward(state, server, &Method::POST, &opening, body).await?;
+    let (parts, body) = response.into_parts();
+    let read = Limited::new(body, state.options.max_gathered_answer).collect();
+    let bytes = match tokio::time::timeout(state.options.upstream_timeout, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => return Err(Failure::Unreachable.response(StatusCode::BAD_GATEWAY, &step(server))),
+        Err(_elapsed) => return Err(Failure::Timeout.response(StatusCode::BAD_GATEWAY, &step(server))),
+    };
+    let answer = Response::from_parts(parts, bytes.to_vec());
+    let Some(session) = aggregate::session_from_initialize(&answer) else {
+        return Ok(Err(full(answer)));
+    };
+    if let UpstreamSession::Session { .. } = session {
+        session.apply(&mut opening.headers);
+        let notification = Bytes::from(aggregate::initialized_notification());
+        let (acknowledged, _) = send_forward(state, server, &Method::POST, &opening, notification).await?;
+        // Drain it so the connection goes back to the pool.
+        let _ =
+            tokio::time::timeout(state.options.upstream_timeout, acknowledged.into_body().collect()).await;
+    }
+    tracing::debug!(server = %server.name, stateful = matches!(session, UpstreamSession::Session { .. }), "upstream session opened");
+    Ok(Ok(session))
 }
 
 /// A complete response of the gateway's own (a JSON error) as bytes, for core to merge.

@@ -870,12 +870,20 @@ async fn aggregated_mcp_lists_prefixed_tools_and_routes_each_call_to_its_server(
         let answer = gateway.aggregated(servers, &keyed(), &call).await;
         assert_eq!(answer.json()["result"]["content"][0]["text"], "hi", "{}", answer.body);
 
-        // Each upstream saw its own listing and its own call, nothing else: no initialize.
+        // Each upstream saw its own listing and its own call, and one handshake for the session
+        // the gateway keeps with it: no initialize per call.
         let (main, other) = (gateway.mock.handle().counters(), archive.handle().counters());
         assert_eq!((main.mcp_requests_for("tools/list"), other.mcp_requests_for("tools/list")), (1, 1));
         assert_eq!((main.mcp_requests_for("tools/call"), other.mcp_requests_for("tools/call")), (1, 1));
-        assert_eq!(main.mcp_requests_for("initialize") + other.mcp_requests_for("initialize"), 0);
+        assert_eq!((main.mcp_requests_for("initialize"), other.mcp_requests_for("initialize")), (1, 1));
+        let initialized = "notifications/initialized";
+        assert_eq!((main.mcp_requests_for(initialized), other.mcp_requests_for(initialized)), (1, 1));
         assert_eq!(main.token_requests_for("client_credentials"), 1);
+        let before = main.mcp_requests.values().sum::<u64>();
+        for _ in 0..3 {
+            assert_eq!(gateway.aggregated(servers, &keyed(), &call).await.status, StatusCode::OK);
+        }
+        assert_eq!(gateway.mock.handle().counters().mcp_requests.values().sum::<u64>() - before, 3, "one request per call");
 
         let unknown = json!({"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {"name": "wiki-echo"}});
         let answer = gateway.aggregated(servers, &keyed(), &unknown).await;
@@ -1032,6 +1040,39 @@ mcp_servers:
         assert!(!refused.body.contains("mock_at_"), "the refused token is never echoed");
         // The refused token was neither used nor cached: the MCP server saw only `checked`'s call.
         assert_eq!(gateway.mock.handle().counters().mcp_requests_for("tools/call"), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn aggregation_keeps_one_session_per_upstream_and_reopens_an_expired_one() {
+    bounded(async {
+        let (gateway, archive) = two_upstreams().await;
+        gateway.mock.handle().set(Switch::RequireSession(true));
+        let servers = "reports,reports-archive";
+        let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+        let answer = gateway.aggregated(servers, &keyed(), &list).await;
+        assert_eq!(tool_names(&answer.json()["result"]).len(), 4, "{}", answer.body);
+        let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "reports-add", "arguments": {"a": 1, "b": 1}}});
+        assert_eq!(gateway.aggregated(servers, &keyed(), &call).await.json()["result"]["structuredContent"]["sum"], 2);
+        assert_eq!(gateway.mock.handle().counters().mcp_requests_for("initialize"), 1, "the session is reused");
+
+        // The server forgets its sessions: the next call gets a 404, opens a new one, succeeds.
+        gateway.mock.handle().end_sessions();
+        let answer = gateway.aggregated(servers, &keyed(), &call).await;
+        assert_eq!(answer.json()["result"]["structuredContent"]["sum"], 2, "{}", answer.body);
+        let counters = gateway.mock.handle().counters();
+        assert_eq!((counters.mcp_requests_for("initialize"), counters.mcp_requests_for("tools/call")), (2, 3));
+
+        // Sessions belong to a caller identity: a passthrough caller gets its own.
+        let bearer = format!("Bearer {}", gateway.mock.handle().issue_access_token());
+        let mut caller = keyed();
+        caller.push(("authorization", bearer.as_str()));
+        let notes = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "notes-echo", "arguments": {"text": "mine"}}});
+        let answer = gateway.aggregated("notes", &caller, &notes).await;
+        assert_eq!(answer.json()["result"]["content"][0]["text"], "mine", "{}", answer.body);
+        assert_eq!(gateway.mock.handle().counters().mcp_requests_for("initialize"), 3);
+        assert_eq!(archive.handle().counters().mcp_requests_for("initialize"), 1);
     })
     .await;
 }

@@ -4,16 +4,21 @@
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::Value;
 
-use crate::aggregate::{Answer, Endpoint, Plan, Request, check_message, plan, prefixed_name, route_tool};
+use crate::aggregate::{
+    Answer, Endpoint, Plan, Request, UpstreamSession, check_message, plan, prefixed_name, route_tool,
+    session_from_initialize,
+};
 
 /// Target names that share prefixes, so routing by prefix has something to get wrong.
 const SERVERS: [&str; 3] = ["a", "a-b", "github"];
 
 /// Input: byte 0 picks the endpoint (bits 0–1), delegation (bit 2) and SSE answers (bit 3); the
-/// rest splits at NUL bytes into the caller's body and one upstream answer per gathered call.
+/// rest splits at NUL bytes into the caller's body and one upstream answer per gathered call (a
+/// last line `#value` gives the answer an `Mcp-Session-Id`).
 /// Invariants: nothing panics; a body [`check_message`] accepts as one object says `jsonrpc: 2.0`; a forwarded call goes to a target and names the tool whose
 /// prefixed name the caller sent; every answer is JSON (or an empty 202); every listed tool name
-/// routes back to a target; an upstream's challenge is relayed only when delegated.
+/// routes back to a target; an upstream's challenge is relayed only when delegated; a session an
+/// answer opens has a usable id and protocol version.
 pub fn aggregate(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else { return };
     let endpoint = match selector & 3 {
@@ -62,6 +67,25 @@ pub fn aggregate(data: &[u8]) {
                     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
                     if bytes.first() == Some(&b'!') {
                         *response.status_mut() = StatusCode::UNAUTHORIZED;
+                    }
+                    // A last line `#<value>` becomes the answer's `Mcp-Session-Id`.
+                    let last = bytes.rsplit(|byte| *byte == b'\n').next().unwrap_or_default();
+                    if let Some(id) = last.strip_prefix(b"#").and_then(|id| HeaderValue::from_bytes(id).ok())
+                    {
+                        response.headers_mut().insert("mcp-session-id", id);
+                    }
+                    // The same bytes as an `initialize` answer: any session it opens is usable.
+                    if let Some(UpstreamSession::Session { id, protocol_version }) =
+                        session_from_initialize(&response)
+                    {
+                        assert!(
+                            HeaderValue::from_str(&id).is_ok() && !id.is_empty(),
+                            "an unusable session id"
+                        );
+                        assert!(
+                            HeaderValue::from_str(&protocol_version).is_ok(),
+                            "an unusable protocol version"
+                        );
                     }
                     Answer::Upstream(response)
                 })
