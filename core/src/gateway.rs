@@ -290,21 +290,17 @@ pub fn decide(head: &RequestHead<'_>, context: &mut Context<'_>) -> Action {
         return Action::Respond(not_found());
     }
     let config = context.config;
-    let request_origin = RequestOrigin {
-        scheme: head.scheme,
-        host: head.headers.get(header::HOST).and_then(|value| value.to_str().ok()),
-        peer: head.peer,
-        headers: head.headers,
-    };
-    let origin = match resolve_public_origin(&config.settings.origin, &request_origin) {
-        Ok(resolved) => resolved.origin,
-        Err(error) => {
-            return Action::Respond(error_response(
-                StatusCode::BAD_REQUEST,
-                error.reason(),
-                &error.to_string(),
-            ));
-        }
+    // MCP routes need the public origin only to point a refused caller at the metadata; resolving
+    // it (a strict parse of `Host`) on every forwarded call would be wasted work.
+    match &route {
+        Route::ServerMcp(name) => return mcp(head, name, config),
+        Route::Mcp => return aggregate_mcp(head, config),
+        Route::RestToolsList | Route::RestToolsCall => return rest_tools(head, &route, config),
+        _ => {}
+    }
+    let origin = match public_origin(head, config) {
+        Ok(origin) => origin,
+        Err(refusal) => return Action::Respond(refusal),
     };
     match route {
         Route::ProtectedResourceMetadata(name) => match interactive(config, &name) {
@@ -338,11 +334,28 @@ pub fn decide(head: &RequestHead<'_>, context: &mut Context<'_>) -> Action {
             Some(server) => register(server),
             None => Action::Respond(not_found()),
         },
-        Route::ServerMcp(name) => mcp(head, &origin, &name, config),
-        Route::Mcp => aggregate_mcp(head, &origin, config),
-        Route::RestToolsList | Route::RestToolsCall => rest_tools(head, &route, config),
-        Route::Health | Route::NotFound => Action::Respond(not_found()),
+        Route::ServerMcp(_)
+        | Route::Mcp
+        | Route::RestToolsList
+        | Route::RestToolsCall
+        | Route::Health
+        | Route::NotFound => Action::Respond(not_found()),
     }
+}
+
+/// The gateway's public origin for this request (design §4.4), or the 400 that refuses a request
+/// whose origin cannot be resolved (a malformed `Host`, forged or malformed forwarding headers).
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+fn public_origin(head: &RequestHead<'_>, config: &GatewayConfig) -> Result<Origin, Response<Vec<u8>>> {
+    let request_origin = RequestOrigin {
+        scheme: head.scheme,
+        host: head.headers.get(header::HOST).and_then(|value| value.to_str().ok()),
+        peer: head.peer,
+        headers: head.headers,
+    };
+    resolve_public_origin(&config.settings.origin, &request_origin)
+        .map(|resolved| resolved.origin)
+        .map_err(|error| error_response(StatusCode::BAD_REQUEST, error.reason(), &error.to_string()))
 }
 
 /// RFC 8414 metadata the gateway publishes for one interactive server.
@@ -701,16 +714,25 @@ fn register(server: &ServerConfig) -> Action {
 }
 
 /// Request headers that travel upstream with an MCP request.
-const FORWARDED_HEADERS: [&str; 6] =
-    ["content-type", "accept", "mcp-session-id", "mcp-protocol-version", "last-event-id", "user-agent"];
+const FORWARDED_HEADERS: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    HeaderName::from_static("mcp-session-id"),
+    HeaderName::from_static("mcp-protocol-version"),
+    HeaderName::from_static("last-event-id"),
+    header::USER_AGENT,
+];
 
-fn mcp(head: &RequestHead<'_>, origin: &Origin, name: &str, config: &GatewayConfig) -> Action {
+fn mcp(head: &RequestHead<'_>, name: &str, config: &GatewayConfig) -> Action {
     let Some(server) = config.servers.get(name) else {
         return Action::Respond(not_found());
     };
     let delegated = delegation(head, config);
     if !delegated && !admitted(head.headers, server, config) {
-        return Action::Respond(key_required(Some(&challenge(origin, name))));
+        return Action::Respond(match public_origin(head, config) {
+            Ok(origin) => key_required(Some(&challenge(&origin, name))),
+            Err(refusal) => refusal,
+        });
     }
     Action::Forward(forward(head, name, server, delegated, config))
 }
@@ -753,9 +775,9 @@ fn forward(
     config: &GatewayConfig,
 ) -> Forward {
     let mut headers = HeaderMap::new();
-    for forwarded in FORWARDED_HEADERS {
+    for forwarded in &FORWARDED_HEADERS {
         for value in head.headers.get_all(forwarded) {
-            headers.append(HeaderName::from_static(forwarded), value.clone());
+            headers.append(forwarded.clone(), value.clone());
         }
     }
     let (resolution, credential) = if delegated {
@@ -785,7 +807,7 @@ fn forward(
 }
 
 /// `POST /mcp`: the servers named in `x-mcp-servers`, aggregated (see [`crate::aggregate`]).
-fn aggregate_mcp(head: &RequestHead<'_>, origin: &Origin, config: &GatewayConfig) -> Action {
+fn aggregate_mcp(head: &RequestHead<'_>, config: &GatewayConfig) -> Action {
     if head.method != Method::POST {
         // No session and no server-initiated stream: the aggregating endpoint is request/response.
         let mut response = error_response(
@@ -808,7 +830,7 @@ fn aggregate_mcp(head: &RequestHead<'_>, origin: &Origin, config: &GatewayConfig
         Err(response) => return Action::Respond(response),
     };
     let delegated = delegation(head, config);
-    targets(head, crate::aggregate::Endpoint::Mcp, names, delegated, None, config, Some(origin))
+    targets(head, crate::aggregate::Endpoint::Mcp, names, delegated, None, config)
 }
 
 /// `/mcp-rest/tools/list` and `/mcp-rest/tools/call`: always behind the gateway key (they are not
@@ -832,7 +854,7 @@ fn rest_tools(head: &RequestHead<'_>, route: &Route, config: &GatewayConfig) -> 
         (_, Ok(None)) => config.servers.keys().cloned().collect(),
         (_, Err(response)) => return Action::Respond(response),
     };
-    targets(head, endpoint, names, false, cursor, config, None)
+    targets(head, endpoint, names, false, cursor, config)
 }
 
 /// The names in `x-mcp-servers`, in order and without repeats; `None` when it names none.
@@ -859,7 +881,7 @@ fn named_targets(headers: &HeaderMap) -> Result<Option<Vec<String>>, Response<Ve
 /// One [`Forward`] per named server, after admission: every name must be configured (else the
 /// same 404 as an unknown route) and, unless auth is delegated, the gateway key must admit the
 /// request for every one of them. A refusal on `/mcp` points at the first server's
-/// protected-resource metadata (`origin` given); the REST routes have none.
+/// protected-resource metadata; the REST routes have none.
 fn targets(
     head: &RequestHead<'_>,
     endpoint: crate::aggregate::Endpoint,
@@ -867,7 +889,6 @@ fn targets(
     delegated: bool,
     cursor: Option<String>,
     config: &GatewayConfig,
-    origin: Option<&Origin>,
 ) -> Action {
     let mut servers = Vec::with_capacity(names.len());
     for name in &names {
@@ -884,7 +905,13 @@ fn targets(
         ));
     }
     if !delegated && !servers.iter().all(|server| admitted(head.headers, server, config)) {
-        let challenge = origin.zip(names.first()).map(|(origin, name)| challenge(origin, name));
+        let challenge = match (endpoint, names.first()) {
+            (crate::aggregate::Endpoint::Mcp, Some(name)) => match public_origin(head, config) {
+                Ok(origin) => Some(challenge(&origin, name)),
+                Err(refusal) => return Action::Respond(refusal),
+            },
+            _ => None,
+        };
         return Action::Respond(key_required(challenge.as_deref()));
     }
     let mut targets = Vec::with_capacity(servers.len());
@@ -1384,6 +1411,41 @@ mcp_servers:
             apply_discovery(local, &loopback),
             Ok(vec!["authorization_url", "token_url", "registration_url"])
         );
+    }
+
+    #[test]
+    fn the_public_origin_is_resolved_only_where_it_is_used() {
+        // Without PROXY_BASE_URL the origin comes from Host; a malformed Host cannot name the
+        // metadata, so a refused MCP caller gets the 400 instead of a challenge, while an admitted
+        // call (which never uses the origin) is forwarded.
+        let config = load_yaml(CONFIG, &|_| None).unwrap().config;
+        let mut flows = FlowStore::default();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("gw.example.com:0080"));
+        let mut decide_with = |method: Method, path: &str, key: bool| {
+            if key {
+                headers.insert("x-mcp-gateway-key", HeaderValue::from_static("sk-gateway-key-0001"));
+            }
+            let head = RequestHead {
+                method: &method,
+                path_and_query: path,
+                headers: &headers,
+                scheme: Scheme::Http,
+                peer: None,
+            };
+            let mut context =
+                Context { config: &config, flows: &mut flows, now: Instant::from_millis(1), random: None };
+            decide(&head, &mut context)
+        };
+        let refused = respond(decide_with(Method::POST, "/reports/mcp", false));
+        assert_eq!(
+            (refused.status(), body(&refused)["error"].clone()),
+            (StatusCode::BAD_REQUEST, json!("non_canonical_authority"))
+        );
+        assert!(matches!(decide_with(Method::POST, "/reports/mcp", true), Action::Forward(_)));
+        let metadata =
+            respond(decide_with(Method::GET, "/.well-known/oauth-protected-resource/github/mcp", true));
+        assert_eq!(metadata.status(), StatusCode::BAD_REQUEST, "metadata needs the origin");
     }
 
     #[test]
