@@ -469,6 +469,19 @@ async fn send(
     }
 }
 
+/// Reads an upstream answer's body whole, at most `limit` bytes.
+async fn read_whole<B>(body: B, limit: usize) -> Result<Bytes, Failure>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(Failure::TooLarge),
+        Err(_) => Err(Failure::Unreachable),
+    }
+}
+
 /// Sends a complete request and reads the whole answer (at most `limit` bytes), all within
 /// `timeout`.
 async fn exchange(
@@ -482,11 +495,7 @@ async fn exchange(
     let whole = async {
         let response = send(state, request, timeout).await?;
         let (parts, body) = response.into_parts();
-        match Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok(Response::from_parts(parts, collected.to_bytes().to_vec())),
-            Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(Failure::TooLarge),
-            Err(_) => Err(Failure::Unreachable),
-        }
+        Ok(Response::from_parts(parts, read_whole(body, limit).await?.to_vec()))
     };
     tokio::time::timeout(timeout, whole).await.unwrap_or(Err(Failure::Timeout))
 }
@@ -835,18 +844,9 @@ async fn gathered(
             Err(response) => return failed(into_vec(response).await),
         };
         let (parts, body) = response.into_parts();
-        match Limited::new(body, state.options.max_gathered_answer).collect().await {
-            Ok(collected) => {
-                (Answer::Upstream(Response::from_parts(parts, collected.to_bytes().to_vec())), outbound)
-            }
-            Err(error) => {
-                let failure = if error.downcast_ref::<LengthLimitError>().is_some() {
-                    Failure::TooLarge
-                } else {
-                    Failure::Unreachable
-                };
-                failed(into_vec(failure.response(StatusCode::BAD_GATEWAY, &step(server))).await)
-            }
+        match read_whole(body, state.options.max_gathered_answer).await {
+            Ok(bytes) => (Answer::Upstream(Response::from_parts(parts, bytes.to_vec())), outbound),
+            Err(failure) => failed(into_vec(failure.response(StatusCode::BAD_GATEWAY, &step(server))).await),
         }
     };
     match tokio::time::timeout(state.options.upstream_timeout, whole).await {
@@ -908,10 +908,10 @@ async fn open_session(
     let body = Bytes::from(aggregate::initialize_request(&forward.headers));
     let (response, _) = send_forward(state, server, &Method::POST, &opening, body).await?;
     let (parts, body) = response.into_parts();
-    let read = Limited::new(body, state.options.max_gathered_answer).collect();
+    let read = read_whole(body, state.options.max_gathered_answer);
     let bytes = match tokio::time::timeout(state.options.upstream_timeout, read).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(_)) => return Err(Failure::Unreachable.response(StatusCode::BAD_GATEWAY, &step(server))),
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(failure)) => return Err(failure.response(StatusCode::BAD_GATEWAY, &step(server))),
         Err(_elapsed) => return Err(Failure::Timeout.response(StatusCode::BAD_GATEWAY, &step(server))),
     };
     let answer = Response::from_parts(parts, bytes.to_vec());
