@@ -121,10 +121,12 @@ pub fn path_server(path: &str) -> Option<&str> {
 /// The target servers of a request: the path's server, then each `x-mcp-servers` name, deduplicated.
 pub fn target_servers<'h>(path: &'h str, headers: &'h HeaderMap) -> Result<Vec<&'h str>, NotDelegated> {
     let mut targets: Vec<&str> = path_server(path).into_iter().collect();
+    // A set, not `Vec::contains`: a header of tens of thousands of names must stay linear.
+    let mut seen: std::collections::HashSet<&str> = targets.iter().copied().collect();
     for value in headers.get_all(SERVERS_HEADER) {
         let value = value.to_str().map_err(|_| NotDelegated::MalformedServersHeader)?;
         for name in value.split(',').map(str::trim).filter(|name| !name.is_empty()) {
-            if !targets.contains(&name) {
+            if seen.insert(name) {
                 targets.push(name);
             }
         }

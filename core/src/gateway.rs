@@ -861,6 +861,7 @@ fn rest_tools(head: &RequestHead<'_>, route: &Route, config: &GatewayConfig) -> 
 #[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
 fn named_targets(headers: &HeaderMap) -> Result<Option<Vec<String>>, Response<Vec<u8>>> {
     let mut names: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for value in headers.get_all(crate::delegate::SERVERS_HEADER) {
         let Ok(value) = value.to_str() else {
             return Err(error_response(
@@ -870,7 +871,7 @@ fn named_targets(headers: &HeaderMap) -> Result<Option<Vec<String>>, Response<Ve
             ));
         };
         for name in value.split(',').map(str::trim).filter(|name| !name.is_empty()) {
-            if !names.iter().any(|known| known == name) {
+            if seen.insert(name) {
                 names.push(name.to_owned());
             }
         }
