@@ -3,7 +3,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use mcp_oauth_core::aggregate::{Answer, Endpoint, Plan, Request, plan, prefixed_name, route_tool};
 use mcp_oauth_core::config::{GatewayConfig, load_yaml};
-use mcp_oauth_core::gateway::{Action, Context, FlowStore, RequestHead, decide};
+use mcp_oauth_core::gateway::{Action, Context, OAuthState, RequestHead, decide};
 use mcp_oauth_core::machine::Instant;
 use mcp_oauth_core::origin::Scheme;
 use mcp_oauth_core::outbound::{OutboundCredential, is_gateway_key};
@@ -72,13 +72,44 @@ fn header_value() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Paths as an attacker writes them: every server name (encoded or not) between leading,
+/// doubled and trailing slashes, dot segments and percent-encoded bytes, besides the plain routes.
 fn path() -> impl Strategy<Value = String> {
+    let name = prop::sample::select(vec![
+        "interactive",
+        "delegated",
+        "m2m",
+        "wiki",
+        "nope",
+        "",
+        ".",
+        "..",
+        "%77iki",
+        "wiki%2Fx",
+        "m2m%2f",
+        "%2e",
+    ]);
+    let lead = prop::sample::select(vec!["/", "//", "///", "/./", "/../", "/%2F", "/.//", ""]);
+    let middle = prop::sample::select(vec!["/", "//", "/./", "%2F", "%2f", "/../"]);
+    let tail = prop::sample::select(vec!["", "/", "?x=1", "/.", "//", "#f", "%2F"]);
     prop_oneof![
         prop::sample::select(vec!["interactive", "delegated", "m2m", "wiki", "nope", ""])
             .prop_map(|s| format!("/{s}/mcp")),
+        (lead, name, middle, tail)
+            .prop_map(|(lead, name, middle, tail)| format!("{lead}{name}{middle}mcp{tail}")),
         Just("/mcp".to_owned()),
+        Just("//mcp".to_owned()),
         Just("/mcp-rest/tools/call".to_owned()),
     ]
+}
+
+/// The paths [`path`] makes that the router must read as `/{server}/mcp`: exactly one slash, a
+/// plain name, one slash, `mcp`, and at most a query.
+fn plain_server_path(path: &str) -> Option<&str> {
+    let path = path.split_once('?').map_or(path, |(path, _)| path);
+    let name = path.strip_prefix('/')?.strip_suffix("/mcp")?;
+    let plain = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    plain.then_some(name)
 }
 
 proptest! {
@@ -90,18 +121,23 @@ proptest! {
     fn nothing_is_forwarded_without_a_key_or_delegation(
         path in path(),
         pairs in prop::collection::vec((header_name(), header_value()), 0..5),
+        name_delegated in any::<bool>(),
     ) {
         let config = config();
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("gw.example.com"));
+        // Half the cases name the delegating server, the review's lever against admission.
+        if name_delegated {
+            headers.append("x-mcp-servers", HeaderValue::from_static("delegated"));
+        }
         for (name, value) in &pairs {
             if let Ok(value) = HeaderValue::from_str(value) {
                 headers.append(HeaderName::from_static(name), value);
             }
         }
-        let mut flows = FlowStore::default();
+        let mut oauth = OAuthState::default();
         let head = RequestHead { method: &Method::POST, path_and_query: &path, headers: &headers, scheme: Scheme::Https, peer: None };
-        let mut context = Context { config: &config, flows: &mut flows, now: Instant::ZERO, random: Some([1; 16]) };
+        let mut context = Context { config: &config, oauth: Some(&mut oauth), now: Instant::ZERO, random: Some([1; 16]) };
         let forwards = match decide(&head, &mut context) {
             Action::Forward(forward) => vec![forward],
             Action::Aggregate(aggregate) => {
@@ -119,6 +155,10 @@ proptest! {
         // Admission is all or nothing: with the key only in Authorization, every target must be wiki.
         let only_wiki = forwards.iter().all(|forward| forward.server == "wiki");
         for forward in &forwards {
+            // A single-server route reaches exactly the server its plain path names, or nothing.
+            if !path.starts_with("/mcp") {
+                prop_assert_eq!(Some(forward.server.as_str()), plain_server_path(&path), "{} reached {}", path, forward.server);
+            }
             prop_assert!(
                 forward.delegated || presented || (key_in_authorization && only_wiki),
                 "forwarded without admission: {pairs:?}"

@@ -213,6 +213,7 @@ proptest! {
             use_x_forwarded_for,
             trusted_proxies: TrustedProxies::parse(&ranges).unwrap(),
             allowed_hosts,
+            listen: None,
         };
         let all: Vec<(String, String)> = other.iter().chain(&forwarded).cloned().collect();
         let without_forwarded: Vec<(String, String)> = all
@@ -264,7 +265,7 @@ proptest! {
     ) {
         let settings = OriginSettings {
             use_x_forwarded_for: true,
-            trusted_proxies: TrustedProxies::parse(&["0.0.0.0/0", "::/0"]).unwrap(),
+            trusted_proxies: TrustedProxies::parse(&["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"]).unwrap(),
             ..OriginSettings::default()
         };
         let value = |name: &str| {
@@ -318,7 +319,7 @@ proptest! {
                 (name, policy)
             })
             .collect();
-        let decision = decide_delegation(&path, &headers, |name| {
+        let decision = decide_delegation(mcp_oauth_core::route::mcp_path_server(&path), &headers, |name| {
             match policies.iter().find(|(known, _)| known.as_str() == name) {
                 None => Target::Unknown,
                 Some((_, None)) => Target::Invalid,
@@ -642,13 +643,15 @@ fn strategies_reach_acceptance_and_rejection() {
                 (name.clone(), policy)
             })
             .collect();
-        let decision = decide_delegation(&path, &s::header_map(&pairs), |name| {
-            match policies.iter().find(|(known, _)| known == name) {
+        let decision = decide_delegation(
+            mcp_oauth_core::route::mcp_path_server(&path),
+            &s::header_map(&pairs),
+            |name| match policies.iter().find(|(known, _)| known == name) {
                 None => Target::Unknown,
                 Some((_, None)) => Target::Invalid,
                 Some((_, Some(policy))) => Target::Known(policy),
-            }
-        });
+            },
+        );
         delegated += usize::from(decision.delegates());
     }
     assert!(delegated >= 50, "only {delegated} of 1000 delegation cases delegate");

@@ -107,7 +107,11 @@ fn delegate(c: &mut Criterion) {
     c.bench_function("delegate/mixed_5", |b| {
         b.iter(|| {
             for (path, headers) in &cases {
-                black_box(decide_delegation(black_box(path), headers, lookup));
+                black_box(decide_delegation(
+                    mcp_oauth_core::route::mcp_path_server(black_box(path)),
+                    headers,
+                    lookup,
+                ));
             }
         });
     });

@@ -30,6 +30,7 @@ use serde_json::{Map, Value, json};
 use crate::Reason;
 use crate::client::mcp::{RpcError, parse_rpc_response};
 use crate::gateway::error_response;
+use crate::jsonrpc::{JsonRpcError, Shape};
 
 /// What joins a server's name and a tool's name in the names callers see.
 pub const SEPARATOR: &str = "-";
@@ -141,55 +142,31 @@ pub fn route_tool<S: AsRef<str>>(name: &str, servers: &[S]) -> Result<(usize, St
         .ok_or_else(|| AggregateError::UnknownTool(quote(name)))
 }
 
-/// The envelope of one JSON-RPC message: what [`check_message`] looks at (the rest is skipped
-/// without being built).
-#[derive(serde::Deserialize)]
-struct Envelope {
-    jsonrpc: String,
-    #[serde(default)]
-    method: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    result: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    error: Option<serde::de::IgnoredAny>,
+impl From<JsonRpcError> for Refused {
+    fn from(error: JsonRpcError) -> Self {
+        match error {
+            JsonRpcError::Parse(why) => (None, AggregateError::ParseError(why)),
+            JsonRpcError::Invalid { id, why } => (id, AggregateError::InvalidMessage(why)),
+        }
+    }
 }
 
-/// Checks that a body forwarded to one MCP server is JSON-RPC 2.0: one message (a request, a
-/// notification or a response), or a non-empty batch of them for clients of the 2025-03-26
-/// revision. A malformed body gets a 400 with a JSON-RPC error here, before any credential is
-/// spent on it; the upstream judges everything else.
+/// Checks that a body forwarded to one MCP server is JSON-RPC 2.0 ([`crate::jsonrpc::validate`],
+/// the validator the aggregating route uses too): one message, or a non-empty batch of them for
+/// clients of the 2025-03-26 revision. A malformed body gets a 400 with a JSON-RPC error here,
+/// before any credential is spent on it; the upstream judges everything else.
 #[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
 pub fn check_message(body: &[u8]) -> Result<(), Response<Vec<u8>>> {
-    let refuse = |error: AggregateError| Err(refusal(Endpoint::Mcp, None, &error));
-    let valid = |envelope: &Envelope| {
-        envelope.jsonrpc == "2.0"
-            && (envelope.method.is_some() || envelope.result.is_some() || envelope.error.is_some())
-    };
-    let trimmed =
-        body.iter().position(|byte| !byte.is_ascii_whitespace()).map_or(&[][..], |start| &body[start..]);
-    if trimmed.first() == Some(&b'[') {
-        return match serde_json::from_slice::<Vec<Envelope>>(body) {
-            Ok(batch) if !batch.is_empty() && batch.iter().all(valid) => Ok(()),
-            Ok(_) => refuse(AggregateError::InvalidMessage(
-                "an empty batch or a member that is not JSON-RPC 2.0".into(),
-            )),
-            Err(error) if error.is_syntax() || error.is_eof() => {
-                refuse(AggregateError::ParseError(quote(&error.to_string())))
-            }
-            Err(error) => refuse(AggregateError::InvalidMessage(quote(&error.to_string()))),
-        };
-    }
-    match serde_json::from_slice::<Envelope>(body) {
-        Ok(envelope) if valid(&envelope) => Ok(()),
-        Ok(_) => refuse(AggregateError::InvalidMessage(
-            "`jsonrpc` must be \"2.0\" and a method, result or error present".into(),
-        )),
-        Err(error) if error.is_syntax() || error.is_eof() => {
-            refuse(AggregateError::ParseError(quote(&error.to_string())))
+    match crate::jsonrpc::validate(body) {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            let (id, error) = Refused::from(error);
+            Err(refusal(Endpoint::Mcp, id, &error))
         }
-        Err(error) => refuse(AggregateError::InvalidMessage(quote(&error.to_string()))),
     }
 }
+
+type Refused = (Option<Value>, AggregateError);
 
 /// Which aggregating endpoint a request came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -277,39 +254,24 @@ fn gather(request: &Request<'_>, calls: Vec<UpstreamCall>, finish: Finish) -> Ga
     Gather { calls, servers: request.servers.to_vec(), finish, delegated: request.delegated }
 }
 
-type Refused = (Option<Value>, AggregateError);
-
 fn plan_mcp(request: &Request<'_>, body: &[u8]) -> Result<Plan, Refused> {
-    let message: Value = serde_json::from_slice(body)
-        .map_err(|error| (None, AggregateError::ParseError(quote(&error.to_string()))))?;
-    let Value::Object(mut message) = message else {
-        let error = if message.is_array() {
-            AggregateError::Batch
-        } else {
-            AggregateError::InvalidMessage("not an object".into())
-        };
-        return Err((None, error));
-    };
-    let id = message.get("id").cloned();
-    let invalid = |what: &str| (id.clone(), AggregateError::InvalidMessage(what.into()));
-    if message.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Err(invalid("`jsonrpc` must be \"2.0\""));
+    if body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[') {
+        return Err((None, AggregateError::Batch));
     }
-    let Some(method) = message.get("method").and_then(Value::as_str).map(str::to_owned) else {
-        if message.contains_key("method") {
-            return Err(invalid("`method` must be a string"));
+    let (method, id) = match crate::jsonrpc::validate(body)? {
+        Shape::Request { method, id } => (method, id),
+        Shape::Notification { .. } => {
+            // A notification (`notifications/initialized`, cancellations): nothing to answer.
+            let mut response = Response::new(Vec::new());
+            *response.status_mut() = StatusCode::ACCEPTED;
+            return Ok(Plan::Respond(response));
         }
-        return Err((id, AggregateError::UnexpectedResponse));
+        Shape::Response => return Err((None, AggregateError::UnexpectedResponse)),
+        Shape::Batch => return Err((None, AggregateError::Batch)),
     };
-    let Some(id) = id else {
-        // A notification (`notifications/initialized`, cancellations): nothing to answer.
-        let mut response = Response::new(Vec::new());
-        *response.status_mut() = StatusCode::ACCEPTED;
-        return Ok(Plan::Respond(response));
-    };
-    if !(id.is_string() || id.is_i64() || id.is_u64()) {
-        return Err((None, AggregateError::InvalidMessage("`id` must be a string or an integer".into())));
-    }
+    // The validator has checked the envelope; the members are read from here on.
+    let mut message: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|error| (None, AggregateError::ParseError(quote(&error.to_string()))))?;
     let params = match message.get("params") {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(params @ Value::Object(_)) => params.clone(),

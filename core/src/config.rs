@@ -563,6 +563,36 @@ pub struct GatewaySettings {
     pub origin: OriginSettings,
     /// `MCP_TRUSTED_REDIRECT_ORIGINS`.
     pub trusted_redirect_origins: TrustedRedirectOrigins,
+    /// What a stranger's connection may hold: idle time, body read time, connections.
+    pub connections: ConnectionLimits,
+}
+
+/// How long a connection may idle or dribble a body, and how many may be open (design §7): a
+/// stranger who opens sockets and sends nothing must not hold them for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// `general_settings.mcp_idle_timeout_seconds`: a keep-alive connection with no request (or a
+    /// request head that does not arrive) for this long is closed. Default 60 s.
+    pub idle_timeout: std::time::Duration,
+    /// `general_settings.mcp_oauth_body_timeout_seconds`: time to read a request body on the OAuth
+    /// endpoints (token, register). Default 10 s.
+    pub oauth_body_timeout: std::time::Duration,
+    /// `general_settings.mcp_body_timeout_seconds`: time to read an MCP request body. Default 60 s.
+    pub mcp_body_timeout: std::time::Duration,
+    /// `general_settings.mcp_max_connections`: connections open at once; past it a new one gets a
+    /// 503 and is closed. Default 10,000.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            idle_timeout: std::time::Duration::from_secs(60),
+            oauth_body_timeout: std::time::Duration::from_secs(10),
+            mcp_body_timeout: std::time::Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
 }
 
 /// A loaded configuration: what the gateway serves.
@@ -967,6 +997,7 @@ fn load_settings(
     let use_x_forwarded_for = reader.boolean("use_x_forwarded_for").unwrap_or(false);
     let ranges = reader.string_list("mcp_trusted_proxy_ranges").unwrap_or_default();
     let allowed_hosts = reader.string_list("allowed_hosts").unwrap_or_default();
+    let connections = connection_limits(&mut reader);
     let mut diagnostics = reader.diagnostics;
     let trusted_proxies = TrustedProxies::parse(&ranges).unwrap_or_else(|error| {
         diagnostics.push(Diagnostic::new(
@@ -1043,8 +1074,44 @@ fn load_settings(
     errors.extend(diagnostics);
     GatewaySettings {
         gateway_keys,
-        origin: OriginSettings { proxy_base_url, use_x_forwarded_for, trusted_proxies, allowed_hosts: hosts },
+        origin: OriginSettings {
+            proxy_base_url,
+            use_x_forwarded_for,
+            trusted_proxies,
+            allowed_hosts: hosts,
+            listen: None,
+        },
         trusted_redirect_origins,
+        connections,
+    }
+}
+
+/// Reads [`ConnectionLimits`]; zero is refused (it would close every connection at once).
+fn connection_limits(reader: &mut FieldReader<'_>) -> ConnectionLimits {
+    let defaults = ConnectionLimits::default();
+    let mut positive = |field: &str| match reader.unsigned(field) {
+        Some(0) => {
+            reader.error(
+                field,
+                "invalid_value",
+                format!("`{field}` must be at least 1"),
+                format!("remove `{field}` for the default, or set a positive number"),
+            );
+            None
+        }
+        other => other,
+    };
+    let seconds = |value: Option<u64>, default| value.map_or(default, std::time::Duration::from_secs);
+    let idle = positive("mcp_idle_timeout_seconds");
+    let oauth_body = positive("mcp_oauth_body_timeout_seconds");
+    let mcp_body = positive("mcp_body_timeout_seconds");
+    let connections = positive("mcp_max_connections");
+    ConnectionLimits {
+        idle_timeout: seconds(idle, defaults.idle_timeout),
+        oauth_body_timeout: seconds(oauth_body, defaults.oauth_body_timeout),
+        mcp_body_timeout: seconds(mcp_body, defaults.mcp_body_timeout),
+        max_connections: connections
+            .map_or(defaults.max_connections, |count| usize::try_from(count).unwrap_or(usize::MAX)),
     }
 }
 

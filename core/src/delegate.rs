@@ -110,51 +110,60 @@ impl Reason for NotDelegated {
     }
 }
 
-/// The server named by a `/{server}/mcp` path (a trailing slash and a query are tolerated).
-pub fn path_server(path: &str) -> Option<&str> {
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    let path = path.strip_suffix('/').unwrap_or(path);
-    let rest = path.strip_prefix('/')?.strip_suffix("/mcp")?;
-    (!rest.is_empty() && !rest.contains('/')).then_some(rest)
-}
-
-/// The target servers of a request: the path's server, then each `x-mcp-servers` name, deduplicated.
-pub fn target_servers<'h>(path: &'h str, headers: &'h HeaderMap) -> Result<Vec<&'h str>, NotDelegated> {
-    let mut targets: Vec<&str> = path_server(path).into_iter().collect();
+/// The names in `x-mcp-servers`, in order, trimmed and without repeats: the one reader of that
+/// header, used by delegation and by the aggregating routes alike.
+pub fn servers_header(headers: &HeaderMap) -> Result<Vec<&str>, NotDelegated> {
+    let mut names = Vec::new();
     // A set, not `Vec::contains`: a header of tens of thousands of names must stay linear.
-    let mut seen: std::collections::HashSet<&str> = targets.iter().copied().collect();
+    let mut seen = std::collections::HashSet::new();
     for value in headers.get_all(SERVERS_HEADER) {
         let value = value.to_str().map_err(|_| NotDelegated::MalformedServersHeader)?;
         for name in value.split(',').map(str::trim).filter(|name| !name.is_empty()) {
             if seen.insert(name) {
-                targets.push(name);
+                names.push(name);
             }
+        }
+    }
+    Ok(names)
+}
+
+/// The target servers of a request: the server the router resolved from the path (see
+/// [`crate::route::Route::server`]), then each `x-mcp-servers` name, deduplicated.
+pub fn target_servers<'h>(
+    routed: Option<&'h str>,
+    headers: &'h HeaderMap,
+) -> Result<Vec<&'h str>, NotDelegated> {
+    let mut targets: Vec<&str> = routed.into_iter().collect();
+    for name in servers_header(headers)? {
+        if Some(name) != routed {
+            targets.push(name);
         }
     }
     Ok(targets)
 }
 
-/// Decides whether to delegate auth for a request to `path` with `headers` (design §4.6).
+/// Decides whether to delegate auth for a request (design §4.6). `routed` is the server the router
+/// resolved from the path, never the raw path: delegation and admission must agree on the target.
 pub fn decide_delegation<'a>(
-    path: &str,
+    routed: Option<&str>,
     headers: &HeaderMap,
     lookup: impl Fn(&str) -> Target<'a>,
 ) -> DelegationDecision {
-    match check(path, headers, lookup) {
+    match check(routed, headers, lookup) {
         Ok(()) => DelegationDecision::Delegate,
         Err(why) => DelegationDecision::Enforce(why),
     }
 }
 
 fn check<'a>(
-    path: &str,
+    routed: Option<&str>,
     headers: &HeaderMap,
     lookup: impl Fn(&str) -> Target<'a>,
 ) -> Result<(), NotDelegated> {
     if GATEWAY_KEY_HEADERS.iter().any(|name| headers.contains_key(*name)) {
         return Err(NotDelegated::GatewayKeyPresent);
     }
-    let targets = target_servers(path, headers)?;
+    let targets = target_servers(routed, headers)?;
     if targets.is_empty() {
         return Err(NotDelegated::NoTargets);
     }
@@ -227,7 +236,8 @@ mod tests {
         for (name, value) in pairs {
             headers.append(*name, HeaderValue::from_str(value).unwrap());
         }
-        let decision = decide_delegation(path, &headers, |name| match servers.get(name) {
+        let routed = crate::route::mcp_path_server(path);
+        let decision = decide_delegation(routed, &headers, |name| match servers.get(name) {
             None => Target::Unknown,
             Some(None) => Target::Invalid,
             Some(Some(policy)) => Target::Known(policy),
@@ -244,7 +254,7 @@ mod tests {
     fn single_interactive_opted_in_server_delegates() {
         let servers = policies(json!({"github": interactive("https://github.com/login/oauth/authorize")}));
         assert_eq!(decide(&servers, "/github/mcp", &[]), "all_targets_delegate");
-        assert_eq!(decide(&servers, "/github/mcp/", &[]), "all_targets_delegate");
+        assert_eq!(decide(&servers, "/github/mcp/", &[]), "no_targets");
         assert_eq!(decide(&servers, "/mcp", &[("x-mcp-servers", "github")]), "all_targets_delegate");
         assert_eq!(decide(&servers, "/github/mcp", &[("x-mcp-gateway-key", "sk-1")]), "gateway_key_present");
         assert_eq!(decide(&servers, "/github/mcp", &[("x-litellm-api-key", "")]), "gateway_key_present");
@@ -292,13 +302,29 @@ mod tests {
     }
 
     #[test]
-    fn path_server_is_exactly_one_segment_before_mcp() {
-        assert_eq!(path_server("/github/mcp"), Some("github"));
-        assert_eq!(path_server("/github/mcp?x=1"), Some("github"));
-        assert_eq!(path_server("/mcp"), None);
-        assert_eq!(path_server("//mcp"), None);
-        assert_eq!(path_server("/a/b/mcp"), None);
-        assert_eq!(path_server("/github/mcpx"), None);
-        assert_eq!(path_server("github/mcp"), None);
+    fn an_ambiguous_path_names_no_target() {
+        // The review's break: `//b/mcp` once delegated for `b` on the strength of `a` alone.
+        let servers = policies(json!({
+            "a": interactive("https://auth.example.com/authorize"),
+            "b": {"url": "https://b.example.com/mcp"},
+        }));
+        assert_eq!(decide(&servers, "/a/mcp", &[]), "all_targets_delegate");
+        for path in ["//b/mcp", "/b//mcp", "/./b/mcp", "/b%2Fx/mcp", "/b/mcp/"] {
+            // No routed server: only the header's `a` is a target, and the router answers 404
+            // for the path itself, so nothing reaches `b`.
+            assert_eq!(crate::route::mcp_path_server(path), None, "{path}");
+        }
+        assert_eq!(decide(&servers, "/b/mcp", &[("x-mcp-servers", "a")]), "not_oauth2");
+    }
+
+    #[test]
+    fn the_servers_header_is_read_once_in_order() {
+        let mut headers = HeaderMap::new();
+        headers.append(SERVERS_HEADER, HeaderValue::from_static(" b, a ,,b"));
+        headers.append(SERVERS_HEADER, HeaderValue::from_static("c,a"));
+        assert_eq!(servers_header(&headers).unwrap(), ["b", "a", "c"]);
+        assert_eq!(target_servers(Some("a"), &headers).unwrap(), ["a", "b", "c"]);
+        headers.append(SERVERS_HEADER, HeaderValue::from_bytes(b"\xff").unwrap());
+        assert_eq!(servers_header(&headers), Err(NotDelegated::MalformedServersHeader));
     }
 }

@@ -190,6 +190,7 @@ fn public_origin(input: &Map<String, Value>) -> Answer {
         use_x_forwarded_for: optional_bool(input, "use_x_forwarded_for")?.unwrap_or(false),
         trusted_proxies: TrustedProxies::parse(&ranges).map_err(|e| e.to_string())?,
         allowed_hosts: Vec::new(),
+        listen: None,
     };
     let peer = optional_str(input, "peer_ip")?
         .map(|ip| {
@@ -232,7 +233,8 @@ fn delegate(input: &Map<String, Value>, env: EnvLookup<'_>) -> Answer {
         servers.iter().map(|(name, entry)| (name, policy(name, entry, env).ok())).collect();
     let headers = headers(input)?;
     let path = optional_str(input, "path")?.unwrap_or_default();
-    let decision = decide_delegation(path, &headers, |name| {
+    // The path goes through the gateway's own router, so `eval` and `serve` read it alike.
+    let decision = decide_delegation(crate::route::mcp_path_server(path), &headers, |name| {
         match policies.iter().find(|(known, _)| known.as_str() == name) {
             None => Target::Unknown,
             Some((_, None)) => Target::Invalid,

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use crate::Reason;
+use crate::budget::{BudgetConfig, OverBudget, PeerBudget};
 use crate::config::{AuthType, GatewayConfig, ServerConfig};
 use crate::delegate::{GATEWAY_KEY_HEADERS, Target, decide_delegation};
 use crate::flow::Flow;
@@ -44,66 +45,11 @@ pub struct RequestHead<'a> {
     pub peer: Option<IpAddr>,
 }
 
-/// Where a request goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Route {
-    /// `GET /health`.
-    Health,
-    /// `GET /.well-known/oauth-protected-resource/{server}/mcp`.
-    ProtectedResourceMetadata(String),
-    /// `GET /.well-known/oauth-authorization-server/{server}`.
-    AuthorizationServerMetadata(String),
-    /// `GET /{server}/authorize`.
-    Authorize(String),
-    /// `GET /callback` (the upstream returns here).
-    Callback,
-    /// `POST /{server}/token`.
-    Token(String),
-    /// `POST /{server}/register`.
-    Register(String),
-    /// `POST|GET|DELETE /{server}/mcp`.
-    ServerMcp(String),
-    /// `POST /mcp` with `x-mcp-servers`: the aggregating MCP endpoint.
-    Mcp,
-    /// `GET /mcp-rest/tools/list`: the targets' tools as plain JSON.
-    RestToolsList,
-    /// `POST /mcp-rest/tools/call`: one tool call as plain JSON.
-    RestToolsCall,
-    /// Nothing here.
-    NotFound,
-}
+pub use crate::route::Route;
 
-impl Route {
-    /// Whether [`decide`] needs [`Context::random`] for this route (it starts an authorization).
-    pub fn needs_random(&self) -> bool {
-        matches!(self, Self::Authorize(_))
-    }
-}
-
-/// Maps a method and path to a route.
+/// Maps a method and path to a route (see [`Route::parse`]).
 pub fn route(method: &Method, path_and_query: &str) -> Route {
-    let path = path_and_query.split('?').next().unwrap_or_default();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (method, segments.as_slice()) {
-        (&Method::GET, ["health"]) => Route::Health,
-        (&Method::GET, [".well-known", "oauth-protected-resource", server, "mcp"]) => {
-            Route::ProtectedResourceMetadata((*server).to_owned())
-        }
-        (&Method::GET, [".well-known", "oauth-authorization-server", server]) => {
-            Route::AuthorizationServerMetadata((*server).to_owned())
-        }
-        (&Method::GET, ["callback"]) => Route::Callback,
-        (&Method::GET, [server, "authorize"]) => Route::Authorize((*server).to_owned()),
-        (&Method::POST, [server, "token"]) => Route::Token((*server).to_owned()),
-        (&Method::POST, [server, "register"]) => Route::Register((*server).to_owned()),
-        (&Method::POST | &Method::GET | &Method::DELETE, ["mcp"]) => Route::Mcp,
-        (&Method::GET, ["mcp-rest", "tools", "list"]) => Route::RestToolsList,
-        (&Method::POST, ["mcp-rest", "tools", "call"]) => Route::RestToolsCall,
-        (&Method::POST | &Method::GET | &Method::DELETE, [server, "mcp"]) if !server.is_empty() => {
-            Route::ServerMcp((*server).to_owned())
-        }
-        _ => Route::NotFound,
-    }
+    Route::parse(method, path_and_query)
 }
 
 /// What the server must do with one request.
@@ -207,11 +153,31 @@ impl Aggregate {
     }
 }
 
-/// Authorizations in progress, keyed by the `state` the gateway sent upstream.
+/// The most authorizations (and relayed codes) pending at once. Each holds at most a few KiB
+/// (parameters are capped at [`MAX_AUTHORIZE_PARAMETER`]), so a full store stays small.
+pub const MAX_PENDING_FLOWS: usize = 4096;
+
+/// The longest `state` a client may send to `/{server}/authorize`, in bytes.
+pub const MAX_CLIENT_STATE: usize = 512;
+
+/// The longest value of any `/{server}/authorize` parameter, in bytes.
+pub const MAX_AUTHORIZE_PARAMETER: usize = 2048;
+
+/// Authorizations in progress, keyed by the `state` the gateway sent upstream, and the codes they
+/// relayed, each bound to the origin the flow began under. Bounded by [`MAX_PENDING_FLOWS`];
+/// expiry pops from the front of an insertion-ordered queue, so it costs nothing per request.
 #[derive(Debug, Default)]
 pub struct FlowStore {
     flows: HashMap<String, PendingFlow>,
-    codes: HashMap<String, (String, Instant)>,
+    codes: HashMap<String, RelayedCode>,
+    /// Keys in insertion order (time order, as `now` only grows), for expiry.
+    order: std::collections::VecDeque<(Instant, Pending, String)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    Flow,
+    Code,
 }
 
 #[derive(Debug)]
@@ -219,16 +185,65 @@ struct PendingFlow {
     server: String,
     client_redirect_uri: Url,
     client_state: Option<String>,
+    /// The public origin the flow began under; the callback must resolve to the same one.
+    origin: Origin,
     started: Instant,
+}
+
+#[derive(Debug)]
+struct RelayedCode {
+    server: String,
+    /// The origin of the flow that relayed it; the token request must come under the same one.
+    origin: Origin,
+    issued: Instant,
+}
+
+fn alive(started: Instant, now: Instant) -> bool {
+    now.as_millis().saturating_sub(started.as_millis()) < FLOW_LIFETIME_MILLIS
 }
 
 impl FlowStore {
     /// Drops flows and codes older than [`FLOW_LIFETIME_MILLIS`].
     pub fn expire(&mut self, now: Instant) {
-        let alive =
-            |started: Instant| now.as_millis().saturating_sub(started.as_millis()) < FLOW_LIFETIME_MILLIS;
-        self.flows.retain(|_, flow| alive(flow.started));
-        self.codes.retain(|_, (_, issued)| alive(*issued));
+        while let Some((started, kind, key)) = self.order.front() {
+            if alive(*started, now) {
+                break;
+            }
+            // Only the entry this queue slot was made for: a key taken and never reused is gone
+            // already, and keys are random or single-use, so a started time identifies the entry.
+            match kind {
+                Pending::Flow if self.flows.get(key).is_some_and(|flow| flow.started == *started) => {
+                    self.flows.remove(key);
+                }
+                Pending::Code if self.codes.get(key).is_some_and(|code| code.issued == *started) => {
+                    self.codes.remove(key);
+                }
+                _ => {}
+            }
+            self.order.pop_front();
+        }
+        // Entries taken before they expired leave queue slots behind; keep the queue in proportion.
+        if self.order.len() > 4 * MAX_PENDING_FLOWS {
+            let (flows, codes) = (&self.flows, &self.codes);
+            self.order.retain(|(_, kind, key)| match kind {
+                Pending::Flow => flows.contains_key(key),
+                Pending::Code => codes.contains_key(key),
+            });
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.flows.len() + self.codes.len() >= MAX_PENDING_FLOWS
+    }
+
+    fn insert_flow(&mut self, state: String, flow: PendingFlow) {
+        self.order.push_back((flow.started, Pending::Flow, state.clone()));
+        self.flows.insert(state, flow);
+    }
+
+    fn insert_code(&mut self, code: String, relayed: RelayedCode) {
+        self.order.push_back((relayed.issued, Pending::Code, code.clone()));
+        self.codes.insert(code, relayed);
     }
 
     /// How many flows are pending.
@@ -242,12 +257,29 @@ impl FlowStore {
     }
 }
 
+/// What the gateway keeps for strangers' OAuth traffic: pending authorizations and the per-peer
+/// budget those routes spend. A server locks it only for routes where [`Route::is_oauth`] holds.
+#[derive(Debug)]
+pub struct OAuthState {
+    /// Authorizations in progress.
+    pub flows: FlowStore,
+    /// What each peer may still ask of the OAuth routes.
+    pub budget: PeerBudget,
+}
+
+impl Default for OAuthState {
+    fn default() -> Self {
+        Self { flows: FlowStore::default(), budget: PeerBudget::new(BudgetConfig::OAUTH_ENDPOINTS) }
+    }
+}
+
 /// Inputs to [`decide`] besides the request.
 pub struct Context<'a> {
     /// The loaded configuration.
     pub config: &'a GatewayConfig,
-    /// Authorizations in progress.
-    pub flows: &'a mut FlowStore,
+    /// The OAuth routes' state; needed only where [`Route::is_oauth`] holds (an OAuth request
+    /// without it is refused with a 503, never served without its checks).
+    pub oauth: Option<&'a mut OAuthState>,
     /// The time.
     pub now: Instant,
     /// 16 fresh random bytes for the upstream `state` when this request starts a flow. Only
@@ -282,7 +314,12 @@ fn interactive<'c>(config: &'c GatewayConfig, name: &str) -> Option<&'c ServerCo
 
 /// Decides what to do with one request (see the module docs).
 pub fn decide(head: &RequestHead<'_>, context: &mut Context<'_>) -> Action {
-    let route = route(head.method, head.path_and_query);
+    decide_routed(route(head.method, head.path_and_query), head, context)
+}
+
+/// [`decide`] for a request the server has routed already (it needs the route before deciding,
+/// to know whether to lock the OAuth state): the path is parsed once.
+pub fn decide_routed(route: Route, head: &RequestHead<'_>, context: &mut Context<'_>) -> Action {
     if route == Route::Health {
         return Action::Respond(json_response(StatusCode::OK, &json!({"status": "ok"})));
     }
@@ -302,8 +339,27 @@ pub fn decide(head: &RequestHead<'_>, context: &mut Context<'_>) -> Action {
         Ok(origin) => origin,
         Err(refusal) => return Action::Respond(refusal),
     };
-    match route {
-        Route::ProtectedResourceMetadata(name) => match interactive(config, &name) {
+    if route.is_oauth() {
+        // A stranger's OAuth traffic: its budget is spent before anything is parsed or kept, and
+        // it is served only under an origin an attacker cannot choose.
+        let Some(oauth) = context.oauth.as_deref_mut() else {
+            return Action::Respond(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "the gateway's OAuth state is not available to this request",
+            ));
+        };
+        if let Err(over) = oauth.budget.spend(head.peer, context.now) {
+            return Action::Respond(over_budget(&over));
+        }
+        if let Err(refusal) = oauth_origin(&origin, config) {
+            return Action::Respond(refusal);
+        }
+    }
+    let (now, random) = (context.now, context.random);
+    let oauth = context.oauth.as_deref_mut();
+    match (route, oauth) {
+        (Route::ProtectedResourceMetadata(name), _) => match interactive(config, &name) {
             Some(_) => Action::Respond(json_response(
                 StatusCode::OK,
                 &json!({
@@ -314,33 +370,134 @@ pub fn decide(head: &RequestHead<'_>, context: &mut Context<'_>) -> Action {
             )),
             None => Action::Respond(not_found()),
         },
-        Route::AuthorizationServerMetadata(name) => match interactive(config, &name) {
+        (Route::AuthorizationServerMetadata(name), _) => match interactive(config, &name) {
             Some(server) => Action::Respond(json_response(
                 StatusCode::OK,
                 &authorization_server_metadata(&origin, server),
             )),
             None => Action::Respond(not_found()),
         },
-        Route::Authorize(name) => match interactive(config, &name) {
-            Some(server) => Action::Respond(authorize(head, &origin, server, context)),
+        (Route::Authorize(name), Some(oauth)) => match interactive(config, &name) {
+            Some(server) => {
+                Action::Respond(authorize(head, &origin, server, config, &mut oauth.flows, now, random))
+            }
             None => Action::Respond(not_found()),
         },
-        Route::Callback => Action::Respond(callback(head, context)),
-        Route::Token(name) => match interactive(config, &name) {
+        (Route::Callback, Some(oauth)) => {
+            Action::Respond(callback(head, &origin, config, &mut oauth.flows, now))
+        }
+        (Route::Token(name), Some(_)) => match interactive(config, &name) {
             Some(server) => proxy_token(head, origin, server),
             None => Action::Respond(not_found()),
         },
-        Route::Register(name) => match interactive(config, &name) {
+        (Route::Register(name), Some(_)) => match interactive(config, &name) {
             Some(server) => register(server),
             None => Action::Respond(not_found()),
         },
-        Route::ServerMcp(_)
-        | Route::Mcp
-        | Route::RestToolsList
-        | Route::RestToolsCall
-        | Route::Health
-        | Route::NotFound => Action::Respond(not_found()),
+        _ => Action::Respond(not_found()),
     }
+}
+
+/// The 429 for a peer past its budget (or 503 when the budget table itself is full).
+fn over_budget(over: &OverBudget) -> Response<Vec<u8>> {
+    let (status, retry_after) = match over {
+        OverBudget::Peer { retry_after } => (StatusCode::TOO_MANY_REQUESTS, retry_after.as_secs().max(1)),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, 1),
+    };
+    let mut response = error_response(status, over.reason(), &over.to_string());
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    response
+}
+
+/// Whether OAuth may be served under `origin` (design §4.4): the origin must be pinned (a Host an
+/// attacker chose would let him start a flow under his own origin and collect a victim's code),
+/// and https unless it is loopback. Start-up refuses such configurations
+/// ([`check_startup`]); this holds the rule for an embedder who skipped that check.
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+fn oauth_origin(origin: &Origin, config: &GatewayConfig) -> Result<(), Response<Vec<u8>>> {
+    if !config.settings.origin.is_pinned() {
+        return Err(error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "origin_not_pinned",
+            "the gateway's public origin is not pinned; set PROXY_BASE_URL",
+        ));
+    }
+    if origin.scheme() != Scheme::Https && !origin.is_loopback() {
+        return Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "insecure_origin",
+            "OAuth is served only over https (or on loopback)",
+        ));
+    }
+    Ok(())
+}
+
+/// Why the gateway refuses to start with a configuration (design §4.4).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartupError {
+    /// Interactive servers are configured but the public origin would follow the request's `Host`.
+    #[error(
+        "interactive server(s) {} need a pinned public origin: set PROXY_BASE_URL=https://your-gateway, or trust your proxy's X-Forwarded-* (use_x_forwarded_for with mcp_trusted_proxy_ranges), or list allowed_hosts, or listen on a loopback address; an origin taken from the Host header lets an attacker start an authorization under his own origin and collect a victim's code",
+        .servers.join(", ")
+    )]
+    OriginNotPinned {
+        /// The interactive servers.
+        servers: Vec<String>,
+    },
+    /// Interactive servers are configured under a plain-http origin that is not loopback.
+    #[error(
+        "interactive server(s) {} need an https public origin, but PROXY_BASE_URL is {origin}; OAuth codes and tokens must not cross the network in clear (OAuth 2.1 §1.5)",
+        .servers.join(", ")
+    )]
+    InsecureOrigin {
+        /// The configured origin.
+        origin: String,
+        /// The interactive servers.
+        servers: Vec<String>,
+    },
+}
+
+impl Reason for StartupError {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::OriginNotPinned { .. } => "origin_not_pinned",
+            Self::InsecureOrigin { .. } => "insecure_origin",
+        }
+    }
+}
+
+/// The start-up check of a configuration about to be served: refuses interactive servers without
+/// a pinned (and, off loopback, https) public origin, and returns the warnings to log. Call it
+/// after [`OriginSettings::pin_listen_address`](crate::origin::OriginSettings::pin_listen_address).
+pub fn check_startup(config: &GatewayConfig) -> Result<Vec<String>, StartupError> {
+    let settings = &config.settings.origin;
+    let servers: Vec<String> =
+        config.servers.keys().filter(|name| interactive(config, name).is_some()).cloned().collect();
+    let mut warnings = Vec::new();
+    if !servers.is_empty() {
+        if !settings.is_pinned() {
+            return Err(StartupError::OriginNotPinned { servers });
+        }
+        if let Some(origin) = &settings.proxy_base_url
+            && origin.scheme() != Scheme::Https
+            && !origin.is_loopback()
+        {
+            return Err(StartupError::InsecureOrigin { origin: origin.to_string(), servers });
+        }
+    }
+    if let Some(listen) = &settings.listen
+        && settings.proxy_base_url.is_none()
+    {
+        warnings.push(format!(
+            "no PROXY_BASE_URL: the public origin is the loopback listen address {listen}; set PROXY_BASE_URL when clients reach the gateway by another name"
+        ));
+    } else if !settings.is_pinned() {
+        warnings.push(
+            "no public origin is configured: it is taken from each request's Host header; set PROXY_BASE_URL or allowed_hosts".to_owned(),
+        );
+    }
+    Ok(warnings)
 }
 
 /// The gateway's public origin for this request (design §4.4), or the 400 that refuses a request
@@ -392,13 +549,42 @@ fn single(pairs: &[(String, String)], name: &str) -> Result<Option<String>, Stri
     Ok(first)
 }
 
+/// The most parameters an authorization request may carry.
+const MAX_AUTHORIZE_PARAMETERS: usize = 32;
+
+/// Refuses an authorization request whose parameters are too many or too long: a stranger must
+/// not make the gateway hold more than a few KiB per flow.
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+fn check_authorize_sizes(pairs: &[(String, String)]) -> Result<(), Response<Vec<u8>>> {
+    let refuse = |why: String| Err(error_response(StatusCode::BAD_REQUEST, "invalid_request", &why));
+    if pairs.len() > MAX_AUTHORIZE_PARAMETERS {
+        return refuse(format!("more than {MAX_AUTHORIZE_PARAMETERS} parameters"));
+    }
+    for (name, value) in pairs {
+        if name.len() > MAX_AUTHORIZE_PARAMETER || value.len() > MAX_AUTHORIZE_PARAMETER {
+            return refuse(format!("a parameter is longer than {MAX_AUTHORIZE_PARAMETER} bytes"));
+        }
+        if name == "state" && value.len() > MAX_CLIENT_STATE {
+            return refuse(format!("state is longer than {MAX_CLIENT_STATE} bytes"));
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)] // the request, where it is served, and the state it may change
 fn authorize(
     head: &RequestHead<'_>,
     origin: &Origin,
     server: &ServerConfig,
-    context: &mut Context<'_>,
+    config: &GatewayConfig,
+    flows: &mut FlowStore,
+    now: Instant,
+    random: Option<[u8; 16]>,
 ) -> Response<Vec<u8>> {
     let pairs = query_pairs(head.path_and_query);
+    if let Err(refusal) = check_authorize_sizes(&pairs) {
+        return refusal;
+    }
     let param = |name: &str| single(&pairs, name);
     let (redirect_uri, state, challenge, method) = match (
         param("redirect_uri"),
@@ -413,7 +599,7 @@ fn authorize(
         return error_response(StatusCode::BAD_REQUEST, "invalid_request", "redirect_uri is required");
     };
     let decision =
-        validate_redirect_uri(&redirect_uri, Some(origin), &context.config.settings.trusted_redirect_origins);
+        validate_redirect_uri(&redirect_uri, Some(origin), &config.settings.trusted_redirect_origins);
     let Some(client_redirect) = decision.uri().cloned() else {
         let body = decision.error_body().unwrap_or_else(|| json!({"error": "invalid_request"}));
         return json_response(StatusCode::BAD_REQUEST, &body);
@@ -443,22 +629,30 @@ fn authorize(
             "no client_id is configured for the upstream",
         );
     };
-    let Some(random) = context.random else {
+    let Some(random) = random else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
             "the gateway has no random source for the authorization state",
         );
     };
-    context.flows.expire(context.now);
+    flows.expire(now);
+    if flows.is_full() {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_pending_authorizations",
+            "too many authorizations are in progress; retry in a few minutes",
+        );
+    }
     let upstream_state = crate::pkce::state_from_random(random);
-    context.flows.flows.insert(
+    flows.insert_flow(
         upstream_state.clone(),
         PendingFlow {
             server: server.name.clone(),
             client_redirect_uri: client_redirect,
             client_state: state,
-            started: context.now,
+            origin: origin.clone(),
+            started: now,
         },
     );
     let mut upstream = authorization_url;
@@ -495,7 +689,16 @@ fn redirect(location: &Url) -> Response<Vec<u8>> {
     response
 }
 
-fn callback(head: &RequestHead<'_>, context: &mut Context<'_>) -> Response<Vec<u8>> {
+/// `GET /callback`: the upstream's answer to a flow this gateway started. The flow is single use
+/// and must be answered under the origin it began under; a present `iss` must name the upstream
+/// issuer (RFC 9207), and is refused when no issuer is known to compare it with.
+fn callback(
+    head: &RequestHead<'_>,
+    origin: &Origin,
+    config: &GatewayConfig,
+    flows: &mut FlowStore,
+    now: Instant,
+) -> Response<Vec<u8>> {
     let pairs = query_pairs(head.path_and_query);
     let Ok(Some(state)) = single(&pairs, "state") else {
         return error_response(
@@ -504,11 +707,41 @@ fn callback(head: &RequestHead<'_>, context: &mut Context<'_>) -> Response<Vec<u
             "the callback has no single state",
         );
     };
-    context.flows.expire(context.now);
+    flows.expire(now);
     // Single use: a replayed callback finds nothing.
-    let Some(flow) = context.flows.flows.remove(&state) else {
+    let Some(flow) = flows.flows.remove(&state) else {
         return error_response(StatusCode::BAD_REQUEST, "invalid_request", "unknown or expired state");
     };
+    if &flow.origin != origin {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "origin_mismatch",
+            "this authorization began under another origin of the gateway",
+        );
+    }
+    let issuer = config
+        .servers
+        .get(&flow.server)
+        .and_then(|server| server.entry.issuer.as_deref())
+        .and_then(|issuer| Url::parse(issuer).ok());
+    match (single(&pairs, "iss"), &issuer) {
+        (Ok(None), _) => {}
+        (Ok(Some(iss)), Some(issuer)) if crate::discovery::issuer_matches(issuer, &iss) => {}
+        (Ok(Some(_)), None) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "issuer_unknown",
+                "the authorization server sent `iss` but no issuer is configured for this server to compare it with; set `issuer`",
+            );
+        }
+        _ => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "issuer_mismatch",
+                "the authorization response names another issuer (RFC 9207)",
+            );
+        }
+    }
     let mut location = flow.client_redirect_uri.clone();
     {
         let mut query = location.query_pairs_mut();
@@ -521,8 +754,11 @@ fn callback(head: &RequestHead<'_>, context: &mut Context<'_>) -> Response<Vec<u
             query.append_pair("state", state);
         }
     }
-    if let Ok(Some(code)) = single(&pairs, "code") {
-        context.flows.codes.insert(code, (flow.server.clone(), context.now));
+    if let Ok(Some(code)) = single(&pairs, "code")
+        && code.len() <= MAX_AUTHORIZE_PARAMETER
+    {
+        flows
+            .insert_code(code, RelayedCode { server: flow.server.clone(), origin: flow.origin, issued: now });
     }
     redirect(&location)
 }
@@ -563,9 +799,10 @@ pub fn build_token_request(
         Some("authorization_code") => {
             let code = get("code").unwrap_or_default();
             flows.expire(now);
-            // The code must come from a flow this gateway started for this server.
+            // The code must come from a flow this gateway started for this server, under the
+            // origin this request is served under.
             match flows.codes.remove(code) {
-                Some((flow_server, _)) if flow_server == server.name => {}
+                Some(relayed) if relayed.server == server.name && &relayed.origin == origin => {}
                 _ => {
                     return Err(error_response(
                         StatusCode::BAD_REQUEST,
@@ -727,7 +964,7 @@ fn mcp(head: &RequestHead<'_>, name: &str, config: &GatewayConfig) -> Action {
     let Some(server) = config.servers.get(name) else {
         return Action::Respond(not_found());
     };
-    let delegated = delegation(head, config);
+    let delegated = delegation(head, Some(name), config);
     if !delegated && !admitted(head.headers, server, config) {
         return Action::Respond(match public_origin(head, config) {
             Ok(origin) => key_required(Some(&challenge(&origin, name))),
@@ -737,13 +974,14 @@ fn mcp(head: &RequestHead<'_>, name: &str, config: &GatewayConfig) -> Action {
     Action::Forward(forward(head, name, server, delegated, config))
 }
 
-/// Whether auth is delegated for this request (design §4.6), from the path and `x-mcp-servers`.
-fn delegation(head: &RequestHead<'_>, config: &GatewayConfig) -> bool {
+/// Whether auth is delegated for this request (design §4.6), from the server the router resolved
+/// (`routed`, `None` on the aggregating route) and `x-mcp-servers`.
+fn delegation(head: &RequestHead<'_>, routed: Option<&str>, config: &GatewayConfig) -> bool {
     let lookup = |name: &str| match config.servers.get(name) {
         Some(server) => Target::Known(&server.policy),
         None => Target::Unknown,
     };
-    decide_delegation(head.path_and_query, head.headers, lookup).delegates()
+    decide_delegation(routed, head.headers, lookup).delegates()
 }
 
 /// The challenge a caller without a gateway key gets: where the server's protected-resource
@@ -829,7 +1067,7 @@ fn aggregate_mcp(head: &RequestHead<'_>, config: &GatewayConfig) -> Action {
         }
         Err(response) => return Action::Respond(response),
     };
-    let delegated = delegation(head, config);
+    let delegated = delegation(head, None, config);
     targets(head, crate::aggregate::Endpoint::Mcp, names, delegated, None, config)
 }
 
@@ -857,26 +1095,15 @@ fn rest_tools(head: &RequestHead<'_>, route: &Route, config: &GatewayConfig) -> 
     targets(head, endpoint, names, false, cursor, config)
 }
 
-/// The names in `x-mcp-servers`, in order and without repeats; `None` when it names none.
+/// The names in `x-mcp-servers` (read by [`crate::delegate::servers_header`], the same reader
+/// delegation uses); `None` when it names none.
 #[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
 fn named_targets(headers: &HeaderMap) -> Result<Option<Vec<String>>, Response<Vec<u8>>> {
-    let mut names: Vec<String> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for value in headers.get_all(crate::delegate::SERVERS_HEADER) {
-        let Ok(value) = value.to_str() else {
-            return Err(error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "the x-mcp-servers header is not valid text",
-            ));
-        };
-        for name in value.split(',').map(str::trim).filter(|name| !name.is_empty()) {
-            if seen.insert(name) {
-                names.push(name.to_owned());
-            }
-        }
+    match crate::delegate::servers_header(headers) {
+        Ok(names) if names.is_empty() => Ok(None),
+        Ok(names) => Ok(Some(names.into_iter().map(str::to_owned).collect())),
+        Err(error) => Err(error_response(StatusCode::BAD_REQUEST, "invalid_request", &error.to_string())),
     }
-    Ok((!names.is_empty()).then_some(names))
 }
 
 /// One [`Forward`] per named server, after admission: every name must be configured (else the
@@ -1163,6 +1390,11 @@ pub fn apply_discovery(
     }
     let entry = &mut server.entry;
     let mut filled = Vec::new();
+    // The discovered issuer is what `/callback` compares a returned `iss` with (RFC 9207).
+    if entry.issuer.is_none() {
+        entry.issuer = Some(metadata.issuer.clone());
+        filled.push("issuer");
+    }
     for (field, slot, value) in [
         ("authorization_url", &mut entry.authorization_url, authorization),
         ("token_url", &mut entry.token_url, token),
@@ -1223,7 +1455,7 @@ mcp_servers:
 
     fn run(
         config: &GatewayConfig,
-        flows: &mut FlowStore,
+        flows: &mut OAuthState,
         method: Method,
         path: &str,
         pairs: &[(&'static str, &str)],
@@ -1240,7 +1472,8 @@ mcp_servers:
             scheme: Scheme::Http,
             peer: None,
         };
-        let mut context = Context { config, flows, now: Instant::from_millis(1_000), random: Some([7; 16]) };
+        let mut context =
+            Context { config, oauth: Some(flows), now: Instant::from_millis(1_000), random: Some([7; 16]) };
         decide(&head, &mut context)
     }
 
@@ -1258,7 +1491,7 @@ mcp_servers:
     #[test]
     fn oauth_endpoints_answer_only_for_interactive_servers() {
         let config = config();
-        let mut flows = FlowStore::default();
+        let mut flows = OAuthState::default();
         let prm = respond(run(
             &config,
             &mut flows,
@@ -1306,7 +1539,7 @@ mcp_servers:
     fn register_hands_out_the_client_id_never_the_secret() {
         let config = config();
         let response =
-            respond(run(&config, &mut FlowStore::default(), Method::POST, "/github/register", &[]));
+            respond(run(&config, &mut OAuthState::default(), Method::POST, "/github/register", &[]));
         assert_eq!(response.status(), StatusCode::CREATED);
         let text = String::from_utf8_lossy(response.body()).into_owned();
         assert!(text.contains("gh-client"));
@@ -1410,7 +1643,12 @@ mcp_servers:
         let loopback = as_metadata(Some("http://127.0.0.1:9001/a"), Some("http://127.0.0.1:9001/t"));
         assert_eq!(
             apply_discovery(local, &loopback),
-            Ok(vec!["authorization_url", "token_url", "registration_url"])
+            Ok(vec!["issuer", "authorization_url", "token_url", "registration_url"])
+        );
+        assert_eq!(
+            local.entry.issuer.as_deref(),
+            Some("https://login.example"),
+            "`iss` is checked against it"
         );
     }
 
@@ -1420,7 +1658,7 @@ mcp_servers:
         // metadata, so a refused MCP caller gets the 400 instead of a challenge, while an admitted
         // call (which never uses the origin) is forwarded.
         let config = load_yaml(CONFIG, &|_| None).unwrap().config;
-        let mut flows = FlowStore::default();
+        let mut flows = OAuthState::default();
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("gw.example.com:0080"));
         let mut decide_with = |method: Method, path: &str, key: bool| {
@@ -1434,8 +1672,12 @@ mcp_servers:
                 scheme: Scheme::Http,
                 peer: None,
             };
-            let mut context =
-                Context { config: &config, flows: &mut flows, now: Instant::from_millis(1), random: None };
+            let mut context = Context {
+                config: &config,
+                oauth: Some(&mut flows),
+                now: Instant::from_millis(1),
+                random: None,
+            };
             decide(&head, &mut context)
         };
         let refused = respond(decide_with(Method::POST, "/reports/mcp", false));
@@ -1455,7 +1697,7 @@ mcp_servers:
         assert!(!route(&Method::POST, "/github/mcp").needs_random());
         assert!(!route(&Method::POST, "/github/token").needs_random());
         let config = config();
-        let mut flows = FlowStore::default();
+        let mut flows = OAuthState::default();
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("internal:4000"));
         let path = "/github/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A9999%2Fcb&code_challenge=abc&code_challenge_method=S256";
@@ -1467,16 +1709,16 @@ mcp_servers:
             peer: None,
         };
         let mut context =
-            Context { config: &config, flows: &mut flows, now: Instant::from_millis(1), random: None };
+            Context { config: &config, oauth: Some(&mut flows), now: Instant::from_millis(1), random: None };
         let refused = respond(decide(&head, &mut context));
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(flows.is_empty(), "no flow starts without a fresh state");
+        assert!(flows.flows.is_empty(), "no flow starts without a fresh state");
     }
 
     #[test]
     fn authorize_validates_redirect_uri_and_binds_state_through_the_callback() {
         let config = config();
-        let mut flows = FlowStore::default();
+        let mut flows = OAuthState::default();
         let bad = respond(run(
             &config,
             &mut flows,
@@ -1487,7 +1729,7 @@ mcp_servers:
         assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
         assert!(bad.headers().get(header::LOCATION).is_none());
         assert_eq!(body(&bad)["error"], "invalid_request");
-        assert!(flows.is_empty());
+        assert!(flows.flows.is_empty());
 
         let ok = respond(run(
             &config,
@@ -1521,7 +1763,7 @@ mcp_servers:
             server,
             &origin,
             b"grant_type=authorization_code&code=other&code_verifier=v",
-            &mut flows,
+            &mut flows.flows,
             Instant::from_millis(2_000),
         );
         assert!(foreign.is_err());
@@ -1529,7 +1771,7 @@ mcp_servers:
             server,
             &origin,
             b"grant_type=authorization_code&code=up-code&code_verifier=v",
-            &mut flows,
+            &mut flows.flows,
             Instant::from_millis(2_000),
         )
         .unwrap();
@@ -1542,7 +1784,7 @@ mcp_servers:
                 server,
                 &origin,
                 b"grant_type=authorization_code&code=up-code&code_verifier=v",
-                &mut flows,
+                &mut flows.flows,
                 Instant::from_millis(3_000)
             )
             .is_err(),
@@ -1553,7 +1795,7 @@ mcp_servers:
     #[test]
     fn flows_expire() {
         let config = config();
-        let mut flows = FlowStore::default();
+        let mut flows = OAuthState::default();
         let ok = respond(run(
             &config,
             &mut flows,
@@ -1562,8 +1804,8 @@ mcp_servers:
             &[],
         ));
         assert_eq!(ok.status(), StatusCode::FOUND);
-        flows.expire(Instant::from_millis(1_000 + FLOW_LIFETIME_MILLIS));
-        assert!(flows.is_empty());
+        flows.flows.expire(Instant::from_millis(1_000 + FLOW_LIFETIME_MILLIS));
+        assert!(flows.flows.is_empty());
     }
 
     #[test]
@@ -1589,7 +1831,7 @@ mcp_servers:
     #[test]
     fn mcp_admission_and_outbound_credentials() {
         let config = config();
-        let mut flows = FlowStore::default();
+        let mut flows = OAuthState::default();
         let refused = respond(run(&config, &mut flows, Method::POST, "/reports/mcp", &[]));
         assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
@@ -1679,7 +1921,7 @@ mcp_servers:
     #[test]
     fn delegation_skips_the_key_and_relays_upstream_challenges() {
         let config = config();
-        let mut flows = FlowStore::default();
+        let mut flows = OAuthState::default();
         let Action::Forward(delegated) =
             run(&config, &mut flows, Method::POST, "/delegated/mcp", &[("authorization", "Bearer user")])
         else {
@@ -1716,7 +1958,7 @@ mcp_servers:
     #[test]
     fn the_aggregating_endpoint_admits_every_target_or_none() {
         let config = config();
-        let mut flows = FlowStore::default();
+        let mut flows = OAuthState::default();
         let key = ("x-mcp-gateway-key", "sk-gateway-key-0001");
         let all = aggregate(run(
             &config,
@@ -1765,7 +2007,7 @@ mcp_servers:
     #[test]
     fn aggregation_delegates_only_as_design_4_6_allows() {
         let config = config();
-        let mut flows = FlowStore::default();
+        let mut flows = OAuthState::default();
         let user = ("authorization", "Bearer user-token");
         let delegated = aggregate(run(
             &config,
@@ -1790,7 +2032,7 @@ mcp_servers:
     #[test]
     fn rest_routes_pick_their_targets() {
         let config = config();
-        let mut flows = FlowStore::default();
+        let mut flows = OAuthState::default();
         let key = ("x-mcp-gateway-key", "sk-gateway-key-0001");
         let every = aggregate(run(&config, &mut flows, Method::GET, "/mcp-rest/tools/list", &[key]));
         assert_eq!(target_names(&every), ["github", "delegated", "reports", "wiki"], "configuration order");

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+pub mod budget;
 pub mod client;
 pub mod config;
 pub mod delegate;
@@ -38,6 +39,7 @@ pub mod fetch_policy;
 pub mod flow;
 pub mod gateway;
 pub mod harness;
+pub mod jsonrpc;
 pub mod machine;
 pub mod mask;
 pub mod metadata;
@@ -45,6 +47,7 @@ pub mod origin;
 pub mod outbound;
 pub mod pkce;
 pub mod redirect;
+pub mod route;
 pub mod secret;
 pub mod sse;
 #[cfg(feature = "proptest")]

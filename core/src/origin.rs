@@ -125,6 +125,15 @@ impl Origin {
     }
 }
 
+impl Origin {
+    /// Whether the host is loopback (`localhost`, `127.0.0.0/8`, `[::1]`): such an origin may use
+    /// plain http (OAuth 2.1 §1.5), since nothing leaves the machine.
+    pub fn is_loopback(&self) -> bool {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}", self.scheme.as_str(), self.host)?;
@@ -243,6 +252,12 @@ impl TrustedProxies {
                     range: range.to_owned(),
                     why: "not CIDR notation such as 10.0.0.0/8",
                 })?;
+                if network.prefix_len() == 0 {
+                    return Err(OriginError::InvalidProxyRange {
+                        range: range.to_owned(),
+                        why: "a /0 range trusts every address on the internet to set X-Forwarded-*; name your proxies' ranges",
+                    });
+                }
                 if network.trunc() != network {
                     return Err(OriginError::InvalidProxyRange {
                         range: range.to_owned(),
@@ -285,6 +300,38 @@ pub struct OriginSettings {
     pub trusted_proxies: TrustedProxies,
     /// Optional `Host` allowlist (lower-case `host[:port]`), used only when the request is the source.
     pub allowed_hosts: Vec<String>,
+    /// The gateway's own loopback listen address as an origin (`http://127.0.0.1:4000`): it pins
+    /// the origin in place of the request's `Host` (design §4.4); set by
+    /// [`OriginSettings::pin_listen_address`].
+    pub listen: Option<Origin>,
+}
+
+impl OriginSettings {
+    /// Records the address the gateway listens on. A loopback address pins the public origin to
+    /// `http://{address}` in place of the request's `Host` (sources 1 and 2 keep precedence);
+    /// any other address pins nothing. Returns whether it pinned.
+    pub fn pin_listen_address(&mut self, address: std::net::SocketAddr) -> bool {
+        let ip = address.ip().to_canonical();
+        if !ip.is_loopback() {
+            self.listen = None;
+            return false;
+        }
+        let host = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        self.listen = Some(Origin::new(Scheme::Http, &host, Some(address.port())));
+        true
+    }
+
+    /// Whether the origin is pinned: it cannot follow a `Host` header an attacker chose. True with
+    /// `PROXY_BASE_URL`, trusted forwarding, an `allowed_hosts` list or a loopback listen address.
+    pub fn is_pinned(&self) -> bool {
+        self.proxy_base_url.is_some()
+            || (self.use_x_forwarded_for && !self.trusted_proxies.is_empty())
+            || !self.allowed_hosts.is_empty()
+            || self.listen.is_some()
+    }
 }
 
 /// The parts of an inbound request the origin depends on.
@@ -309,6 +356,8 @@ pub enum OriginSource {
     Forwarded,
     /// The request's own scheme and `Host`.
     Request,
+    /// The gateway's loopback listen address ([`OriginSettings::listen`]).
+    Listen,
 }
 
 impl OriginSource {
@@ -318,6 +367,7 @@ impl OriginSource {
             Self::ProxyBaseUrl => "proxy_base_url",
             Self::Forwarded => "forwarded",
             Self::Request => "request",
+            Self::Listen => "listen",
         }
     }
 }
@@ -364,6 +414,10 @@ pub fn resolve_public_origin(
     settings: &OriginSettings,
     request: &RequestOrigin<'_>,
 ) -> Result<PublicOrigin, OriginError> {
+    // Two `Host` headers are two answers to one question: refuse rather than pick one.
+    if request.headers.get_all(http::header::HOST).iter().nth(1).is_some() {
+        return Err(OriginError::DuplicateHost);
+    }
     if let Some(origin) = &settings.proxy_base_url {
         return Ok(PublicOrigin {
             origin: origin.clone(),
@@ -393,6 +447,9 @@ pub fn resolve_public_origin(
                 None => forwarded_ignored = Some(ForwardedIgnored::Malformed),
             }
         }
+    }
+    if let Some(listen) = &settings.listen {
+        return Ok(PublicOrigin { origin: listen.clone(), source: OriginSource::Listen, forwarded_ignored });
     }
     let raw_host = request.host.ok_or(OriginError::MissingHost)?;
     let (host, port) = parse_authority(raw_host, HostCase::Insensitive)?;
@@ -445,7 +502,10 @@ fn forwarded_origin(request: &RequestOrigin<'_>) -> Option<Origin> {
     };
     let (host, host_port) = match host {
         Some(host) => parse_authority(host, HostCase::Strict).ok()?,
-        None => parse_authority(request.host?, HostCase::Insensitive).ok()?,
+        // Without X-Forwarded-Host the request's Host names the hop from the proxy: its host is
+        // the public one, but its port is the gateway's listener, not what the client dialled; the
+        // port then comes from X-Forwarded-Port or the forwarded scheme's default.
+        None => (parse_authority(request.host?, HostCase::Insensitive).ok()?.0, None),
     };
     // The host's own port and X-Forwarded-Port must tell the same story.
     let port = match (host_port, port) {
@@ -487,6 +547,9 @@ pub enum OriginError {
     /// The request carries no `Host` and no other source names an origin.
     #[error("the request has no Host header and no PROXY_BASE_URL is configured")]
     MissingHost,
+    /// The request carries more than one `Host` header.
+    #[error("the request carries more than one Host header")]
+    DuplicateHost,
     /// The request's `Host` is not in `allowed_hosts`.
     #[error("Host `{host}` is not in allowed_hosts")]
     HostNotAllowed {
@@ -502,6 +565,7 @@ impl Reason for OriginError {
             Self::NonCanonicalAuthority { .. } => "non_canonical_authority",
             Self::InvalidProxyRange { .. } => "invalid_proxy_range",
             Self::MissingHost => "missing_host",
+            Self::DuplicateHost => "duplicate_host",
             Self::HostNotAllowed { .. } => "host_not_allowed",
         }
     }

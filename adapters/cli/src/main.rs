@@ -462,8 +462,13 @@ fn check_origin(
             }
         }
     }
-    let settings =
-        OriginSettings { proxy_base_url, use_x_forwarded_for, trusted_proxies, allowed_hosts: Vec::new() };
+    let settings = OriginSettings {
+        proxy_base_url,
+        use_x_forwarded_for,
+        trusted_proxies,
+        allowed_hosts: Vec::new(),
+        listen: None,
+    };
     let request = RequestOrigin { scheme, host, peer, headers: &headers };
     match resolve_public_origin(&settings, &request) {
         Ok(resolved) => {

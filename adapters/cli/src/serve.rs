@@ -109,17 +109,22 @@ pub(crate) fn run(config: &Path, listen: &str) -> ExitCode {
         if !discover(&mut config).await {
             return ExitCode::from(1);
         }
-        let state = match GatewayState::new(config, ServerOptions::default()) {
-            Ok(state) => Arc::new(state),
-            Err(error) => {
-                eprintln!("mcp-oauth serve: {error}");
-                return ExitCode::from(1);
-            }
-        };
         let listener = match TcpListener::bind(address).await {
             Ok(listener) => listener,
             Err(error) => {
                 eprintln!("mcp-oauth serve: cannot listen on {address}: {error}");
+                return ExitCode::from(1);
+            }
+        };
+        // A loopback listen address pins the public origin (design §4.4); any other pins nothing,
+        // and core refuses interactive servers without a pinned origin.
+        if let Ok(bound) = listener.local_addr() {
+            config.settings.origin.pin_listen_address(bound);
+        }
+        let state = match GatewayState::new(config, ServerOptions::default()) {
+            Ok(state) => Arc::new(state),
+            Err(error) => {
+                eprintln!("mcp-oauth serve: {error}");
                 return ExitCode::from(1);
             }
         };

@@ -75,7 +75,7 @@ use mcp_oauth_core::aggregate::{self, Answer, Endpoint, Plan, SessionStore, Upst
 use mcp_oauth_core::client::token::parse_token_response;
 use mcp_oauth_core::config::{GatewayConfig, ServerConfig};
 use mcp_oauth_core::gateway::{
-    self, Action, Aggregate, Context, FlowStore, Forward, RequestHead, Route, UpstreamReaction,
+    self, Action, Aggregate, Context, Forward, OAuthState, RequestHead, StartupError, UpstreamReaction,
     error_response,
 };
 use mcp_oauth_core::metadata::TokenResponse;
@@ -95,6 +95,18 @@ use crate::token_cache::{CacheError, FetchError, SharedTokenCache};
 pub type GatewayBody = BoxBody<Bytes, hyper::Error>;
 
 type Upstream = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The upstream TLS client cannot be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    /// Core refuses to serve this configuration.
+    #[error(transparent)]
+    Config(#[from] StartupError),
+}
 
 /// Limits and timeouts of the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,7 +214,7 @@ fn token_unavailable(error: &CacheError, step: &str) -> Response<GatewayBody> {
 /// progress, the clock, the upstream connection pool and the upstream token cache.
 pub struct GatewayState {
     config: GatewayConfig,
-    flows: Mutex<FlowStore>,
+    oauth: Mutex<OAuthState>,
     sessions: Mutex<SessionStore>,
     clock: Clock,
     upstream: Upstream,
@@ -221,11 +233,18 @@ impl std::fmt::Debug for GatewayState {
 }
 
 impl GatewayState {
-    /// The state for `config`, with an upstream client trusting the Mozilla roots.
-    pub fn new(config: GatewayConfig, options: ServerOptions) -> Result<Self, TlsSetupError> {
+    /// The state for `config`, with an upstream client trusting the Mozilla roots. Refuses a
+    /// configuration core's [`gateway::check_startup`] refuses (interactive servers without a
+    /// pinned public origin); pin a loopback listen address first with
+    /// [`OriginSettings::pin_listen_address`](mcp_oauth_core::origin::OriginSettings::pin_listen_address).
+    pub fn new(config: GatewayConfig, options: ServerOptions) -> Result<Self, StartError> {
+        for warning in gateway::check_startup(&config)? {
+            tracing::warn!("{warning}");
+        }
         let tls =
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
+                .with_safe_default_protocol_versions()
+                .map_err(TlsSetupError::from)?
                 .with_webpki_roots()
                 .with_no_client_auth();
         let mut http = HttpConnector::new();
@@ -246,7 +265,7 @@ impl GatewayState {
         let clock = Clock::new();
         Ok(Self {
             config,
-            flows: Mutex::new(FlowStore::default()),
+            oauth: Mutex::new(OAuthState::default()),
             sessions: Mutex::new(SessionStore::new(options.max_upstream_sessions)),
             clock,
             upstream,
@@ -275,11 +294,21 @@ impl GatewayState {
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and gives open connections
 /// [`ServerOptions::shutdown_grace`] to finish their requests.
+///
+/// Strangers are bounded by the configuration's
+/// [`ConnectionLimits`](mcp_oauth_core::config::ConnectionLimits): a connection that sends nothing
+/// (no first byte, or no next request on a kept-alive HTTP/1.1 connection) is closed after the idle
+/// timeout, request bodies have a read deadline per route, and past the connection cap a new
+/// connection gets a 503 and is closed.
 pub async fn serve(listener: TcpListener, state: Arc<GatewayState>, shutdown: impl Future<Output = ()>) {
+    let limits = state.config.settings.connections;
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    // hyper starts this timer whenever it waits for a request head, the idle time between
+    // kept-alive requests included.
+    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(limits.idle_timeout);
     builder.http2().timer(TokioTimer::new());
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -295,6 +324,10 @@ pub async fn serve(listener: TcpListener, state: Arc<GatewayState>, shutdown: im
                 continue;
             }
         };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            tokio::spawn(refuse_connection(stream));
+            continue;
+        };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
@@ -304,10 +337,19 @@ pub async fn serve(listener: TcpListener, state: Arc<GatewayState>, shutdown: im
             let state = Arc::clone(&state);
             async move { Ok::<_, Infallible>(handle(&state, request, peer).await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let _permit = permit;
+            // The protocol is detected from the first bytes, with no deadline of its own: a
+            // socket that never speaks is closed here.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(limits.idle_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(read)) if read > 0 => {}
+                _ => return,
+            }
+            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
         });
@@ -319,21 +361,20 @@ pub async fn serve(listener: TcpListener, state: Arc<GatewayState>, shutdown: im
     }
 }
 
-/// A stable label for logs (the route without its server name).
-fn route_label(route: &Route) -> (&'static str, Option<&str>) {
-    match route {
-        Route::Health => ("health", None),
-        Route::ProtectedResourceMetadata(server) => ("protected_resource_metadata", Some(server)),
-        Route::AuthorizationServerMetadata(server) => ("authorization_server_metadata", Some(server)),
-        Route::Authorize(server) => ("authorize", Some(server)),
-        Route::Callback => ("callback", None),
-        Route::Token(server) => ("token", Some(server)),
-        Route::Register(server) => ("register", Some(server)),
-        Route::ServerMcp(server) => ("server_mcp", Some(server)),
-        Route::Mcp => ("mcp", None),
-        Route::RestToolsList => ("rest_tools_list", None),
-        Route::RestToolsCall => ("rest_tools_call", None),
-        Route::NotFound => ("not_found", None),
+/// Answers a connection past the cap with a 503 and closes it, without reading its request.
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"error":"too_many_connections","error_description":"the gateway is at its connection limit; retry shortly"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    if tokio::time::timeout(Duration::from_secs(1), write).await.is_err() {
+        tracing::debug!("a refused connection did not take its 503 in time");
     }
 }
 
@@ -352,7 +393,7 @@ async fn handle(state: &GatewayState, request: Request<Incoming>, peer: IpAddr) 
     let (parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |value| value.as_str());
     let route = gateway::route(&parts.method, path_and_query);
-    let (label, server) = route_label(&route);
+    let (label, server) = (route.label(), route.server().map(str::to_owned));
     // Only a route that starts an authorization consumes randomness; the others skip the system
     // call (one per request otherwise, measurable under load).
     let random = route.needs_random().then(|| {
@@ -366,27 +407,39 @@ async fn handle(state: &GatewayState, request: Request<Incoming>, peer: IpAddr) 
         scheme: Scheme::Http,
         peer: Some(peer),
     };
+    let body_timeout = if route.is_oauth() {
+        state.config.settings.connections.oauth_body_timeout
+    } else {
+        state.config.settings.connections.mcp_body_timeout
+    };
     let action = {
-        let mut flows = lock(&state.flows);
+        // Only the OAuth routes touch the pending flows and the per-peer budget: an MCP call
+        // never waits on that lock.
+        let mut oauth = route.is_oauth().then(|| lock(&state.oauth));
         let mut context = Context {
             config: &state.config,
-            flows: &mut flows,
+            oauth: oauth.as_deref_mut(),
             now: state.clock.now(),
             random: random.flatten(),
         };
-        gateway::decide(&head, &mut context)
+        gateway::decide_routed(route, &head, &mut context)
     };
+    let limits = BodyLimits { deadline: body_timeout };
     let response = match action {
         Action::Respond(response) => full(response),
-        Action::Forward(forward) => forward_mcp(state, &parts, body, forward).await,
-        Action::Aggregate(aggregate) => aggregated(state, &parts, body, aggregate).await,
-        Action::ProxyToken { server, origin } => proxy_token(state, &parts, body, &server, &origin).await,
-        Action::ProxyRegister { server, url } => proxy_register(state, &parts, body, &server, &url).await,
+        Action::Forward(forward) => forward_mcp(state, &parts, body, limits, forward).await,
+        Action::Aggregate(aggregate) => aggregated(state, &parts, body, limits, aggregate).await,
+        Action::ProxyToken { server, origin } => {
+            proxy_token(state, &parts, body, limits, &server, &origin).await
+        }
+        Action::ProxyRegister { server, url } => {
+            proxy_register(state, &parts, body, limits, &server, &url).await
+        }
     };
     tracing::info!(
         method = %parts.method,
         route = label,
-        server = server.unwrap_or("-"),
+        server = server.as_deref().unwrap_or("-"),
         status = response.status().as_u16(),
         latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         "request"
@@ -394,11 +447,20 @@ async fn handle(state: &GatewayState, request: Request<Incoming>, peer: IpAddr) 
     response
 }
 
-/// Reads a request body up to `limit` bytes; beyond it a 413 JSON error.
+/// How long a request's body may take to arrive (core's
+/// [`ConnectionLimits`](mcp_oauth_core::config::ConnectionLimits), per route).
+#[derive(Clone, Copy, Debug)]
+struct BodyLimits {
+    deadline: Duration,
+}
+
+/// Reads a request body up to `limit` bytes within `limits.deadline`; beyond the size a 413, past
+/// the deadline a 408 (a body dribbled a byte at a time must not hold the connection).
 async fn read_body(
     headers: &HeaderMap,
     body: Incoming,
     limit: usize,
+    limits: BodyLimits,
 ) -> Result<Bytes, Response<GatewayBody>> {
     let too_large = || {
         refuse(
@@ -414,7 +476,15 @@ async fn read_body(
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
+    let Ok(collected) = tokio::time::timeout(limits.deadline, Limited::new(body, limit).collect()).await
+    else {
+        return Err(refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            &format!("the request body did not arrive within {} s", limits.deadline.as_secs()),
+        ));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(_) => {
@@ -620,12 +690,13 @@ async fn forward_mcp(
     state: &GatewayState,
     parts: &Parts,
     body: Incoming,
+    limits: BodyLimits,
     forward: Forward,
 ) -> Response<GatewayBody> {
     let Some(server) = state.config.servers.get(&forward.server) else {
         return refuse(StatusCode::NOT_FOUND, "not_found", "no such route or server");
     };
-    let body = match read_body(&parts.headers, body, state.options.max_request_body).await {
+    let body = match read_body(&parts.headers, body, state.options.max_request_body, limits).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -768,12 +839,13 @@ async fn aggregated(
     state: &GatewayState,
     parts: &Parts,
     body: Incoming,
+    limits: BodyLimits,
     aggregate: Aggregate,
 ) -> Response<GatewayBody> {
     let body = if aggregate.endpoint == Endpoint::RestList {
         Bytes::new()
     } else {
-        match read_body(&parts.headers, body, state.options.max_request_body).await {
+        match read_body(&parts.headers, body, state.options.max_request_body, limits).await {
             Ok(body) => body,
             Err(response) => return response,
         }
@@ -943,19 +1015,20 @@ async fn proxy_token(
     state: &GatewayState,
     parts: &Parts,
     body: Incoming,
+    limits: BodyLimits,
     server: &str,
     origin: &Origin,
 ) -> Response<GatewayBody> {
     let Some(server) = state.config.servers.get(server) else {
         return refuse(StatusCode::NOT_FOUND, "not_found", "no such route or server");
     };
-    let body = match read_body(&parts.headers, body, state.options.max_form_body).await {
+    let body = match read_body(&parts.headers, body, state.options.max_form_body, limits).await {
         Ok(body) => body,
         Err(response) => return response,
     };
     let request = {
-        let mut flows = lock(&state.flows);
-        gateway::build_token_request(server, origin, &body, &mut flows, state.clock.now())
+        let mut oauth = lock(&state.oauth);
+        gateway::build_token_request(server, origin, &body, &mut oauth.flows, state.clock.now())
     };
     let request = match request {
         Ok(request) => request,
@@ -974,10 +1047,11 @@ async fn proxy_register(
     state: &GatewayState,
     parts: &Parts,
     body: Incoming,
+    limits: BodyLimits,
     server: &str,
     url: &Url,
 ) -> Response<GatewayBody> {
-    let body = match read_body(&parts.headers, body, state.options.max_form_body).await {
+    let body = match read_body(&parts.headers, body, state.options.max_form_body, limits).await {
         Ok(body) => body,
         Err(response) => return response,
     };

@@ -72,6 +72,7 @@ mcp_servers:
     oauth2_flow: authorization_code
     client_id: mock-client
     client_secret: {CLIENT_SECRET}
+    issuer: {upstream}
     authorization_url: {upstream}/authorize
     token_url: {upstream}/token
   delegated:

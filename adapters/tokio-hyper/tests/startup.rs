@@ -46,8 +46,12 @@ async fn fills_missing_endpoints_and_reports_what_it_cannot_discover() {
         let names: Vec<&str> = reports.iter().map(|report| report.server.as_str()).collect();
         assert_eq!(names, ["gone", "notes", "pinned"], "m2m names its token_url: nothing to discover");
         assert!(reports[0].outcome.is_err(), "{:?}", reports[0].outcome);
-        assert_eq!(reports[1].outcome, Ok(vec!["authorization_url", "token_url", "registration_url"]));
-        assert_eq!(reports[2].outcome, Ok(vec!["token_url", "registration_url"]));
+        assert_eq!(
+            reports[1].outcome,
+            Ok(vec!["issuer", "authorization_url", "token_url", "registration_url"]),
+            "the discovered issuer is what /callback checks `iss` against"
+        );
+        assert_eq!(reports[2].outcome, Ok(vec!["issuer", "token_url", "registration_url"]));
 
         let notes = &config.servers["notes"].entry;
         assert_eq!(notes.authorization_url.as_deref(), Some(format!("{upstream}/authorize").as_str()));

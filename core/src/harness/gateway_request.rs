@@ -3,7 +3,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::config::{GatewayConfig, load_yaml};
-use crate::gateway::{Action, Context, FlowStore, Forward, RequestHead, decide};
+use crate::gateway::{Action, Context, Forward, OAuthState, RequestHead, decide};
 use crate::machine::Instant;
 use crate::origin::Scheme;
 use crate::outbound::{OutboundCredential, is_gateway_key};
@@ -64,7 +64,7 @@ pub fn gateway_request(data: &[u8]) {
             headers.append(name, value);
         }
     }
-    let mut flows = FlowStore::default();
+    let mut oauth = OAuthState::default();
     let head = RequestHead {
         method: &method,
         path_and_query: path,
@@ -72,7 +72,7 @@ pub fn gateway_request(data: &[u8]) {
         scheme: Scheme::Https,
         peer: None,
     };
-    let mut context = Context { config, flows: &mut flows, now: Instant::ZERO, random: Some([3; 16]) };
+    let mut context = Context { config, oauth: Some(&mut oauth), now: Instant::ZERO, random: Some([3; 16]) };
     let keys = [Secret::new(KEY)];
     let admitted = ["x-mcp-gateway-key", "x-litellm-api-key"].iter().any(|name| {
         headers.get_all(*name).iter().filter_map(|v| v.to_str().ok()).any(|v| is_gateway_key(v, &keys))

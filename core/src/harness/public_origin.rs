@@ -141,7 +141,13 @@ impl<'a> Input<'a> {
             let value = HeaderValue::from_bytes(value.trim_start_matches([' ', '\t']).as_bytes()).ok()?;
             headers.append(name, value);
         }
-        let settings = OriginSettings { proxy_base_url, use_x_forwarded_for, trusted_proxies, allowed_hosts };
+        let settings = OriginSettings {
+            proxy_base_url,
+            use_x_forwarded_for,
+            trusted_proxies,
+            allowed_hosts,
+            listen: None,
+        };
         Some(Self { settings, peer, scheme, host, headers })
     }
 }
