@@ -782,6 +782,27 @@ pub fn load(document: &Value, env: EnvLookup<'_>) -> Result<Loaded, ConfigErrors
             "write `mcp_servers:` followed by indented `name:` entries",
         )),
     }
+    let interactive: Vec<&str> = servers
+        .values()
+        .filter(|server| {
+            server.policy.auth_type == AuthType::OAuth2 && server.policy.flow == Flow::AuthorizationCode
+        })
+        .map(|server| server.name.as_str())
+        .collect();
+    if !interactive.is_empty() && !settings.origin.is_pinned() {
+        warnings.push(Diagnostic::new(
+            Severity::Warning,
+            "origin_not_pinned",
+            "environment",
+            None,
+            Some("PROXY_BASE_URL"),
+            format!(
+                "interactive server(s) {} need a pinned public origin; `serve` refuses to start unless it listens on a loopback address",
+                interactive.join(", ")
+            ),
+            "set PROXY_BASE_URL to the origin clients use, or trust your proxy (use_x_forwarded_for with mcp_trusted_proxy_ranges), or set allowed_hosts",
+        ));
+    }
     if errors.is_empty() {
         Ok(Loaded { config: GatewayConfig { servers, settings }, warnings })
     } else {

@@ -2080,4 +2080,251 @@ mcp_servers:
         assert_eq!(static_credential_header(AuthType::ApiKey, &token).0, "x-api-key");
         assert_eq!(static_credential_header(AuthType::BearerToken, &token).1, "Bearer t");
     }
+
+    /// Runs one request with every input the OAuth routes read: headers, peer, time, randomness.
+    struct Call<'c> {
+        config: &'c GatewayConfig,
+        method: Method,
+        path: String,
+        headers: Vec<(&'static str, String)>,
+        peer: Option<std::net::IpAddr>,
+        now: u64,
+    }
+
+    impl Call<'_> {
+        fn get<'c>(config: &'c GatewayConfig, path: &str) -> Call<'c> {
+            Call {
+                config,
+                method: Method::GET,
+                path: path.to_owned(),
+                headers: Vec::new(),
+                peer: None,
+                now: 1_000,
+            }
+        }
+
+        fn header(mut self, name: &'static str, value: &str) -> Self {
+            self.headers.push((name, value.to_owned()));
+            self
+        }
+
+        fn run(&self, oauth: Option<&mut OAuthState>) -> Response<Vec<u8>> {
+            let mut headers = HeaderMap::new();
+            for (name, value) in &self.headers {
+                headers.append(*name, HeaderValue::from_str(value).unwrap());
+            }
+            let head = RequestHead {
+                method: &self.method,
+                path_and_query: &self.path,
+                headers: &headers,
+                scheme: Scheme::Http,
+                peer: self.peer,
+            };
+            // Fresh randomness per call, as a server draws it: every flow gets its own state.
+            static DRAWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            let drawn = DRAWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_le_bytes();
+            let mut random = [0u8; 16];
+            random[..8].copy_from_slice(&drawn);
+            let mut context = Context {
+                config: self.config,
+                oauth,
+                now: Instant::from_millis(self.now),
+                random: Some(random),
+            };
+            respond(decide(&head, &mut context))
+        }
+    }
+
+    const AUTHORIZE: &str = "/github/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A9999%2Fcb&code_challenge=abc&code_challenge_method=S256";
+
+    fn upstream_state(response: &Response<Vec<u8>>) -> String {
+        let location = Url::parse(response.headers()[header::LOCATION].to_str().unwrap()).unwrap();
+        location.query_pairs().find(|(name, _)| name == "state").unwrap().1.into_owned()
+    }
+
+    fn forwarding_config() -> GatewayConfig {
+        let yaml = format!(
+            "{CONFIG}  notes:\n    url: https://notes.example/mcp\n    auth_type: oauth2\n    authorization_url: https://notes-auth.example/authorize\n    token_url: https://notes-auth.example/token\n    issuer: https://notes-auth.example\n    client_id: notes-client\n"
+        )
+        .replace("general_settings:\n", "general_settings:\n  use_x_forwarded_for: true\n  mcp_trusted_proxy_ranges: [10.0.0.0/8]\n");
+        load_yaml(&yaml, &|_| None).unwrap().config
+    }
+
+    #[test]
+    fn without_a_pinned_origin_no_authorization_starts() {
+        // The review's theft: no PROXY_BASE_URL, so the origin followed the attacker's Host and
+        // his redirect_uri passed as "same origin".
+        let config = load_yaml(CONFIG, &|_| None).unwrap().config;
+        assert_eq!(
+            check_startup(&config).map_err(|error| error.reason()),
+            Err("origin_not_pinned"),
+            "serve refuses the configuration"
+        );
+        let mut oauth = OAuthState::default();
+        let attack = Call::get(
+            &config,
+            "/github/authorize?redirect_uri=http%3A%2F%2Fevil.example%2Fx&code_challenge=abc&code_challenge_method=S256",
+        )
+        .header("host", "evil.example")
+        .run(Some(&mut oauth));
+        assert_eq!(attack.status(), StatusCode::SERVICE_UNAVAILABLE, "and an embedder that skipped it");
+        assert_eq!(body(&attack)["error"], "origin_not_pinned");
+        assert!(oauth.flows.is_empty());
+
+        // A loopback listen address pins the origin: the attacker's Host no longer counts.
+        let mut pinned = config.clone();
+        assert!(pinned.settings.origin.pin_listen_address("127.0.0.1:4000".parse().unwrap()));
+        assert!(check_startup(&pinned).unwrap()[0].contains("http://127.0.0.1:4000"));
+        let refused = Call::get(
+            &pinned,
+            "/github/authorize?redirect_uri=http%3A%2F%2Fevil.example%2Fx&code_challenge=abc&code_challenge_method=S256",
+        )
+        .header("host", "evil.example")
+        .run(Some(&mut oauth));
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert!(refused.headers().get(header::LOCATION).is_none());
+        assert!(oauth.flows.is_empty());
+        let mut elsewhere = config.clone();
+        assert!(!elsewhere.settings.origin.pin_listen_address("0.0.0.0:4000".parse().unwrap()));
+        assert!(check_startup(&elsewhere).is_err());
+    }
+
+    #[test]
+    fn oauth_needs_https_off_loopback() {
+        let env = |name: &str| (name == "PROXY_BASE_URL").then(|| "http://gw.example.com".to_owned());
+        let config = load_yaml(CONFIG, &env).unwrap().config;
+        assert_eq!(check_startup(&config).map_err(|error| error.reason()), Err("insecure_origin"));
+        let refused = Call::get(&config, AUTHORIZE).run(Some(&mut OAuthState::default()));
+        assert_eq!(body(&refused)["error"], "insecure_origin");
+        let env = |name: &str| (name == "PROXY_BASE_URL").then(|| "http://localhost:4000".to_owned());
+        assert!(check_startup(&load_yaml(CONFIG, &env).unwrap().config).unwrap().is_empty());
+        // No interactive server, nothing to pin: a warning only.
+        let plain =
+            load_yaml("mcp_servers:\n  w:\n    url: https://w.example/mcp\n", &|_| None).unwrap().config;
+        assert!(check_startup(&plain).unwrap()[0].contains("Host"));
+    }
+
+    #[test]
+    fn each_step_of_a_flow_must_come_under_the_origin_it_began_under() {
+        let config = forwarding_config();
+        let mut oauth = OAuthState::default();
+        let proxy = Some("10.0.0.1".parse().unwrap());
+        let via = |host: &str, path: &str| {
+            let mut call = Call::get(&config, path).header("host", "internal:4000");
+            call.headers.push(("x-forwarded-proto", "https".into()));
+            call.headers.push(("x-forwarded-host", host.into()));
+            call.peer = proxy;
+            call
+        };
+        let started = via("gw.example.com", AUTHORIZE).run(Some(&mut oauth));
+        assert_eq!(started.status(), StatusCode::FOUND);
+        let state = upstream_state(&started);
+        let callback = format!("/callback?code=c1&state={state}&iss=https%3A%2F%2Fgithub.example");
+        // The configured github server names no issuer, so a returned `iss` cannot be checked.
+        let unknown = via("gw.example.com", &callback).run(Some(&mut oauth));
+        assert_eq!(body(&unknown)["error"], "issuer_unknown");
+
+        let notes = "/notes/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A9999%2Fcb&code_challenge=abc&code_challenge_method=S256";
+        let state = upstream_state(&via("gw.example.com", notes).run(Some(&mut oauth)));
+        let other_origin =
+            via("other.example.com", &format!("/callback?code=c2&state={state}")).run(Some(&mut oauth));
+        assert_eq!(body(&other_origin)["error"], "origin_mismatch");
+        let state = upstream_state(&via("gw.example.com", notes).run(Some(&mut oauth)));
+        let mixed_up =
+            via("gw.example.com", &format!("/callback?code=c3&state={state}&iss=https%3A%2F%2Fevil.example"))
+                .run(Some(&mut oauth));
+        assert_eq!(body(&mixed_up)["error"], "issuer_mismatch");
+        let state = upstream_state(&via("gw.example.com", notes).run(Some(&mut oauth)));
+        let back = via(
+            "gw.example.com",
+            &format!("/callback?code=c4&state={state}&iss=https%3A%2F%2Fnotes-auth.example%2F"),
+        )
+        .run(Some(&mut oauth));
+        assert_eq!(back.status(), StatusCode::FOUND);
+
+        let server = &config.servers["notes"];
+        let form = b"grant_type=authorization_code&code=c4&code_verifier=v";
+        let elsewhere = Origin::parse("https://other.example.com").unwrap();
+        let here = Origin::parse("https://gw.example.com").unwrap();
+        let now = Instant::from_millis(2_000);
+        assert!(build_token_request(server, &elsewhere, form, &mut oauth.flows, now).is_err());
+        // The mismatch spent the code: single use holds whatever the outcome.
+        assert!(build_token_request(server, &here, form, &mut oauth.flows, now).is_err());
+    }
+
+    #[test]
+    fn authorize_parameters_are_bounded() {
+        let config = config();
+        let mut oauth = OAuthState::default();
+        let long_state = format!("{AUTHORIZE}&state={}", "s".repeat(MAX_CLIENT_STATE + 1));
+        let refused = Call::get(&config, &long_state).run(Some(&mut oauth));
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert!(body(&refused)["error_description"].as_str().unwrap().contains("state"));
+        let ok_state = format!("{AUTHORIZE}&state={}", "s".repeat(MAX_CLIENT_STATE));
+        assert_eq!(Call::get(&config, &ok_state).run(Some(&mut oauth)).status(), StatusCode::FOUND);
+        let long_scope = format!("{AUTHORIZE}&scope={}", "a".repeat(MAX_AUTHORIZE_PARAMETER + 1));
+        assert_eq!(Call::get(&config, &long_scope).run(Some(&mut oauth)).status(), StatusCode::BAD_REQUEST);
+        let many = format!("{AUTHORIZE}{}", "&x=1".repeat(MAX_AUTHORIZE_PARAMETERS));
+        assert_eq!(Call::get(&config, &many).run(Some(&mut oauth)).status(), StatusCode::BAD_REQUEST);
+        assert_eq!(oauth.flows.len(), 1, "only the acceptable request started a flow");
+    }
+
+    #[test]
+    fn a_peer_past_its_budget_gets_429_and_the_store_stays_bounded() {
+        let config = config();
+        let mut oauth = OAuthState::default();
+        let mut call = Call::get(&config, AUTHORIZE);
+        call.peer = Some("198.51.100.7".parse().unwrap());
+        let burst = BudgetConfig::OAUTH_ENDPOINTS.burst;
+        for _ in 0..burst {
+            assert_eq!(call.run(Some(&mut oauth)).status(), StatusCode::FOUND);
+        }
+        let limited = call.run(Some(&mut oauth));
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(oauth.flows.len(), burst as usize);
+        // The budget covers every OAuth route, the callback and token included.
+        for (method, path) in [(Method::GET, "/callback?state=x"), (Method::POST, "/github/token")] {
+            let mut other = Call::get(&config, path);
+            other.method = method;
+            other.peer = call.peer;
+            assert_eq!(other.run(Some(&mut oauth)).status(), StatusCode::TOO_MANY_REQUESTS, "{path}");
+        }
+        // Another peer is unaffected; an OAuth route without the state fails closed.
+        call.peer = Some("198.51.100.8".parse().unwrap());
+        assert_eq!(call.run(Some(&mut oauth)).status(), StatusCode::FOUND);
+        assert_eq!(call.run(None).status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn the_flow_store_is_capped_and_expires_in_order() {
+        let config = config();
+        let mut oauth = OAuthState {
+            budget: PeerBudget::new(BudgetConfig { burst: u32::MAX, ..BudgetConfig::OAUTH_ENDPOINTS }),
+            ..OAuthState::default()
+        };
+        let mut call = Call::get(&config, AUTHORIZE);
+        for index in 0..MAX_PENDING_FLOWS as u64 {
+            call.now = 1_000 + index;
+            assert_eq!(call.run(Some(&mut oauth)).status(), StatusCode::FOUND);
+        }
+        let full = call.run(Some(&mut oauth));
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body(&full)["error"], "too_many_pending_authorizations");
+        // Once the first flows have lived their 10 minutes, they make room.
+        call.now = 1_000 + FLOW_LIFETIME_MILLIS + 10;
+        assert_eq!(call.run(Some(&mut oauth)).status(), StatusCode::FOUND);
+        assert_eq!(oauth.flows.len(), MAX_PENDING_FLOWS - 11 + 1);
+    }
+
+    #[test]
+    fn a_body_with_a_numeric_method_is_not_forwarded() {
+        let refused =
+            check_forward_body(&Method::POST, br#"{"jsonrpc":"2.0","id":1,"method":5}"#).unwrap_err();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(body(&refused)["error"]["code"], -32600);
+        assert_eq!(body(&refused)["id"], 1);
+        assert!(check_forward_body(&Method::POST, br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).is_ok());
+        assert!(check_forward_body(&Method::GET, b"").is_ok());
+    }
 }

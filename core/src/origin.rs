@@ -789,4 +789,85 @@ mod tests {
             Err(OriginError::HostNotAllowed { .. })
         ));
     }
+
+    #[test]
+    fn two_host_headers_are_refused() {
+        let headers = headers(&[("host", "gw.example.com"), ("host", "evil.example")]);
+        let request = RequestOrigin {
+            scheme: Scheme::Https,
+            host: Some("gw.example.com"),
+            peer: None,
+            headers: &headers,
+        };
+        assert_eq!(
+            resolve_public_origin(&OriginSettings::default(), &request),
+            Err(OriginError::DuplicateHost)
+        );
+        assert_eq!(OriginError::DuplicateHost.reason(), "duplicate_host");
+    }
+
+    #[test]
+    fn only_a_forwarded_scheme_takes_its_default_port() {
+        // The proxy terminates TLS on 443 and forwards to the gateway's :4000 with the internal Host.
+        let settings = trusting(&["10.0.0.0/8"]);
+        let resolved =
+            resolve(&settings, "10.0.0.1", "gw.example.com:4000", &[("x-forwarded-proto", "https")]);
+        assert_eq!(resolved.origin.to_string(), "https://gw.example.com");
+        let with_port = resolve(
+            &settings,
+            "10.0.0.1",
+            "gw.example.com:4000",
+            &[("x-forwarded-proto", "https"), ("x-forwarded-port", "8443")],
+        );
+        assert_eq!(with_port.origin.to_string(), "https://gw.example.com:8443");
+    }
+
+    #[test]
+    fn a_slash_zero_trusts_everyone_and_is_refused() {
+        for range in ["0.0.0.0/0", "::/0"] {
+            assert!(
+                matches!(TrustedProxies::parse(&[range]), Err(OriginError::InvalidProxyRange { .. })),
+                "{range}"
+            );
+        }
+        assert!(TrustedProxies::parse(&["0.0.0.0/1", "::/1"]).is_ok());
+    }
+
+    #[test]
+    fn a_loopback_listen_address_pins_the_origin_in_place_of_host() {
+        let mut settings = OriginSettings::default();
+        assert!(!settings.is_pinned());
+        assert!(!settings.pin_listen_address("0.0.0.0:4000".parse().unwrap()));
+        assert!(!settings.is_pinned());
+        assert!(settings.pin_listen_address("127.0.0.1:4000".parse().unwrap()));
+        assert!(settings.is_pinned());
+        let resolved = resolve(&settings, "127.0.0.1", "evil.example", &[]);
+        assert_eq!(
+            (resolved.origin.to_string(), resolved.source),
+            ("http://127.0.0.1:4000".into(), OriginSource::Listen)
+        );
+        assert_eq!(OriginSource::Listen.as_str(), "listen");
+        assert!(resolved.origin.is_loopback());
+        assert!(settings.pin_listen_address("[::1]:4000".parse().unwrap()));
+        assert_eq!(resolve(&settings, "::1", "evil.example", &[]).origin.to_string(), "http://[::1]:4000");
+        // PROXY_BASE_URL keeps precedence.
+        settings.proxy_base_url = Some(Origin::parse("https://gw.example.com").unwrap());
+        assert_eq!(resolve(&settings, "127.0.0.1", "evil.example", &[]).source, OriginSource::ProxyBaseUrl);
+        for (value, pinned) in [
+            (OriginSettings { allowed_hosts: vec!["gw".into()], ..OriginSettings::default() }, true),
+            (trusting(&["10.0.0.0/8"]), true),
+            (OriginSettings { use_x_forwarded_for: true, ..OriginSettings::default() }, false),
+            (
+                OriginSettings {
+                    trusted_proxies: TrustedProxies::parse(&["10.0.0.0/8"]).unwrap(),
+                    ..OriginSettings::default()
+                },
+                false,
+            ),
+        ] {
+            assert_eq!(value.is_pinned(), pinned, "{value:?}");
+        }
+        assert!(!Origin::parse("https://gw.example.com").unwrap().is_loopback());
+        assert!(Origin::parse("http://localhost:4000").unwrap().is_loopback());
+    }
 }
