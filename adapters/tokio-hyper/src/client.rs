@@ -15,6 +15,8 @@
 //!   ([`Limits::allow_private_addresses`]), so the client keeps two pools, a strict one and a
 //!   permissive one: a connection opened for a local server is never reused for a request whose
 //!   policy forbids private addresses;
+//! - the gateway's own upstream client ([`crate::server`]) is the same pair of pools
+//!   (`PolicyClient`), chosen per request from the forwarded server's configured URL;
 //! - the whole exchange, connect to last body byte, runs under [`Limits::timeout`]; the body is
 //!   streamed and the request fails as soon as it exceeds [`Limits::max_body_bytes`];
 //! - redirects are never followed: a 3xx is returned as it is.
