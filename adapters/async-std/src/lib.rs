@@ -8,9 +8,11 @@
 //!   over surf under its [`Limits`](mcp_oauth_core::machine::Limits): a timeout on the whole
 //!   exchange, a cap on the body, redirects never followed, and the fetch policy
 //!   ([`permits_address`](mcp_oauth_core::fetch_policy::permits_address)) applied before
-//!   connecting. It converts `http` 1.x to and from http-types at the edge; the module docs list
-//!   every rule and where it differs from the tokio adapter (host names are checked, then resolved
-//!   again by surf; one connection per request; `HTTP/1.0` answers are refused).
+//!   connecting, to every address a host name resolves to, and the connection made to an address
+//!   that was checked (surf runs over a backend of this crate's, async-h1 on a pre-connected
+//!   stream, TLS by rustls). It converts `http` 1.x to and from http-types at the edge; the module
+//!   docs list every rule and where it differs from the tokio adapter (one connection per request;
+//!   `HTTP/1.0` answers are refused).
 //! - [`driver::drive`] is the one generic loop that runs any
 //!   [`Machine`](mcp_oauth_core::machine::Machine): it sends every requested exchange concurrently,
 //!   feeds each answer back, sleeps until the machine's deadline and returns the outcome.
@@ -36,9 +38,6 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
-
-#[cfg(not(any(feature = "h1-client", feature = "h1-client-no-tls")))]
-compile_error!("mcp-oauth-async-std needs the `h1-client` (default) or the `h1-client-no-tls` feature");
 
 pub mod client;
 pub mod driver;

@@ -29,6 +29,14 @@
 //! `token_storage_ttl_seconds` for exchanged ones, which act for a user), refreshes them ahead of
 //! expiry, lets one fetch per key run at a time and backs off after failed fetches.
 //!
+//! Every upstream request (MCP, token, registration) goes through the discovery client's
+//! [`crate::client`] resolver and pinning under the fetch policy of design §4.9: private and
+//! loopback addresses only for a server whose configured URL is itself local
+//! ([`fetch_policy::is_local_server`](mcp_oauth_core::fetch_policy::is_local_server)), link-local
+//! and metadata addresses never, and a host name is refused when any address it resolves to is;
+//! a refusal connects nothing and answers `blocked_by_fetch_policy` (502 for MCP requests, 503 for
+//! token requests, the status of the step otherwise).
+//!
 //! Failures of a step answer with core's JSON error ([`gateway::error_response`]) naming it: 413 for
 //! an oversized body, 502 when the upstream cannot be reached or fails (5xx), 504 when it does not
 //! answer in time, 503 when the token endpoint fails or token fetches are backing off. No error
@@ -64,9 +72,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_rustls::{ConfigBuilderExt, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_rustls::ConfigBuilderExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -87,14 +93,24 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use url::Url;
 
-use crate::client::TlsSetupError;
+use crate::client::{PolicyClient, SendError, TlsSetupError};
 use crate::driver::Clock;
 use crate::token_cache::{CacheError, FetchError, SharedTokenCache};
 
 /// The body of every response the gateway sends: core's complete answers or an upstream stream.
 pub type GatewayBody = BoxBody<Bytes, hyper::Error>;
 
-type Upstream = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// The upstream client: the discovery client's resolver and pinning (design §4.9), a strict and a
+/// permissive pool, chosen per request by [`private_allowed`].
+type Upstream = PolicyClient;
+
+/// The fetch policy for requests on behalf of `server`: private and loopback addresses only when
+/// its configured URL is itself local (an operator who configured a private URL may reach private
+/// space; a public name that resolves to a private address is refused: DNS rebinding). Link-local
+/// and metadata addresses are refused always.
+fn private_allowed(server: &ServerConfig) -> bool {
+    mcp_oauth_core::fetch_policy::is_local_server(&server.url)
+}
 
 /// Why the gateway cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -247,21 +263,7 @@ impl GatewayState {
                 .map_err(TlsSetupError::from)?
                 .with_webpki_roots()
                 .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let https = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let upstream = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(options.pool_max_idle_per_host)
-            .build(https);
+        let upstream = PolicyClient::new(tls, Duration::from_secs(90), options.pool_max_idle_per_host);
         let clock = Clock::new();
         Ok(Self {
             config,
@@ -502,6 +504,9 @@ enum Failure {
     Unreachable,
     /// The answer was larger than allowed.
     TooLarge,
+    /// The fetch policy refuses the upstream's address (or one its name resolves to); nothing
+    /// was connected.
+    Blocked,
 }
 
 impl Failure {
@@ -515,6 +520,11 @@ impl Failure {
                 refuse(status, "upstream_unreachable", &format!("{step}: the upstream could not be reached"))
             }
             Self::TooLarge => refuse(status, "upstream_error", &format!("{step}: the answer is too large")),
+            Self::Blocked => refuse(
+                status,
+                "blocked_by_fetch_policy",
+                &format!("{step}: the fetch policy refuses the upstream's address"),
+            ),
         }
     }
 }
@@ -523,15 +533,21 @@ fn parse_uri(url: &Url) -> Result<Uri, Failure> {
     url.as_str().parse::<Uri>().map_err(|_| Failure::Unreachable)
 }
 
-/// Sends one request and waits for the response head at most `timeout`.
+/// Sends one request under the fetch policy ([`private_allowed`] of the server it is for) and
+/// waits for the response head at most `timeout`.
 async fn send(
     state: &GatewayState,
     request: Request<Full<Bytes>>,
+    allow_private: bool,
     timeout: Duration,
 ) -> Result<Response<Incoming>, Failure> {
-    match tokio::time::timeout(timeout, state.upstream.request(request)).await {
+    match tokio::time::timeout(timeout, state.upstream.request(request, allow_private)).await {
         Ok(Ok(response)) => Ok(response),
-        Ok(Err(error)) => {
+        Ok(Err(SendError::Blocked(why))) => {
+            tracing::warn!(%why, "upstream request refused by the fetch policy");
+            Err(Failure::Blocked)
+        }
+        Ok(Err(SendError::Client(error))) => {
             tracing::debug!(connect = error.is_connect(), "upstream request failed");
             Err(Failure::Unreachable)
         }
@@ -552,18 +568,19 @@ where
     }
 }
 
-/// Sends a complete request and reads the whole answer (at most `limit` bytes), all within
-/// `timeout`.
+/// Sends a complete request (see [`send`]) and reads the whole answer (at most `limit` bytes), all
+/// within `timeout`.
 async fn exchange(
     state: &GatewayState,
     request: Request<Vec<u8>>,
+    allow_private: bool,
     timeout: Duration,
     limit: usize,
 ) -> Result<Response<Vec<u8>>, Failure> {
     let (parts, body) = request.into_parts();
     let request = Request::from_parts(parts, Full::new(Bytes::from(body)));
     let whole = async {
-        let response = send(state, request, timeout).await?;
+        let response = send(state, request, allow_private, timeout).await?;
         let (parts, body) = response.into_parts();
         Ok(Response::from_parts(parts, read_whole(body, limit).await?.to_vec()))
     };
@@ -624,15 +641,17 @@ async fn request_token(
         let message = "the configuration does not allow a token request";
         (FetchError::new(reason, message), full(refusal))
     })?;
-    let limit = state.options.max_token_response;
-    let response = exchange(state, request, state.options.token_timeout, limit).await.map_err(|failure| {
-        let (reason, message) = match failure {
-            Failure::Timeout => ("upstream_timeout", "the token endpoint did not answer in time"),
-            Failure::Unreachable => ("upstream_unreachable", "the token endpoint could not be reached"),
-            Failure::TooLarge => ("upstream_error", "the token endpoint's answer is too large"),
-        };
-        (FetchError::new(reason, message), failure.response(StatusCode::SERVICE_UNAVAILABLE, &step))
-    })?;
+    let (limit, private) = (state.options.max_token_response, private_allowed(server));
+    let response =
+        exchange(state, request, private, state.options.token_timeout, limit).await.map_err(|failure| {
+            let (reason, message) = match failure {
+                Failure::Timeout => ("upstream_timeout", "the token endpoint did not answer in time"),
+                Failure::Unreachable => ("upstream_unreachable", "the token endpoint could not be reached"),
+                Failure::TooLarge => ("upstream_error", "the token endpoint's answer is too large"),
+                Failure::Blocked => ("blocked_by_fetch_policy", "the fetch policy refuses its address"),
+            };
+            (FetchError::new(reason, message), failure.response(StatusCode::SERVICE_UNAVAILABLE, &step))
+        })?;
     let token = parse_token_response(&response).map_err(|error| {
         tracing::warn!(server = %server.name, reason = error.reason(), "the token endpoint refused or failed");
         let status = response.status().as_u16();
@@ -750,7 +769,7 @@ async fn send_forward(
             };
             request.headers_mut().insert(name.clone(), value);
         }
-        let response = send(state, request, state.options.upstream_timeout)
+        let response = send(state, request, private_allowed(server), state.options.upstream_timeout)
             .await
             .map_err(|failure| failure.response(StatusCode::BAD_GATEWAY, &step(server)))?;
         match gateway::upstream_reaction(forward, response.status(), retried) {
@@ -1035,7 +1054,8 @@ async fn proxy_token(
         Err(response) => return full(response),
     };
     let step = format!("exchanging the code at the upstream token endpoint of `{}`", server.name);
-    match exchange(state, request, state.options.token_timeout, state.options.max_token_response).await {
+    let (timeout, limit) = (state.options.token_timeout, state.options.max_token_response);
+    match exchange(state, request, private_allowed(server), timeout, limit).await {
         Ok(upstream) => full(gateway::finish_token_response(server, upstream)),
         Err(failure) => failure.response(StatusCode::SERVICE_UNAVAILABLE, &step),
     }
@@ -1065,7 +1085,9 @@ async fn proxy_register(
     let Ok(request) = request else {
         return refuse(StatusCode::BAD_GATEWAY, "upstream_unreachable", "the registration URL is not usable");
     };
-    match exchange(state, request, state.options.token_timeout, state.options.max_token_response).await {
+    let allow_private = state.config.servers.get(server).is_some_and(private_allowed);
+    let (timeout, limit) = (state.options.token_timeout, state.options.max_token_response);
+    match exchange(state, request, allow_private, timeout, limit).await {
         Ok(upstream) if upstream.status().is_server_error() => refuse(
             StatusCode::BAD_GATEWAY,
             "upstream_error",

@@ -1077,3 +1077,62 @@ async fn aggregation_keeps_one_session_per_upstream_and_reopens_an_expired_one()
     })
     .await;
 }
+
+/// Design §4.9 for the gateway's own upstream client: a server configured on loopback by name
+/// (`localhost`) is reached, its token endpoint too; a metadata address is refused with a 502 before any connection (a connection
+/// attempt would end in a 504 after the short timeout); a public server's token endpoint on
+/// loopback is never contacted.
+#[tokio::test]
+async fn upstreams_are_reached_only_where_the_fetch_policy_allows() {
+    bounded(async {
+        let gateway = start(Setup {
+            yaml: Some(Box::new(|upstream| {
+                let by_name = upstream.replace("127.0.0.1", "localhost");
+                format!(
+                    "general_settings:
+  master_key: {KEY}
+mcp_servers:
+  named:
+    url: {by_name}/mcp
+    auth_type: oauth2
+    oauth2_flow: client_credentials
+    client_id: mock-client
+    client_secret: {CLIENT_SECRET}
+    token_url: {by_name}/token
+  metadata:
+    url: http://169.254.169.254/mcp
+  public:
+    url: https://mcp.example.com/mcp
+    auth_type: oauth2
+    oauth2_flow: client_credentials
+    client_id: mock-client
+    client_secret: {CLIENT_SECRET}
+    token_url: {upstream}/token
+"
+                )
+            })),
+            options: ServerOptions { upstream_timeout: Duration::from_secs(5), ..ServerOptions::default() },
+            ..Setup::default()
+        })
+        .await;
+        let answer = gateway.echo("named", &keyed()).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert_eq!(answer.json()["result"]["content"][0]["text"], "hi");
+
+        let started = std::time::Instant::now();
+        let answer = gateway.echo("metadata", &keyed()).await;
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.body);
+        assert_eq!(answer.json()["error"], "blocked_by_fetch_policy");
+        assert!(answer.json()["error_description"].as_str().unwrap_or_default().contains("`metadata`"));
+        assert!(started.elapsed() < Duration::from_secs(4), "refused before connecting");
+
+        let before = gateway.mock.handle().counters();
+        let answer = gateway.echo("public", &keyed()).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.body);
+        assert_eq!(answer.json()["error"], "blocked_by_fetch_policy");
+        let after = gateway.mock.handle().counters();
+        assert_eq!(after.token_requests, before.token_requests);
+        assert_eq!(after.connections, before.connections, "the loopback token endpoint was never connected");
+    })
+    .await;
+}
