@@ -101,11 +101,13 @@ struct Setup {
     yaml: Option<MakeYaml>,
     options: ServerOptions,
     public_origin: bool,
+    /// Pin the origin to the loopback listen address, as `mcp-oauth serve` does.
+    pin_listen: bool,
 }
 
 impl Default for Setup {
     fn default() -> Self {
-        Self { yaml: None, options: ServerOptions::default(), public_origin: true }
+        Self { yaml: None, options: ServerOptions::default(), public_origin: true, pin_listen: false }
     }
 }
 
@@ -137,7 +139,10 @@ async fn start(setup: Setup) -> Gateway {
     let public = origin.clone();
     let with_origin = setup.public_origin;
     let env = move |name: &str| (with_origin && name == "PROXY_BASE_URL").then(|| public.clone());
-    let loaded = load_yaml(&yaml, &env).unwrap_or_else(|errors| panic!("config: {:?}", errors.errors));
+    let mut loaded = load_yaml(&yaml, &env).unwrap_or_else(|errors| panic!("config: {:?}", errors.errors));
+    if setup.pin_listen {
+        loaded.config.settings.origin.pin_listen_address(listener.local_addr().expect("address"));
+    }
     let state = Arc::new(GatewayState::new(loaded.config, setup.options).expect("state"));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(listener, Arc::clone(&state), async {
@@ -1133,6 +1138,216 @@ mcp_servers:
         let after = gateway.mock.handle().counters();
         assert_eq!(after.token_requests, before.token_requests);
         assert_eq!(after.connections, before.connections, "the loopback token endpoint was never connected");
+    })
+    .await;
+}
+
+// -------------------------------------------------------------------------------------------------
+// Regressions of the security review (issue 9): each break, end to end.
+// -------------------------------------------------------------------------------------------------
+
+/// The mock's MCP requests so far, over every server.
+fn upstream_mcp_requests(gateway: &Gateway) -> u64 {
+    gateway.mock.handle().counters().mcp_requests.values().sum::<u64>()
+}
+
+#[tokio::test]
+async fn a_doubled_slash_or_an_encoded_name_reaches_no_server() {
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        // The break: `//open/mcp` with a delegating server named in x-mcp-servers and no key was
+        // forwarded to `open`, a server with no auth at all.
+        for path in
+            ["//open/mcp", "///open/mcp", "/open//mcp", "/./open/mcp", "/%6fpen/mcp", "/open/mcp/", "//mcp"]
+        {
+            let headers = [
+                ("x-mcp-servers", "delegated"),
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+            ];
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string();
+            let answer = gateway.request(Method::POST, path, &headers, &body).await;
+            assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}: {}", answer.body);
+        }
+        assert_eq!(upstream_mcp_requests(&gateway), 0, "nothing reached an upstream");
+        // The plain path still needs the key (open is not delegating), and works with it.
+        assert_eq!(
+            gateway.echo("open", &[("x-mcp-servers", "delegated")]).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(upstream_mcp_requests(&gateway), 0, "the gateway refused it itself");
+        gateway.echo("open", &keyed()).await;
+        assert_eq!(upstream_mcp_requests(&gateway), 1, "with the key, the plain path is forwarded");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_attacker_host_ends_without_a_token() {
+    bounded(async {
+        // No PROXY_BASE_URL: without a pinned origin the gateway does not start at all.
+        let mock = MockUpstream::start(MockConfig::default()).await.expect("mock starts");
+        let unpinned = load_yaml(&servers_yaml(mock.origin()), &|_| None).expect("config").config;
+        let refused = GatewayState::new(unpinned, ServerOptions::default()).expect_err("refused");
+        assert!(refused.to_string().contains("PROXY_BASE_URL"), "{refused}");
+        drop(mock);
+
+        // Listening on loopback pins the origin, as `serve` does: the attacker's Host is ignored.
+        let gateway = start(Setup { public_origin: false, pin_listen: true, ..Setup::default() }).await;
+        let mut authorize = Url::parse("http://evil.example/notes/authorize").expect("url");
+        authorize
+            .query_pairs_mut()
+            .append_pair("redirect_uri", "http://evil.example/x")
+            .append_pair("state", "s")
+            .append_pair("code_challenge", Pkce::from_random([5; 32]).challenge())
+            .append_pair("code_challenge_method", "S256");
+        let path = format!("/notes/authorize?{}", authorize.query().unwrap_or_default());
+        let attack = gateway.request(Method::GET, &path, &[("host", "evil.example")], "").await;
+        assert_eq!(attack.status, StatusCode::BAD_REQUEST, "{}", attack.body);
+        assert!(attack.header("location").is_none());
+        assert_eq!(gateway.mock.handle().counters().authorize_calls, 0);
+        // Even a code he obtained elsewhere does not redeem: no flow of this gateway relayed it.
+        let code = gateway.mock.handle().issue_access_token();
+        let form = format!("grant_type=authorization_code&code={code}&code_verifier={}", "v".repeat(43));
+        let token = gateway
+            .request(
+                Method::POST,
+                "/notes/token",
+                &[("content-type", "application/x-www-form-urlencoded"), ("host", "evil.example")],
+                &form,
+            )
+            .await;
+        assert_eq!(token.status, StatusCode::BAD_REQUEST);
+        assert!(token.json().get("access_token").is_none());
+        // A real client on this machine still gets through, under the pinned origin.
+        let mut good = Url::parse(&format!("{}/notes/authorize", gateway.origin)).expect("url");
+        good.query_pairs_mut()
+            .append_pair("redirect_uri", "http://127.0.0.1:9/cb")
+            .append_pair("code_challenge", "abc")
+            .append_pair("code_challenge_method", "S256");
+        let started = gateway.request(Method::GET, good.as_str(), &[("host", "evil.example")], "").await;
+        assert_eq!(started.status, StatusCode::FOUND);
+        let upstream = Url::parse(started.header("location").expect("location")).expect("url");
+        let redirect = upstream
+            .query_pairs()
+            .find(|(name, _)| name == "redirect_uri")
+            .expect("redirect_uri")
+            .1
+            .into_owned();
+        assert_eq!(redirect, format!("{}/callback", gateway.origin), "the callback is on the pinned origin");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn strangers_cannot_grow_the_flow_store() {
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        let path = |state: &str| {
+            let mut url = Url::parse("http://x/notes/authorize").expect("url");
+            url.query_pairs_mut()
+                .append_pair("redirect_uri", "http://127.0.0.1:9/cb")
+                .append_pair("state", state)
+                .append_pair("code_challenge", "abc")
+                .append_pair("code_challenge_method", "S256");
+            format!("/notes/authorize?{}", url.query().unwrap_or_default())
+        };
+        let huge = gateway.request(Method::GET, &path(&"s".repeat(60_000)), &[], "").await;
+        assert_eq!(huge.status, StatusCode::BAD_REQUEST, "a 60,000-byte state");
+        let mut statuses = Vec::new();
+        for _ in 0..40 {
+            statuses.push(gateway.request(Method::GET, &path("s"), &[], "").await.status);
+        }
+        let started = statuses.iter().filter(|status| **status == StatusCode::FOUND).count();
+        // The 60,000-byte request spent one unit of the burst of 30 too.
+        assert_eq!(started, 29, "one peer's burst, then 429: {statuses:?}");
+        assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS));
+        // MCP calls are not counted against the OAuth budget.
+        assert_eq!(gateway.echo("reports", &keyed()).await.status, StatusCode::OK);
+    })
+    .await;
+}
+
+fn with_limits(idle: u64, body: u64, connections: u64) -> MakeYaml {
+    Box::new(move |upstream| {
+        servers_yaml(upstream).replacen(
+            "general_settings:\n",
+            &format!(
+                "general_settings:\n  mcp_idle_timeout_seconds: {idle}\n  mcp_oauth_body_timeout_seconds: {body}\n  mcp_body_timeout_seconds: {body}\n  mcp_max_connections: {connections}\n"
+            ),
+            1,
+        )
+    })
+}
+
+/// Reads until the peer closes or 8 s pass; returns what arrived.
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(8), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the gateway kept the connection open");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn idle_and_dribbling_connections_are_closed() {
+    bounded(async {
+        let gateway = start(Setup { yaml: Some(with_limits(1, 1, 100)), ..Setup::default() }).await;
+        let address = gateway.origin.trim_start_matches("http://").to_owned();
+        // A socket that never speaks.
+        let mut silent = tokio::net::TcpStream::connect(&address).await.expect("connect");
+        let started = std::time::Instant::now();
+        assert_eq!(read_to_close(&mut silent).await, "");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // A kept-alive connection that goes quiet after one request.
+        let mut quiet = tokio::net::TcpStream::connect(&address).await.expect("connect");
+        quiet.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
+        assert!(read_to_close(&mut quiet).await.starts_with("HTTP/1.1 200"));
+        // A token request whose body dribbles in: 408 at the body deadline.
+        let mut dribble = tokio::net::TcpStream::connect(&address).await.expect("connect");
+        dribble
+            .write_all(b"POST /notes/token HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 100\r\n\r\ng")
+            .await
+            .expect("write");
+        let answer = read_to_close(&mut dribble).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_a_503() {
+    bounded(async {
+        let gateway = start(Setup { yaml: Some(with_limits(5, 5, 1)), ..Setup::default() }).await;
+        let address = gateway.origin.trim_start_matches("http://").to_owned();
+        let mut first = tokio::net::TcpStream::connect(&address).await.expect("connect");
+        first.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
+        let mut head = [0u8; 12];
+        first.read_exact(&mut head).await.expect("the first connection is served");
+        assert_eq!(&head, b"HTTP/1.1 200");
+        let mut second = tokio::net::TcpStream::connect(&address).await.expect("connect");
+        second.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
+        let answer = read_to_close(&mut second).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("too_many_connections"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_message_that_is_not_json_rpc_is_not_forwarded() {
+    bounded(async {
+        let gateway = start(Setup::default()).await;
+        let headers = [
+            ("x-mcp-gateway-key", KEY),
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+        ];
+        let answer = gateway
+            .request(Method::POST, "/open/mcp", &headers, r#"{"jsonrpc":"2.0","id":1,"method":5}"#)
+            .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert_eq!(answer.json()["error"]["code"], -32600);
+        assert_eq!(upstream_mcp_requests(&gateway), 0);
     })
     .await;
 }
