@@ -86,6 +86,10 @@ pub enum NotDelegated {
         "server `{0}` names no authorization_url or issuer, so a shared authorization server cannot be shown"
     )]
     AuthorizationServerUnknown(String),
+    /// The request path is ambiguous (an empty, dot or encoded segment): the router answers 404
+    /// for it, and no decision is taken on it.
+    #[error("the request path is ambiguous (an empty, dot or encoded segment) and names no route")]
+    AmbiguousPath,
     /// With several targets, they name different authorization servers.
     #[error(
         "the target servers use different authorization servers; one caller token must not reach them all"
@@ -106,6 +110,7 @@ impl Reason for NotDelegated {
             Self::DelegationDisabled(_) => "delegation_disabled",
             Self::AuthorizationServerUnknown(_) => "authorization_server_unknown",
             Self::MixedAuthorizationServers => "mixed_authorization_servers",
+            Self::AmbiguousPath => "ambiguous_path",
         }
     }
 }

@@ -233,8 +233,14 @@ fn delegate(input: &Map<String, Value>, env: EnvLookup<'_>) -> Answer {
         servers.iter().map(|(name, entry)| (name, policy(name, entry, env).ok())).collect();
     let headers = headers(input)?;
     let path = optional_str(input, "path")?.unwrap_or_default();
-    // The path goes through the gateway's own router, so `eval` and `serve` read it alike.
-    let decision = decide_delegation(crate::route::mcp_path_server(path), &headers, |name| {
+    // The path goes through the gateway's own router, so `eval` and `serve` read it alike; a path
+    // the router refuses (`//b/mcp`) is decided on no further.
+    let routed = if path.is_empty() { Ok(None) } else { crate::route::mcp_path_target(path) };
+    let Ok(routed) = routed else {
+        let why = crate::delegate::NotDelegated::AmbiguousPath;
+        return Ok(json!({ "delegate": false, "reason": why.reason() }));
+    };
+    let decision = decide_delegation(routed, &headers, |name| {
         match policies.iter().find(|(known, _)| known.as_str() == name) {
             None => Target::Unknown,
             Some((_, None)) => Target::Invalid,

@@ -113,11 +113,22 @@ impl Route {
 /// The server named by a `/{server}/mcp` path, read by the same parser as [`Route::parse`] (for
 /// callers such as `mcp-oauth eval delegate` that have a path but no method).
 pub fn mcp_path_server(path_and_query: &str) -> Option<&str> {
-    match segments(path_and_query)?.as_slice() {
-        [name, "mcp"] => Some(name),
-        _ => None,
+    mcp_path_target(path_and_query).ok().flatten()
+}
+
+/// Like [`mcp_path_server`], but tells an ambiguous path (one the router answers 404 for, such
+/// as `//b/mcp`) apart from a plain path that names no server (`/mcp`).
+pub fn mcp_path_target(path_and_query: &str) -> Result<Option<&str>, AmbiguousPath> {
+    match segments(path_and_query).ok_or(AmbiguousPath)?.as_slice() {
+        [name, "mcp"] => Ok(Some(name)),
+        _ => Ok(None),
     }
 }
+
+/// A path with an empty, dot or encoded segment: it names nothing, and nothing is decided on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the path has an empty, dot or percent-encoded segment; it names no route")]
+pub struct AmbiguousPath;
 
 /// The path's segments, or `None` when the path could be read more than one way.
 fn segments(path_and_query: &str) -> Option<Vec<&str>> {
@@ -200,6 +211,13 @@ mod tests {
             assert_eq!(Route::parse(&Method::GET, path), Route::NotFound, "GET {path}");
             assert_eq!(mcp_path_server(path), None, "{path}");
         }
+    }
+
+    #[test]
+    fn an_ambiguous_path_is_told_apart_from_no_server() {
+        assert_eq!(mcp_path_target("//b/mcp"), Err(AmbiguousPath));
+        assert_eq!(mcp_path_target("/mcp"), Ok(None));
+        assert_eq!(mcp_path_target("/b/mcp"), Ok(Some("b")));
     }
 
     #[test]
