@@ -167,6 +167,7 @@ fn refill(bucket: &mut Bucket, config: &BudgetConfig, now: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Reason;
 
     const SMALL: BudgetConfig = BudgetConfig { burst: 3, refill_every: Duration::from_secs(1), max_peers: 2 };
 
@@ -258,6 +259,34 @@ mod tests {
         assert_eq!(fresh.spend(ip("192.0.2.3"), at(100)), Err(OverBudget::Table));
         // Within the same step no second scan happens, even though 192.0.2.x would not be full.
         assert_eq!(fresh.spend(ip("192.0.2.4"), at(900)), Err(OverBudget::Table));
+    }
+
+    #[test]
+    fn separate_slash_64s_are_separate_peers_and_refusals_have_codes() {
+        let mut budget = PeerBudget::new(SMALL);
+        assert!(budget.is_empty());
+        for _ in 0..3 {
+            budget.spend(ip("2001:db8:0:1::1"), at(0)).unwrap();
+        }
+        assert_eq!(budget.spend(ip("2001:db8:0:2::1"), at(0)), Ok(()), "another /64 is another peer");
+        let peer = budget.spend(ip("2001:db8:0:1::9"), at(0)).unwrap_err();
+        assert_eq!(peer.reason(), "peer_over_budget");
+        assert_eq!(budget.spend(ip("192.0.2.1"), at(0)).unwrap_err().reason(), "budget_table_full");
+    }
+
+    #[test]
+    fn the_next_prune_comes_exactly_one_step_later() {
+        let prepared = || {
+            let mut budget = PeerBudget::new(SMALL);
+            budget.spend(ip("192.0.2.1"), at(0)).unwrap();
+            budget.spend(ip("192.0.2.2"), at(0)).unwrap();
+            assert_eq!(budget.spend(ip("192.0.2.3"), at(100)), Err(OverBudget::Table));
+            budget
+        };
+        // Both peers have refilled at 1,050 ms, but the last scan was 950 ms ago.
+        assert_eq!(prepared().spend(ip("192.0.2.3"), at(1_050)), Err(OverBudget::Table));
+        // Exactly one step after it, the next scan runs and forgets them.
+        assert_eq!(prepared().spend(ip("192.0.2.3"), at(1_100)), Ok(()));
     }
 
     #[test]

@@ -272,6 +272,17 @@ mod tests {
     }
 
     #[test]
+    fn a_parse_error_says_where_in_few_words() {
+        let Err(JsonRpcError::Parse(why)) = shape(&format!("{{\"a\": {}", "[".repeat(50))) else {
+            panic!("a parse error");
+        };
+        assert!(why.contains("line 1"), "{why}");
+        assert!(why.chars().count() <= QUOTE_LIMIT);
+        let Err(JsonRpcError::Invalid { why, .. }) = shape("42") else { panic!("invalid") };
+        assert!(why.contains("invalid type"), "{why}");
+    }
+
+    #[test]
     fn an_invalid_message_keeps_its_id_for_the_answer() {
         assert_eq!(
             shape(r#"{"jsonrpc":"2.0","id":7,"method":5}"#),

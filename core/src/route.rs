@@ -242,6 +242,23 @@ mod tests {
         assert!(Route::Authorize("a".into()).needs_random());
         assert!(!Route::Token("a".into()).needs_random());
         assert_eq!(Route::ServerMcp("a".into()).server(), Some("a"));
+        let labels = [
+            (Route::Health, "health"),
+            (Route::ProtectedResourceMetadata("a".into()), "protected_resource_metadata"),
+            (Route::AuthorizationServerMetadata("a".into()), "authorization_server_metadata"),
+            (Route::Authorize("a".into()), "authorize"),
+            (Route::Callback, "callback"),
+            (Route::Token("a".into()), "token"),
+            (Route::Register("a".into()), "register"),
+            (Route::ServerMcp("a".into()), "server_mcp"),
+            (Route::Mcp, "mcp"),
+            (Route::RestToolsList, "rest_tools_list"),
+            (Route::RestToolsCall, "rest_tools_call"),
+            (Route::NotFound, "not_found"),
+        ];
+        for (route, label) in labels {
+            assert_eq!(route.label(), label);
+        }
         assert_eq!(Route::Mcp.server(), None);
     }
 }
