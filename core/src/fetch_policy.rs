@@ -358,6 +358,26 @@ pub fn check_url(url: &Url, allow_private: bool) -> Result<(), FetchPolicyError>
     }
 }
 
+/// The whole decision for one fetch: the URL ([`check_url`]) and then the addresses its host
+/// resolved to ([`permits_addresses`]). An IP-literal host needs no resolution; when `resolved`
+/// is empty it stands for itself.
+pub fn check_fetch_target(
+    url: &Url,
+    resolved: &[IpAddr],
+    allow_private: bool,
+) -> Result<(), FetchPolicyError> {
+    check_url(url, allow_private)?;
+    let literal = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+        _ => None,
+    };
+    match literal {
+        Some(_) if resolved.is_empty() => Ok(()),
+        _ => permits_addresses(resolved, allow_private),
+    }
+}
+
 /// The endpoints configuration pins for a configured client secret (design §4.2 step 7).
 #[derive(Clone, Copy, Debug)]
 pub struct SecretPins<'a> {
@@ -705,6 +725,25 @@ mod tests {
         reasons.sort_unstable();
         reasons.dedup();
         assert_eq!(reasons.len(), all.len(), "reason codes are distinct");
+    }
+
+    #[test]
+    fn a_fetch_target_is_its_url_and_every_resolved_address() {
+        let target = |value: &str, resolved: &[&str], allow_private: bool| {
+            let resolved: Vec<IpAddr> = resolved.iter().map(|address| ip(address)).collect();
+            check_fetch_target(&url(value), &resolved, allow_private).err().map_or("allowed", |e| e.reason())
+        };
+        assert_eq!(target("https://auth.example.com/", &["93.184.216.34"], false), "allowed");
+        assert_eq!(target("https://auth.example.com/", &[], false), "no_addresses");
+        assert_eq!(target("http://auth.example.com/", &["93.184.216.34"], false), "scheme_not_allowed");
+        assert_eq!(
+            target("https://auth.example.com/", &["93.184.216.34", "fd20:ce::254"], true),
+            "metadata_address"
+        );
+        assert_eq!(target("https://93.184.216.34/", &[], false), "allowed");
+        assert_eq!(target("https://93.184.216.34/", &["10.0.0.1"], false), "private_address");
+        assert_eq!(target("https://[::1]/", &[], false), "loopback_address");
+        assert_eq!(target("http://[::1]/", &[], true), "allowed");
     }
 
     #[test]
