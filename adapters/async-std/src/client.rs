@@ -103,8 +103,8 @@ impl HttpClient {
     /// `https` without TLS support compiled in), a header value that is not visible ASCII, or an
     /// `HTTP/1.0` answer, and [`TransportError::Connect`] when connecting, TLS or reading fails.
     pub async fn perform(&self, outgoing: &Outgoing) -> Result<Response<Vec<u8>>, TransportError> {
-        let limits = outgoing.limits;
-        let uri = outgoing.request.uri();
+        let limits = outgoing.limits();
+        let uri = outgoing.request().uri();
         match uri.scheme_str() {
             Some("http") => {}
             Some("https") if cfg!(feature = "h1-client") => {}
@@ -121,10 +121,10 @@ impl HttpClient {
         }
         let host = uri.host().ok_or_else(|| TransportError::Unsupported("the URL has no host".into()))?;
         let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-        let request = to_surf_request(&outgoing.request)?;
+        let request = to_surf_request(outgoing.request())?;
         tracing::debug!(
-            purpose = outgoing.purpose,
-            method = %outgoing.request.method(),
+            purpose = outgoing.purpose(),
+            method = %outgoing.request().method(),
             host,
             "performing request"
         );
@@ -146,12 +146,12 @@ impl HttpClient {
         };
         match &result {
             Ok(response) => tracing::debug!(
-                purpose = outgoing.purpose,
+                purpose = outgoing.purpose(),
                 status = response.status().as_u16(),
                 bytes = response.body().len(),
                 "response"
             ),
-            Err(error) => tracing::debug!(purpose = outgoing.purpose, %error, "request failed"),
+            Err(error) => tracing::debug!(purpose = outgoing.purpose(), %error, "request failed"),
         }
         result
     }

@@ -104,8 +104,8 @@ impl HttpClient {
     /// [`Limits::max_body_bytes`], [`TransportError::Unsupported`] for a URL that is not absolute
     /// `http` or `https`, and [`TransportError::Connect`] when connecting, TLS or reading fails.
     pub async fn perform(&self, outgoing: &Outgoing) -> Result<Response<Vec<u8>>, TransportError> {
-        let limits = outgoing.limits;
-        let uri = outgoing.request.uri();
+        let limits = outgoing.limits();
+        let uri = outgoing.request().uri();
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Err(TransportError::Unsupported("only absolute http and https URLs are fetched".into()));
         }
@@ -115,25 +115,25 @@ impl HttpClient {
                 .map_err(|error| TransportError::Blocked(error.to_string()))?;
         }
         tracing::debug!(
-            purpose = outgoing.purpose,
-            method = %outgoing.request.method(),
+            purpose = outgoing.purpose(),
+            method = %outgoing.request().method(),
             host,
             "performing request"
         );
         let client = if limits.allow_private_addresses { &self.permissive } else { &self.strict };
-        let request = to_hyper_request(&outgoing.request);
+        let request = to_hyper_request(outgoing.request());
         let result = match tokio::time::timeout(limits.timeout, exchange(client, request, limits)).await {
             Ok(result) => result,
             Err(_elapsed) => Err(TransportError::Timeout),
         };
         match &result {
             Ok(response) => tracing::debug!(
-                purpose = outgoing.purpose,
+                purpose = outgoing.purpose(),
                 status = response.status().as_u16(),
                 bytes = response.body().len(),
                 "response"
             ),
-            Err(error) => tracing::debug!(purpose = outgoing.purpose, %error, "request failed"),
+            Err(error) => tracing::debug!(purpose = outgoing.purpose(), %error, "request failed"),
         }
         result
     }

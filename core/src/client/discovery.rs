@@ -325,19 +325,22 @@ impl Discovery {
             .body(body.to_string().into_bytes())
     }
 
+    /// A metadata GET for candidate `url`, built through [`Outgoing::new`] (the fetch policy).
     fn get(
+        id: RequestId,
         url: &Url,
         protocol_version: &str,
-        allow_private: bool,
-    ) -> Result<Request<Vec<u8>>, CandidateOutcome> {
-        check_url(url, allow_private).map_err(CandidateOutcome::Blocked)?;
-        Request::builder()
+        limits: Limits,
+        purpose: &'static str,
+    ) -> Result<Outgoing, CandidateOutcome> {
+        let request = Request::builder()
             .method(Method::GET)
             .uri(url.as_str())
             .header(header::ACCEPT, "application/json")
             .header("mcp-protocol-version", protocol_version)
             .body(Vec::new())
-            .map_err(|error| CandidateOutcome::InvalidDocument(error.to_string()))
+            .map_err(|error| CandidateOutcome::InvalidDocument(error.to_string()))?;
+        Outgoing::new(id, request, limits, Performer::Client, purpose).map_err(CandidateOutcome::Blocked)
     }
 
     fn start_protected_resource(&mut self) {
@@ -569,17 +572,19 @@ impl Discovery {
                     self.fail(DiscoveryErrorKind::Blocked(error));
                     return self.advance();
                 }
-                match self.probe_request() {
-                    Ok(request) => {
-                        let id = self.ids.next_id();
+                let id = self.ids.next_id();
+                let outgoing = self.probe_request().map(|request| {
+                    Outgoing::new(id, request, limits, Performer::Client, "probe")
+                        .map_err(DiscoveryErrorKind::Blocked)
+                });
+                match outgoing {
+                    Ok(Ok(outgoing)) => {
                         self.state = State::Probing(id);
-                        Step::Send(vec![Outgoing {
-                            id,
-                            request,
-                            limits,
-                            performer: Performer::Client,
-                            purpose: "probe",
-                        }])
+                        Step::Send(vec![outgoing])
+                    }
+                    Ok(Err(kind)) => {
+                        self.fail(kind);
+                        self.advance()
                     }
                     Err(error) => {
                         self.fail(DiscoveryErrorKind::ProbeFailed(TransportError::Unsupported(
@@ -595,10 +600,10 @@ impl Discovery {
             }
             State::ProtectedResource(mut stage) => {
                 let trail = &mut self.trail;
-                let requests = stage.requests(&mut self.ids, limits, "protected_resource_metadata", |url| {
-                    Self::get(url, &version, limits.allow_private_addresses).inspect_err(|outcome| {
-                        trail.push(blocked(StageName::ProtectedResource, url, outcome))
-                    })
+                let requests = stage.requests(&mut self.ids, |url, id| {
+                    Self::get(id, url, &version, limits, "protected_resource_metadata").inspect_err(
+                        |outcome| trail.push(blocked(StageName::ProtectedResource, url, outcome)),
+                    )
                 });
                 if requests.is_empty() {
                     self.after_protected_resource(&mut stage);
@@ -613,12 +618,11 @@ impl Discovery {
             }
             State::AuthorizationServer { mut stage, issuers, owners } => {
                 let trail = &mut self.trail;
-                let requests =
-                    stage.requests(&mut self.ids, limits, "authorization_server_metadata", |url| {
-                        Self::get(url, &version, limits.allow_private_addresses).inspect_err(|outcome| {
-                            trail.push(blocked(StageName::AuthorizationServer, url, outcome))
-                        })
-                    });
+                let requests = stage.requests(&mut self.ids, |url, id| {
+                    Self::get(id, url, &version, limits, "authorization_server_metadata").inspect_err(
+                        |outcome| trail.push(blocked(StageName::AuthorizationServer, url, outcome)),
+                    )
+                });
                 if requests.is_empty() {
                     self.after_authorization_servers(&mut stage, &issuers, &owners);
                     if matches!(self.state, State::Finished) && self.outcome.is_none() {
