@@ -27,7 +27,9 @@ use super::token::{
 };
 use crate::Reason;
 use crate::config::ClientAuthMethod;
-use crate::fetch_policy::{FetchPolicyError, check_url, is_local_server};
+use crate::fetch_policy::{
+    FetchPolicyError, SecretPins, check_secret_destination, check_url, is_local_server,
+};
 use crate::machine::{
     Child, Instant, Limits, Machine, Outgoing, Performer, RequestId, RequestIds, Step, TransportError,
 };
@@ -491,6 +493,9 @@ impl Session {
         };
         let limits = self.metadata_limits();
         let auth = token_endpoint_auth(registration, discovered, self.config.token_endpoint_auth);
+        if let Err(error) = self.check_secret_destination(registration, auth, &endpoint) {
+            return self.fail(SessionError::Refused { step: "token", error });
+        }
         let client = Client {
             client_id: &registration.client_id,
             client_secret: registration.client_secret.as_ref(),
@@ -524,6 +529,29 @@ impl Session {
             }
             Err(error) => self.fail(SessionError::Token(TokenError::InvalidResponse(error.to_string()))),
         }
+    }
+
+    /// Design §4.2 step 7: a **configured** client secret goes only to the configured
+    /// `token_url`, or to an endpoint on the origin of the configured issuer or MCP server, never
+    /// to one that discovery alone named elsewhere. A secret the authorization server issued at
+    /// dynamic registration is its own and goes back to the endpoint its metadata names.
+    fn check_secret_destination(
+        &self,
+        registration: &Registration,
+        auth: TokenEndpointAuth,
+        endpoint: &Url,
+    ) -> Result<(), FetchPolicyError> {
+        let sends_secret = registration.client_secret.is_some() && auth != TokenEndpointAuth::None;
+        if !sends_secret || registration.source != RegistrationSource::PreRegistered {
+            return Ok(());
+        }
+        let configured = &self.config.configured;
+        let pins = SecretPins {
+            server_url: &self.config.server_url,
+            token_url: configured.token_endpoint.as_ref(),
+            issuer: configured.issuer.as_ref(),
+        };
+        check_secret_destination(endpoint, &pins)
     }
 }
 
@@ -572,6 +600,10 @@ impl Session {
         let Ok(request) = token_request(&endpoint, &client, &grant, &[], Some(&discovered.resource)) else {
             return false;
         };
+        if let Err(error) = self.check_secret_destination(registration, auth, &endpoint) {
+            self.fail(SessionError::Refused { step: "refresh", error });
+            return true;
+        }
         let limits = self.metadata_limits();
         self.refreshed = true;
         if let Some(id) = self.send(request, limits, Performer::Client, "refresh") {
@@ -1084,6 +1116,8 @@ mod tests {
         let mut configured = config(GrantKind::ClientCredentials);
         configured.identity.client_id = Some("m2m".into());
         configured.identity.client_secret = Some(Secret::new("secret"));
+        // The token endpoint is on auth.example.com: the configured issuer pins that origin.
+        configured.configured.issuer = Some(Url::parse("https://auth.example.com").unwrap());
         let mut fake = Fake::default();
         let run = run_with(&mut Session::new(configured), |request| fake.respond(request));
         let outcome = run.outcome.unwrap();
@@ -1129,6 +1163,91 @@ mod tests {
             run.sent.iter().map(|r| r.uri().to_string()).collect::<Vec<_>>()
         );
         assert_eq!(run.outcome.unwrap_err().reason(), "scheme_not_allowed");
+    }
+
+    fn m2m_config() -> SessionConfig {
+        let mut configured = config(GrantKind::ClientCredentials);
+        configured.identity.client_id = Some("m2m".into());
+        configured.identity.client_secret = Some(Secret::new("secret"));
+        configured
+    }
+
+    /// Whether any request carried the configured secret (form body or Basic header).
+    fn leaked_secret(sent: &[http::Request<Vec<u8>>]) -> Vec<String> {
+        let basic = base64::engine::general_purpose::STANDARD.encode("m2m:secret");
+        sent.iter()
+            .filter(|request| {
+                String::from_utf8_lossy(request.body()).contains("client_secret=secret")
+                    || request
+                        .headers()
+                        .get("authorization")
+                        .is_some_and(|value| value.to_str().unwrap_or_default().contains(&basic))
+            })
+            .map(|request| request.uri().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_configured_secret_never_goes_to_a_token_endpoint_only_discovery_named() {
+        // Hostile metadata names a token endpoint on another host; nothing configured pins it.
+        let hostile = json!({"token_endpoint": "https://collector.evil.example/token"});
+        let mut respond = hostile_metadata(hostile.clone());
+        let run = run_with(&mut Session::new(m2m_config()), |request| respond(request));
+        assert_eq!(run.outcome.unwrap_err().reason(), "unpinned_secret_destination");
+        assert!(leaked_secret(&run.sent).is_empty(), "secret sent to {:?}", leaked_secret(&run.sent));
+        assert!(run.sent.iter().all(|r| r.uri().host() != Some("collector.evil.example")));
+
+        // A configured issuer pins its own origin, not the hostile one.
+        let mut pinned_issuer = m2m_config();
+        pinned_issuer.configured.issuer = Some(Url::parse("https://auth.example.com").unwrap());
+        let mut respond = hostile_metadata(hostile.clone());
+        let run = run_with(&mut Session::new(pinned_issuer), |request| respond(request));
+        assert_eq!(run.outcome.unwrap_err().reason(), "unpinned_secret_destination");
+        assert!(leaked_secret(&run.sent).is_empty());
+
+        // The interactive grant with a pre-registered confidential client: same rule.
+        let mut interactive = config(GrantKind::AuthorizationCode);
+        interactive.identity.client_id = Some("m2m".into());
+        interactive.identity.client_secret = Some(Secret::new("secret"));
+        let mut respond = hostile_metadata(hostile);
+        let run = run_with(&mut Session::new(interactive), |request| respond(request));
+        assert_eq!(run.outcome.unwrap_err().reason(), "unpinned_secret_destination");
+        assert!(leaked_secret(&run.sent).is_empty());
+    }
+
+    #[test]
+    fn a_configured_secret_goes_to_a_configured_token_url_or_the_servers_origin() {
+        // A configured token_url wins over the hostile one and receives the secret.
+        let mut configured = m2m_config();
+        configured.configured.token_endpoint = Some(Url::parse("https://auth.example.com/token").unwrap());
+        let mut respond = hostile_metadata(json!({"token_endpoint": "https://collector.evil.example/token"}));
+        let run = run_with(&mut Session::new(configured), |request| respond(request));
+        assert!(run.outcome.is_ok());
+        assert_eq!(leaked_secret(&run.sent), ["https://auth.example.com/token"]);
+
+        // Discovery naming a token endpoint on the MCP server's own origin is pinned by the server URL.
+        let mut respond = hostile_metadata(json!({"token_endpoint": format!("{ORIGIN}/token")}));
+        let run = run_with(&mut Session::new(m2m_config()), |request| respond(request));
+        assert!(run.outcome.is_ok());
+        assert_eq!(leaked_secret(&run.sent), [format!("{ORIGIN}/token")]);
+    }
+
+    #[test]
+    fn a_dynamically_registered_secret_goes_back_to_its_authorization_server() {
+        let mut fake = Fake::default();
+        let mut session = Session::new(config(GrantKind::AuthorizationCode));
+        let run = run_with(&mut session, |request| {
+            if request.uri().path() == "/register" {
+                return json(
+                    201,
+                    json!({"client_id": "dyn", "client_secret": "issued", "token_endpoint_auth_method": "client_secret_post"}),
+                );
+            }
+            fake.respond(request)
+        });
+        assert!(run.outcome.is_ok(), "the AS's own secret is not a configured one");
+        let token = run.sent.iter().find(|r| r.uri().path() == "/token").unwrap();
+        assert!(String::from_utf8_lossy(token.body()).contains("client_secret=issued"));
     }
 
     #[test]
