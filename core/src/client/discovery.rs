@@ -113,6 +113,8 @@ pub enum CandidateOutcome {
     IssuerMismatch(String),
     /// The resource metadata lists no authorization server.
     NoAuthorizationServers,
+    /// The challenge's `resource_metadata` is on another origin than the MCP server; not fetched.
+    CrossOrigin(String),
     /// The probe's answer (status and whether a Bearer challenge came with it).
     Probed {
         /// The HTTP status.
@@ -135,6 +137,9 @@ impl fmt::Display for CandidateOutcome {
                 write!(f, "issuer `{found}` differs from the issuer it was fetched for")
             }
             Self::NoAuthorizationServers => f.write_str("no authorization_servers listed"),
+            Self::CrossOrigin(origin) => {
+                write!(f, "not fetched: on {origin}, another origin than the MCP server")
+            }
             Self::Probed { status, challenge: true } => write!(f, "HTTP {status} with a Bearer challenge"),
             Self::Probed { status, challenge: false } => write!(f, "HTTP {status}, no Bearer challenge"),
         }
@@ -397,6 +402,7 @@ impl Discovery {
                             CandidateOutcome::ResourceMismatch(_)
                                 | CandidateOutcome::InvalidDocument(_)
                                 | CandidateOutcome::NoAuthorizationServers
+                                | CandidateOutcome::CrossOrigin(_)
                         )
                 });
                 if rejected {
@@ -600,10 +606,13 @@ impl Discovery {
             }
             State::ProtectedResource(mut stage) => {
                 let trail = &mut self.trail;
+                let server_url = &self.config.server_url;
                 let requests = stage.requests(&mut self.ids, |url, id| {
-                    Self::get(id, url, &version, limits, "protected_resource_metadata").inspect_err(
-                        |outcome| trail.push(blocked(StageName::ProtectedResource, url, outcome)),
-                    )
+                    same_origin_resource_metadata(server_url, url)
+                        .and_then(|()| Self::get(id, url, &version, limits, "protected_resource_metadata"))
+                        .inspect_err(|outcome| {
+                            trail.push(blocked(StageName::ProtectedResource, url, outcome))
+                        })
                 });
                 if requests.is_empty() {
                     self.after_protected_resource(&mut stage);
@@ -688,6 +697,16 @@ impl Discovery {
             }
             _ => {}
         }
+    }
+}
+
+/// Protected-resource metadata is fetched only from the MCP server's own origin (design §4.2
+/// step 7): a challenge naming `resource_metadata` elsewhere is refused before any request.
+fn same_origin_resource_metadata(server_url: &Url, url: &Url) -> Result<(), CandidateOutcome> {
+    if url.origin() == server_url.origin() {
+        Ok(())
+    } else {
+        Err(CandidateOutcome::CrossOrigin(url.origin().ascii_serialization()))
     }
 }
 
@@ -1009,5 +1028,25 @@ mod tests {
             found.authorization_server.authorization_endpoint.as_deref(),
             Some("https://auth.example.com/authorize")
         );
+    }
+
+    #[test]
+    fn cross_origin_resource_metadata_is_never_fetched() {
+        for header in [
+            r#"Bearer resource_metadata="https://evil.example.com/prm""#,
+            r#"Bearer resource_metadata="https://mcp.example.com:8443/prm""#,
+            r#"Bearer resource_metadata="http://mcp.example.com/prm""#,
+            r#"Bearer resource_metadata="https://169.254.169.254/latest/meta-data""#,
+        ] {
+            let run = discover(vec![probe(challenge(header))]);
+            assert_eq!(run.requests, ["POST https://mcp.example.com/mcp"], "{header}");
+            let failure = run.outcome.unwrap_err();
+            assert_eq!(failure.reason(), "protected_resource_rejected", "{header}");
+            assert!(
+                failure.trail.iter().any(|entry| matches!(entry.outcome, CandidateOutcome::CrossOrigin(_))),
+                "{header}: {:?}",
+                failure.trail
+            );
+        }
     }
 }
