@@ -164,14 +164,8 @@ const V4_RANGES: &[Row<u32>] = {
     ]
 };
 
-const fn v6(segments: [u16; 8]) -> u128 {
-    let mut bits = 0u128;
-    let mut index = 0;
-    while index < 8 {
-        bits = (bits << 16) | segments[index] as u128;
-        index += 1;
-    }
-    bits
+const fn v6(s: [u16; 8]) -> u128 {
+    Ipv6Addr::new(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]).to_bits()
 }
 
 /// The IPv6 table (IANA IPv6 Special-Purpose Address Registry and address-space registry, plus
@@ -663,6 +657,31 @@ mod tests {
         assert_eq!(classify(ip("2606:4700::1")).embedded, None);
         assert_eq!(classify(ip("::1")).embedded, None);
         assert_eq!(classify(ip("::")).embedded, None);
+    }
+
+    #[test]
+    fn an_ambiguous_local_use_nat64_address_is_judged_by_its_worst_reading() {
+        // 64:ff9b:1::/48 may carry IPv4 in the /96 layout (last 32 bits) or the /48 layout.
+        // /96 reads 93.184.216.34 (public), /48 reads 10.0.0.1 (private): private counts.
+        assert_eq!(verdict("64:ff9b:1:a00:0:100:5db8:d822", false), "private_address");
+        assert_eq!(verdict("64:ff9b:1:a00:0:100:5db8:d822", true), "allowed");
+        // /96 reads 10.0.0.1 (private), /48 reads 0.0.0.0 (never): never counts.
+        assert_eq!(verdict("64:ff9b:1::a00:1", true), "unspecified_address");
+        // /96 reads 240.0.0.1 (reserved), /48 reads 169.254.1.1: link-local outranks reserved.
+        assert_eq!(verdict("64:ff9b:1:a9fe:1:100:f000:1", true), "link_local_address");
+        // Both public: allowed.
+        assert_eq!(verdict("64:ff9b:1:5db8:d8:2200:5db8:d822", false), "allowed");
+    }
+
+    #[test]
+    fn a_refusal_names_the_range_and_the_embedded_address() {
+        let error = permits_address(ip("2002:a00:1::1"), false).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "address 2002:a00:1::1 refused: in 10.0.0.0/8 (as 10.0.0.1, carried by 2002::/16 (6to4))"
+        );
+        let error = permits_address(ip("10.0.0.1"), false).unwrap_err();
+        assert_eq!(error.to_string(), "address 10.0.0.1 refused: in 10.0.0.0/8");
     }
 
     #[test]
