@@ -25,7 +25,7 @@ use crate::token::{m2m_cache_ttl, user_token_ttl, validate_token_response};
 use crate::www_authenticate::parse_bearer;
 
 /// The names of every check `eval` answers.
-pub const CHECKS: [&str; 12] = [
+pub const CHECKS: [&str; 13] = [
     "redirect_uri",
     "public_origin",
     "flow",
@@ -38,6 +38,7 @@ pub const CHECKS: [&str; 12] = [
     "token_validation",
     "token_ttl",
     "outbound_auth",
+    "fetch_target",
 ];
 
 /// The longest input line `eval` reads, in bytes; longer lines are answered with an error.
@@ -83,6 +84,7 @@ pub fn evaluate(input: &Value, env: EnvLookup<'_>) -> Value {
             "token_validation" => token_validation(input),
             "token_ttl" => token_ttl(input),
             "outbound_auth" => outbound_auth(input, env),
+            "fetch_target" => fetch_target(input),
             other => Err(format!(
                 "unknown check `{}`; known checks: {}",
                 other.chars().take(64).collect::<String>(),
@@ -337,4 +339,30 @@ fn outbound_auth(input: &Map<String, Value>, env: EnvLookup<'_>) -> Answer {
     Ok(
         json!({ "resolution": decision.resolution.as_str(), "forwards_authorization": decision.forwards_authorization() }),
     )
+}
+
+/// `fetch_target`: may the client fetch `url` whose host resolved to `resolved` (design §4.9)?
+/// An unparsable `url` is a refusal (`invalid_url`); a malformed address is an input error.
+fn fetch_target(input: &Map<String, Value>) -> Answer {
+    let allow_private = optional_bool(input, "allow_private_addresses")?.unwrap_or(false);
+    let resolved = match optional(input, "resolved") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .and_then(|text| text.parse::<IpAddr>().ok())
+                    .ok_or_else(|| format!("`resolved` entry {item} is not an IP address"))
+            })
+            .collect::<Result<Vec<IpAddr>, String>>()?,
+        Some(_) => return Err("`resolved` must be a list of IP address strings".to_owned()),
+    };
+    let verdict = match Url::parse(required_str(input, "url")?) {
+        Ok(url) => crate::fetch_policy::check_fetch_target(&url, &resolved, allow_private),
+        Err(error) => Err(crate::fetch_policy::FetchPolicyError::InvalidUrl { target: error.to_string() }),
+    };
+    Ok(match verdict {
+        Ok(()) => json!({ "allowed": true, "reason": "allowed" }),
+        Err(refusal) => json!({ "allowed": false, "reason": refusal.reason() }),
+    })
 }

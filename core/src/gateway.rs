@@ -1376,6 +1376,21 @@ pub fn apply_discovery(
     };
     let authorization = checked("authorization_url", &metadata.authorization_endpoint)?;
     let token = checked("token_url", &metadata.token_endpoint)?;
+    // The client secret goes to this token endpoint: only where the configuration pins it
+    // (design §4.2 step 7), judged on the configured values, before discovery fills any.
+    if server.entry.client_secret.is_some()
+        && server.entry.token_url.is_none()
+        && let Some(endpoint) = token.as_deref().and_then(|token| Url::parse(token).ok())
+    {
+        let issuer = server.entry.issuer.as_deref().and_then(|issuer| Url::parse(issuer).ok());
+        let pins = crate::fetch_policy::SecretPins {
+            server_url: &server.url,
+            token_url: None,
+            issuer: issuer.as_ref(),
+        };
+        crate::fetch_policy::check_secret_destination(&endpoint, &pins)
+            .map_err(|error| EndpointError::Refused { field: "token_url", why: error.to_string() })?;
+    }
     let registration = checked("registration_url", &metadata.registration_endpoint)?;
     let missing = missing_endpoints(server);
     let found = |field: &'static str, value: &Option<String>| match value {
@@ -1638,6 +1653,16 @@ mcp_servers:
             Err("endpoint_not_published")
         );
         assert!(bare.entry.authorization_url.is_none(), "a refused discovery changes nothing");
+        // A token endpoint that discovery alone names on another origin never gets the secret.
+        let mut secretive = bare.clone();
+        secretive.entry.client_secret = Some(Secret::new("s3cret-value-0001"));
+        let elsewhere = as_metadata(Some("https://login.example/a"), Some("https://login.example/t"));
+        assert_eq!(
+            apply_discovery(&mut secretive, &elsewhere).map_err(|error| error.reason()),
+            Err("blocked_by_fetch_policy")
+        );
+        secretive.entry.issuer = Some("https://login.example".into());
+        assert!(apply_discovery(&mut secretive, &elsewhere).is_ok(), "the configured issuer pins it");
         // A server on loopback may use http endpoints on loopback (a local development setup).
         let local = &mut config.servers["local"];
         let loopback = as_metadata(Some("http://127.0.0.1:9001/a"), Some("http://127.0.0.1:9001/t"));

@@ -15,8 +15,8 @@
 //!     loop {
 //!         match machine.poll(now) {
 //!             Step::Send(requests) => for outgoing in requests {
-//!                 let response = perform(&outgoing.request);
-//!                 machine.handle_response(outgoing.id, Ok(response), now);
+//!                 let response = perform(outgoing.request());
+//!                 machine.handle_response(outgoing.id(), Ok(response), now);
 //!             },
 //!             Step::Wait(_) => continue, // a real driver sleeps until the deadline or an answer
 //!             Step::Done(outcome) => return outcome,
@@ -98,18 +98,81 @@ impl Limits {
 }
 
 /// One request a machine wants performed. Redirects are never followed: a 3xx is an answer.
+///
+/// The only way to build one is [`Outgoing::new`], which applies the fetch policy
+/// ([`crate::fetch_policy::check_url`]) to the request's target under its limits, so no machine can
+/// emit a request to a refused URL; the fields are read through accessors and cannot be changed
+/// afterwards (only [`Child`] renumbers the id).
 #[derive(Debug)]
 pub struct Outgoing {
+    id: RequestId,
+    request: http::Request<Vec<u8>>,
+    limits: Limits,
+    performer: Performer,
+    purpose: &'static str,
+}
+
+impl Outgoing {
+    /// A request to perform, refused unless its target is an absolute URL the fetch policy allows
+    /// under `limits.allow_private_addresses` (https, or http for a local server; no userinfo; an
+    /// IP-literal host through the address table; `localhost` only for a local server).
+    pub fn new(
+        id: RequestId,
+        request: http::Request<Vec<u8>>,
+        limits: Limits,
+        performer: Performer,
+        purpose: &'static str,
+    ) -> Result<Self, crate::fetch_policy::FetchPolicyError> {
+        let target = request.uri().to_string();
+        let url = url::Url::parse(&target)
+            .map_err(|_| crate::fetch_policy::FetchPolicyError::InvalidUrl { target: target.clone() })?;
+        crate::fetch_policy::check_url(&url, limits.allow_private_addresses)?;
+        Ok(Self { id, request, limits, performer, purpose })
+    }
+
+    /// Builds a request **without** the fetch policy, for adapter tests that check the adapter's
+    /// own address filter (defence in depth). Only with the `test-util` feature; never in a
+    /// production build.
+    #[cfg(feature = "test-util")]
+    pub fn unchecked(
+        id: RequestId,
+        request: http::Request<Vec<u8>>,
+        limits: Limits,
+        performer: Performer,
+        purpose: &'static str,
+    ) -> Self {
+        Self { id, request, limits, performer, purpose }
+    }
+
     /// Routes the answer back to the machine.
-    pub id: RequestId,
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
     /// The request; the body is complete.
-    pub request: http::Request<Vec<u8>>,
+    pub fn request(&self) -> &http::Request<Vec<u8>> {
+        &self.request
+    }
+
     /// What the adapter enforces.
-    pub limits: Limits,
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Who performs it.
-    pub performer: Performer,
+    pub fn performer(&self) -> Performer {
+        self.performer
+    }
+
     /// A short label for logs and traces (`"protected_resource_metadata"`).
-    pub purpose: &'static str,
+    pub fn purpose(&self) -> &'static str {
+        self.purpose
+    }
+
+    /// The request, taken out (the policy was applied when it was built).
+    pub fn into_request(self) -> http::Request<Vec<u8>> {
+        self.request
+    }
 }
 
 /// Why a request produced no response.
@@ -198,11 +261,17 @@ pub struct OneShot<F> {
 }
 
 impl<F> OneShot<F> {
-    /// Sends `request` under `limits`, then hands the answer to `map`.
-    pub fn new(request: http::Request<Vec<u8>>, limits: Limits, purpose: &'static str, map: F) -> Self {
+    /// Sends `request` under `limits`, then hands the answer to `map`; refused (and nothing is
+    /// ever sent) when the fetch policy refuses the request's target.
+    pub fn new(
+        request: http::Request<Vec<u8>>,
+        limits: Limits,
+        purpose: &'static str,
+        map: F,
+    ) -> Result<Self, crate::fetch_policy::FetchPolicyError> {
         let id = RequestId(1);
-        let outgoing = Outgoing { id, request, limits, performer: Performer::Client, purpose };
-        Self { outgoing: Some(outgoing), id, map: Some(map), result: None }
+        let outgoing = Outgoing::new(id, request, limits, Performer::Client, purpose)?;
+        Ok(Self { outgoing: Some(outgoing), id, map: Some(map), result: None })
     }
 }
 

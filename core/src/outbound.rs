@@ -299,4 +299,18 @@ mod tests {
         assert!(!debug_requested(&headers(&[("x-mcp-debug", "false")])));
         assert!(!debug_requested(&HeaderMap::new()));
     }
+
+    #[test]
+    fn only_the_bearer_scheme_is_stripped_from_a_token() {
+        assert_eq!(bearer_token("Bearer abc"), "abc");
+        assert_eq!(bearer_token("  bEaReR   abc  "), "abc");
+        assert_eq!(bearer_token("abc"), "abc");
+        // Another scheme is part of the value: a Basic credential is not a bearer token.
+        assert_eq!(bearer_token("Basic dXNlcjpwdw=="), "Basic dXNlcjpwdw==");
+        assert_eq!(bearer_token("Token abc"), "Token abc");
+        // So a gateway key sent as `Basic <key>` is not recognised as the key by its tail alone.
+        let keys = [Secret::new("sk-gateway-key-000")];
+        assert!(is_gateway_key("Bearer sk-gateway-key-000", &keys));
+        assert!(!is_gateway_key("Basic sk-gateway-key-000", &keys));
+    }
 }

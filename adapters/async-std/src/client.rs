@@ -57,7 +57,7 @@ use async_std::io::ReadExt;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::{Request, Response, header};
-use mcp_oauth_core::fetch_policy::{FetchPolicyError, permits_address};
+use mcp_oauth_core::fetch_policy::{FetchPolicyError, permits_address, permits_addresses};
 use mcp_oauth_core::machine::{Limits, Outgoing, TransportError};
 use surf::http::headers::{HeaderName as TypesHeaderName, HeaderValue as TypesHeaderValue};
 use surf::http::{Method as TypesMethod, Request as TypesRequest, Version};
@@ -132,8 +132,8 @@ impl HttpClient {
     /// `https` without TLS support compiled in), a header value that is not visible ASCII, or an
     /// `HTTP/1.0` answer, and [`TransportError::Connect`] when connecting, TLS or reading fails.
     pub async fn perform(&self, outgoing: &Outgoing) -> Result<Response<Vec<u8>>, TransportError> {
-        let limits = outgoing.limits;
-        let uri = outgoing.request.uri();
+        let limits = outgoing.limits();
+        let uri = outgoing.request().uri();
         match uri.scheme_str() {
             Some("http") => {}
             Some("https") if cfg!(feature = "h1-client") => {}
@@ -150,10 +150,10 @@ impl HttpClient {
         }
         let host = uri.host().ok_or_else(|| TransportError::Unsupported("the URL has no host".into()))?;
         let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-        let mut request = to_surf_request(&outgoing.request)?;
+        let mut request = to_surf_request(outgoing.request())?;
         tracing::debug!(
-            purpose = outgoing.purpose,
-            method = %outgoing.request.method(),
+            purpose = outgoing.purpose(),
+            method = %outgoing.request().method(),
             host,
             "performing request"
         );
@@ -176,12 +176,12 @@ impl HttpClient {
         };
         match &result {
             Ok(response) => tracing::debug!(
-                purpose = outgoing.purpose,
+                purpose = outgoing.purpose(),
                 status = response.status().as_u16(),
                 bytes = response.body().len(),
                 "response"
             ),
-            Err(error) => tracing::debug!(purpose = outgoing.purpose, %error, "request failed"),
+            Err(error) => tracing::debug!(purpose = outgoing.purpose(), %error, "request failed"),
         }
         result
     }
@@ -211,7 +211,7 @@ struct Checked(Vec<SocketAddr>);
 
 /// Applies the fetch policy before connecting and returns the addresses to connect to: an IP
 /// literal directly, a host name resolved once, every address checked (see
-/// [`permits_resolution`]).
+/// [`permits_addresses`]).
 async fn resolve_checked(
     lookup: &Lookup,
     host: &str,
@@ -226,29 +226,16 @@ async fn resolve_checked(
         .await
         .map_err(|error| TransportError::Connect(cut(format!("DNS lookup failed: {error}"))))?;
     let ips: Vec<IpAddr> = resolved.iter().map(SocketAddr::ip).collect();
-    match permits_resolution(&ips, allow_private) {
+    match permits_addresses(&ips, allow_private) {
         Ok(()) => Ok(resolved),
-        Err(None) => Err(TransportError::Connect("the host name resolved to no address".into())),
-        Err(Some(error)) => {
+        Err(FetchPolicyError::NoAddresses) => {
+            Err(TransportError::Connect("the host name resolved to no address".into()))
+        }
+        Err(error) => {
             tracing::debug!(host, %error, "the host resolves to an address the fetch policy refuses");
             Err(TransportError::Blocked(format!("host `{host}`: {error}")))
         }
     }
-}
-
-/// Design §4.9 for a whole resolution: the target is refused when any address it resolves to is
-/// refused (`Err(Some(why))`), or when it resolves to none (`Err(None)`).
-///
-/// This is the adapter's only "whole resolution" loop; core's
-/// `fetch_policy::permits_addresses` replaces it once it lands.
-fn permits_resolution(addresses: &[IpAddr], allow_private: bool) -> Result<(), Option<FetchPolicyError>> {
-    if addresses.is_empty() {
-        return Err(None);
-    }
-    for &address in addresses {
-        permits_address(address, allow_private).map_err(Some)?;
-    }
-    Ok(())
 }
 
 /// surf's backend: async-h1 over a stream connected to a checked address (see the module docs).
@@ -508,14 +495,15 @@ mod tests {
         Limits { allow_private_addresses: allow_private, ..Limits::METADATA }
     }
 
+    /// A request past core's URL check, so the adapter's own address filter is what is tested.
     fn get(url: &str, allow_private: bool) -> Outgoing {
-        Outgoing {
-            id: RequestId(1),
-            request: Request::get(url).body(Vec::new()).unwrap(),
-            limits: limits(allow_private),
-            performer: Performer::Client,
-            purpose: "test",
-        }
+        Outgoing::unchecked(
+            RequestId(1),
+            Request::get(url).body(Vec::new()).unwrap(),
+            limits(allow_private),
+            Performer::Client,
+            "test",
+        )
     }
 
     /// A client whose name lookups answer `answers(call number)`, counting calls.
@@ -569,12 +557,12 @@ mod tests {
     #[test]
     fn a_resolution_passes_only_when_every_address_does() {
         let ips = |list: &[&str]| list.iter().map(|ip| ip.parse().unwrap()).collect::<Vec<IpAddr>>();
-        assert_eq!(permits_resolution(&ips(&["93.184.216.34", "2606:2800:220:1::1"]), false), Ok(()));
-        let mixed = permits_resolution(&ips(&["93.184.216.34", "10.0.0.1"]), false).unwrap_err();
-        assert!(matches!(mixed, Some(FetchPolicyError::Address { .. })), "{mixed:?}");
-        assert!(permits_resolution(&ips(&["127.0.0.1", "169.254.169.254"]), true).is_err());
-        assert!(permits_resolution(&ips(&["127.0.0.1", "10.0.0.1"]), true).is_ok());
-        assert_eq!(permits_resolution(&[], true), Err(None));
+        assert_eq!(permits_addresses(&ips(&["93.184.216.34", "2606:2800:220:1::1"]), false), Ok(()));
+        let mixed = permits_addresses(&ips(&["93.184.216.34", "10.0.0.1"]), false).unwrap_err();
+        assert!(matches!(mixed, FetchPolicyError::Address { .. }), "{mixed:?}");
+        assert!(permits_addresses(&ips(&["127.0.0.1", "169.254.169.254"]), true).is_err());
+        assert!(permits_addresses(&ips(&["127.0.0.1", "10.0.0.1"]), true).is_ok());
+        assert_eq!(permits_addresses(&[], true), Err(FetchPolicyError::NoAddresses));
     }
 
     #[async_std::test]

@@ -103,8 +103,8 @@ pub async fn drive_with_clock<M: Machine>(
             Step::Done(outcome) => return Ok(outcome),
             Step::Send(requests) => {
                 for outgoing in requests {
-                    let id = outgoing.id;
-                    tracing::trace!(%id, purpose = outgoing.purpose, "send");
+                    let id = outgoing.id();
+                    tracing::trace!(%id, purpose = outgoing.purpose(), "send");
                     let answer = io.perform(outgoing);
                     in_flight.push(async move { (id, answer.await) });
                 }
@@ -149,7 +149,7 @@ mod tests {
 
     impl Perform for Echo {
         async fn perform(&self, outgoing: Outgoing) -> Result<Response<Vec<u8>>, TransportError> {
-            let uri = outgoing.request.uri().clone();
+            let uri = outgoing.request().uri().clone();
             if let Ok(mut seen) = self.seen.lock() {
                 seen.push(uri.path().to_owned());
             }
@@ -160,13 +160,13 @@ mod tests {
     }
 
     fn get(id: u64, target: &str) -> Outgoing {
-        Outgoing {
-            id: RequestId(id),
-            request: http::Request::get(target).body(Vec::new()).unwrap(),
-            limits: Limits::METADATA,
-            performer: Performer::Client,
-            purpose: "test",
-        }
+        Outgoing::unchecked(
+            RequestId(id),
+            http::Request::get(target).body(Vec::new()).unwrap(),
+            Limits::METADATA,
+            Performer::Client,
+            "test",
+        )
     }
 
     /// Sends two requests at once, then waits for a deadline after both answers.

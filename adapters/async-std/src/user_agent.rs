@@ -74,7 +74,7 @@ impl Io {
 
 impl Perform for Io {
     async fn perform(&self, outgoing: Outgoing) -> Result<Response<Vec<u8>>, TransportError> {
-        match outgoing.performer {
+        match outgoing.performer() {
             Performer::Client => self.client.perform(&outgoing).await,
             Performer::UserAgent => self.user_agent.navigate(outgoing, &self.client).await,
         }

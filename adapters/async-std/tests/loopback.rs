@@ -234,6 +234,7 @@ fn cc_machine(origin: &str, secret: &str, auth: TokenEndpointAuth) -> OneShot<im
             Err(error) => format!("{error:?}"),
         }
     })
+    .expect("the fetch policy allows the loopback mock")
 }
 
 #[test]
@@ -267,7 +268,8 @@ fn client_credentials_and_token_exchange() {
         let request = token_request(&endpoint, &client, &grant, &[], None).expect("request");
         let mut machine = OneShot::new(request, local_limits(), "token_exchange", |result: Result<_, _>| {
             parse_token_response(&result.expect("transport"))
-        });
+        })
+        .expect("the fetch policy allows the loopback mock");
         let token = drive(&mut machine, &io).await.expect("driver").expect("token");
         assert_eq!(token.issued_token_type.as_deref(), Some(ACCESS_TOKEN_TYPE));
     });

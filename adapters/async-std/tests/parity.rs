@@ -47,11 +47,11 @@ struct Recording<P> {
 
 impl<P> Recording<P> {
     fn record(&self, outgoing: &Outgoing) {
-        let who = match outgoing.performer {
+        let who = match outgoing.performer() {
             Performer::Client => "",
             Performer::UserAgent => " (user agent)",
         };
-        let line = format!("{} {}{who}", outgoing.request.method(), outgoing.request.uri());
+        let line = format!("{} {}{who}", outgoing.request().method(), outgoing.request().uri());
         self.log.lock().unwrap_or_else(PoisonError::into_inner).push(line);
     }
 }
@@ -172,6 +172,7 @@ fn token_machine(upstream: &Upstream, grant: &Grant<'_>) -> OneShot<impl FnOnce(
             Err(error) => format!("transport: {error:?}"),
         }
     })
+    .expect("the fetch policy allows the loopback mock")
 }
 
 fn debug(value: &impl Debug) -> String {

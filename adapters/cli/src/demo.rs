@@ -70,17 +70,13 @@ impl Walkthrough {
             request = request.header(*name, *value);
         }
         let request = request.body(body).map_err(|error| StepFailed(format!("bad request: {error}")))?;
-        let outgoing = Outgoing {
-            id: RequestId(0),
-            request,
-            limits: Limits {
-                max_body_bytes: 1024 * 1024,
-                timeout: Duration::from_secs(10),
-                allow_private_addresses: true,
-            },
-            performer: Performer::Client,
-            purpose: "demo",
+        let limits = Limits {
+            max_body_bytes: 1024 * 1024,
+            timeout: Duration::from_secs(10),
+            allow_private_addresses: true,
         };
+        let outgoing = Outgoing::new(RequestId(0), request, limits, Performer::Client, "demo")
+            .map_err(|error| StepFailed(format!("{url}: {error}")))?;
         self.client.perform(&outgoing).await.map_err(|error| StepFailed(format!("{url}: {error}")))
     }
 

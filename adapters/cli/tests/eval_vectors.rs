@@ -69,6 +69,7 @@ fn always_present(
         "token_validation" => vec!["valid"],
         "token_ttl" => vec!["ttl_seconds"],
         "outbound_auth" => vec!["resolution", "forwards_authorization"],
+        "fetch_target" => vec!["allowed", "reason"],
         _ => Vec::new(),
     }
 }

@@ -50,7 +50,8 @@ async fn client_credentials(io: &Io, token_url: &Url) -> Result<Fetched, FetchEr
                 }
                 Err(error) => Err(FetchError::from_reason(&error)),
             }
-        });
+        })
+        .map_err(|error| FetchError::from_reason(&error))?;
     let response =
         drive(&mut machine, io).await.map_err(|error| FetchError::new("stalled", error.to_string()))??;
     Ok(Fetched::m2m(&response))

@@ -40,7 +40,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use mcp_oauth_core::fetch_policy::{FetchPolicyError, permits_address};
+use mcp_oauth_core::fetch_policy::{FetchPolicyError, permits_address, permits_addresses};
 use mcp_oauth_core::machine::{Limits, Outgoing, TransportError};
 
 /// The longest error message passed on; the rest is cut.
@@ -91,19 +91,19 @@ impl HttpClient {
     /// [`Limits::max_body_bytes`], [`TransportError::Unsupported`] for a URL that is not absolute
     /// `http` or `https`, and [`TransportError::Connect`] when connecting, TLS or reading fails.
     pub async fn perform(&self, outgoing: &Outgoing) -> Result<Response<Vec<u8>>, TransportError> {
-        let limits = outgoing.limits;
-        let uri = outgoing.request.uri();
+        let limits = outgoing.limits();
+        let uri = outgoing.request().uri();
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Err(TransportError::Unsupported("only absolute http and https URLs are fetched".into()));
         }
         let host = uri.host().ok_or_else(|| TransportError::Unsupported("the URL has no host".into()))?;
         tracing::debug!(
-            purpose = outgoing.purpose,
-            method = %outgoing.request.method(),
+            purpose = outgoing.purpose(),
+            method = %outgoing.request().method(),
             host,
             "performing request"
         );
-        let request = to_hyper_request(&outgoing.request);
+        let request = to_hyper_request(outgoing.request());
         let result = match tokio::time::timeout(limits.timeout, exchange(&self.pools, request, limits)).await
         {
             Ok(result) => result,
@@ -111,12 +111,12 @@ impl HttpClient {
         };
         match &result {
             Ok(response) => tracing::debug!(
-                purpose = outgoing.purpose,
+                purpose = outgoing.purpose(),
                 status = response.status().as_u16(),
                 bytes = response.body().len(),
                 "response"
             ),
-            Err(error) => tracing::debug!(purpose = outgoing.purpose, %error, "request failed"),
+            Err(error) => tracing::debug!(purpose = outgoing.purpose(), %error, "request failed"),
         }
         result
     }
@@ -285,7 +285,7 @@ fn blocked(error: &(dyn StdError + 'static)) -> Option<String> {
 }
 
 /// Resolves once and passes on the addresses only when the fetch policy permits every one of
-/// them (see [`permits_resolution`]); hyper-util then connects to those addresses and no others.
+/// them (see [`permits_addresses`]); hyper-util then connects to those addresses and no others.
 #[derive(Clone)]
 struct PolicyResolver {
     allow_private: bool,
@@ -341,31 +341,16 @@ async fn resolve(
     lookup: &Lookup,
 ) -> Result<std::vec::IntoIter<SocketAddr>, ResolveError> {
     let resolved = lookup(host.to_owned()).await.map_err(ResolveError::Lookup)?;
-    match permits_resolution(&resolved, allow_private) {
+    match permits_addresses(&resolved, allow_private) {
         Ok(()) => {}
-        Err(None) => return Err(ResolveError::NoAddress),
-        Err(Some(error)) => {
+        Err(FetchPolicyError::NoAddresses) => return Err(ResolveError::NoAddress),
+        Err(error) => {
             tracing::debug!(host, %error, "the host resolves to an address the fetch policy refuses");
             return Err(ResolveError::Blocked(format!("host `{host}`: {error}")));
         }
     }
     // Port 0: hyper-util sets the URL's port on every address it is handed.
     Ok(resolved.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect::<Vec<_>>().into_iter())
-}
-
-/// Design §4.9 for a whole resolution: the target is refused when any address it resolves to is
-/// refused (`Err(Some(why))`), or when it resolves to none (`Err(None)`).
-///
-/// This is the adapter's only "whole resolution" loop; core's
-/// `fetch_policy::permits_addresses` replaces it once it lands.
-fn permits_resolution(addresses: &[IpAddr], allow_private: bool) -> Result<(), Option<FetchPolicyError>> {
-    if addresses.is_empty() {
-        return Err(None);
-    }
-    for &address in addresses {
-        permits_address(address, allow_private).map_err(Some)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -427,12 +412,12 @@ mod tests {
     #[test]
     fn a_resolution_passes_only_when_every_address_does() {
         let ips = |list: &[&str]| list.iter().map(|ip| ip.parse().unwrap()).collect::<Vec<IpAddr>>();
-        assert_eq!(permits_resolution(&ips(&["93.184.216.34", "2606:2800:220:1::1"]), false), Ok(()));
-        let mixed = permits_resolution(&ips(&["93.184.216.34", "10.0.0.1"]), false).unwrap_err();
-        assert!(matches!(mixed, Some(FetchPolicyError::Address { .. })), "{mixed:?}");
-        assert!(permits_resolution(&ips(&["127.0.0.1", "169.254.169.254"]), true).is_err());
-        assert!(permits_resolution(&ips(&["127.0.0.1", "10.0.0.1"]), true).is_ok());
-        assert_eq!(permits_resolution(&[], true), Err(None));
+        assert_eq!(permits_addresses(&ips(&["93.184.216.34", "2606:2800:220:1::1"]), false), Ok(()));
+        let mixed = permits_addresses(&ips(&["93.184.216.34", "10.0.0.1"]), false).unwrap_err();
+        assert!(matches!(mixed, FetchPolicyError::Address { .. }), "{mixed:?}");
+        assert!(permits_addresses(&ips(&["127.0.0.1", "169.254.169.254"]), true).is_err());
+        assert!(permits_addresses(&ips(&["127.0.0.1", "10.0.0.1"]), true).is_ok());
+        assert_eq!(permits_addresses(&[], true), Err(FetchPolicyError::NoAddresses));
     }
 
     #[tokio::test]

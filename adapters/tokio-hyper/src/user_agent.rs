@@ -91,7 +91,7 @@ impl UserAgent for LoopbackBrowser {
         _client: &'a HttpClient,
     ) -> BoxFuture<'a, Result<Response<Vec<u8>>, TransportError>> {
         Box::pin(async move {
-            let wait = self.wait.min(outgoing.limits.timeout);
+            let wait = self.wait.min(outgoing.limits().timeout);
             let (authorization_url, redirect_uri) = self.redirect_target(&outgoing)?;
             let bind: SocketAddr = match redirect_uri.host() {
                 Some(url::Host::Ipv6(_)) => (Ipv6Addr::LOCALHOST, self.redirect_port).into(),
@@ -120,10 +120,10 @@ impl UserAgent for LoopbackBrowser {
 impl LoopbackBrowser {
     /// The URL to open and its `redirect_uri`, which must point at this listener.
     fn redirect_target(&self, outgoing: &Outgoing) -> Result<(Url, Url), TransportError> {
-        if outgoing.request.method() != Method::GET {
+        if outgoing.request().method() != Method::GET {
             return Err(TransportError::Unsupported("a browser only opens GET requests".into()));
         }
-        let url = Url::parse(&outgoing.request.uri().to_string())
+        let url = Url::parse(&outgoing.request().uri().to_string())
             .map_err(|_| TransportError::Unsupported("the authorization URL is not absolute".into()))?;
         let redirect_uri = url
             .query_pairs()
@@ -251,7 +251,7 @@ impl Io {
 
 impl Perform for Io {
     async fn perform(&self, outgoing: Outgoing) -> Result<Response<Vec<u8>>, TransportError> {
-        match outgoing.performer {
+        match outgoing.performer() {
             Performer::Client => self.client.perform(&outgoing).await,
             Performer::UserAgent => self.user_agent.navigate(outgoing, &self.client).await,
         }

@@ -33,13 +33,13 @@ fn local_limits() -> Limits {
 }
 
 fn outgoing(method: Method, url: &str, limits: Limits) -> Outgoing {
-    Outgoing {
-        id: RequestId(1),
-        request: Request::builder().method(method).uri(url).body(Vec::new()).expect("request"),
+    Outgoing::unchecked(
+        RequestId(1),
+        Request::builder().method(method).uri(url).body(Vec::new()).expect("request"),
         limits,
-        performer: Performer::Client,
-        purpose: "test",
-    }
+        Performer::Client,
+        "test",
+    )
 }
 
 fn client() -> HttpClient {
@@ -253,7 +253,8 @@ async fn client_credentials(
     let mut machine =
         OneShot::new(request, local_limits(), "token", |result: Result<Response<Vec<u8>>, _>| {
             parse_token_response(&result.expect("transport"))
-        });
+        })
+        .expect("the fetch policy allows the loopback mock");
     drive(&mut machine, io).await.expect("driver")
 }
 
@@ -303,7 +304,8 @@ async fn token_exchange_issues_a_token() {
             local_limits(),
             "token_exchange",
             |result: Result<Response<Vec<u8>>, _>| parse_token_response(&result.expect("transport")),
-        );
+        )
+        .expect("the fetch policy allows the loopback mock");
         let token = drive(&mut machine, &io).await.expect("driver").expect("token");
         assert_eq!(token.issued_token_type.as_deref(), Some(ACCESS_TOKEN_TYPE));
         assert_eq!(mock.handle().counters().token_requests_for("token_exchange"), 1);
@@ -333,8 +335,9 @@ async fn authorization_code_flow(
         authorization_request(&discovered.authorization_server, &params, [7u8; 48]).expect("pending");
     browser(pending.url.clone());
     let limits = Limits { timeout: Duration::from_secs(10), ..local_limits() };
-    let navigate =
-        Outgoing { performer: Performer::UserAgent, ..outgoing(Method::GET, pending.url.as_str(), limits) };
+    let request =
+        Request::builder().method(Method::GET).uri(pending.url.as_str()).body(Vec::new()).expect("request");
+    let navigate = Outgoing::unchecked(RequestId(1), request, limits, Performer::UserAgent, "test");
     let response = io.perform(navigate).await.expect("redirect");
     assert_eq!(response.status(), StatusCode::FOUND);
     let location = Url::parse(response.headers()[header::LOCATION].to_str().expect("ascii")).expect("url");
@@ -362,7 +365,8 @@ async fn authorization_code_flow(
     let mut machine =
         OneShot::new(request, local_limits(), "token", |result: Result<Response<Vec<u8>>, _>| {
             parse_token_response(&result.expect("transport"))
-        });
+        })
+        .expect("the fetch policy allows the loopback mock");
     drive(&mut machine, io).await.expect("driver").expect("token")
 }
 
@@ -381,7 +385,7 @@ async fn call(
         stateless: false,
     };
     let request = rpc_request(&endpoint, Some(id), method, params, token).expect("request");
-    let outgoing = Outgoing { request, ..outgoing(Method::POST, "http://unused/", local_limits()) };
+    let outgoing = Outgoing::unchecked(RequestId(1), request, local_limits(), Performer::Client, "test");
     io.client().perform(&outgoing).await.expect("response")
 }
 

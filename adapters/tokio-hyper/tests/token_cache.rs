@@ -92,7 +92,8 @@ async fn client_credentials(io: &Io, token_url: &Url) -> Result<Fetched, FetchEr
             Ok(response) => parse_token_response(&response).map_err(|error| FetchError::from_reason(&error)),
             Err(error) => Err(FetchError::from_reason(&error)),
         },
-    );
+    )
+    .expect("the fetch policy allows the loopback mock");
     let response =
         drive(&mut machine, io).await.map_err(|error| FetchError::new("stalled", error.to_string()))??;
     Ok(Fetched::m2m(&response))
@@ -107,13 +108,7 @@ async fn ping(io: &Io, mock_url: &str, token: &Secret) -> StatusCode {
         stateless: false,
     };
     let request = rpc_request(&endpoint, Some(1), "ping", json!({}), Some(token)).expect("request");
-    let outgoing = Outgoing {
-        id: RequestId(1),
-        request,
-        limits: local_limits(),
-        performer: Performer::Client,
-        purpose: "ping",
-    };
+    let outgoing = Outgoing::unchecked(RequestId(1), request, local_limits(), Performer::Client, "ping");
     io.client().perform(&outgoing).await.expect("response").status()
 }
 

@@ -113,6 +113,8 @@ pub enum CandidateOutcome {
     IssuerMismatch(String),
     /// The resource metadata lists no authorization server.
     NoAuthorizationServers,
+    /// The challenge's `resource_metadata` is on another origin than the MCP server; not fetched.
+    CrossOrigin(String),
     /// The probe's answer (status and whether a Bearer challenge came with it).
     Probed {
         /// The HTTP status.
@@ -135,6 +137,9 @@ impl fmt::Display for CandidateOutcome {
                 write!(f, "issuer `{found}` differs from the issuer it was fetched for")
             }
             Self::NoAuthorizationServers => f.write_str("no authorization_servers listed"),
+            Self::CrossOrigin(origin) => {
+                write!(f, "not fetched: on {origin}, another origin than the MCP server")
+            }
             Self::Probed { status, challenge: true } => write!(f, "HTTP {status} with a Bearer challenge"),
             Self::Probed { status, challenge: false } => write!(f, "HTTP {status}, no Bearer challenge"),
         }
@@ -325,19 +330,22 @@ impl Discovery {
             .body(body.to_string().into_bytes())
     }
 
+    /// A metadata GET for candidate `url`, built through [`Outgoing::new`] (the fetch policy).
     fn get(
+        id: RequestId,
         url: &Url,
         protocol_version: &str,
-        allow_private: bool,
-    ) -> Result<Request<Vec<u8>>, CandidateOutcome> {
-        check_url(url, allow_private).map_err(CandidateOutcome::Blocked)?;
-        Request::builder()
+        limits: Limits,
+        purpose: &'static str,
+    ) -> Result<Outgoing, CandidateOutcome> {
+        let request = Request::builder()
             .method(Method::GET)
             .uri(url.as_str())
             .header(header::ACCEPT, "application/json")
             .header("mcp-protocol-version", protocol_version)
             .body(Vec::new())
-            .map_err(|error| CandidateOutcome::InvalidDocument(error.to_string()))
+            .map_err(|error| CandidateOutcome::InvalidDocument(error.to_string()))?;
+        Outgoing::new(id, request, limits, Performer::Client, purpose).map_err(CandidateOutcome::Blocked)
     }
 
     fn start_protected_resource(&mut self) {
@@ -394,6 +402,7 @@ impl Discovery {
                             CandidateOutcome::ResourceMismatch(_)
                                 | CandidateOutcome::InvalidDocument(_)
                                 | CandidateOutcome::NoAuthorizationServers
+                                | CandidateOutcome::CrossOrigin(_)
                         )
                 });
                 if rejected {
@@ -569,17 +578,19 @@ impl Discovery {
                     self.fail(DiscoveryErrorKind::Blocked(error));
                     return self.advance();
                 }
-                match self.probe_request() {
-                    Ok(request) => {
-                        let id = self.ids.next_id();
+                let id = self.ids.next_id();
+                let outgoing = self.probe_request().map(|request| {
+                    Outgoing::new(id, request, limits, Performer::Client, "probe")
+                        .map_err(DiscoveryErrorKind::Blocked)
+                });
+                match outgoing {
+                    Ok(Ok(outgoing)) => {
                         self.state = State::Probing(id);
-                        Step::Send(vec![Outgoing {
-                            id,
-                            request,
-                            limits,
-                            performer: Performer::Client,
-                            purpose: "probe",
-                        }])
+                        Step::Send(vec![outgoing])
+                    }
+                    Ok(Err(kind)) => {
+                        self.fail(kind);
+                        self.advance()
                     }
                     Err(error) => {
                         self.fail(DiscoveryErrorKind::ProbeFailed(TransportError::Unsupported(
@@ -595,10 +606,13 @@ impl Discovery {
             }
             State::ProtectedResource(mut stage) => {
                 let trail = &mut self.trail;
-                let requests = stage.requests(&mut self.ids, limits, "protected_resource_metadata", |url| {
-                    Self::get(url, &version, limits.allow_private_addresses).inspect_err(|outcome| {
-                        trail.push(blocked(StageName::ProtectedResource, url, outcome))
-                    })
+                let server_url = &self.config.server_url;
+                let requests = stage.requests(&mut self.ids, |url, id| {
+                    same_origin_resource_metadata(server_url, url)
+                        .and_then(|()| Self::get(id, url, &version, limits, "protected_resource_metadata"))
+                        .inspect_err(|outcome| {
+                            trail.push(blocked(StageName::ProtectedResource, url, outcome))
+                        })
                 });
                 if requests.is_empty() {
                     self.after_protected_resource(&mut stage);
@@ -613,12 +627,11 @@ impl Discovery {
             }
             State::AuthorizationServer { mut stage, issuers, owners } => {
                 let trail = &mut self.trail;
-                let requests =
-                    stage.requests(&mut self.ids, limits, "authorization_server_metadata", |url| {
-                        Self::get(url, &version, limits.allow_private_addresses).inspect_err(|outcome| {
-                            trail.push(blocked(StageName::AuthorizationServer, url, outcome))
-                        })
-                    });
+                let requests = stage.requests(&mut self.ids, |url, id| {
+                    Self::get(id, url, &version, limits, "authorization_server_metadata").inspect_err(
+                        |outcome| trail.push(blocked(StageName::AuthorizationServer, url, outcome)),
+                    )
+                });
                 if requests.is_empty() {
                     self.after_authorization_servers(&mut stage, &issuers, &owners);
                     if matches!(self.state, State::Finished) && self.outcome.is_none() {
@@ -684,6 +697,16 @@ impl Discovery {
             }
             _ => {}
         }
+    }
+}
+
+/// Protected-resource metadata is fetched only from the MCP server's own origin (design §4.2
+/// step 7): a challenge naming `resource_metadata` elsewhere is refused before any request.
+fn same_origin_resource_metadata(server_url: &Url, url: &Url) -> Result<(), CandidateOutcome> {
+    if url.origin() == server_url.origin() {
+        Ok(())
+    } else {
+        Err(CandidateOutcome::CrossOrigin(url.origin().ascii_serialization()))
     }
 }
 
@@ -1005,5 +1028,25 @@ mod tests {
             found.authorization_server.authorization_endpoint.as_deref(),
             Some("https://auth.example.com/authorize")
         );
+    }
+
+    #[test]
+    fn cross_origin_resource_metadata_is_never_fetched() {
+        for header in [
+            r#"Bearer resource_metadata="https://evil.example.com/prm""#,
+            r#"Bearer resource_metadata="https://mcp.example.com:8443/prm""#,
+            r#"Bearer resource_metadata="http://mcp.example.com/prm""#,
+            r#"Bearer resource_metadata="https://169.254.169.254/latest/meta-data""#,
+        ] {
+            let run = discover(vec![probe(challenge(header))]);
+            assert_eq!(run.requests, ["POST https://mcp.example.com/mcp"], "{header}");
+            let failure = run.outcome.unwrap_err();
+            assert_eq!(failure.reason(), "protected_resource_rejected", "{header}");
+            assert!(
+                failure.trail.iter().any(|entry| matches!(entry.outcome, CandidateOutcome::CrossOrigin(_))),
+                "{header}: {:?}",
+                failure.trail
+            );
+        }
     }
 }

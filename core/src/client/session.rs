@@ -27,7 +27,9 @@ use super::token::{
 };
 use crate::Reason;
 use crate::config::ClientAuthMethod;
-use crate::fetch_policy::{check_url, is_local_server};
+use crate::fetch_policy::{
+    FetchPolicyError, SecretPins, check_secret_destination, check_url, is_local_server,
+};
 use crate::machine::{
     Child, Instant, Limits, Machine, Outgoing, Performer, RequestId, RequestIds, Step, TransportError,
 };
@@ -155,9 +157,19 @@ pub struct SessionOutcome {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
-    /// The server URL is refused by the fetch policy.
+    /// The server URL is refused by the fetch policy, or a request could not be built.
     #[error("the MCP server URL is refused: {0}")]
     Blocked(String),
+    /// A request the session was about to send was refused by the fetch policy (nothing was
+    /// sent): a clear-text or private endpoint named by metadata, or a configured client secret
+    /// bound for an endpoint configuration did not pin. The reason is the policy's.
+    #[error("{step}: {error}")]
+    Refused {
+        /// The request's purpose (`client_registration`, `token`, ...).
+        step: &'static str,
+        /// Why.
+        error: FetchPolicyError,
+    },
     /// Discovery failed.
     #[error("discovery failed: {0}")]
     Discovery(DiscoveryFailure),
@@ -210,6 +222,7 @@ impl Reason for SessionError {
     fn reason(&self) -> &'static str {
         match self {
             Self::Blocked(_) => "blocked_by_fetch_policy",
+            Self::Refused { error, .. } => error.reason(),
             Self::Discovery(failure) => failure.reason(),
             Self::Registration(error) => error.reason(),
             Self::Authorization(error) => error.reason(),
@@ -424,15 +437,10 @@ impl Session {
                     }
                     Ok(RegistrationPlan::Register(request)) => {
                         let limits = self.metadata_limits();
-                        let id = self.ids.next_id();
-                        self.pending_send.push(Outgoing {
-                            id,
-                            request,
-                            limits,
-                            performer: Performer::Client,
-                            purpose: "client_registration",
-                        });
-                        self.phase = Phase::Registering(id);
+                        if let Some(id) = self.send(request, limits, Performer::Client, "client_registration")
+                        {
+                            self.phase = Phase::Registering(id);
+                        }
                     }
                     Err(error) => self.fail(SessionError::Registration(error)),
                 }
@@ -461,24 +469,15 @@ impl Session {
             Ok(pending) => pending,
             Err(error) => return self.fail(error.into()),
         };
-        if let Err(error) = check_url(&pending.url, self.metadata_limits().allow_private_addresses) {
-            return self.fail(SessionError::Blocked(error.to_string()));
-        }
         self.authorizations += 1;
         let request = Request::builder().method(Method::GET).uri(pending.url.as_str()).body(Vec::new());
         match request {
             Ok(request) => {
                 let limits =
                     Limits { timeout: std::time::Duration::from_secs(300), ..self.metadata_limits() };
-                let id = self.ids.next_id();
-                self.pending_send.push(Outgoing {
-                    id,
-                    request,
-                    limits,
-                    performer: Performer::UserAgent,
-                    purpose: "authorization",
-                });
-                self.phase = Phase::Authorizing(id, Box::new(pending));
+                if let Some(id) = self.send(request, limits, Performer::UserAgent, "authorization") {
+                    self.phase = Phase::Authorizing(id, Box::new(pending));
+                }
             }
             Err(error) => self.fail(SessionError::Blocked(error.to_string())),
         }
@@ -493,10 +492,10 @@ impl Session {
             return self.fail(SessionError::NoTokenEndpoint);
         };
         let limits = self.metadata_limits();
-        if let Err(error) = check_url(&endpoint, limits.allow_private_addresses) {
-            return self.fail(SessionError::Blocked(error.to_string()));
-        }
         let auth = token_endpoint_auth(registration, discovered, self.config.token_endpoint_auth);
+        if let Err(error) = self.check_secret_destination(registration, auth, &endpoint) {
+            return self.fail(SessionError::Refused { step: "token", error });
+        }
         let client = Client {
             client_id: &registration.client_id,
             client_secret: registration.client_secret.as_ref(),
@@ -524,32 +523,59 @@ impl Session {
         };
         match request {
             Ok(request) => {
-                let id = self.ids.next_id();
-                self.pending_send.push(Outgoing {
-                    id,
-                    request,
-                    limits,
-                    performer: Performer::Client,
-                    purpose: "token",
-                });
-                self.phase = Phase::Exchanging(id);
+                if let Some(id) = self.send(request, limits, Performer::Client, "token") {
+                    self.phase = Phase::Exchanging(id);
+                }
             }
             Err(error) => self.fail(SessionError::Token(TokenError::InvalidResponse(error.to_string()))),
         }
     }
+
+    /// Design §4.2 step 7: a **configured** client secret goes only to the configured
+    /// `token_url`, or to an endpoint on the origin of the configured issuer or MCP server, never
+    /// to one that discovery alone named elsewhere. A secret the authorization server issued at
+    /// dynamic registration is its own and goes back to the endpoint its metadata names.
+    fn check_secret_destination(
+        &self,
+        registration: &Registration,
+        auth: TokenEndpointAuth,
+        endpoint: &Url,
+    ) -> Result<(), FetchPolicyError> {
+        let sends_secret = registration.client_secret.is_some() && auth != TokenEndpointAuth::None;
+        if !sends_secret || registration.source != RegistrationSource::PreRegistered {
+            return Ok(());
+        }
+        let configured = &self.config.configured;
+        let pins = SecretPins {
+            server_url: &self.config.server_url,
+            token_url: configured.token_endpoint.as_ref(),
+            issuer: configured.issuer.as_ref(),
+        };
+        check_secret_destination(endpoint, &pins)
+    }
 }
 
 impl Session {
+    /// Queues a request through [`Outgoing::new`] (the fetch policy); a refused request fails the
+    /// session and is never sent.
     fn send(
         &mut self,
         request: Request<Vec<u8>>,
         limits: Limits,
         performer: Performer,
         purpose: &'static str,
-    ) -> RequestId {
+    ) -> Option<RequestId> {
         let id = self.ids.next_id();
-        self.pending_send.push(Outgoing { id, request, limits, performer, purpose });
-        id
+        match Outgoing::new(id, request, limits, performer, purpose) {
+            Ok(outgoing) => {
+                self.pending_send.push(outgoing);
+                Some(id)
+            }
+            Err(error) => {
+                self.fail(SessionError::Refused { step: purpose, error });
+                None
+            }
+        }
     }
 
     fn refresh(&mut self) -> bool {
@@ -574,10 +600,15 @@ impl Session {
         let Ok(request) = token_request(&endpoint, &client, &grant, &[], Some(&discovered.resource)) else {
             return false;
         };
+        if let Err(error) = self.check_secret_destination(registration, auth, &endpoint) {
+            self.fail(SessionError::Refused { step: "refresh", error });
+            return true;
+        }
         let limits = self.metadata_limits();
-        let id = self.send(request, limits, Performer::Client, "refresh");
         self.refreshed = true;
-        self.phase = Phase::Refreshing(id);
+        if let Some(id) = self.send(request, limits, Performer::Client, "refresh") {
+            self.phase = Phase::Refreshing(id);
+        }
         true
     }
 
@@ -720,8 +751,9 @@ impl Machine for Session {
                         Ok(request) => {
                             let limits = self.config.mcp_limits;
                             let purpose = self.step_name();
-                            let id = self.send(request, limits, Performer::Client, purpose);
-                            self.phase = Phase::McpSent(id);
+                            if let Some(id) = self.send(request, limits, Performer::Client, purpose) {
+                                self.phase = Phase::McpSent(id);
+                            }
                         }
                         Err(error) => self.fail(SessionError::Blocked(error.to_string())),
                     }
@@ -1084,11 +1116,156 @@ mod tests {
         let mut configured = config(GrantKind::ClientCredentials);
         configured.identity.client_id = Some("m2m".into());
         configured.identity.client_secret = Some(Secret::new("secret"));
+        // The token endpoint is on auth.example.com: the configured issuer pins that origin.
+        configured.configured.issuer = Some(Url::parse("https://auth.example.com").unwrap());
         let mut fake = Fake::default();
         let run = run_with(&mut Session::new(configured), |request| fake.respond(request));
         let outcome = run.outcome.unwrap();
         assert_eq!(outcome.authorizations, 0);
         assert_eq!(fake.token_requests, ["client_credentials"]);
         assert!(!run.sent.iter().any(|r| r.uri().path() == "/authorize"));
+    }
+
+    /// Metadata for `https://auth.example.com` whose endpoints are overridden by `endpoints`.
+    fn hostile_metadata(
+        endpoints: Value,
+    ) -> impl FnMut(&http::Request<Vec<u8>>) -> Result<Response<Vec<u8>>, TransportError> {
+        let mut fake = Fake::default();
+        move |request| {
+            let url = Url::parse(&request.uri().to_string()).unwrap();
+            if url.path() == "/.well-known/oauth-authorization-server" {
+                let mut document = json!({
+                    "issuer": "https://auth.example.com",
+                    "authorization_endpoint": "https://auth.example.com/authorize",
+                    "token_endpoint": "https://auth.example.com/token",
+                    "registration_endpoint": "https://auth.example.com/register",
+                    "code_challenge_methods_supported": ["S256"],
+                    "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+                });
+                for (key, value) in endpoints.as_object().unwrap() {
+                    document[key] = value.clone();
+                }
+                return json(200, document);
+            }
+            fake.respond(request)
+        }
+    }
+
+    #[test]
+    fn registration_over_clear_text_is_never_sent() {
+        let mut respond =
+            hostile_metadata(json!({"registration_endpoint": "http://auth.example.com/register"}));
+        let run =
+            run_with(&mut Session::new(config(GrantKind::AuthorizationCode)), |request| respond(request));
+        assert!(
+            run.sent.iter().all(|request| request.uri().scheme_str() == Some("https")),
+            "a request went out in clear text: {:?}",
+            run.sent.iter().map(|r| r.uri().to_string()).collect::<Vec<_>>()
+        );
+        assert_eq!(run.outcome.unwrap_err().reason(), "scheme_not_allowed");
+    }
+
+    fn m2m_config() -> SessionConfig {
+        let mut configured = config(GrantKind::ClientCredentials);
+        configured.identity.client_id = Some("m2m".into());
+        configured.identity.client_secret = Some(Secret::new("secret"));
+        configured
+    }
+
+    /// Whether any request carried the configured secret (form body or Basic header).
+    fn leaked_secret(sent: &[http::Request<Vec<u8>>]) -> Vec<String> {
+        let basic = base64::engine::general_purpose::STANDARD.encode("m2m:secret");
+        sent.iter()
+            .filter(|request| {
+                String::from_utf8_lossy(request.body()).contains("client_secret=secret")
+                    || request
+                        .headers()
+                        .get("authorization")
+                        .is_some_and(|value| value.to_str().unwrap_or_default().contains(&basic))
+            })
+            .map(|request| request.uri().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_configured_secret_never_goes_to_a_token_endpoint_only_discovery_named() {
+        // Hostile metadata names a token endpoint on another host; nothing configured pins it.
+        let hostile = json!({"token_endpoint": "https://collector.evil.example/token"});
+        let mut respond = hostile_metadata(hostile.clone());
+        let run = run_with(&mut Session::new(m2m_config()), |request| respond(request));
+        assert_eq!(run.outcome.unwrap_err().reason(), "unpinned_secret_destination");
+        assert!(leaked_secret(&run.sent).is_empty(), "secret sent to {:?}", leaked_secret(&run.sent));
+        assert!(run.sent.iter().all(|r| r.uri().host() != Some("collector.evil.example")));
+
+        // A configured issuer pins its own origin, not the hostile one.
+        let mut pinned_issuer = m2m_config();
+        pinned_issuer.configured.issuer = Some(Url::parse("https://auth.example.com").unwrap());
+        let mut respond = hostile_metadata(hostile.clone());
+        let run = run_with(&mut Session::new(pinned_issuer), |request| respond(request));
+        assert_eq!(run.outcome.unwrap_err().reason(), "unpinned_secret_destination");
+        assert!(leaked_secret(&run.sent).is_empty());
+
+        // The interactive grant with a pre-registered confidential client: same rule.
+        let mut interactive = config(GrantKind::AuthorizationCode);
+        interactive.identity.client_id = Some("m2m".into());
+        interactive.identity.client_secret = Some(Secret::new("secret"));
+        let mut respond = hostile_metadata(hostile);
+        let run = run_with(&mut Session::new(interactive), |request| respond(request));
+        assert_eq!(run.outcome.unwrap_err().reason(), "unpinned_secret_destination");
+        assert!(leaked_secret(&run.sent).is_empty());
+    }
+
+    #[test]
+    fn a_configured_secret_goes_to_a_configured_token_url_or_the_servers_origin() {
+        // A configured token_url wins over the hostile one and receives the secret.
+        let mut configured = m2m_config();
+        configured.configured.token_endpoint = Some(Url::parse("https://auth.example.com/token").unwrap());
+        let mut respond = hostile_metadata(json!({"token_endpoint": "https://collector.evil.example/token"}));
+        let run = run_with(&mut Session::new(configured), |request| respond(request));
+        assert!(run.outcome.is_ok());
+        assert_eq!(leaked_secret(&run.sent), ["https://auth.example.com/token"]);
+
+        // Discovery naming a token endpoint on the MCP server's own origin is pinned by the server URL.
+        let mut respond = hostile_metadata(json!({"token_endpoint": format!("{ORIGIN}/token")}));
+        let run = run_with(&mut Session::new(m2m_config()), |request| respond(request));
+        assert!(run.outcome.is_ok());
+        assert_eq!(leaked_secret(&run.sent), [format!("{ORIGIN}/token")]);
+    }
+
+    #[test]
+    fn a_dynamically_registered_secret_goes_back_to_its_authorization_server() {
+        let mut fake = Fake::default();
+        let mut session = Session::new(config(GrantKind::AuthorizationCode));
+        let run = run_with(&mut session, |request| {
+            if request.uri().path() == "/register" {
+                return json(
+                    201,
+                    json!({"client_id": "dyn", "client_secret": "issued", "token_endpoint_auth_method": "client_secret_post"}),
+                );
+            }
+            fake.respond(request)
+        });
+        assert!(run.outcome.is_ok(), "the AS's own secret is not a configured one");
+        let token = run.sent.iter().find(|r| r.uri().path() == "/token").unwrap();
+        assert!(String::from_utf8_lossy(token.body()).contains("client_secret=issued"));
+    }
+
+    #[test]
+    fn every_request_goes_through_the_fetch_policy() {
+        for (endpoints, reason) in [
+            (json!({"token_endpoint": "http://auth.example.com/token"}), "scheme_not_allowed"),
+            (json!({"token_endpoint": "https://169.254.169.254/token"}), "metadata_address"),
+            (json!({"authorization_endpoint": "https://[64:ff9b::a9fe:a9fe]/authorize"}), "metadata_address"),
+            (json!({"registration_endpoint": "https://10.0.0.1/register"}), "private_address"),
+            (json!({"registration_endpoint": "https://u:p@auth.example.com/register"}), "userinfo"),
+        ] {
+            let mut respond = hostile_metadata(endpoints.clone());
+            let run = run_with(&mut Session::new(config(GrantKind::AuthorizationCode)), |r| respond(r));
+            assert_eq!(run.outcome.unwrap_err().reason(), reason, "{endpoints}");
+            for request in &run.sent {
+                let url = Url::parse(&request.uri().to_string()).unwrap();
+                assert!(check_url(&url, false).is_ok(), "{url} was sent for {endpoints}");
+            }
+        }
     }
 }

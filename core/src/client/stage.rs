@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use url::Url;
 
-use crate::machine::{Limits, Outgoing, Performer, RequestId, RequestIds};
+use crate::machine::{Outgoing, RequestId, RequestIds};
 
 /// The state of one candidate.
 #[derive(Debug)]
@@ -47,13 +47,12 @@ impl<T, E> Stage<T, E> {
         &self.urls[index]
     }
 
-    /// The requests to send now, built by `build` for each candidate that should go out.
+    /// The requests to send now, built by `build` (through [`Outgoing::new`], so under the fetch
+    /// policy) with the id it is given, for each candidate that should go out.
     pub(crate) fn requests(
         &mut self,
         ids: &mut RequestIds,
-        limits: Limits,
-        purpose: &'static str,
-        mut build: impl FnMut(&Url) -> Result<http::Request<Vec<u8>>, E>,
+        mut build: impl FnMut(&Url, RequestId) -> Result<Outgoing, E>,
     ) -> Vec<Outgoing> {
         let mut out = Vec::new();
         loop {
@@ -68,12 +67,12 @@ impl<T, E> Stage<T, E> {
                 first_open.filter(|index| matches!(self.slots[*index], Slot::Unsent))
             };
             let Some(index) = next else { break };
-            match build(&self.urls[index]) {
-                Ok(request) => {
-                    let id = ids.next_id();
+            let id = ids.next_id();
+            match build(&self.urls[index], id) {
+                Ok(outgoing) => {
                     self.slots[index] = Slot::InFlight;
                     self.in_flight.insert(id, index);
-                    out.push(Outgoing { id, request, limits, performer: Performer::Client, purpose });
+                    out.push(outgoing);
                 }
                 Err(error) => self.slots[index] = Slot::Done(Err(error)),
             }

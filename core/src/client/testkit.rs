@@ -75,12 +75,13 @@ pub(crate) fn run_with<M: Machine>(
         match machine.poll(now) {
             Step::Send(outgoing) => {
                 for out in outgoing {
-                    let method = out.request.method().to_string();
-                    let url = out.request.uri().to_string();
+                    let method = out.request().method().to_string();
+                    let url = out.request().uri().to_string();
                     requests.push(format!("{method} {url}"));
-                    let answer = respond(&out.request);
-                    sent.push(out.request);
-                    queue.push_back((out.id, answer));
+                    let answer = respond(out.request());
+                    let id = out.id();
+                    sent.push(out.into_request());
+                    queue.push_back((id, answer));
                 }
                 max_in_flight = max_in_flight.max(queue.len());
             }

@@ -6,7 +6,9 @@
 //! crash found once stays fixed.
 
 pub mod aggregate;
+pub mod client_machines;
 pub mod config;
+pub mod fetch_target;
 pub mod gateway_request;
 pub mod mask;
 pub mod public_origin;
@@ -15,7 +17,9 @@ pub mod trusted_redirect_origins;
 pub mod www_authenticate;
 
 pub use aggregate::aggregate;
+pub use client_machines::{discovery_machine, session_machine};
 pub use config::config;
+pub use fetch_target::fetch_target;
 pub use gateway_request::gateway_request;
 pub use mask::mask;
 pub use public_origin::public_origin;
@@ -39,6 +43,9 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("config", config),
     ("gateway_request", gateway_request),
     ("aggregate", aggregate),
+    ("fetch_target", fetch_target),
+    ("discovery_machine", discovery_machine),
+    ("session_machine", session_machine),
 ];
 
 #[cfg(test)]

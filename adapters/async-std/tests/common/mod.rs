@@ -75,11 +75,11 @@ pub fn local_limits() -> Limits {
 
 /// A bodiless client request.
 pub fn outgoing(method: http::Method, url: &str, limits: Limits) -> Outgoing {
-    Outgoing {
-        id: RequestId(1),
-        request: http::Request::builder().method(method).uri(url).body(Vec::new()).expect("request"),
+    Outgoing::unchecked(
+        RequestId(1),
+        http::Request::builder().method(method).uri(url).body(Vec::new()).expect("request"),
         limits,
-        performer: Performer::Client,
-        purpose: "test",
-    }
+        Performer::Client,
+        "test",
+    )
 }

@@ -1,0 +1,4 @@
+//! cargo-fuzz target `discovery_machine`: see `mcp_oauth_core::harness::discovery_machine` for the input format and invariants.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mcp_oauth_core::harness::discovery_machine(data));
