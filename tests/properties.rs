@@ -455,7 +455,7 @@ proptest! {
     /// `*.suffix` matches strictly deeper subdomains on its port, never the suffix itself.
     #[test]
     fn wildcard_entries_match_strict_subdomains_only(
-        suffix in s::domain_host(),
+        suffix in s::wildcard_suffix(),
         labels in proptest::collection::vec(s::random_label(), 1..=3),
         port in s::port(),
     ) {
@@ -468,6 +468,24 @@ proptest! {
         prop_assert!(!trusted.matches(&glued, entry_port));
         let other_port = if entry_port == 1 { 2 } else { entry_port - 1 };
         prop_assert!(!trusted.matches(&deeper, other_port));
+    }
+
+    /// `*.` over a public suffix (any case, any port, alone or in a list) is refused at start-up,
+    /// and one registrable label below it is accepted.
+    #[test]
+    fn wildcards_on_public_suffixes_are_refused(
+        suffix in select(&s::PUBLIC_SUFFIXES[..]),
+        label in s::random_label(),
+        port in s::port(),
+        upper in any::<bool>(),
+        others in s::trusted_redirect_origins_env(),
+    ) {
+        let entry = format!("*.{}", s::format_authority(suffix, port));
+        let entry = if upper { entry.to_ascii_uppercase() } else { entry };
+        let error = TrustedRedirectOrigins::parse(&format!("{others},{entry}")).unwrap_err();
+        prop_assert!(error.why.contains("public suffix"), "{}", error);
+        let owned = format!("*.{}", s::format_authority(&format!("acme{label}.{suffix}"), port));
+        prop_assert!(TrustedRedirectOrigins::parse(&owned).is_ok(), "{} refused", owned);
     }
 }
 

@@ -28,6 +28,7 @@ use proptest::sample::{Index, select};
 use serde_json::{Map, Value, json};
 
 use crate::origin::{Origin, Scheme};
+use crate::redirect::is_public_suffix;
 
 /// Labels shared by generated allowlists, origins and `redirect_uri`s so that they often collide.
 pub const HOST_LABELS: [&str; 12] =
@@ -317,13 +318,34 @@ pub fn redirect_uri_for(public_origin: Option<Origin>, trusted_env: &str) -> Box
     .boxed()
 }
 
+/// A domain that may follow `*.` in an allowlist: a [`domain_host`] that is not a public suffix.
+pub fn wildcard_suffix() -> impl Strategy<Value = String> {
+    domain_host().prop_filter("a public suffix is refused under `*.`", |suffix| !is_public_suffix(suffix))
+}
+
+/// Public suffixes of the ICANN and private sections of the Public Suffix List, none of which has
+/// a wildcard or exception rule below it, so one more label (`acme…`) makes a registrable domain.
+pub const PUBLIC_SUFFIXES: [&str; 11] = [
+    "com",
+    "org",
+    "io",
+    "co.uk",
+    "com.au",
+    "github.io",
+    "gitlab.io",
+    "herokuapp.com",
+    "blogspot.com",
+    "pages.dev",
+    "vercel.app",
+];
+
 /// One valid `MCP_TRUSTED_REDIRECT_ORIGINS` entry: `host`, `host:port` or `*.suffix[:port]`.
 pub fn trusted_redirect_entry() -> impl Strategy<Value = String> {
     let entry_port =
         prop_oneof![3 => Just(None), 1 => Just(Some(443)), 1 => (1_u16..=u16::MAX).prop_map(Some)];
     prop_oneof![
         2 => (host(), entry_port.clone()).prop_map(|(host, port)| format_authority(&host, port)),
-        1 => (domain_host(), entry_port).prop_map(|(suffix, port)| format!("*.{}", format_authority(&suffix, port))),
+        1 => (wildcard_suffix(), entry_port).prop_map(|(suffix, port)| format!("*.{}", format_authority(&suffix, port))),
     ]
 }
 
