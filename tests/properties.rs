@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use mcp_oauth_core::config::ServerEntry;
 use mcp_oauth_core::delegate::{GATEWAY_KEY_HEADERS, SERVERS_HEADER, Target, decide_delegation};
-use mcp_oauth_core::mask::mask;
+use mcp_oauth_core::mask::{mask, mask_url};
 use mcp_oauth_core::origin::{
     Origin, OriginSettings, RequestOrigin, Scheme, TrustedProxies, resolve_public_origin,
 };
@@ -24,6 +24,7 @@ use proptest::sample::select;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use serde_json::{Map, Value};
+use url::Url;
 
 /// At least 1,000 cases; `PROPTEST_CASES` may raise it. No regression files are written.
 fn config() -> ProptestConfig {
@@ -468,6 +469,46 @@ proptest! {
         prop_assert!(!trusted.matches(&glued, entry_port));
         let other_port = if entry_port == 1 { 2 } else { entry_port - 1 };
         prop_assert!(!trusted.matches(&deeper, other_port));
+    }
+
+    /// Property: no credential-looking path segment survives `mask_url` (design §4.7): a secret
+    /// placed anywhere in the path shows at most its last four characters after a fixed `****`,
+    /// ordinary segments stay as written, and query values and userinfo stay masked.
+    #[test]
+    fn url_masking_leaves_no_path_secret(
+        before in proptest::collection::vec(s::ordinary_path_segment(), 0..=3),
+        secret in s::path_secret(),
+        after in proptest::collection::vec(s::ordinary_path_segment(), 0..=2),
+        second in proptest::option::of(s::path_secret()),
+        query in proptest::option::of(s::path_secret()),
+    ) {
+        let mut segments: Vec<String> = before.clone();
+        segments.push(secret.clone());
+        segments.extend(after.iter().cloned());
+        segments.extend(second.iter().cloned());
+        let mut raw = format!("https://mcp.example.com/{}", segments.join("/"));
+        if let Some(value) = &query {
+            raw.push_str(&format!("?token={value}"));
+        }
+        let url = Url::parse(&raw).unwrap();
+        let masked = mask_url(&url);
+        let again = Url::parse(&masked).unwrap();
+        let shown: Vec<&str> = again.path_segments().unwrap().collect();
+        prop_assert_eq!(shown.len(), segments.len(), "{}", masked);
+        for (written, shown) in segments.iter().zip(&shown) {
+            let is_secret = *written == secret || second.as_ref() == Some(written);
+            if is_secret {
+                let tail = shown.strip_prefix("****");
+                prop_assert!(tail.is_some(), "{:?} shown as {:?}", written, shown);
+                let expected = if written.chars().count() >= 12 { &written[written.len() - 4..] } else { "" };
+                prop_assert_eq!(tail.unwrap_or_default(), expected);
+            } else {
+                prop_assert_eq!(shown, written);
+            }
+        }
+        for value in [Some(&secret), second.as_ref(), query.as_ref()].into_iter().flatten().filter(|v| v.len() >= 8) {
+            prop_assert!(!masked.contains(value.as_str()), "{:?} survives in {}", value, masked);
+        }
     }
 
     /// `*.` over a public suffix (any case, any port, alone or in a list) is refused at start-up,

@@ -728,3 +728,30 @@ pub fn scheme_word() -> impl Strategy<Value = String> {
     select(vec!["", "Bearer ", "bearer ", "BEARER\t", "Basic ", "basic  ", "Basic\t "])
         .prop_map(str::to_owned)
 }
+
+/// An ordinary URL path segment that must stay visible when a URL is masked: words, names,
+/// version tags and dates.
+pub fn ordinary_path_segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => select(vec!["mcp", "api", "sse", "v1", "v2", "s", "zap", "servers", "github-mcp-server",
+            "google-drive-v2", "2025-03-26", "messages", "tools", "brave_search", "sk-", ""])
+            .prop_map(str::to_owned),
+        1 => "[a-z]{1,12}(-[a-z]{1,8}){0,2}".prop_filter("a token prefix makes a credential", |segment: &String| {
+            !crate::mask::CREDENTIAL_PREFIXES.iter().any(|prefix| segment.starts_with(prefix))
+        }),
+    ]
+}
+
+/// A credential as services put it in a URL path: a known token prefix, a random mix of letters
+/// and digits, a UUID, or a long random run (design §4.7; [`crate::mask::looks_like_credential`]).
+pub fn path_secret() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (select(&crate::mask::CREDENTIAL_PREFIXES[..]), "[A-Za-z0-9_-]{1,40}")
+            .prop_map(|(prefix, rest)| format!("{prefix}{rest}")),
+        "[A-Za-z0-9]{0,6}[0-9][A-Za-z]{0,3}[A-Za-z0-9]{3,40}[A-Za-z][A-Za-z0-9]{0,6}"
+            .prop_filter("a run of 8 with a digit and a letter", |s| s.len() >= 8),
+        "[A-Z]{4,10}-[0-9a-f]{5}[0-9][a-f][0-9a-f]{5}",
+        "[0-9a-f]{3}[0-9][a-f][0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        "[A-Za-z]{24,48}",
+    ]
+}
