@@ -538,4 +538,66 @@ mod tests {
             assert!(!is_public_suffix(domain), "{domain}");
         }
     }
+
+    #[test]
+    fn wildcard_needs_a_whole_label_before_the_suffix() {
+        let trusted = TrustedRedirectOrigins::parse("*.corp.example.org").unwrap();
+        assert!(trusted.matches("a.corp.example.org", 443));
+        // One byte longer than the suffix is only the dot: no label, no match.
+        assert!(!trusted.matches(".corp.example.org", 443));
+        assert!(!trusted.matches("corp.example.org", 443));
+        assert!(!trusted.matches("acorp.example.org", 443));
+        assert!(!trusted.matches("a.corp.example.org", 8443));
+        assert!(!trusted.matches("a.corp.example.org.10", 443));
+    }
+
+    #[test]
+    fn allowlist_size_and_union() {
+        let mut first = TrustedRedirectOrigins::parse("a.example.org").unwrap();
+        assert!(!first.is_empty());
+        assert_eq!(first.len(), 1);
+        assert!(TrustedRedirectOrigins::default().is_empty());
+        first.extend(TrustedRedirectOrigins::parse("*.corp.example.org:8443, b.example.org").unwrap());
+        assert_eq!(first.len(), 3);
+        assert_eq!(first.to_string(), "a.example.org,*.corp.example.org:8443,b.example.org");
+        assert!(first.matches("x.corp.example.org", 8443));
+        assert!(first.matches("a.example.org", 443));
+    }
+
+    #[test]
+    fn every_verdict_has_its_reason_code_and_message() {
+        let origin = Origin::parse("https://gw.example.com").unwrap();
+        let trusted = TrustedRedirectOrigins::parse("app.example.org").unwrap();
+        for (uri, reason) in [
+            ("http://localhost/cb", "loopback"),
+            ("https://gw.example.com/cb", "same_origin"),
+            ("https://app.example.org/cb", "trusted_origin"),
+            ("http://app.example.org/cb", "not_https"),
+            ("https://evil.example/cb", "untrusted_origin"),
+            ("https://[::1/cb", "unparseable"),
+            ("ftp://app.example.org/cb", "unsupported_scheme"),
+        ] {
+            let decision = validate_redirect_uri(uri, Some(&origin), &trusted);
+            assert_eq!(decision.reason(), reason, "{uri}");
+            if let RedirectDecision::Rejected(why) = &decision {
+                assert!(!decision.is_allowed());
+                assert_eq!(why.reason(), reason);
+                assert!(why.to_string().starts_with("redirect_uri"), "{why}");
+                let body = decision.error_body().unwrap();
+                assert_eq!(body["reason"], reason);
+                assert_eq!(body["error_description"], why.to_string());
+            } else {
+                assert!(decision.is_allowed());
+            }
+        }
+    }
+
+    #[test]
+    fn the_length_limit_is_inclusive() {
+        let prefix = "https://gw.example.com/";
+        let longest = format!("{prefix}{}", "a".repeat(MAX_REDIRECT_URI_BYTES - prefix.len()));
+        assert_eq!(longest.len(), MAX_REDIRECT_URI_BYTES);
+        assert_eq!(reason(&longest, ""), "same_origin");
+        assert_eq!(reason(&format!("{longest}a"), ""), "too_long");
+    }
 }
