@@ -323,4 +323,18 @@ mod tests {
         assert_eq!(debug[3].1, "(unknown)");
         assert_eq!(debug[4].1, "(none)");
     }
+
+    #[test]
+    fn only_the_bearer_scheme_is_stripped() {
+        assert_eq!(bearer_token(" Bearer  abc "), "abc");
+        assert_eq!(bearer_token("bearer abc"), "abc");
+        assert_eq!(bearer_token("Basic dXNlcjpwYXNz"), "Basic dXNlcjpwYXNz");
+        assert_eq!(bearer_token("Token abc"), "Token abc");
+        assert_eq!(bearer_token("abc"), "abc");
+        // So a gateway key is recognised bare or as a bearer token, not behind another scheme word.
+        let keys = [Secret::new("sk-gateway-1234")];
+        assert!(is_gateway_key("Bearer sk-gateway-1234", &keys));
+        assert!(is_gateway_key("sk-gateway-1234", &keys));
+        assert!(!is_gateway_key("Token sk-gateway-1234", &keys));
+    }
 }
