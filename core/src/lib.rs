@@ -34,10 +34,12 @@ pub mod client;
 pub mod config;
 pub mod delegate;
 pub mod discovery;
+#[cfg(any(test, feature = "eval"))]
 pub mod eval;
 pub mod fetch_policy;
 pub mod flow;
 pub mod gateway;
+#[cfg(any(test, feature = "harness"))]
 pub mod harness;
 pub mod jsonrpc;
 pub mod machine;
