@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 
 use crate::clock::Clock;
 use crate::driver::{DriveError, Perform, drive};
+use crate::io::{BoxFuture, Client, Headless, Io, UserAgent};
 use crate::runtime::{Runtime, timeout};
 use crate::token_cache::{CacheError, FetchError, PRUNE_FLOOR, SharedTokenCache};
 
@@ -41,6 +42,7 @@ macro_rules! runtime_test_suite {
             drive_runs_requests_concurrently_and_honours_deadlines,
             a_deadline_wakes_the_driver_while_a_request_is_in_flight,
             waiting_for_nothing_is_an_error_not_a_hang,
+            the_router_sends_each_request_to_its_performer,
             the_clock_round_trips,
             spawn_blocking_returns_the_result_or_the_panic,
             sixty_four_callers_share_one_fetch_then_hit_the_cache,
@@ -179,6 +181,47 @@ impl Machine for Stuck {
 pub async fn waiting_for_nothing_is_an_error_not_a_hang<R: Runtime>(runtime: R) {
     let io = Echo { runtime: runtime.clone() };
     assert_eq!(drive(&mut Stuck, &io, &Clock::with_runtime(runtime)).await, Err(DriveError::Stalled));
+}
+
+/// A client that answers with `client:{path}`.
+struct Named;
+
+impl Client for Named {
+    async fn perform(&self, outgoing: &Outgoing) -> Result<Response<Vec<u8>>, TransportError> {
+        Ok(Response::new(format!("client:{}", outgoing.request().uri().path()).into_bytes()))
+    }
+}
+
+/// A user agent that answers `302` to the callback without asking the client.
+struct Redirecting;
+
+impl<C> UserAgent<C> for Redirecting {
+    fn navigate<'a>(
+        &'a self,
+        _outgoing: Outgoing,
+        _client: &'a C,
+    ) -> BoxFuture<'a, Result<Response<Vec<u8>>, TransportError>> {
+        Box::pin(async {
+            let mut response = Response::new(Vec::new());
+            *response.status_mut() = http::StatusCode::FOUND;
+            Ok(response)
+        })
+    }
+}
+
+/// [`Io`] routes by [`Performer`]: client requests to the client, browser requests to the user
+/// agent; [`Headless`] navigates with the client.
+pub async fn the_router_sends_each_request_to_its_performer<R: Runtime>(_runtime: R) {
+    let browse = || {
+        let request = http::Request::get("http://a.test/authorize").body(Vec::new()).expect("request");
+        Outgoing::unchecked(RequestId(2), request, Limits::METADATA, Performer::UserAgent, "test")
+    };
+    let io = Io::new(Named, Box::new(Redirecting));
+    let answer = io.perform(get(1, "http://a.test/token")).await.expect("answer");
+    assert_eq!(answer.body(), b"client:/token");
+    assert_eq!(io.perform(browse()).await.expect("answer").status(), http::StatusCode::FOUND);
+    let headless = Io::new(Named, Box::new(Headless));
+    assert_eq!(headless.perform(browse()).await.expect("answer").body(), b"client:/authorize");
 }
 
 /// [`Clock`] converts both ways and its `sleep_until` sleeps on the runtime.
