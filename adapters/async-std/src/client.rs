@@ -40,7 +40,7 @@
 //!   them in order and never looks the name up again, so a DNS answer that changes after the
 //!   check (DNS rebinding) cannot redirect the connection;
 //! - the whole exchange, connect to last body byte, runs under [`Limits::timeout`]
-//!   ([`async_std::future::timeout`]); the body is read in chunks and the request fails as soon as
+//!   (on async-std's timer, through [`perform_within_limits`]); the body is read in chunks and the request fails as soon as
 //!   it exceeds [`Limits::max_body_bytes`] (at once when the declared length does);
 //! - redirects are never followed: surf follows them only with its `Redirect` middleware, which
 //!   this client never adds, so a 3xx is returned as it is.
@@ -59,8 +59,12 @@ use futures_util::future::BoxFuture;
 use http::{Request, Response, header};
 use mcp_oauth_core::fetch_policy::{FetchPolicyError, permits_address, permits_addresses};
 use mcp_oauth_core::machine::{Limits, Outgoing, TransportError};
+use mcp_oauth_runtime::Client;
+use mcp_oauth_runtime::limits::{BodyLimit, perform_within_limits};
 use surf::http::headers::{HeaderName as TypesHeaderName, HeaderValue as TypesHeaderValue};
 use surf::http::{Method as TypesMethod, Request as TypesRequest, Version};
+
+use crate::runtime::AsyncStdRuntime;
 
 /// The longest error message passed on; the rest is cut.
 const MAX_MESSAGE_CHARS: usize = 300;
@@ -151,12 +155,6 @@ impl HttpClient {
         let host = uri.host().ok_or_else(|| TransportError::Unsupported("the URL has no host".into()))?;
         let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
         let mut request = to_surf_request(outgoing.request())?;
-        tracing::debug!(
-            purpose = outgoing.purpose(),
-            method = %outgoing.request().method(),
-            host,
-            "performing request"
-        );
         let exchange = async {
             let addresses = resolve_checked(&self.lookup, host, port, limits.allow_private_addresses).await?;
             request.ext_mut().insert(Checked(addresses));
@@ -170,20 +168,16 @@ impl HttpClient {
                 },
             )
         };
-        let result = match async_std::future::timeout(limits.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(TransportError::Timeout),
-        };
-        match &result {
-            Ok(response) => tracing::debug!(
-                purpose = outgoing.purpose(),
-                status = response.status().as_u16(),
-                bytes = response.body().len(),
-                "response"
-            ),
-            Err(error) => tracing::debug!(purpose = outgoing.purpose(), %error, "request failed"),
-        }
-        result
+        perform_within_limits(&AsyncStdRuntime, outgoing, exchange).await
+    }
+}
+
+impl Client for HttpClient {
+    fn perform(
+        &self,
+        outgoing: &Outgoing,
+    ) -> impl Future<Output = Result<Response<Vec<u8>>, TransportError>> + Send {
+        HttpClient::perform(self, outgoing)
     }
 }
 
@@ -356,7 +350,6 @@ async fn exchange(
     request: TypesRequest,
     limits: Limits,
 ) -> Result<Response<Vec<u8>>, TransportError> {
-    let limit = limits.max_body_bytes;
     let mut response = client.send(request).await.map_err(|error| classify(&error))?;
     if response.version().is_some_and(|version| version != Version::Http1_1) {
         return Err(http_1_0());
@@ -384,11 +377,8 @@ async fn exchange(
     let declared = response.len().or_else(|| {
         response.header("content-length").and_then(|values| values.last().as_str().parse::<usize>().ok())
     });
-    if declared.is_some_and(|length| length > limit) {
-        return Err(TransportError::BodyTooLarge { limit });
-    }
+    let mut collected = BodyLimit::for_limits(limits, declared.map(|length| length as u64))?;
     let mut body = response.take_body();
-    let mut collected = Vec::with_capacity(declared.unwrap_or(0).min(limit));
     let mut chunk = vec![0u8; CHUNK_BYTES];
     loop {
         let read = body.read(&mut chunk).await.map_err(|error| {
@@ -397,13 +387,10 @@ async fn exchange(
         if read == 0 {
             break;
         }
-        if collected.len().saturating_add(read) > limit {
-            return Err(TransportError::BodyTooLarge { limit });
-        }
-        collected.extend_from_slice(&chunk[..read]);
+        collected.push(&chunk[..read])?;
     }
     builder
-        .body(collected)
+        .body(collected.into_body())
         .map_err(|error| TransportError::Connect(cut(format!("cannot build the response: {error}"))))
 }
 

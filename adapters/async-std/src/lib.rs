@@ -13,12 +13,14 @@
 //!   stream, TLS by rustls). It converts `http` 1.x to and from http-types at the edge; the module
 //!   docs list every rule and where it differs from the tokio adapter (one connection per request;
 //!   `HTTP/1.0` answers are refused).
-//! - [`driver::drive`] is the one generic loop that runs any
-//!   [`Machine`](mcp_oauth_core::machine::Machine): it sends every requested exchange concurrently,
-//!   feeds each answer back, sleeps until the machine's deadline and returns the outcome.
-//! - [`user_agent`] performs the requests a browser would: [`user_agent::Headless`] fetches the
-//!   authorization URL and returns its redirect unfollowed; [`user_agent::Io`] routes each request
-//!   to the client or the user agent.
+//! - [`runtime::AsyncStdRuntime`] is async-std as a [`mcp_oauth_runtime::Runtime`] (about twenty
+//!   lines); everything that does not depend on async-std or surf is [`mcp_oauth_runtime`]'s and
+//!   shared with the tokio adapter: [`drive`], the one generic loop that runs any
+//!   [`Machine`](mcp_oauth_core::machine::Machine) (it sends every requested exchange
+//!   concurrently, feeds each answer back, sleeps until the machine's deadline and returns the
+//!   outcome); [`Headless`], which fetches the authorization URL and returns its redirect
+//!   unfollowed; [`Io`], which routes each request to the client or the user agent; and
+//!   [`token_cache::SharedTokenCache`], the single-flight token cache.
 //!
 //! async-std is discontinued upstream (RUSTSEC-2025-0052) and surf is unmaintained; this crate is
 //! kept apart so that their dependency tree never reaches the other crates. See
@@ -40,10 +42,15 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
-pub mod driver;
-pub mod token_cache;
-pub mod user_agent;
+pub mod runtime;
+
+/// The single-flight token cache ([`mcp_oauth_runtime::token_cache`]) on async-std.
+pub mod token_cache {
+    pub use mcp_oauth_runtime::token_cache::{CacheError, FetchError};
+
+    pub use crate::runtime::SharedTokenCache;
+}
 
 pub use client::{ClientSetupError, HttpClient};
-pub use driver::{Clock, DriveError, Perform, drive, drive_with_clock};
-pub use user_agent::{Headless, Io, UserAgent};
+pub use mcp_oauth_runtime::{DriveError, Headless, Perform, UserAgent, drive as drive_with_clock};
+pub use runtime::{AsyncStdRuntime, Clock, Io, drive};

@@ -25,6 +25,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -42,6 +43,10 @@ use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mcp_oauth_core::fetch_policy::{FetchPolicyError, permits_address, permits_addresses};
 use mcp_oauth_core::machine::{Limits, Outgoing, TransportError};
+use mcp_oauth_runtime::Client as PerformClient;
+use mcp_oauth_runtime::limits::{BodyLimit, perform_within_limits};
+
+use crate::runtime::TokioRuntime;
 
 /// The longest error message passed on; the rest is cut.
 const MAX_MESSAGE_CHARS: usize = 300;
@@ -91,34 +96,25 @@ impl HttpClient {
     /// [`Limits::max_body_bytes`], [`TransportError::Unsupported`] for a URL that is not absolute
     /// `http` or `https`, and [`TransportError::Connect`] when connecting, TLS or reading fails.
     pub async fn perform(&self, outgoing: &Outgoing) -> Result<Response<Vec<u8>>, TransportError> {
-        let limits = outgoing.limits();
         let uri = outgoing.request().uri();
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Err(TransportError::Unsupported("only absolute http and https URLs are fetched".into()));
         }
-        let host = uri.host().ok_or_else(|| TransportError::Unsupported("the URL has no host".into()))?;
-        tracing::debug!(
-            purpose = outgoing.purpose(),
-            method = %outgoing.request().method(),
-            host,
-            "performing request"
-        );
-        let request = to_hyper_request(outgoing.request());
-        let result = match tokio::time::timeout(limits.timeout, exchange(&self.pools, request, limits)).await
-        {
-            Ok(result) => result,
-            Err(_elapsed) => Err(TransportError::Timeout),
-        };
-        match &result {
-            Ok(response) => tracing::debug!(
-                purpose = outgoing.purpose(),
-                status = response.status().as_u16(),
-                bytes = response.body().len(),
-                "response"
-            ),
-            Err(error) => tracing::debug!(purpose = outgoing.purpose(), %error, "request failed"),
+        if uri.host().is_none() {
+            return Err(TransportError::Unsupported("the URL has no host".into()));
         }
-        result
+        let request = to_hyper_request(outgoing.request());
+        perform_within_limits(&TokioRuntime, outgoing, exchange(&self.pools, request, outgoing.limits()))
+            .await
+    }
+}
+
+impl PerformClient for HttpClient {
+    fn perform(
+        &self,
+        outgoing: &Outgoing,
+    ) -> impl Future<Output = Result<Response<Vec<u8>>, TransportError>> + Send {
+        HttpClient::perform(self, outgoing)
     }
 }
 
@@ -140,7 +136,6 @@ async fn exchange(
     request: Request<Full<Bytes>>,
     limits: Limits,
 ) -> Result<Response<Vec<u8>>, TransportError> {
-    let limit = limits.max_body_bytes;
     let response = match pools.request(request, limits.allow_private_addresses).await {
         Ok(response) => response,
         Err(SendError::Blocked(message)) => return Err(TransportError::Blocked(message)),
@@ -152,21 +147,14 @@ async fn exchange(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return Err(TransportError::BodyTooLarge { limit });
-    }
-    let capacity = declared.map_or(0, |length| usize::try_from(length).unwrap_or(limit).min(limit));
-    let mut collected = Vec::with_capacity(capacity);
+    let mut collected = BodyLimit::for_limits(limits, declared)?;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| classify(&error))?;
         if let Ok(data) = frame.into_data() {
-            if collected.len().saturating_add(data.len()) > limit {
-                return Err(TransportError::BodyTooLarge { limit });
-            }
-            collected.extend_from_slice(&data);
+            collected.push(&data)?;
         }
     }
-    Ok(Response::from_parts(parts, collected))
+    Ok(Response::from_parts(parts, collected.into_body()))
 }
 
 /// Maps a client error (not a policy refusal: [`PolicyClient::request`] took those out) to

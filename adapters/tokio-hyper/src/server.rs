@@ -89,13 +89,13 @@ use mcp_oauth_core::origin::{Origin, Scheme};
 use mcp_oauth_core::outbound::{DebugContext, OutboundCredential, debug_headers};
 use mcp_oauth_core::secret::Secret;
 use mcp_oauth_core::token_cache::{CacheConfig, Fetched, TtlPolicy};
+use mcp_oauth_runtime::token_cache::{CacheError, FetchError};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use url::Url;
 
 use crate::client::{PolicyClient, SendError, TlsSetupError};
-use crate::driver::Clock;
-use crate::token_cache::{CacheError, FetchError, SharedTokenCache};
+use crate::runtime::{Clock, SharedTokenCache};
 
 /// The body of every response the gateway sends: core's complete answers or an upstream stream.
 pub type GatewayBody = BoxBody<Bytes, hyper::Error>;

@@ -1,10 +1,10 @@
-//! The user agent: who performs the requests a browser would ([`Performer::UserAgent`]).
+//! The user agent: who performs the requests a browser would ([`Performer::UserAgent`](mcp_oauth_core::machine::Performer::UserAgent)).
 //!
 //! Core asks for the authorization URL to be opened and expects the redirect it ends in back as a
 //! `302` response whose `Location` is the callback URL; it then judges the callback itself
 //! (`state`, `iss`, `code`). Two user agents are provided:
 //!
-//! - [`Headless`] fetches the authorization URL with the [`HttpClient`] and returns its answer
+//! - [`Headless`] ([`mcp_oauth_runtime`]'s, shared by every adapter) fetches the authorization URL with the [`HttpClient`] and returns its answer
 //!   unfollowed. An authorization server that approves without a person (a conformance suite, the
 //!   mock upstream) answers `302` straight away.
 //! - [`LoopbackBrowser`] is for a person: it listens on `127.0.0.1:redirect_port` first, then
@@ -12,12 +12,11 @@
 //!   path, tells the browser it may close the tab, and returns a synthesized `302` to the full
 //!   callback URL.
 //!
-//! [`Io`] puts the client and a user agent together and implements [`Perform`] for the driver.
+//! [`Io`] ([`mcp_oauth_runtime::Io`] with this crate's [`HttpClient`]) puts the client and a user
+//! agent together and implements [`Perform`](mcp_oauth_runtime::Perform) for the driver.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::{Ipv6Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -27,43 +26,16 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use mcp_oauth_core::machine::{Outgoing, Performer, TransportError};
+use mcp_oauth_core::machine::{Outgoing, TransportError};
+pub use mcp_oauth_runtime::io::{BoxFuture, Headless, UserAgent};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use url::Url;
 
+#[cfg(doc)]
 use crate::client::HttpClient;
-use crate::driver::Perform;
-
-/// A boxed, sendable future, so that [`UserAgent`] can be used as a trait object.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Performs [`Performer::UserAgent`] requests (opening the authorization URL).
-pub trait UserAgent: Send + Sync {
-    /// Performs `outgoing` and answers with the redirect it ends in (a `302` with `Location`), or
-    /// why there is none. `client` is there for user agents that fetch the URL themselves.
-    fn navigate<'a>(
-        &'a self,
-        outgoing: Outgoing,
-        client: &'a HttpClient,
-    ) -> BoxFuture<'a, Result<Response<Vec<u8>>, TransportError>>;
-}
-
-/// Fetches the URL with the HTTP client, under the request's limits, and returns the answer as it
-/// is (a `302` from an authorization server that approves without a person).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Headless;
-
-impl UserAgent for Headless {
-    fn navigate<'a>(
-        &'a self,
-        outgoing: Outgoing,
-        client: &'a HttpClient,
-    ) -> BoxFuture<'a, Result<Response<Vec<u8>>, TransportError>> {
-        Box::pin(async move { client.perform(&outgoing).await })
-    }
-}
+pub use crate::runtime::Io;
 
 /// Asks a person to open the URL and catches the browser's return on a loopback port.
 #[derive(Clone, Debug)]
@@ -84,11 +56,11 @@ impl LoopbackBrowser {
 const CLOSE_TAB_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>mcp-oauth</title></head>\
 <body><p>mcp-oauth received the authorization response. You can close this tab.</p></body></html>";
 
-impl UserAgent for LoopbackBrowser {
+impl<C> UserAgent<C> for LoopbackBrowser {
     fn navigate<'a>(
         &'a self,
         outgoing: Outgoing,
-        _client: &'a HttpClient,
+        _client: &'a C,
     ) -> BoxFuture<'a, Result<Response<Vec<u8>>, TransportError>> {
         Box::pin(async move {
             let wait = self.wait.min(outgoing.limits().timeout);
@@ -221,39 +193,5 @@ fn answer_browser(
             StatusCode::CONFLICT,
             "<!doctype html><p>This authorization response was already received.</p>",
         ),
-    }
-}
-
-/// The driver's I/O: client requests go to the [`HttpClient`], browser requests to the
-/// [`UserAgent`].
-pub struct Io {
-    client: HttpClient,
-    user_agent: Box<dyn UserAgent>,
-}
-
-impl std::fmt::Debug for Io {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Io").field("client", &self.client).finish_non_exhaustive()
-    }
-}
-
-impl Io {
-    /// Routes client requests to `client` and browser requests to `user_agent`.
-    pub fn new(client: HttpClient, user_agent: Box<dyn UserAgent>) -> Self {
-        Self { client, user_agent }
-    }
-
-    /// The HTTP client.
-    pub fn client(&self) -> &HttpClient {
-        &self.client
-    }
-}
-
-impl Perform for Io {
-    async fn perform(&self, outgoing: Outgoing) -> Result<Response<Vec<u8>>, TransportError> {
-        match outgoing.performer() {
-            Performer::Client => self.client.perform(&outgoing).await,
-            Performer::UserAgent => self.user_agent.navigate(outgoing, &self.client).await,
-        }
     }
 }

@@ -46,7 +46,7 @@ fn client() -> HttpClient {
     HttpClient::new().expect("TLS setup")
 }
 
-fn io(user_agent: Box<dyn UserAgent>) -> Io {
+fn io(user_agent: Box<dyn UserAgent<HttpClient>>) -> Io {
     Io::new(client(), user_agent)
 }
 

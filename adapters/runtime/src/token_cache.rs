@@ -8,7 +8,9 @@
 //!
 //! The lock is a `std::sync::Mutex` held only for a core call, never across an `.await`. Waiters
 //! sleep on a per-flight `tokio::sync::watch` channel that is created under the same lock as the
-//! ticket, so no outcome can be missed. A leader whose future is dropped (a timeout, a cancelled
+//! ticket, so no outcome can be missed. The channel is a plain data structure that works on any
+//! executor (only tokio's `sync` feature is compiled, no tokio runtime), so this one cache serves
+//! every [`Runtime`]: it only reads the runtime's clock. A leader whose future is dropped (a timeout, a cancelled
 //! request) abandons its ticket from a drop guard: its waiters wake up and look up again, and one
 //! of them leads a new fetch; nobody hangs.
 //!
@@ -19,12 +21,14 @@
 //!
 //! ```no_run
 //! use mcp_oauth_core::token_cache::{CacheConfig, Fetched};
-//! use mcp_oauth_tokio::token_cache::{FetchError, SharedTokenCache};
+//! use mcp_oauth_runtime::token_cache::{FetchError, SharedTokenCache};
+//! use mcp_oauth_runtime::{Clock, Runtime};
 //!
 //! # use mcp_oauth_core::{client::token::TokenError, metadata::TokenResponse};
 //! # async fn fetch_token() -> Result<TokenResponse, TokenError> { unimplemented!() }
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let cache: SharedTokenCache<String> = SharedTokenCache::new(CacheConfig::default());
+//! # async fn run(runtime: impl Runtime) -> Result<(), Box<dyn std::error::Error>> {
+//! let cache: SharedTokenCache<String, _> =
+//!     SharedTokenCache::with_clock(CacheConfig::default(), Clock::with_runtime(runtime));
 //! let token = cache
 //!     .get_or_fetch("server-a".to_owned(), || async {
 //!         let response = fetch_token().await.map_err(|error| FetchError::from_reason(&error))?;
@@ -53,7 +57,8 @@ use mcp_oauth_core::token_cache::{
 };
 use tokio::sync::watch;
 
-use crate::driver::Clock;
+use crate::clock::Clock;
+use crate::runtime::Runtime;
 
 /// Why a fetch failed: a stable reason code for core's backoff and a message for people.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -83,8 +88,10 @@ impl Reason for FetchError {
 }
 
 /// Why [`SharedTokenCache::get_or_fetch`] returned no token.
+///
+/// Exhaustive on purpose: a caller (the gateway) maps every variant to an answer, and a new
+/// variant must make it decide again rather than fall into a catch-all.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum CacheError {
     /// This call's fetch, or the fetch it waited for, failed.
     #[error("fetching the token failed ({reason}): {message}")]
@@ -131,7 +138,7 @@ struct Flight {
 }
 
 /// The fewest keys at which idle ones are pruned.
-const PRUNE_FLOOR: usize = 1024;
+pub const PRUNE_FLOOR: usize = 1024;
 
 struct State<K> {
     cache: TokenCache<K>,
@@ -160,24 +167,25 @@ impl<K: Eq + Hash + Clone> State<K> {
     }
 }
 
-struct Inner<K> {
+struct Inner<K, R> {
     state: Mutex<State<K>>,
-    clock: Clock,
+    clock: Clock<R>,
     fetches: AtomicU64,
 }
 
-/// Core's [`TokenCache`] shared by tasks, with single flight per key; cheap to clone.
-pub struct SharedTokenCache<K> {
-    inner: Arc<Inner<K>>,
+/// Core's [`TokenCache`] shared by tasks, with single flight per key, reading time from the
+/// runtime `R`; cheap to clone.
+pub struct SharedTokenCache<K, R> {
+    inner: Arc<Inner<K, R>>,
 }
 
-impl<K> Clone for SharedTokenCache<K> {
+impl<K, R> Clone for SharedTokenCache<K, R> {
     fn clone(&self) -> Self {
         Self { inner: Arc::clone(&self.inner) }
     }
 }
 
-impl<K> fmt::Debug for SharedTokenCache<K> {
+impl<K, R: fmt::Debug> fmt::Debug for SharedTokenCache<K, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedTokenCache").field("clock", &self.inner.clock).finish_non_exhaustive()
     }
@@ -189,26 +197,33 @@ enum Next<K> {
     Wait(watch::Receiver<Option<Signal>>),
 }
 
-impl<K: Eq + Hash + Clone> SharedTokenCache<K> {
-    /// An empty cache on a fresh [`Clock`].
+impl<K: Eq + Hash + Clone, R: Runtime + Default> SharedTokenCache<K, R> {
+    /// An empty cache on a fresh [`Clock`] of the default `R`.
     pub fn new(config: CacheConfig) -> Self {
         Self::with_clock(config, Clock::new())
     }
+}
 
+impl<K: Eq + Hash + Clone, R: Runtime> SharedTokenCache<K, R> {
     /// An empty cache reading time from `clock`.
-    pub fn with_clock(config: CacheConfig, clock: Clock) -> Self {
+    pub fn with_clock(config: CacheConfig, clock: Clock<R>) -> Self {
         let state = State { cache: TokenCache::new(config), flights: HashMap::new(), prune_at: PRUNE_FLOOR };
         Self { inner: Arc::new(Inner { state: Mutex::new(state), clock, fetches: AtomicU64::new(0) }) }
     }
 
     /// The clock the cache reads.
-    pub fn clock(&self) -> &Clock {
+    pub fn clock(&self) -> &Clock<R> {
         &self.inner.clock
     }
 
     /// How many fetches were started (calls that led a flight) since the cache was created.
     pub fn fetches(&self) -> u64 {
         self.inner.fetches.load(Ordering::Relaxed)
+    }
+
+    /// How many keys the cache holds: fresh tokens, backoffs and idle keys not pruned yet.
+    pub fn key_count(&self) -> usize {
+        self.state().cache.len()
     }
 
     fn state(&self) -> MutexGuard<'_, State<K>> {
@@ -352,12 +367,12 @@ impl<K: Eq + Hash + Clone> SharedTokenCache<K> {
 }
 
 /// Abandons the leader's ticket if its future is dropped before the fetch finished.
-struct AbandonOnDrop<'a, K: Eq + Hash + Clone> {
-    cache: &'a SharedTokenCache<K>,
+struct AbandonOnDrop<'a, K: Eq + Hash + Clone, R: Runtime> {
+    cache: &'a SharedTokenCache<K, R>,
     ticket: Option<Ticket<K>>,
 }
 
-impl<K: Eq + Hash + Clone> Drop for AbandonOnDrop<'_, K> {
+impl<K: Eq + Hash + Clone, R: Runtime> Drop for AbandonOnDrop<'_, K, R> {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             let key = ticket.key().clone();
@@ -368,33 +383,5 @@ impl<K: Eq + Hash + Clone> Drop for AbandonOnDrop<'_, K> {
                 state.finish_flight(&key, id, Signal::Retry);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use mcp_oauth_core::token_cache::TtlPolicy;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn idle_keys_do_not_accumulate() {
-        let cache: SharedTokenCache<u32> = SharedTokenCache::new(CacheConfig::default());
-        for key in 0..5_000u32 {
-            // A zero lifetime: handed to the caller, never cached, so the key is idle at once.
-            let fetched = cache
-                .get_or_fetch(key, || async {
-                    Ok(Fetched {
-                        access_token: Secret::new("t"),
-                        expires_in: Some(0),
-                        policy: TtlPolicy::M2m,
-                    })
-                })
-                .await;
-            assert!(fetched.is_ok());
-        }
-        assert_eq!(cache.fetches(), 5_000);
-        let keys = cache.state().cache.len();
-        assert!(keys <= PRUNE_FLOOR, "{keys} idle keys kept");
     }
 }

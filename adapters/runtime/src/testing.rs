@@ -1,0 +1,454 @@
+//! The shared test suite (feature `test-suite`): the driver and token-cache tests, written once
+//! against [`Runtime`] and run by every adapter on its own executor.
+//!
+//! Each scenario is an `async fn` taking the runtime; [`runtime_test_suite!`](crate::runtime_test_suite)
+//! stamps out one `#[test]` per scenario in the adapter's test file, each bounded by 30 s:
+//!
+//! ```ignore
+//! fn block_on<F: std::future::Future>(future: F) -> F::Output { /* the executor's block_on */ }
+//! mcp_oauth_runtime::runtime_test_suite!(block_on, my_adapter::MyRuntime);
+//! ```
+//!
+//! The token fetches are scripted (a counter, a delay on the runtime's timer, a token named after
+//! the fetch), so the suite tests the shared code and the runtime, not an HTTP client; each
+//! adapter's own tests cover its client against the mock upstream on 127.0.0.1.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::Response;
+use mcp_oauth_core::machine::{
+    Instant, Limits, Machine, Outgoing, Performer, RequestId, Step, TransportError,
+};
+use mcp_oauth_core::secret::Secret;
+use mcp_oauth_core::token_cache::{Backoff, CacheConfig, Fetched, TtlPolicy};
+use tokio::sync::oneshot;
+
+use crate::clock::Clock;
+use crate::driver::{DriveError, Perform, drive};
+use crate::io::{BoxFuture, Client, Headless, Io, UserAgent};
+use crate::runtime::{Runtime, timeout};
+use crate::token_cache::{CacheError, FetchError, PRUNE_FLOOR, SharedTokenCache};
+
+/// Stamps out one `#[test]` per scenario of [`testing`](crate::testing), each run by
+/// `$block_on` (the executor's `block_on`) on `$runtime` (an expression, evaluated per test) and
+/// bounded by 30 s.
+#[macro_export]
+macro_rules! runtime_test_suite {
+    ($block_on:path, $runtime:expr) => {
+        $crate::runtime_test_suite!(@each $block_on, $runtime;
+            drive_runs_requests_concurrently_and_honours_deadlines,
+            a_deadline_wakes_the_driver_while_a_request_is_in_flight,
+            waiting_for_nothing_is_an_error_not_a_hang,
+            the_router_sends_each_request_to_its_performer,
+            the_clock_round_trips,
+            spawn_blocking_returns_the_result_or_the_panic,
+            sixty_four_callers_share_one_fetch_then_hit_the_cache,
+            concurrent_401s_drop_the_token_once_and_refetch_once,
+            failures_reach_every_waiter_then_back_off,
+            a_cancelled_leader_does_not_strand_its_waiters,
+            idle_keys_do_not_accumulate,
+        );
+    };
+    (@each $block_on:path, $runtime:expr; $($scenario:ident,)*) => {
+        $(
+            #[test]
+            fn $scenario() {
+                $block_on($crate::testing::bounded($runtime, $crate::testing::$scenario($runtime)));
+            }
+        )*
+    };
+}
+
+/// Runs `scenario` on `runtime`, panicking if it takes longer than 30 s.
+pub async fn bounded<R: Runtime>(runtime: R, scenario: impl Future<Output = ()>) {
+    timeout(&runtime, Duration::from_secs(30), scenario).await.expect("the test took longer than 30 s");
+}
+
+/// Answers every request with its path as the status-200 body, after a delay of `?ms=N`.
+struct Echo<R> {
+    runtime: R,
+}
+
+impl<R: Runtime> Perform for Echo<R> {
+    async fn perform(&self, outgoing: Outgoing) -> Result<Response<Vec<u8>>, TransportError> {
+        let uri = outgoing.request().uri().clone();
+        let delay = uri.query().and_then(|q| q.strip_prefix("ms=")).and_then(|ms| ms.parse().ok());
+        self.runtime.sleep(Duration::from_millis(delay.unwrap_or(0))).await;
+        Ok(Response::new(uri.path().as_bytes().to_vec()))
+    }
+}
+
+fn get(id: u64, target: &str) -> Outgoing {
+    let request = http::Request::get(target).body(Vec::new()).expect("a valid request");
+    Outgoing::unchecked(RequestId(id), request, Limits::METADATA, Performer::Client, "test")
+}
+
+/// Sends two requests at once, then waits for a deadline after both answers.
+struct Parallel {
+    sent: bool,
+    answers: Vec<String>,
+    deadline: Option<Instant>,
+}
+
+impl Machine for Parallel {
+    type Outcome = (Vec<String>, u64);
+
+    fn poll(&mut self, now: Instant) -> Step<Self::Outcome> {
+        if !self.sent {
+            self.sent = true;
+            return Step::Send(vec![get(1, "http://a.test/slow?ms=150"), get(2, "http://a.test/fast")]);
+        }
+        if self.answers.len() < 2 {
+            return Step::Wait(None);
+        }
+        let deadline = *self.deadline.get_or_insert(now.plus(Duration::from_millis(100)));
+        if now < deadline {
+            return Step::Wait(Some(deadline));
+        }
+        Step::Done((std::mem::take(&mut self.answers), now.as_millis()))
+    }
+
+    fn handle_response(
+        &mut self,
+        _: RequestId,
+        result: Result<Response<Vec<u8>>, TransportError>,
+        _: Instant,
+    ) {
+        if let Ok(response) = result {
+            self.answers.push(String::from_utf8_lossy(response.body()).into_owned());
+        }
+    }
+}
+
+/// Two requests run concurrently (the fast answer first) and the machine's deadline is honoured.
+pub async fn drive_runs_requests_concurrently_and_honours_deadlines<R: Runtime>(runtime: R) {
+    let io = Echo { runtime: runtime.clone() };
+    let mut machine = Parallel { sent: false, answers: Vec::new(), deadline: None };
+    let (answers, finished_at) =
+        drive(&mut machine, &io, &Clock::with_runtime(runtime)).await.expect("an outcome");
+    assert_eq!(answers, ["/fast", "/slow"], "the fast answer comes back first");
+    assert!((250..2_000).contains(&finished_at), "150 ms in flight, then 100 ms waiting: {finished_at}");
+}
+
+/// Waits for a deadline while a slow request is in flight.
+struct DeadlineFirst {
+    polls: Vec<u64>,
+    answered: bool,
+}
+
+impl Machine for DeadlineFirst {
+    type Outcome = Vec<u64>;
+
+    fn poll(&mut self, now: Instant) -> Step<Self::Outcome> {
+        self.polls.push(now.as_millis());
+        match self.polls.len() {
+            1 => Step::Send(vec![get(1, "http://a.test/slow?ms=300")]),
+            _ if self.answered => Step::Done(std::mem::take(&mut self.polls)),
+            _ => Step::Wait(Some(Instant::from_millis(50))),
+        }
+    }
+
+    fn handle_response(&mut self, _: RequestId, _: Result<Response<Vec<u8>>, TransportError>, _: Instant) {
+        self.answered = true;
+    }
+}
+
+/// The deadline wakes the driver before the answer does, then the answer.
+pub async fn a_deadline_wakes_the_driver_while_a_request_is_in_flight<R: Runtime>(runtime: R) {
+    let io = Echo { runtime: runtime.clone() };
+    let mut machine = DeadlineFirst { polls: Vec::new(), answered: false };
+    let polls = drive(&mut machine, &io, &Clock::with_runtime(runtime)).await.expect("an outcome");
+    assert!(polls.iter().any(|&at| (50..300).contains(&at)), "woken at the deadline: {polls:?}");
+    assert!(polls.last().is_some_and(|&at| at >= 300), "then by the answer: {polls:?}");
+}
+
+struct Stuck;
+
+impl Machine for Stuck {
+    type Outcome = ();
+
+    fn poll(&mut self, _now: Instant) -> Step<()> {
+        Step::Wait(None)
+    }
+
+    fn handle_response(&mut self, _: RequestId, _: Result<Response<Vec<u8>>, TransportError>, _: Instant) {}
+}
+
+/// `Wait(None)` with nothing in flight ends the run with [`DriveError::Stalled`].
+pub async fn waiting_for_nothing_is_an_error_not_a_hang<R: Runtime>(runtime: R) {
+    let io = Echo { runtime: runtime.clone() };
+    assert_eq!(drive(&mut Stuck, &io, &Clock::with_runtime(runtime)).await, Err(DriveError::Stalled));
+}
+
+/// A client that answers with `client:{path}`.
+struct Named;
+
+impl Client for Named {
+    async fn perform(&self, outgoing: &Outgoing) -> Result<Response<Vec<u8>>, TransportError> {
+        Ok(Response::new(format!("client:{}", outgoing.request().uri().path()).into_bytes()))
+    }
+}
+
+/// A user agent that answers `302` to the callback without asking the client.
+struct Redirecting;
+
+impl<C> UserAgent<C> for Redirecting {
+    fn navigate<'a>(
+        &'a self,
+        _outgoing: Outgoing,
+        _client: &'a C,
+    ) -> BoxFuture<'a, Result<Response<Vec<u8>>, TransportError>> {
+        Box::pin(async {
+            let mut response = Response::new(Vec::new());
+            *response.status_mut() = http::StatusCode::FOUND;
+            Ok(response)
+        })
+    }
+}
+
+/// [`Io`] routes by [`Performer`]: client requests to the client, browser requests to the user
+/// agent; [`Headless`] navigates with the client.
+pub async fn the_router_sends_each_request_to_its_performer<R: Runtime>(_runtime: R) {
+    let browse = || {
+        let request = http::Request::get("http://a.test/authorize").body(Vec::new()).expect("request");
+        Outgoing::unchecked(RequestId(2), request, Limits::METADATA, Performer::UserAgent, "test")
+    };
+    let io = Io::new(Named, Box::new(Redirecting));
+    let answer = io.perform(get(1, "http://a.test/token")).await.expect("answer");
+    assert_eq!(answer.body(), b"client:/token");
+    assert_eq!(io.perform(browse()).await.expect("answer").status(), http::StatusCode::FOUND);
+    let headless = Io::new(Named, Box::new(Headless));
+    assert_eq!(headless.perform(browse()).await.expect("answer").body(), b"client:/authorize");
+}
+
+/// [`Clock`] converts both ways and its `sleep_until` sleeps on the runtime.
+pub async fn the_clock_round_trips<R: Runtime>(runtime: R) {
+    let base = runtime.now();
+    let clock = Clock::starting_at(runtime, base);
+    let later = base + Duration::from_millis(1234);
+    assert_eq!(clock.instant_of(later), Instant::from_millis(1234));
+    assert_eq!(clock.to_monotonic(Instant::from_millis(1234)), later);
+    if let Some(earlier) = base.checked_sub(Duration::from_millis(5)) {
+        assert_eq!(clock.instant_of(earlier), Instant::ZERO);
+    }
+    clock.sleep_until(Instant::from_millis(20)).await;
+    assert!(clock.now() >= Instant::from_millis(20));
+    assert!(clock.to_monotonic(Instant::from_millis(u64::MAX)) > base, "far future, no overflow");
+}
+
+/// `spawn_blocking` hands back the work's result, and a panic as an error.
+pub async fn spawn_blocking_returns_the_result_or_the_panic<R: Runtime>(runtime: R) {
+    assert_eq!(runtime.spawn_blocking(|| 6 * 7).await, Ok(42));
+    let panicked = runtime.spawn_blocking(|| -> u32 { panic!("blocking work failed on purpose") }).await;
+    assert!(panicked.is_err(), "{panicked:?}");
+}
+
+/// A scripted token endpoint: counts fetches, answers after `delay` with `t{n}` or fails.
+#[derive(Clone)]
+struct Endpoint<R> {
+    runtime: R,
+    fetches: Arc<AtomicU64>,
+    delay: Duration,
+    failing: Arc<Mutex<bool>>,
+}
+
+impl<R: Runtime> Endpoint<R> {
+    fn new(runtime: R, delay: Duration) -> Self {
+        Self { runtime, fetches: Arc::new(AtomicU64::new(0)), delay, failing: Arc::new(Mutex::new(false)) }
+    }
+
+    fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::SeqCst)
+    }
+
+    fn fail(&self, failing: bool) {
+        *self.failing.lock().expect("not poisoned") = failing;
+    }
+
+    async fn fetch(&self) -> Result<Fetched, FetchError> {
+        let n = self.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+        self.runtime.sleep(self.delay).await;
+        if *self.failing.lock().expect("not poisoned") {
+            return Err(FetchError::new("token_refused", "the token endpoint answered 500"));
+        }
+        Ok(Fetched {
+            access_token: Secret::new(format!("t{n}")),
+            expires_in: Some(3600),
+            policy: TtlPolicy::M2m,
+        })
+    }
+}
+
+const KEY: &str = "server";
+
+type Cache<R> = SharedTokenCache<String, R>;
+
+fn cache<R: Runtime>(runtime: &R, config: CacheConfig) -> Cache<R> {
+    SharedTokenCache::with_clock(config, Clock::with_runtime(runtime.clone()))
+}
+
+/// Spawns `tasks` callers of `get_or_fetch` on the runtime; the receivers give their tokens.
+fn spawn_many<R: Runtime>(
+    runtime: &R,
+    cache: &Cache<R>,
+    endpoint: &Endpoint<R>,
+    tasks: usize,
+) -> Vec<oneshot::Receiver<Result<String, CacheError>>> {
+    (0..tasks)
+        .map(|_| {
+            let (sender, receiver) = oneshot::channel();
+            let (cache, endpoint) = (cache.clone(), endpoint.clone());
+            runtime.spawn(async move {
+                let token = cache.get_or_fetch(KEY.to_owned(), || endpoint.fetch()).await;
+                let _ = sender.send(token.map(|token| token.access_token().expose().to_owned()));
+            });
+            receiver
+        })
+        .collect()
+}
+
+async fn join_all<T>(receivers: Vec<oneshot::Receiver<T>>) -> Vec<T> {
+    let mut results = Vec::with_capacity(receivers.len());
+    for receiver in receivers {
+        results.push(receiver.await.expect("the task finished"));
+    }
+    results
+}
+
+/// Single flight: 64 concurrent callers cause one fetch; a second round is served from the cache.
+pub async fn sixty_four_callers_share_one_fetch_then_hit_the_cache<R: Runtime>(runtime: R) {
+    let cache = cache(&runtime, CacheConfig::default());
+    let endpoint = Endpoint::new(runtime.clone(), Duration::from_millis(50));
+    let tokens: Vec<String> = join_all(spawn_many(&runtime, &cache, &endpoint, 64))
+        .await
+        .into_iter()
+        .map(|token| token.expect("token"))
+        .collect();
+    assert_eq!(endpoint.fetches(), 1, "single flight: one fetch");
+    assert!(tokens.iter().all(|token| token == "t1"), "all 64 callers got the same token: {tokens:?}");
+    assert_eq!(cache.fetches(), 1);
+
+    let again = join_all(spawn_many(&runtime, &cache, &endpoint, 64)).await;
+    assert!(again.iter().all(|token| token.as_deref() == Ok("t1")));
+    assert_eq!(endpoint.fetches(), 1, "the second round is served from the cache");
+    let cached = cache.get_cached(&KEY.to_owned()).expect("cached");
+    assert_eq!(cached.access_token().expose(), "t1");
+}
+
+/// Ten tasks invalidate the same rejected token at once: it is dropped once and fetched again once.
+pub async fn concurrent_401s_drop_the_token_once_and_refetch_once<R: Runtime>(runtime: R) {
+    let cache = cache(&runtime, CacheConfig::default());
+    let endpoint = Endpoint::new(runtime.clone(), Duration::from_millis(50));
+    let first = cache.get_or_fetch(KEY.to_owned(), || endpoint.fetch()).await.expect("token");
+    assert!(!cache.invalidate(&KEY.to_owned(), &Secret::new("another token")), "only the cached token");
+
+    let receivers: Vec<_> = (0..10)
+        .map(|_| {
+            let (sender, receiver) = oneshot::channel();
+            let (cache, endpoint, used) = (cache.clone(), endpoint.clone(), first.clone());
+            runtime.spawn(async move {
+                let key = KEY.to_owned();
+                let dropped = cache.invalidate(&key, used.access_token());
+                let fresh = cache.get_or_fetch(key, || endpoint.fetch()).await;
+                let _ = sender.send(fresh.map(|fresh| (dropped, fresh.access_token().expose().to_owned())));
+            });
+            receiver
+        })
+        .collect();
+    let results: Vec<(bool, String)> =
+        join_all(receivers).await.into_iter().map(|result| result.expect("token")).collect();
+    assert_eq!(results.iter().filter(|(dropped, _)| *dropped).count(), 1, "dropped once, not ten times");
+    assert!(results.iter().all(|(_, token)| token == "t2"), "everyone got the one new token: {results:?}");
+    assert_eq!(endpoint.fetches(), 2, "exactly one refetch for the ten 401s");
+}
+
+/// A failed fetch reaches every waiter; then the cache backs off (twice as long after a second
+/// failure) without asking the endpoint, and recovers.
+pub async fn failures_reach_every_waiter_then_back_off<R: Runtime>(runtime: R) {
+    let backoff = Backoff { initial: Duration::from_millis(300), max: Duration::from_secs(2) };
+    let cache = cache(&runtime, CacheConfig { backoff, ..CacheConfig::default() });
+    let endpoint = Endpoint::new(runtime.clone(), Duration::from_millis(50));
+    endpoint.fail(true);
+    for result in join_all(spawn_many(&runtime, &cache, &endpoint, 16)).await {
+        assert!(
+            matches!(result, Err(CacheError::Fetch { reason: "token_refused", .. })),
+            "every waiter gets the leader's error: {result:?}"
+        );
+    }
+    assert_eq!(endpoint.fetches(), 1);
+
+    let key = KEY.to_owned();
+    let fast = cache.get_or_fetch(key.clone(), || endpoint.fetch()).await;
+    let Err(CacheError::BackingOff { reason: "token_refused", retry_in }) = fast else {
+        panic!("expected BackingOff, got {fast:?}")
+    };
+    assert!(retry_in <= Duration::from_millis(300));
+    assert_eq!(endpoint.fetches(), 1, "backing off: the endpoint is not asked");
+
+    runtime.sleep(retry_in + Duration::from_millis(20)).await;
+    let second = cache.get_or_fetch(key.clone(), || endpoint.fetch()).await;
+    assert!(matches!(second, Err(CacheError::Fetch { .. })), "{second:?}");
+    assert_eq!(endpoint.fetches(), 2);
+    let Err(CacheError::BackingOff { retry_in, .. }) =
+        cache.get_or_fetch(key.clone(), || endpoint.fetch()).await
+    else {
+        panic!("expected BackingOff")
+    };
+    assert!(retry_in > Duration::from_millis(300) && retry_in <= Duration::from_millis(600), "{retry_in:?}");
+
+    endpoint.fail(false);
+    runtime.sleep(retry_in + Duration::from_millis(20)).await;
+    let token = cache.get_or_fetch(key, || endpoint.fetch()).await.expect("token");
+    assert_eq!(token.access_token().expose(), "t3");
+}
+
+/// A leader whose future is dropped (a timeout) hands the flight to one of its waiters.
+pub async fn a_cancelled_leader_does_not_strand_its_waiters<R: Runtime>(runtime: R) {
+    let cache = cache(&runtime, CacheConfig::default());
+    let endpoint = Endpoint::new(runtime.clone(), Duration::from_millis(10));
+    let (started, leading) = oneshot::channel();
+    let (finished, leader_done) = oneshot::channel();
+    let (leader_cache, leader_runtime) = (cache.clone(), runtime.clone());
+    runtime.spawn(async move {
+        let stuck = leader_cache.get_or_fetch(KEY.to_owned(), || async move {
+            let _ = started.send(());
+            std::future::pending::<Result<Fetched, FetchError>>().await
+        });
+        let _ = finished.send(timeout(&leader_runtime, Duration::from_millis(150), stuck).await.is_err());
+    });
+    leading.await.expect("the leader started its fetch");
+    let waiters = spawn_many(&runtime, &cache, &endpoint, 8);
+    runtime.sleep(Duration::from_millis(50)).await;
+    assert_eq!(endpoint.fetches(), 0, "the waiters wait for the leader");
+
+    assert!(leader_done.await.expect("the leader ended"), "the leader timed out");
+    let tokens = join_all(waiters).await;
+    assert!(tokens.iter().all(|token| token.as_deref() == Ok("t1")), "{tokens:?}");
+    assert_eq!(endpoint.fetches(), 1, "one waiter took over the flight");
+
+    // Forgetting the key wakes nobody wrongly and the next call fetches again.
+    cache.remove(&KEY.to_owned());
+    let token = cache.get_or_fetch(KEY.to_owned(), || endpoint.fetch()).await;
+    assert_eq!(token.map(|token| token.access_token().expose().to_owned()), Ok("t2".to_owned()));
+}
+
+/// Keys that hold nothing are pruned as new ones come, so memory follows the keys in use.
+pub async fn idle_keys_do_not_accumulate<R: Runtime>(runtime: R) {
+    let cache: SharedTokenCache<u32, R> =
+        SharedTokenCache::with_clock(CacheConfig::default(), Clock::with_runtime(runtime));
+    for key in 0..5_000u32 {
+        // A zero lifetime: handed to the caller, never cached, so the key is idle at once.
+        let fetched = cache
+            .get_or_fetch(key, || async {
+                Ok(Fetched { access_token: Secret::new("t"), expires_in: Some(0), policy: TtlPolicy::M2m })
+            })
+            .await;
+        assert!(fetched.is_ok());
+    }
+    assert_eq!(cache.fetches(), 5_000);
+    let keys = cache.key_count();
+    assert!(keys <= PRUNE_FLOOR, "{keys} idle keys kept");
+}

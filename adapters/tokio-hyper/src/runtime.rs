@@ -1,0 +1,54 @@
+//! The shared layer on tokio: [`TokioRuntime`], and the driver, clock and token cache of
+//! [`mcp_oauth_runtime`] bound to it.
+//!
+//! Time is tokio's ([`tokio::time::Instant`] as a `std` instant), so tests that pause tokio's
+//! clock (`#[tokio::test(start_paused = true)]`) pause the driver and the cache too.
+
+use std::future::Future;
+use std::time::Instant;
+
+use mcp_oauth_core::machine::Machine;
+use mcp_oauth_runtime::{BlockingError, DriveError, Perform, Runtime};
+
+/// tokio as a [`Runtime`]: its clock and timer, `tokio::spawn` and `spawn_blocking`. Needs a
+/// tokio runtime with the time driver enabled.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioRuntime;
+
+impl Runtime for TokioRuntime {
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline))
+    }
+
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
+        drop(tokio::spawn(task));
+    }
+
+    fn spawn_blocking<T, F>(&self, work: F) -> impl Future<Output = Result<T, BlockingError>> + Send + 'static
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let task = tokio::task::spawn_blocking(work);
+        async move { task.await.map_err(|error| BlockingError::new(error.to_string())) }
+    }
+}
+
+/// Tokio's time as core's [`Instant`](mcp_oauth_core::machine::Instant): a
+/// [`mcp_oauth_runtime::Clock`] on [`TokioRuntime`].
+pub type Clock = mcp_oauth_runtime::Clock<TokioRuntime>;
+
+/// The single-flight token cache ([`mcp_oauth_runtime::token_cache`]) on tokio's clock.
+pub type SharedTokenCache<K> = mcp_oauth_runtime::token_cache::SharedTokenCache<K, TokioRuntime>;
+
+/// The driver's I/O with this crate's [`HttpClient`](crate::HttpClient).
+pub type Io = mcp_oauth_runtime::Io<crate::HttpClient>;
+
+/// Runs `machine` to its outcome with a fresh [`Clock`] ([`mcp_oauth_runtime::drive`] on tokio).
+pub async fn drive<M: Machine>(machine: &mut M, io: &impl Perform) -> Result<M::Outcome, DriveError> {
+    mcp_oauth_runtime::drive(machine, io, &Clock::new()).await
+}

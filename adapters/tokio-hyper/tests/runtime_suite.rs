@@ -1,0 +1,17 @@
+//! The shared driver and token-cache suite of `mcp-oauth-runtime`, run on tokio
+//! ([`TokioRuntime`] on a two-worker multi-thread runtime). Every test is bounded by 30 s.
+
+use std::future::Future;
+
+use mcp_oauth_tokio::TokioRuntime;
+
+fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(future)
+}
+
+mcp_oauth_runtime::runtime_test_suite!(block_on, TokioRuntime);
