@@ -1,0 +1,28 @@
+//! The documents stay in step with the tree: every `docs/*.md` is compiled as a doctest (lib.rs).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root")
+}
+
+/// File names in `dir` ending in `extension`, without it.
+fn stems(dir: &str, extension: &str) -> BTreeSet<String> {
+    std::fs::read_dir(root().join(dir))
+        .expect("read the directory")
+        .map(|entry| entry.expect("directory entry").file_name().to_string_lossy().into_owned())
+        .filter_map(|name| name.strip_suffix(extension).map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn every_docs_file_is_compiled_as_a_doctest() {
+    let lib = include_str!("lib.rs");
+    let missing: Vec<String> = stems("docs", ".md")
+        .into_iter()
+        .filter(|stem| !lib.contains(&format!("include_str!(\"../docs/{stem}.md\")")))
+        .collect();
+    assert!(missing.is_empty(), "add docs/{missing:?}.md to tests/lib.rs so its Rust blocks are doctests");
+    assert!(lib.contains("include_str!(\"../README.md\")"));
+}
