@@ -1,4 +1,5 @@
-//! The documents stay in step with the tree: every `docs/*.md` is compiled as a doctest (lib.rs).
+//! The documents stay in step with the tree: every `docs/*.md` is compiled as a doctest (lib.rs),
+//! and README.md names exactly the fuzz targets of `fuzz/fuzz_targets/`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -25,4 +26,19 @@ fn every_docs_file_is_compiled_as_a_doctest() {
         .collect();
     assert!(missing.is_empty(), "add docs/{missing:?}.md to tests/lib.rs so its Rust blocks are doctests");
     assert!(lib.contains("include_str!(\"../README.md\")"));
+}
+
+#[test]
+fn the_readme_lists_exactly_the_fuzz_targets() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let start = readme.find("\nTargets: ").expect("README.md has a 'Targets:' paragraph under Fuzzing");
+    let paragraph = readme[start..].split("\n\n").next().expect("the paragraph");
+    let listed: BTreeSet<String> = paragraph
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .take_while(|name| !name.contains('/'))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(listed, stems("fuzz/fuzz_targets", ".rs"), "README.md's fuzz target list");
 }
