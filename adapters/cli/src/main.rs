@@ -4,6 +4,9 @@
 //! with the change that would fix it. Exit status: 0 accepted or valid, 1 rejected or invalid,
 //! 2 usage error (unknown flag, missing argument), as documented in `--help`.
 #![forbid(unsafe_code)]
+// clap prints the doc comments below as `--help` text, where a URL is plain text: an autolink's
+// `<...>` would show up in the terminal.
+#![allow(rustdoc::bare_urls)]
 
 mod demo;
 mod serve;
