@@ -24,10 +24,6 @@ mod documents {
     mod fuzzing {}
     #[doc = include_str!("../docs/gateway.md")]
     mod gateway {}
-    #[doc = include_str!("../docs/security-adapters.md")]
-    mod security_adapters {}
-    #[doc = include_str!("../docs/security-ssrf.md")]
-    mod security_ssrf {}
     #[doc = include_str!("../docs/security.md")]
     mod security {}
 }

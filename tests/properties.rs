@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use mcp_oauth_core::config::ServerEntry;
 use mcp_oauth_core::delegate::{GATEWAY_KEY_HEADERS, SERVERS_HEADER, Target, decide_delegation};
-use mcp_oauth_core::mask::mask;
+use mcp_oauth_core::mask::{mask, mask_url};
 use mcp_oauth_core::origin::{
     Origin, OriginSettings, RequestOrigin, Scheme, TrustedProxies, resolve_public_origin,
 };
@@ -24,6 +24,7 @@ use proptest::sample::select;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use serde_json::{Map, Value};
+use url::Url;
 
 /// At least 1,000 cases; `PROPTEST_CASES` may raise it. No regression files are written.
 fn config() -> ProptestConfig {
@@ -78,6 +79,104 @@ fn public_and_env() -> impl Strategy<Value = (Option<Origin>, String)> {
     (proptest::option::weighted(0.8, s::origin()), s::trusted_redirect_origins_env())
 }
 
+/// One case of property 2: an allowed authority A (public origin, allowlist entry or loopback), an
+/// attacker host B, attack text C and a template that splices them into a `redirect_uri`.
+#[derive(Clone, Debug)]
+struct AttackCase {
+    public: Option<Origin>,
+    env: String,
+    a_scheme: Scheme,
+    a: String,
+    b: String,
+    b_port: Option<u16>,
+    c: String,
+    template: usize,
+    keep_scheme: bool,
+    scheme: Scheme,
+}
+
+/// Templates 0–15 put B in the authority or splice C into it; templates 16–19 keep A as the
+/// authority and put C and B after it (path, query, a second path segment, an `@` in the path), so
+/// that a good share of cases are URIs the validator may accept and the host assertions run.
+const ATTACK_TEMPLATES: usize = 20;
+
+fn attack_case() -> impl Strategy<Value = AttackCase> {
+    let a = public_and_env().prop_flat_map(|(public, env)| {
+        let mut allowed: Vec<(Scheme, String)> = Vec::new();
+        if let Some(origin) = &public {
+            let port = (origin.port() != origin.scheme().default_port()).then_some(origin.port());
+            allowed.push((origin.scheme(), s::format_authority(origin.host(), port)));
+        }
+        for entry in env.split(',').map(|e| e.trim_matches([' ', '\t'])).filter(|e| !e.is_empty()) {
+            let authority = s::authorities_near_entry(entry).remove(0);
+            allowed.push((Scheme::Https, authority));
+        }
+        if allowed.is_empty() {
+            allowed.push((Scheme::Http, "localhost:8080".to_owned()));
+        }
+        (Just(public), Just(env), select(allowed))
+    });
+    let template = prop_oneof![16 => 0_usize..16, 16 => 16..ATTACK_TEMPLATES];
+    (
+        a,
+        s::attacker_host(),
+        s::port(),
+        s::attack_fragment(),
+        template,
+        proptest::bool::weighted(0.9),
+        s::scheme(),
+    )
+        .prop_map(|((public, env, (a_scheme, a)), b, b_port, c, template, keep_scheme, scheme)| {
+            AttackCase { public, env, a_scheme, a, b, b_port, c, template, keep_scheme, scheme }
+        })
+}
+
+impl AttackCase {
+    /// Whether B is refused on its own, on every port this case can produce (else the case is void).
+    fn attacker_is_refused(&self, trusted: &TrustedRedirectOrigins) -> bool {
+        [443, 80, self.b_port.unwrap_or(443)].into_iter().all(|port| {
+            !trusted.matches(&self.b, port)
+                && self.public.as_ref().is_none_or(|origin| origin.host() != self.b)
+        }) && !is_loopback_host(&self.b)
+    }
+
+    /// The `redirect_uri`, A's host and B's host.
+    fn uri(&self) -> (String, String, String) {
+        let a = self.a.as_str();
+        let a_host = match a.rfind(':') {
+            Some(at) if !a[at..].contains(']') => &a[..at],
+            _ => a,
+        };
+        let a_port = a.strip_prefix(a_host).unwrap_or_default();
+        let s = if self.keep_scheme { self.a_scheme.as_str() } else { self.scheme.as_str() };
+        let c = self.c.as_str();
+        let b = s::format_authority(&self.b, self.b_port);
+        let uri = match self.template {
+            0 => format!("{s}://{a}{c}{b}/cb"),
+            1 => format!("{s}://{b}{c}{a}/cb"),
+            2 => format!("{s}://{b}/{c}{a}"),
+            3 => format!("{s}://{a}{c}{b}"),
+            4 => format!("{s}://{b}{c}{a}"),
+            5 => format!("{s}://{a}{c}@{b}/cb"),
+            6 => format!("{s}://{b}{c}@{a}/cb"),
+            7 => format!("{s}://{a}/{c}/{b}"),
+            8 => format!("{s}://{b}?{c}{a}"),
+            9 => format!("{s}://{b}#{c}{a}"),
+            10 => format!("{s}://{b}{c}.{a}/cb"),
+            11 => format!("{s}://{a_host}{c}{b}{a_port}/cb"),
+            12 => format!("{s}://{c}{a}@{b}/cb"),
+            13 => format!("{s}://{a}{c}{b}{c}/cb"),
+            14 => format!("{s}:{c}//{a}/cb"),
+            15 => format!("{s}://{b}{c}{a}{c}/cb"),
+            16 => format!("{s}://{a}/cb{c}{b}"),
+            17 => format!("{s}://{a}/cb?next={c}{b}"),
+            18 => format!("{s}://{a}/{b}/{c}"),
+            _ => format!("{s}://{a}/@{b}{c}/cb"),
+        };
+        (uri, a_host.to_owned(), self.b.clone())
+    }
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -101,63 +200,11 @@ proptest! {
     /// Property 2: splicing attack text between an allowed host A and an attacker host B never
     /// yields an accepted URI whose host is B (or anything but A, loopback, or a subdomain of A).
     #[test]
-    fn attack_text_around_an_allowed_host_never_admits_another_host(
-        (public, env, a_scheme, a) in public_and_env().prop_flat_map(|(public, env)| {
-            let mut allowed: Vec<(Scheme, String)> = Vec::new();
-            if let Some(origin) = &public {
-                let port = (origin.port() != origin.scheme().default_port()).then_some(origin.port());
-                allowed.push((origin.scheme(), s::format_authority(origin.host(), port)));
-            }
-            for entry in env.split(',').map(|e| e.trim_matches([' ', '\t'])).filter(|e| !e.is_empty()) {
-                let authority = s::authorities_near_entry(entry).remove(0);
-                allowed.push((Scheme::Https, authority));
-            }
-            if allowed.is_empty() {
-                allowed.push((Scheme::Http, "localhost:8080".to_owned()));
-            }
-            (Just(public), Just(env), select(allowed))
-        }).prop_map(|(public, env, (scheme, a))| (public, env, scheme, a)),
-        b in s::attacker_host(),
-        b_port in s::port(),
-        c in s::attack_fragment(),
-        template in 0_usize..16,
-        keep_scheme in proptest::bool::weighted(0.8),
-        scheme in s::scheme(),
-    ) {
-        let trusted = TrustedRedirectOrigins::parse(&env).unwrap();
-        let a_host = match a.rfind(':') {
-            Some(at) if !a[at..].contains(']') => &a[..at],
-            _ => a.as_str(),
-        };
-        let a_port = a.strip_prefix(a_host).unwrap_or_default();
-        // B must really be refused on its own, on every port this case can produce.
-        for port in [443, 80, b_port.unwrap_or(443)] {
-            prop_assume!(!trusted.matches(&b, port));
-            prop_assume!(public.as_ref().is_none_or(|origin| origin.host() != b));
-        }
-        prop_assume!(!is_loopback_host(&b));
-        let s = if keep_scheme { a_scheme.as_str() } else { scheme.as_str() };
-        let b_host = b.clone();
-        let b = s::format_authority(&b, b_port);
-        let uri = match template {
-            0 => format!("{s}://{a}{c}{b}/cb"),
-            1 => format!("{s}://{b}{c}{a}/cb"),
-            2 => format!("{s}://{b}/{c}{a}"),
-            3 => format!("{s}://{a}{c}{b}"),
-            4 => format!("{s}://{b}{c}{a}"),
-            5 => format!("{s}://{a}{c}@{b}/cb"),
-            6 => format!("{s}://{b}{c}@{a}/cb"),
-            7 => format!("{s}://{a}/{c}/{b}"),
-            8 => format!("{s}://{b}?{c}{a}"),
-            9 => format!("{s}://{b}#{c}{a}"),
-            10 => format!("{s}://{b}{c}.{a}/cb"),
-            11 => format!("{s}://{a_host}{c}{b}{a_port}/cb"),
-            12 => format!("{s}://{c}{a}@{b}/cb"),
-            13 => format!("{s}://{a}{c}{b}{c}/cb"),
-            14 => format!("{s}:{c}//{a}/cb"),
-            _ => format!("{s}://{b}{c}{a}{c}/cb"),
-        };
-        let decision = validate_redirect_uri(&uri, public.as_ref(), &trusted);
+    fn attack_text_around_an_allowed_host_never_admits_another_host(case in attack_case()) {
+        let trusted = TrustedRedirectOrigins::parse(&case.env).unwrap();
+        prop_assume!(case.attacker_is_refused(&trusted));
+        let (uri, a_host, b_host) = case.uri();
+        let decision = validate_redirect_uri(&uri, case.public.as_ref(), &trusted);
         if let Some(accepted) = accepted(&decision) {
             prop_assert_ne!(&accepted.host, &b_host, "{:?} accepted for the attacker host", uri);
             prop_assert!(
@@ -166,7 +213,7 @@ proptest! {
                     || accepted.host.ends_with(&format!(".{a_host}")),
                 "{:?} accepted with host {:?}, expected {:?}", uri, accepted.host, a_host
             );
-            assert_allowed_shape(&uri, &accepted, public.as_ref(), &trusted)?;
+            assert_allowed_shape(&uri, &accepted, case.public.as_ref(), &trusted)?;
         }
     }
 
@@ -297,7 +344,8 @@ proptest! {
         );
     }
 
-    /// Property 5: the delegation verdict equals the one computed from design §4.6.
+    /// Property 5: the delegation verdict equals the one computed from design §4.6, on
+    /// independently drawn inputs (breadth).
     #[test]
     fn delegation_is_granted_only_when_every_target_qualifies(
         servers in s::server_map(),
@@ -306,66 +354,19 @@ proptest! {
         gateway_key in s::gateway_key_header(),
         noise in s::other_headers(),
     ) {
-        let mut pairs: Vec<(String, String)> = noise;
-        pairs.extend(servers_headers.iter().map(|value| (SERVERS_HEADER.to_owned(), value.clone())));
-        pairs.extend(gateway_key.clone());
-        let headers = s::header_map(&pairs);
-        let policies: Vec<(&String, Option<ServerPolicy>)> = servers
-            .iter()
-            .map(|(name, entry)| {
-                let policy = entry.as_object().and_then(|object| {
-                    ServerEntry::from_json(name, object, &|_| None).ok()?.policy().ok()
-                });
-                (name, policy)
-            })
-            .collect();
-        let decision = decide_delegation(mcp_oauth_core::route::mcp_path_server(&path), &headers, |name| {
-            match policies.iter().find(|(known, _)| known.as_str() == name) {
-                None => Target::Unknown,
-                Some((_, None)) => Target::Invalid,
-                Some((_, Some(policy))) => Target::Known(policy),
-            }
-        });
+        check_delegation(&servers, &path, path_target, &servers_headers, gateway_key, noise)?;
+    }
 
-        // The verdict from the design, computed from the raw inputs.
-        let mut targets: BTreeSet<String> = path_target.into_iter().collect();
-        let mut header_is_text = true;
-        for value in &servers_headers {
-            header_is_text &= value.is_ascii();
-            targets.extend(value.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned));
-        }
-        let models: Vec<Option<ModelPolicy>> =
-            targets.iter().map(|name| servers.get(name).and_then(model_policy)).collect();
-        let every_target_delegates = models.iter().all(|model| {
-            model.as_ref().is_some_and(|m| m.oauth2 && m.interactive && m.delegate)
-        });
-        let shared_authorization_server = targets.len() <= 1 || {
-            let named: Vec<Option<&str>> = models
-                .iter()
-                .map(|model| model.as_ref().and_then(|m| m.authorization_server))
-                .collect();
-            named.iter().all(|server| server.is_some() && *server == named[0])
-        };
-        let expected = gateway_key.is_none()
-            && header_is_text
-            && !targets.is_empty()
-            && every_target_delegates
-            && shared_authorization_server;
-        prop_assert_eq!(
-            decision.delegates(), expected,
-            "path {:?}, headers {:?}, servers {}, reason {}",
-            path, pairs, Value::Object(servers.clone()), decision.reason()
-        );
-        if decision.delegates() {
-            prop_assert!(!targets.is_empty());
-            prop_assert!(GATEWAY_KEY_HEADERS.iter().all(|name| !headers.contains_key(*name)));
-            for name in &targets {
-                let policy = policies.iter().find(|(known, _)| known.as_str() == name).and_then(|(_, p)| p.as_ref());
-                prop_assert!(policy.is_some_and(|p| p.auth_type == mcp_oauth_core::config::AuthType::OAuth2
-                    && p.flow.is_interactive()
-                    && p.delegate_auth_to_upstream), "target {name} does not qualify");
-            }
-        }
+    /// Property 5, aimed: the same check on requests aimed at each verdict of design §4.6 in turn,
+    /// so several targets, each refusal reason and delegation all come up often.
+    #[test]
+    fn aimed_delegation_is_granted_only_when_every_target_qualifies(
+        request in s::delegation_request(),
+        noise in s::other_headers(),
+    ) {
+        check_delegation(
+            &request.servers, &request.path, request.path_target, &request.servers_headers, request.gateway_key, noise,
+        )?;
     }
 
     /// Property 6: a mask shows at most the last 4 characters, and only of secrets of 12 or more.
@@ -456,7 +457,7 @@ proptest! {
     /// `*.suffix` matches strictly deeper subdomains on its port, never the suffix itself.
     #[test]
     fn wildcard_entries_match_strict_subdomains_only(
-        suffix in s::domain_host(),
+        suffix in s::wildcard_suffix(),
         labels in proptest::collection::vec(s::random_label(), 1..=3),
         port in s::port(),
     ) {
@@ -470,6 +471,141 @@ proptest! {
         let other_port = if entry_port == 1 { 2 } else { entry_port - 1 };
         prop_assert!(!trusted.matches(&deeper, other_port));
     }
+
+    /// Property: no credential-looking path segment survives `mask_url` (design §4.7): a secret
+    /// placed anywhere in the path shows at most its last four characters after a fixed `****`,
+    /// ordinary segments stay as written, and query values and userinfo stay masked.
+    #[test]
+    fn url_masking_leaves_no_path_secret(
+        before in proptest::collection::vec(s::ordinary_path_segment(), 0..=3),
+        secret in s::path_secret(),
+        after in proptest::collection::vec(s::ordinary_path_segment(), 0..=2),
+        second in proptest::option::of(s::path_secret()),
+        query in proptest::option::of(s::path_secret()),
+    ) {
+        let mut segments: Vec<String> = before.clone();
+        segments.push(secret.clone());
+        segments.extend(after.iter().cloned());
+        segments.extend(second.iter().cloned());
+        let mut raw = format!("https://mcp.example.com/{}", segments.join("/"));
+        if let Some(value) = &query {
+            raw.push_str(&format!("?token={value}"));
+        }
+        let url = Url::parse(&raw).unwrap();
+        let masked = mask_url(&url);
+        let again = Url::parse(&masked).unwrap();
+        let shown: Vec<&str> = again.path_segments().unwrap().collect();
+        prop_assert_eq!(shown.len(), segments.len(), "{}", masked);
+        for (written, shown) in segments.iter().zip(&shown) {
+            let is_secret = *written == secret || second.as_ref() == Some(written);
+            if is_secret {
+                let tail = shown.strip_prefix("****");
+                prop_assert!(tail.is_some(), "{:?} shown as {:?}", written, shown);
+                let expected = if written.chars().count() >= 12 { &written[written.len() - 4..] } else { "" };
+                prop_assert_eq!(tail.unwrap_or_default(), expected);
+            } else {
+                prop_assert_eq!(shown, written);
+            }
+        }
+        for value in [Some(&secret), second.as_ref(), query.as_ref()].into_iter().flatten().filter(|v| v.len() >= 8) {
+            prop_assert!(!masked.contains(value.as_str()), "{:?} survives in {}", value, masked);
+        }
+    }
+
+    /// `*.` over a public suffix (any case, any port, alone or in a list) is refused at start-up,
+    /// and one registrable label below it is accepted.
+    #[test]
+    fn wildcards_on_public_suffixes_are_refused(
+        suffix in select(&s::PUBLIC_SUFFIXES[..]),
+        label in s::random_label(),
+        port in s::port(),
+        upper in any::<bool>(),
+        others in s::trusted_redirect_origins_env(),
+    ) {
+        let entry = format!("*.{}", s::format_authority(suffix, port));
+        let entry = if upper { entry.to_ascii_uppercase() } else { entry };
+        let error = TrustedRedirectOrigins::parse(&format!("{others},{entry}")).unwrap_err();
+        prop_assert!(error.why.contains("public suffix"), "{}", error);
+        let owned = format!("*.{}", s::format_authority(&format!("acme{label}.{suffix}"), port));
+        prop_assert!(TrustedRedirectOrigins::parse(&owned).is_ok(), "{} refused", owned);
+    }
+}
+
+/// Property 5's check: `decide_delegation` agrees with the verdict computed from design §4.6.
+fn check_delegation(
+    servers: &Map<String, Value>,
+    path: &str,
+    path_target: Option<String>,
+    servers_headers: &[String],
+    gateway_key: Option<(String, String)>,
+    noise: Vec<(String, String)>,
+) -> Result<(), TestCaseError> {
+    let mut pairs: Vec<(String, String)> = noise;
+    pairs.extend(servers_headers.iter().map(|value| (SERVERS_HEADER.to_owned(), value.clone())));
+    pairs.extend(gateway_key.clone());
+    let headers = s::header_map(&pairs);
+    let policies: Vec<(&String, Option<ServerPolicy>)> = servers
+        .iter()
+        .map(|(name, entry)| {
+            let policy = entry
+                .as_object()
+                .and_then(|object| ServerEntry::from_json(name, object, &|_| None).ok()?.policy().ok());
+            (name, policy)
+        })
+        .collect();
+    let decision = decide_delegation(mcp_oauth_core::route::mcp_path_server(path), &headers, |name| {
+        match policies.iter().find(|(known, _)| known.as_str() == name) {
+            None => Target::Unknown,
+            Some((_, None)) => Target::Invalid,
+            Some((_, Some(policy))) => Target::Known(policy),
+        }
+    });
+
+    // The verdict from the design, computed from the raw inputs.
+    let mut targets: BTreeSet<String> = path_target.into_iter().collect();
+    let mut header_is_text = true;
+    for value in servers_headers {
+        header_is_text &= value.is_ascii();
+        targets.extend(value.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned));
+    }
+    let models: Vec<Option<ModelPolicy>> =
+        targets.iter().map(|name| servers.get(name).and_then(model_policy)).collect();
+    let every_target_delegates =
+        models.iter().all(|model| model.as_ref().is_some_and(|m| m.oauth2 && m.interactive && m.delegate));
+    let shared_authorization_server = targets.len() <= 1 || {
+        let named: Vec<Option<&str>> =
+            models.iter().map(|model| model.as_ref().and_then(|m| m.authorization_server)).collect();
+        named.iter().all(|server| server.is_some() && *server == named[0])
+    };
+    let expected = gateway_key.is_none()
+        && header_is_text
+        && !targets.is_empty()
+        && every_target_delegates
+        && shared_authorization_server;
+    prop_assert_eq!(
+        decision.delegates(),
+        expected,
+        "path {:?}, headers {:?}, servers {}, reason {}",
+        path,
+        pairs,
+        Value::Object(servers.clone()),
+        decision.reason()
+    );
+    if decision.delegates() {
+        prop_assert!(!targets.is_empty());
+        prop_assert!(GATEWAY_KEY_HEADERS.iter().all(|name| !headers.contains_key(*name)));
+        for name in &targets {
+            let policy =
+                policies.iter().find(|(known, _)| known.as_str() == name).and_then(|(_, p)| p.as_ref());
+            prop_assert!(
+                policy.is_some_and(|p| p.auth_type == mcp_oauth_core::config::AuthType::OAuth2
+                    && p.flow.is_interactive()
+                    && p.delegate_auth_to_upstream),
+                "target {name} does not qualify"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Whether `peer` (canonical) lies in one of `ranges`, computed without `ipnet`.
@@ -655,4 +791,151 @@ fn strategies_reach_acceptance_and_rejection() {
         delegated += usize::from(decision.delegates());
     }
     assert!(delegated >= 50, "only {delegated} of 1000 delegation cases delegate");
+}
+
+/// `decide_delegation`'s reason code and the number of distinct targets for one request.
+fn delegation_verdict(
+    servers: &Map<String, Value>,
+    path: &str,
+    servers_headers: &[String],
+    gateway_key: Option<(String, String)>,
+) -> (&'static str, usize) {
+    let mut pairs: Vec<(String, String)> =
+        servers_headers.iter().map(|value| (SERVERS_HEADER.to_owned(), value.clone())).collect();
+    pairs.extend(gateway_key);
+    let headers = s::header_map(&pairs);
+    let policies: Vec<(String, Option<ServerPolicy>)> = servers
+        .iter()
+        .map(|(name, entry)| {
+            let policy = entry
+                .as_object()
+                .and_then(|object| ServerEntry::from_json(name, object, &|_| None).ok()?.policy().ok());
+            (name.clone(), policy)
+        })
+        .collect();
+    let decision = decide_delegation(mcp_oauth_core::route::mcp_path_server(path), &headers, |name| {
+        match policies.iter().find(|(known, _)| known == name) {
+            None => Target::Unknown,
+            Some((_, None)) => Target::Invalid,
+            Some((_, Some(policy))) => Target::Known(policy),
+        }
+    });
+    let targets =
+        mcp_oauth_core::delegate::target_servers(mcp_oauth_core::route::mcp_path_server(path), &headers)
+            .map_or(0, |targets| targets.len());
+    (decision.reason(), targets)
+}
+
+/// Every reason code of `decide_delegation`.
+const DELEGATION_REASONS: [&str; 11] = [
+    "gateway_key_present",
+    "malformed_servers_header",
+    "no_targets",
+    "unknown_server",
+    "invalid_server_config",
+    "not_oauth2",
+    "not_interactive",
+    "delegation_disabled",
+    "authorization_server_unknown",
+    "mixed_authorization_servers",
+    "all_targets_delegate",
+];
+
+/// Cases per branch-frequency measurement: 2,000 in an ordinary run, `MEASURE_CASES` to record
+/// figures (`MEASURE_CASES=10000 cargo test -p mcp-oauth-tests --test properties reach -- --nocapture`).
+fn measured_cases() -> usize {
+    std::env::var("MEASURE_CASES").ok().and_then(|value| value.parse().ok()).unwrap_or(2000).max(100)
+}
+
+/// Per cent of `part` in `whole`, one decimal.
+fn percent(part: usize, whole: usize) -> f64 {
+    (part as f64 * 1000.0 / whole as f64).round() / 10.0
+}
+
+/// Branch frequencies of the delegation strategies over [`measured_cases`] generated cases each: the reason
+/// code of every verdict, several targets, and delegation to several targets. The aimed strategy
+/// ([`s::delegation_request`]) must reach each reason in at least 6 % of cases (eleven exclusive
+/// reasons cannot all reach 10 %: they share 100 %) and every two-way branch (delegates or not, one
+/// target or several, several targets that delegate or not) in at least 10 %. Run with `--nocapture` to see
+/// the figures, including those of the breadth strategy of property 5.
+#[test]
+fn delegation_strategies_reach_every_branch() {
+    let cases = measured_cases();
+    let mut runner = TestRunner::deterministic();
+    let mut count = |aimed: bool| -> std::collections::BTreeMap<&'static str, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        let aimed_strategy = s::delegation_request();
+        let breadth =
+            (s::server_map(), s::request_path(), s::servers_header_values(), s::gateway_key_header());
+        for _ in 0..cases {
+            let (servers, path, values, key) = if aimed {
+                let request = aimed_strategy.new_tree(&mut runner).unwrap().current();
+                (request.servers, request.path, request.servers_headers, request.gateway_key)
+            } else {
+                let (servers, (path, _), values, key) = breadth.new_tree(&mut runner).unwrap().current();
+                (servers, path, values, key)
+            };
+            let (reason, targets) = delegation_verdict(&servers, &path, &values, key);
+            *counts.entry(reason).or_insert(0) += 1;
+            if targets > 1 {
+                *counts.entry("(several targets)").or_insert(0) += 1;
+                if reason == "all_targets_delegate" {
+                    *counts.entry("(several targets delegate)").or_insert(0) += 1;
+                }
+            }
+        }
+        counts
+    };
+    let breadth = count(false);
+    let aimed = count(true);
+    for reason in DELEGATION_REASONS.iter().chain(&["(several targets)", "(several targets delegate)"]) {
+        let (b, a) = (breadth.get(reason).copied().unwrap_or(0), aimed.get(reason).copied().unwrap_or(0));
+        println!("{reason:<30} breadth {:>5.1} %   aimed {:>5.1} %", percent(b, cases), percent(a, cases));
+    }
+    for reason in DELEGATION_REASONS {
+        let hits = aimed.get(reason).copied().unwrap_or(0);
+        assert!(hits * 100 >= cases * 6, "{reason}: {hits} of {cases}");
+    }
+    let delegates = aimed.get("all_targets_delegate").copied().unwrap_or(0);
+    assert!(delegates * 100 >= cases * 10 && (cases - delegates) * 100 >= cases * 10, "{delegates}");
+    let several = aimed.get("(several targets)").copied().unwrap_or(0);
+    assert!(several * 100 >= cases * 10 && (cases - several) * 100 >= cases * 10, "{several}");
+    let several_delegate = aimed.get("(several targets delegate)").copied().unwrap_or(0);
+    assert!(several_delegate * 100 >= cases * 10, "{several_delegate}");
+}
+
+/// Branch frequencies of property 2 over [`measured_cases`] generated cases: void (the attacker host happens to
+/// be allowed), rejected, and accepted (the host assertions run); each must be at least 10 % except
+/// void. Run with `--nocapture` to see the figures, split by the original templates 0–15 and the
+/// templates 16–19 that keep the allowed host as the authority.
+#[test]
+fn redirect_attack_strategy_reaches_the_assertions() {
+    let cases = measured_cases();
+    let mut runner = TestRunner::deterministic();
+    let strategy = attack_case();
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..cases {
+        let case = strategy.new_tree(&mut runner).unwrap().current();
+        let trusted = TrustedRedirectOrigins::parse(&case.env).unwrap();
+        let family = if case.template < 16 { "templates 0-15" } else { "templates 16-19" };
+        let outcome = if !case.attacker_is_refused(&trusted) {
+            "void"
+        } else {
+            let (uri, _, _) = case.uri();
+            if validate_redirect_uri(&uri, case.public.as_ref(), &trusted).is_allowed() {
+                "accepted"
+            } else {
+                "rejected"
+            }
+        };
+        *counts.entry((outcome, family)).or_insert(0) += 1;
+        *counts.entry((outcome, "all")).or_insert(0) += 1;
+    }
+    for ((outcome, family), hits) in &counts {
+        println!("{outcome:<9} {family:<16} {:>5.1} %", percent(*hits, cases));
+    }
+    for outcome in ["accepted", "rejected"] {
+        let hits = counts.get(&(outcome, "all")).copied().unwrap_or(0);
+        assert!(hits * 100 >= cases * 10, "{outcome}: {hits} of {cases}");
+    }
 }

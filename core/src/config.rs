@@ -149,8 +149,24 @@ pub struct ServerEntry {
     pub token_exchange_endpoint: Option<String>,
     /// `subject_token_type` for token exchange.
     pub subject_token_type: Option<String>,
+    /// `resource` (RFC 8707) for the gateway's own M2M token requests.
+    pub resource: ResourceSetting,
     /// Keys this version does not know, in file order.
     pub unknown_keys: Vec<String>,
+}
+
+/// The `resource` (RFC 8707) an M2M token request names (design §4.3): an MCP server checks that a
+/// token names it as its audience.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ResourceSetting {
+    /// No `resource:` field: the server's URL, except for a Microsoft Entra issuer or token host,
+    /// which refuses the parameter.
+    #[default]
+    Default,
+    /// `resource: null`: never sent.
+    Omit,
+    /// `resource: <value>`: sent as written.
+    Value(String),
 }
 
 /// Keys LiteLLM accepts that this gateway reads nowhere but must not warn about.
@@ -393,6 +409,7 @@ impl ServerEntry {
         "audience",
         "token_exchange_endpoint",
         "subject_token_type",
+        "resource",
     ];
 
     /// Reads one entry from its JSON form, resolving `os.environ/` through `env`; returns every
@@ -474,6 +491,11 @@ impl ServerEntry {
             audience: reader.string("audience"),
             token_exchange_endpoint: reader.string("token_exchange_endpoint"),
             subject_token_type: reader.string("subject_token_type"),
+            resource: match object.get("resource") {
+                None => ResourceSetting::Default,
+                Some(Value::Null) => ResourceSetting::Omit,
+                Some(_) => reader.string("resource").map_or(ResourceSetting::Omit, ResourceSetting::Value),
+            },
             unknown_keys: Self::unknown_keys(object),
         };
         if reader.diagnostics.is_empty() { Ok(entry) } else { Err(reader.diagnostics) }
@@ -992,6 +1014,13 @@ fn load_server(
     {
         warnings.push(Diagnostic::new(Severity::Warning, "delegation_ignored", "mcp_servers", server, Some("delegate_auth_to_upstream"), "`delegate_auth_to_upstream` applies only to `auth_type: oauth2` servers with the interactive flow; it is ignored here".into(), "remove it, or use `auth_type: oauth2` with `oauth2_flow: authorization_code`"));
     }
+    let entra = [entry.issuer.as_deref(), entry.token_url.as_deref()]
+        .into_iter()
+        .flatten()
+        .any(crate::discovery::is_entra_url);
+    if policy.flow == Flow::ClientCredentials && entry.resource == ResourceSetting::Default && entra {
+        warnings.push(Diagnostic::new(Severity::Warning, "resource_omitted", "mcp_servers", server, Some("resource"), "the token endpoint is Microsoft Entra, which refuses the RFC 8707 `resource` parameter, so the M2M token request names no resource; an MCP server that checks the token's audience may refuse it".into(), "set `resource:` to the application ID URI Entra should issue the token for (for example api://your-app), or `resource: null` to silence this"));
+    }
     match (url, valid) {
         (Some(url), true) => Some(ServerConfig { name: name.to_owned(), url, entry, policy }),
         _ => None,
@@ -1378,6 +1407,25 @@ mcp_servers:
     transport: stdio
     command: npx
 ";
+
+    #[test]
+    fn an_entra_m2m_server_is_told_its_token_names_no_resource() {
+        let yaml = |extra: &str| {
+            format!(
+                "mcp_servers:\n  e:\n    url: https://e.example/mcp\n    auth_type: oauth2\n    oauth2_flow: client_credentials\n    client_id: i\n    client_secret: s\n    token_url: https://login.microsoftonline.com/t/oauth2/v2.0/token\n{extra}"
+            )
+        };
+        let codes = |extra: &str| {
+            let loaded = load_yaml(&yaml(extra), &|_| None).unwrap();
+            loaded.warnings.iter().map(|warning| warning.code).collect::<Vec<_>>()
+        };
+        assert!(codes("").contains(&"resource_omitted"));
+        assert!(!codes("    resource: api://e\n").contains(&"resource_omitted"));
+        assert!(!codes("    resource: null\n").contains(&"resource_omitted"));
+        let loaded = load_yaml(&yaml("    resource: null\n"), &|_| None).unwrap();
+        assert_eq!(loaded.config.servers["e"].entry.resource, ResourceSetting::Omit);
+        assert!(load_yaml(&yaml("    resource: [1]\n"), &|_| None).is_err());
+    }
 
     #[test]
     fn loads_a_litellm_config_with_warnings_as_values() {

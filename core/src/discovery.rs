@@ -180,6 +180,15 @@ const ENTRA_HOSTS: [&str; 4] = [
     "login.chinacloudapi.cn",
 ];
 
+/// Whether `url` is on a Microsoft Entra host (case-insensitive; any path): Entra refuses the
+/// RFC 8707 `resource` parameter on its v2.0 endpoints.
+pub fn is_entra_url(url: &str) -> bool {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_owned))
+        .is_some_and(|host| ENTRA_HOSTS.iter().any(|known| known.eq_ignore_ascii_case(&host)))
+}
+
 /// The Entra v2.0 endpoints for an issuer `https://{entra host}/{tenant}/v2.0`, else `None`.
 ///
 /// The raw string is checked, not a parsed URL, because parsing would normalise away

@@ -1270,8 +1270,32 @@ pub fn outbound_token_request(
         ),
     };
     let scopes = entry.scopes.as_deref().unwrap_or_default();
-    token_request(&endpoint, &client, &grant, scopes, None)
+    let resource = match credential {
+        OutboundCredential::ClientCredentialsToken => m2m_resource(server),
+        _ => None,
+    };
+    token_request(&endpoint, &client, &grant, scopes, resource.as_deref())
         .map_err(|_| unavailable("the token request cannot be built"))
+}
+
+/// The RFC 8707 `resource` of `server`'s M2M token request (design §4.3): the server's URL, so an
+/// MCP server that checks the audience accepts the token; the configured `resource:` when set, and
+/// none for `resource: null` or (unless set) a Microsoft Entra issuer or token host, which refuses
+/// the parameter.
+pub fn m2m_resource(server: &ServerConfig) -> Option<String> {
+    use crate::config::ResourceSetting;
+    let entry = &server.entry;
+    match &entry.resource {
+        ResourceSetting::Value(resource) => Some(resource.clone()),
+        ResourceSetting::Omit => None,
+        ResourceSetting::Default => {
+            let entra = [entry.issuer.as_deref(), entry.token_url.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(crate::discovery::is_entra_url);
+            (!entra).then(|| server.url.to_string())
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2340,6 +2364,29 @@ mcp_servers:
         call.now = 1_000 + FLOW_LIFETIME_MILLIS + 10;
         assert_eq!(call.run(Some(&mut oauth)).status(), StatusCode::FOUND);
         assert_eq!(oauth.flows.len(), MAX_PENDING_FLOWS - 11 + 1);
+    }
+
+    #[test]
+    fn m2m_token_requests_name_the_server_as_resource() {
+        let yaml = |resource: &str, token_url: &str| {
+            format!(
+                "mcp_servers:\n  r:\n    url: https://reports.example/mcp\n    auth_type: oauth2\n    oauth2_flow: client_credentials\n    client_id: r\n    client_secret: r-secret-value-0001\n    token_url: {token_url}\n{resource}"
+            )
+        };
+        let form = |resource: &str, token_url: &str| {
+            let config = load_yaml(&yaml(resource, token_url), &|_| None).unwrap().config;
+            let request =
+                outbound_token_request(&config.servers["r"], &OutboundCredential::ClientCredentialsToken)
+                    .unwrap();
+            url::form_urlencoded::parse(request.body()).into_owned().collect::<HashMap<String, String>>()
+        };
+        let token = "https://auth.example/token";
+        assert_eq!(form("", token)["resource"], "https://reports.example/mcp");
+        assert_eq!(form("    resource: https://api.example\n", token)["resource"], "https://api.example");
+        assert!(!form("    resource: null\n", token).contains_key("resource"));
+        let entra = "https://login.microsoftonline.com/contoso/oauth2/v2.0/token";
+        assert!(!form("", entra).contains_key("resource"), "Entra refuses it");
+        assert_eq!(form("    resource: api://reports\n", entra)["resource"], "api://reports");
     }
 
     #[test]

@@ -870,4 +870,122 @@ mod tests {
         assert!(!Origin::parse("https://gw.example.com").unwrap().is_loopback());
         assert!(Origin::parse("http://localhost:4000").unwrap().is_loopback());
     }
+
+    /// The `why` of a refused authority, or `None` when it parses.
+    fn authority_why(raw: &str, case: HostCase) -> Option<&'static str> {
+        match parse_authority(raw, case) {
+            Ok(_) => None,
+            Err(OriginError::NonCanonicalAuthority { why, .. }) => Some(why),
+            Err(other) => panic!("{raw}: unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn origin_parse_says_which_part_is_not_an_origin() {
+        let why = |value: &str| match Origin::parse(value) {
+            Err(OriginError::InvalidOrigin { why, .. }) => why,
+            other => panic!("{value}: {other:?}"),
+        };
+        assert_eq!(why("https://gw.example.com?x=1"), "it has a query");
+        assert_eq!(why("https://gw.example.com#top"), "it has a fragment");
+        assert_eq!(why("https://gw.example.com\\x"), "it contains a backslash");
+        assert!(why("https://gw.example.com/x").starts_with("it has a path"));
+        assert_eq!(why("https://u@gw.example.com"), "it contains userinfo (user@)");
+    }
+
+    #[test]
+    fn origin_exposes_lower_case_host_and_effective_port() {
+        let origin = Origin::parse("https://GW.Example.com:8443").unwrap();
+        assert_eq!((origin.scheme(), origin.host(), origin.port()), (Scheme::Https, "gw.example.com", 8443));
+        let default = Origin::parse("http://[::1]").unwrap();
+        assert_eq!((default.host(), default.port()), ("[::1]", 80));
+        assert_eq!(Origin::parse("https://gw.example.com").unwrap().port(), 443);
+    }
+
+    #[test]
+    fn authority_length_limit_is_261_bytes() {
+        // Four 63-byte labels and a 5-byte one: 261 bytes in all, the most a host[:port] may take.
+        let label = "a".repeat(63);
+        let longest = format!("{label}.{label}.{label}.{label}.bcdef");
+        assert_eq!(longest.len(), 261);
+        assert_eq!(authority_why(&longest, HostCase::Strict), None);
+        assert_eq!(
+            authority_why(&format!("{longest}g"), HostCase::Strict),
+            Some("empty or longer than 261 bytes")
+        );
+        assert_eq!(authority_why("", HostCase::Strict), Some("empty or longer than 261 bytes"));
+    }
+
+    #[test]
+    fn bracketed_ipv6_authorities_with_and_without_a_port() {
+        assert_eq!(parse_authority("[::1]", HostCase::Strict).unwrap(), ("[::1]".to_owned(), None));
+        assert_eq!(
+            parse_authority("[::1]:8443", HostCase::Strict).unwrap(),
+            ("[::1]".to_owned(), Some(8443))
+        );
+        assert_eq!(authority_why("[::1]x", HostCase::Strict), Some("text after the IPv6 literal"));
+        assert_eq!(authority_why("[::1", HostCase::Strict), Some("unclosed IPv6 bracket"));
+    }
+
+    #[test]
+    fn brackets_and_colons_outside_an_ipv6_literal_are_misplaced() {
+        for raw in ["a]b.example.com", "a[b.example.com", "a]b:443", "x[y:1"] {
+            assert_eq!(authority_why(raw, HostCase::Strict), Some("misplaced ':' or bracket"), "{raw}");
+        }
+        assert_eq!(
+            authority_why("a.example.com:1:2", HostCase::Strict),
+            Some("port is not 1-65535 without leading zeros")
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_emptiness() {
+        assert!(TrustedProxies::default().is_empty());
+        assert!(TrustedProxies::parse::<&str>(&[]).unwrap().is_empty());
+        assert!(!TrustedProxies::parse(&["10.0.0.0/8"]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn origin_sources_and_ignored_reasons_have_stable_codes() {
+        assert_eq!(OriginSource::ProxyBaseUrl.as_str(), "proxy_base_url");
+        assert_eq!(OriginSource::Forwarded.as_str(), "forwarded");
+        assert_eq!(OriginSource::Request.as_str(), "request");
+        assert_eq!(ForwardedIgnored::Disabled.reason(), "forwarded_disabled");
+        assert_eq!(ForwardedIgnored::UntrustedPeer.reason(), "untrusted_peer");
+        assert_eq!(ForwardedIgnored::Malformed.reason(), "forwarded_malformed");
+    }
+
+    #[test]
+    fn allowed_hosts_match_the_host_alone_or_with_its_port() {
+        let headers = HeaderMap::new();
+        let request =
+            |host| RequestOrigin { scheme: Scheme::Https, host: Some(host), peer: None, headers: &headers };
+        let bare =
+            OriginSettings { allowed_hosts: vec!["gw.example.com".into()], ..OriginSettings::default() };
+        let resolved = resolve_public_origin(&bare, &request("gw.example.com:8443")).unwrap();
+        assert_eq!(resolved.origin.to_string(), "https://gw.example.com:8443");
+        let with_port =
+            OriginSettings { allowed_hosts: vec!["gw.example.com:8443".into()], ..OriginSettings::default() };
+        assert!(resolve_public_origin(&with_port, &request("gw.example.com:8443")).is_ok());
+        assert_eq!(
+            resolve_public_origin(&with_port, &request("gw.example.com:9443")).unwrap_err().reason(),
+            "host_not_allowed"
+        );
+    }
+
+    #[test]
+    fn single_value_refuses_empty_lists_and_invisible_characters() {
+        let value = |raw: &str| {
+            single_value(&headers(&[("x-forwarded-host", raw)]), "x-forwarded-host")
+                .map(|v| v.map(str::to_owned))
+        };
+        assert_eq!(value("gw.example.com"), Ok(Some("gw.example.com".to_owned())));
+        assert_eq!(value(""), Err(()));
+        assert_eq!(value("a.example.com,b.example.com"), Err(()));
+        assert_eq!(value("gw.example.com\t"), Err(()));
+        assert_eq!(value("gw example.com"), Err(()));
+        assert_eq!(single_value(&HeaderMap::new(), "x-forwarded-host"), Ok(None));
+        let twice = headers(&[("x-forwarded-host", "a.example.com"), ("x-forwarded-host", "a.example.com")]);
+        assert_eq!(single_value(&twice, "x-forwarded-host"), Err(()));
+    }
 }

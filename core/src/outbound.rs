@@ -301,6 +301,30 @@ mod tests {
     }
 
     #[test]
+    fn debug_outbound_url_masks_a_secret_in_the_path() {
+        // Issue 9 item 6: the credential of a Zapier-style URL sits in the path.
+        let url = Url::parse("https://mcp.zapier.com/zap/PATHSECRET-9f8e7d6c5b4a/mcp").unwrap();
+        let context = DebugContext {
+            auth_type: Some(AuthType::None),
+            resolution: AuthResolution::NoAuth,
+            outbound_url: Some(&url),
+            outbound_authorization: Some("Bearer abcdefghijklmnop"),
+        };
+        let debug = debug_headers(&HeaderMap::new(), &[], &context);
+        assert_eq!(debug[0].1, "(none)");
+        assert_eq!(debug[1].1, "Bearer****mnop");
+        assert_eq!(
+            debug[3],
+            ("x-mcp-debug-outbound-url", "https://mcp.zapier.com/zap/****5b4a/mcp".to_owned())
+        );
+        assert!(!format!("{debug:?}").contains("PATHSECRET"));
+        let unknown = DebugContext { outbound_url: None, auth_type: None, ..context };
+        let debug = debug_headers(&HeaderMap::new(), &[], &unknown);
+        assert_eq!(debug[3].1, "(unknown)");
+        assert_eq!(debug[4].1, "(none)");
+    }
+
+    #[test]
     fn only_the_bearer_scheme_is_stripped_from_a_token() {
         assert_eq!(bearer_token("Bearer abc"), "abc");
         assert_eq!(bearer_token("  bEaReR   abc  "), "abc");

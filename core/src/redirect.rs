@@ -121,9 +121,16 @@ fn parse_entry(entry: &str) -> Result<TrustedEntry, TrustedOriginError> {
     }
     let (host, port) = parse_authority(rest, HostCase::Insensitive)
         .map_err(|_| invalid("not a canonical host or host:port"))?;
-    if wildcard && (!is_domain(&host) || !host.contains('.')) {
+    if wildcard && !is_domain(&host) {
         return Err(invalid(
-            "a `*.` suffix must be a domain of at least two labels (`*.example.com`), never a TLD or an IP",
+            "a `*.` suffix must be a domain name, never an IP literal; list the IP as an exact entry",
+        ));
+    }
+    if wildcard && is_public_suffix(&host) {
+        return Err(invalid(
+            "the `*.` suffix is a public suffix (a TLD or a Public Suffix List entry such as `co.uk` or \
+             `github.io`) under which anyone can register a host; list the exact hosts instead, or put \
+             `*.` under a domain you own (`*.example.co.uk`, `*.yourname.github.io`)",
         ));
     }
     Ok(TrustedEntry { host, wildcard, port: port.unwrap_or(443) })
@@ -136,6 +143,14 @@ fn is_domain(host: &str) -> bool {
             .rsplit('.')
             .next()
             .is_some_and(|last| !last.is_empty() && !last.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether a canonical lower-case domain is itself a public suffix per the bundled Public Suffix
+/// List, private section included (`com`, `co.uk`, `github.io`, `s3.amazonaws.com`): anyone can
+/// register a host directly under it. A domain whose last label is in no rule counts as a public
+/// suffix only when it is that single label (the list's implicit `*` rule).
+pub fn is_public_suffix(host: &str) -> bool {
+    psl::suffix_str(host) == Some(host)
 }
 
 /// Whether a canonical host is loopback: `localhost`, `127.0.0.0/8` or `[::1]`.
@@ -472,5 +487,118 @@ mod tests {
             TrustedRedirectOrigins::parse("A.Example.org, *.corp.example.org:8443,10.0.0.5:9443").unwrap();
         assert_eq!(parsed.to_string(), "a.example.org,*.corp.example.org:8443,10.0.0.5:9443");
         assert!(TrustedRedirectOrigins::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn wildcards_on_public_suffixes_are_refused_with_a_fix() {
+        for bad in [
+            "*.com",
+            "*.co.uk",
+            "*.CO.UK",
+            "*.github.io",
+            "*.github.io:8443",
+            "*.s3.amazonaws.com",
+            "*.blogspot.com",
+            "*.localhost",
+            "*.internal",
+            "*.herokuapp.com",
+            "*.com.au",
+            "*.pages.dev",
+            "app.example.org, *.co.uk",
+        ] {
+            let error = TrustedRedirectOrigins::parse(bad).unwrap_err();
+            assert!(error.why.contains("public suffix"), "{bad}: {error}");
+            assert!(error.why.contains("exact hosts"), "{bad}: the message names the fix");
+            assert_eq!(error.reason(), "invalid_trusted_redirect_origin");
+        }
+        // One label under a public suffix is an ordinary registrable domain.
+        for good in ["*.example.co.uk", "*.yourname.github.io", "*.corp.example.com", "*.a.b.example.com"] {
+            assert_eq!(TrustedRedirectOrigins::parse(good).map(|list| list.len()), Ok(1), "{good}");
+        }
+        // Exact hosts that happen to be public suffixes are not wildcards and stay allowed.
+        assert!(TrustedRedirectOrigins::parse("github.io").is_ok());
+    }
+
+    #[test]
+    fn ip_literals_under_a_wildcard_stay_refused() {
+        for bad in ["*.10.0.0.1", "*.[::1]", "*.127.0.0.1:8443", "*.[2001:db8::1]"] {
+            let error = TrustedRedirectOrigins::parse(bad).unwrap_err();
+            assert!(error.why.contains("never an IP literal"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn public_suffix_lookup_follows_the_list() {
+        // Hosts are canonical, so IDN suffixes arrive in punycode (`公司.cn` is `xn--55qx5d.cn`).
+        for suffix in ["com", "uk", "co.uk", "github.io", "s3.amazonaws.com", "zzzunknown", "xn--55qx5d.cn"] {
+            assert!(is_public_suffix(suffix), "{suffix}");
+        }
+        for domain in
+            ["example.com", "example.co.uk", "me.github.io", "corp.zzzunknown", "localhost.localdomain"]
+        {
+            assert!(!is_public_suffix(domain), "{domain}");
+        }
+    }
+
+    #[test]
+    fn wildcard_needs_a_whole_label_before_the_suffix() {
+        let trusted = TrustedRedirectOrigins::parse("*.corp.example.org").unwrap();
+        assert!(trusted.matches("a.corp.example.org", 443));
+        // One byte longer than the suffix is only the dot: no label, no match.
+        assert!(!trusted.matches(".corp.example.org", 443));
+        assert!(!trusted.matches("corp.example.org", 443));
+        assert!(!trusted.matches("acorp.example.org", 443));
+        assert!(!trusted.matches("a.corp.example.org", 8443));
+        assert!(!trusted.matches("a.corp.example.org.10", 443));
+    }
+
+    #[test]
+    fn allowlist_size_and_union() {
+        let mut first = TrustedRedirectOrigins::parse("a.example.org").unwrap();
+        assert!(!first.is_empty());
+        assert_eq!(first.len(), 1);
+        assert!(TrustedRedirectOrigins::default().is_empty());
+        first.extend(TrustedRedirectOrigins::parse("*.corp.example.org:8443, b.example.org").unwrap());
+        assert_eq!(first.len(), 3);
+        assert_eq!(first.to_string(), "a.example.org,*.corp.example.org:8443,b.example.org");
+        assert!(first.matches("x.corp.example.org", 8443));
+        assert!(first.matches("a.example.org", 443));
+    }
+
+    #[test]
+    fn every_verdict_has_its_reason_code_and_message() {
+        let origin = Origin::parse("https://gw.example.com").unwrap();
+        let trusted = TrustedRedirectOrigins::parse("app.example.org").unwrap();
+        for (uri, reason) in [
+            ("http://localhost/cb", "loopback"),
+            ("https://gw.example.com/cb", "same_origin"),
+            ("https://app.example.org/cb", "trusted_origin"),
+            ("http://app.example.org/cb", "not_https"),
+            ("https://evil.example/cb", "untrusted_origin"),
+            ("https://[::1/cb", "unparseable"),
+            ("ftp://app.example.org/cb", "unsupported_scheme"),
+        ] {
+            let decision = validate_redirect_uri(uri, Some(&origin), &trusted);
+            assert_eq!(decision.reason(), reason, "{uri}");
+            if let RedirectDecision::Rejected(why) = &decision {
+                assert!(!decision.is_allowed());
+                assert_eq!(why.reason(), reason);
+                assert!(why.to_string().starts_with("redirect_uri"), "{why}");
+                let body = decision.error_body().unwrap();
+                assert_eq!(body["reason"], reason);
+                assert_eq!(body["error_description"], why.to_string());
+            } else {
+                assert!(decision.is_allowed());
+            }
+        }
+    }
+
+    #[test]
+    fn the_length_limit_is_inclusive() {
+        let prefix = "https://gw.example.com/";
+        let longest = format!("{prefix}{}", "a".repeat(MAX_REDIRECT_URI_BYTES - prefix.len()));
+        assert_eq!(longest.len(), MAX_REDIRECT_URI_BYTES);
+        assert_eq!(reason(&longest, ""), "same_origin");
+        assert_eq!(reason(&format!("{longest}a"), ""), "too_long");
     }
 }

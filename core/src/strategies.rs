@@ -28,6 +28,7 @@ use proptest::sample::{Index, select};
 use serde_json::{Map, Value, json};
 
 use crate::origin::{Origin, Scheme};
+use crate::redirect::is_public_suffix;
 
 /// Labels shared by generated allowlists, origins and `redirect_uri`s so that they often collide.
 pub const HOST_LABELS: [&str; 12] =
@@ -317,13 +318,34 @@ pub fn redirect_uri_for(public_origin: Option<Origin>, trusted_env: &str) -> Box
     .boxed()
 }
 
+/// A domain that may follow `*.` in an allowlist: a [`domain_host`] that is not a public suffix.
+pub fn wildcard_suffix() -> impl Strategy<Value = String> {
+    domain_host().prop_filter("a public suffix is refused under `*.`", |suffix| !is_public_suffix(suffix))
+}
+
+/// Public suffixes of the ICANN and private sections of the Public Suffix List, none of which has
+/// a wildcard or exception rule below it, so one more label (`acme…`) makes a registrable domain.
+pub const PUBLIC_SUFFIXES: [&str; 11] = [
+    "com",
+    "org",
+    "io",
+    "co.uk",
+    "com.au",
+    "github.io",
+    "gitlab.io",
+    "herokuapp.com",
+    "blogspot.com",
+    "pages.dev",
+    "vercel.app",
+];
+
 /// One valid `MCP_TRUSTED_REDIRECT_ORIGINS` entry: `host`, `host:port` or `*.suffix[:port]`.
 pub fn trusted_redirect_entry() -> impl Strategy<Value = String> {
     let entry_port =
         prop_oneof![3 => Just(None), 1 => Just(Some(443)), 1 => (1_u16..=u16::MAX).prop_map(Some)];
     prop_oneof![
         2 => (host(), entry_port.clone()).prop_map(|(host, port)| format_authority(&host, port)),
-        1 => (domain_host(), entry_port).prop_map(|(suffix, port)| format!("*.{}", format_authority(&suffix, port))),
+        1 => (wildcard_suffix(), entry_port).prop_map(|(suffix, port)| format!("*.{}", format_authority(&suffix, port))),
     ]
 }
 
@@ -707,4 +729,299 @@ pub fn secret() -> impl Strategy<Value = String> {
 pub fn scheme_word() -> impl Strategy<Value = String> {
     select(vec!["", "Bearer ", "bearer ", "BEARER\t", "Basic ", "basic  ", "Basic\t "])
         .prop_map(str::to_owned)
+}
+
+/// An ordinary URL path segment that must stay visible when a URL is masked: words, names,
+/// version tags and dates.
+pub fn ordinary_path_segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => select(vec!["mcp", "api", "sse", "v1", "v2", "s", "zap", "servers", "github-mcp-server",
+            "google-drive-v2", "2025-03-26", "messages", "tools", "brave_search", "sk-", ""])
+            .prop_map(str::to_owned),
+        1 => "[a-z]{1,12}(-[a-z]{1,8}){0,2}".prop_filter("a token prefix makes a credential", |segment: &String| {
+            !crate::mask::CREDENTIAL_PREFIXES.iter().any(|prefix| segment.starts_with(prefix))
+        }),
+    ]
+}
+
+/// A credential as services put it in a URL path: a known token prefix, a random mix of letters
+/// and digits, a UUID, or a long random run (design §4.7; [`crate::mask::looks_like_credential`]).
+pub fn path_secret() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (select(&crate::mask::CREDENTIAL_PREFIXES[..]), "[A-Za-z0-9_-]{1,40}")
+            .prop_map(|(prefix, rest)| format!("{prefix}{rest}")),
+        "[A-Za-z0-9]{0,6}[0-9][A-Za-z]{0,3}[A-Za-z0-9]{3,40}[A-Za-z][A-Za-z0-9]{0,6}"
+            .prop_filter("a run of 8 with a digit and a letter", |s| s.len() >= 8),
+        "[A-Z]{4,10}-[0-9a-f]{5}[0-9][a-f][0-9a-f]{5}",
+        "[0-9a-f]{3}[0-9][a-f][0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        "[A-Za-z]{24,48}",
+    ]
+}
+
+/// The verdict of design §4.6 a [`delegation_request`] is aimed at, one per reason code of
+/// `crate::delegate`, with delegation itself split into one target and several.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DelegationAim {
+    /// A gateway-key header is present (`gateway_key_present`).
+    GatewayKey,
+    /// An `x-mcp-servers` value is not visible ASCII (`malformed_servers_header`).
+    MalformedHeader,
+    /// Neither the path nor the header names a server (`no_targets`).
+    NoTargets,
+    /// One target is not configured (`unknown_server`).
+    UnknownServer,
+    /// One target's entry does not load (`invalid_server_config`).
+    InvalidServer,
+    /// One target is not `auth_type: oauth2` (`not_oauth2`).
+    NotOAuth2,
+    /// One target uses a non-interactive flow (`not_interactive`).
+    NotInteractive,
+    /// One target has `delegate_auth_to_upstream` false or absent (`delegation_disabled`).
+    DelegationDisabled,
+    /// Several delegating targets, one naming no authorization server (`authorization_server_unknown`).
+    AuthorizationServerUnknown,
+    /// Several delegating targets naming different authorization servers (`mixed_authorization_servers`).
+    MixedAuthorizationServers,
+    /// One delegating target (`all_targets_delegate`).
+    DelegateOne,
+    /// Several delegating targets sharing one authorization server (`all_targets_delegate`).
+    DelegateSeveral,
+}
+
+impl DelegationAim {
+    /// Every aim, in declaration order.
+    pub const ALL: [Self; 12] = [
+        Self::GatewayKey,
+        Self::MalformedHeader,
+        Self::NoTargets,
+        Self::UnknownServer,
+        Self::InvalidServer,
+        Self::NotOAuth2,
+        Self::NotInteractive,
+        Self::DelegationDisabled,
+        Self::AuthorizationServerUnknown,
+        Self::MixedAuthorizationServers,
+        Self::DelegateOne,
+        Self::DelegateSeveral,
+    ];
+}
+
+/// One generated request for the delegation decision, with the servers it may name.
+#[derive(Clone, Debug)]
+pub struct DelegationRequest {
+    /// What the request was aimed at (a property must not trust it: it is only a generation hint).
+    pub aim: DelegationAim,
+    /// The `mcp_servers` map.
+    pub servers: Map<String, Value>,
+    /// The request path.
+    pub path: String,
+    /// The server the path names by design §4.6 (`/{server}/mcp`), if any.
+    pub path_target: Option<String>,
+    /// The `x-mcp-servers` header values, in order.
+    pub servers_headers: Vec<String>,
+    /// A gateway-key header, if any.
+    pub gateway_key: Option<(String, String)>,
+}
+
+/// Spellings of `https://auth.example.com` (equal after origin normalisation), and two others.
+const SAME_AUTHORIZATION_SERVER: [&str; 5] = [
+    "https://auth.example.com",
+    "https://auth.example.com/",
+    "https://AUTH.example.com",
+    "https://auth.example.com:443/",
+    "HTTPS://auth.example.com",
+];
+
+/// A delegating entry naming `server` (as `authorization_url`, `issuer` or both), or no server.
+fn delegating_entry(server: Option<&str>, how: u8) -> Value {
+    let mut object = Map::new();
+    object.insert("url".to_owned(), json!("https://mcp.example.com/mcp"));
+    object.insert("auth_type".to_owned(), json!("oauth2"));
+    if how & 1 == 1 {
+        object.insert("oauth2_flow".to_owned(), json!("authorization_code"));
+    }
+    if let Some(server) = server {
+        match how % 3 {
+            0 => object.insert("authorization_url".to_owned(), json!(server)),
+            1 => object.insert("issuer".to_owned(), json!(server)),
+            _ => {
+                object.insert("issuer".to_owned(), json!(server));
+                object.insert("authorization_url".to_owned(), json!(server))
+            }
+        };
+    }
+    object.insert("delegate_auth_to_upstream".to_owned(), json!(true));
+    Value::Object(object)
+}
+
+/// An entry that loads but fails one of the per-target rules of design §4.6, for `aim`.
+fn failing_entry(aim: DelegationAim, how: u8) -> Option<Value> {
+    let mut entry = delegating_entry(Some(SAME_AUTHORIZATION_SERVER[usize::from(how) % 5]), how);
+    let object = entry.as_object_mut()?;
+    match aim {
+        DelegationAim::UnknownServer => return None,
+        DelegationAim::InvalidServer => {
+            let (key, value) = [
+                ("auth_type", json!("OAuth2")),
+                ("delegate_auth_to_upstream", json!("true")),
+                ("oauth2_flow", json!("implicit")),
+                ("auth_type", json!("")),
+            ][usize::from(how) % 4]
+                .clone();
+            object.insert(key.to_owned(), value);
+        }
+        DelegationAim::NotOAuth2 => {
+            let auth_type = ["none", "oauth2_token_exchange", "none"][usize::from(how) % 3];
+            object.insert("auth_type".to_owned(), json!(auth_type));
+            object.remove("oauth2_flow");
+        }
+        DelegationAim::NotInteractive => {
+            object.insert("oauth2_flow".to_owned(), json!("client_credentials"));
+            object.insert("client_id".to_owned(), json!("client-id"));
+            object.insert("client_secret".to_owned(), json!("client-secret"));
+            object.insert("token_url".to_owned(), json!("https://auth.example.com/token"));
+        }
+        DelegationAim::DelegationDisabled => {
+            if how & 2 == 2 {
+                object.insert("delegate_auth_to_upstream".to_owned(), json!(false));
+            } else {
+                object.remove("delegate_auth_to_upstream");
+            }
+        }
+        _ => {}
+    }
+    Some(entry)
+}
+
+/// A request for the delegation decision aimed at one [`DelegationAim`], chosen uniformly except
+/// that [`DelegationAim::DelegateSeveral`] counts twice, so each verdict of design §4.6 comes up in
+/// about one case in thirteen and delegation to several targets in two: the targets (1–3 of `alpha`,
+/// `beta`, `gamma`, `delta`) are named by the path, the header or both, in any order, with
+/// duplicates, blanks and a second header value; servers that are not targets get noisy entries.
+pub fn delegation_request() -> impl Strategy<Value = DelegationRequest> {
+    let names = Just(vec!["alpha", "beta", "gamma", "delta"]).prop_shuffle();
+    let bystanders = proptest::collection::vec(proptest::option::weighted(0.7, noisy_server_entry()), 4);
+    // Delegation to several targets counts twice: it is the case token passthrough hides behind.
+    let mut aims = DelegationAim::ALL.to_vec();
+    aims.push(DelegationAim::DelegateSeveral);
+    (
+        select(aims),
+        names,
+        bystanders,
+        (1_usize..=3, any::<u8>(), any::<u8>(), any::<u8>(), 0_usize..3),
+        (0_u8..6, select(vec![",", ", ", " , ", ",,", ",\t"]), any::<bool>(), gateway_key_header()),
+    )
+        .prop_map(|(aim, names, bystanders, (count, how, seed, position, failing), shape)| {
+            let (path_kind, separator, split, key) = shape;
+            build_delegation_request(
+                aim,
+                &names,
+                bystanders,
+                (count, how, seed, position, failing),
+                (path_kind, separator, split, key),
+            )
+        })
+}
+
+#[allow(clippy::type_complexity)]
+fn build_delegation_request(
+    aim: DelegationAim,
+    names: &[&str],
+    bystanders: Vec<Option<Value>>,
+    (count, how, seed, position, failing): (usize, u8, u8, u8, usize),
+    (path_kind, separator, split, key): (u8, &str, bool, Option<(String, String)>),
+) -> DelegationRequest {
+    use DelegationAim as A;
+    let several =
+        matches!(aim, A::AuthorizationServerUnknown | A::MixedAuthorizationServers | A::DelegateSeveral);
+    let count = match aim {
+        A::NoTargets => 0,
+        A::DelegateOne => 1,
+        _ if several => count.clamp(2, 3),
+        _ => count,
+    };
+    let targets: Vec<&str> = names.iter().copied().take(count).collect();
+    let mut servers: Map<String, Value> = Map::new();
+    for (name, entry) in names.iter().zip(bystanders) {
+        if let Some(entry) = entry {
+            servers.insert((*name).to_owned(), entry);
+        }
+    }
+    let failing = failing % count.max(1);
+    for (index, name) in targets.iter().enumerate() {
+        let spelling = SAME_AUTHORIZATION_SERVER[(usize::from(seed) + index) % 5];
+        let entry = match aim {
+            A::UnknownServer
+            | A::InvalidServer
+            | A::NotOAuth2
+            | A::NotInteractive
+            | A::DelegationDisabled
+                if index == failing =>
+            {
+                failing_entry(aim, how.wrapping_add(u8::try_from(index).unwrap_or(0)))
+            }
+            A::AuthorizationServerUnknown if index == failing => Some(delegating_entry(None, how)),
+            A::MixedAuthorizationServers if index == failing => Some(delegating_entry(
+                Some(
+                    [
+                        "https://other.example.com",
+                        "https://auth.example.com/tenant",
+                        "https://auth.example.com:8443",
+                    ][usize::from(seed) % 3],
+                ),
+                how,
+            )),
+            _ => Some(delegating_entry(Some(spelling), how.rotate_left(u32::try_from(index).unwrap_or(0)))),
+        };
+        match entry {
+            Some(entry) => servers.insert((*name).to_owned(), entry),
+            None => servers.remove(*name),
+        };
+    }
+    // The first target goes in the path in most shapes; the rest, and sometimes all, in the header.
+    let (path, path_target, in_header): (String, Option<String>, Vec<&str>) =
+        match (targets.first(), path_kind) {
+            (Some(first), 0..=2) => {
+                let path =
+                    // (A trailing slash would make the path ambiguous: the router names no server then.)
+                    [format!("/{first}/mcp"), format!("/{first}/mcp?"), format!("/{first}/mcp?session=1")]
+                        [usize::from(path_kind)]
+                    .clone();
+                let mut rest: Vec<&str> = targets[1..].to_vec();
+                if position & 1 == 1 {
+                    rest.push(first);
+                }
+                (path, Some((*first).to_owned()), rest)
+            }
+            _ => {
+                let path =
+                    ["/mcp", "", "/mcp/", "/x/y/mcp", "/mcp-rest/tools/list", "/mcp"][usize::from(path_kind)];
+                (path.to_owned(), None, targets.clone())
+            }
+        };
+    let mut values: Vec<String> = Vec::new();
+    if !in_header.is_empty() || position & 2 == 2 {
+        let cut = if split { usize::from(position) % (in_header.len() + 1) } else { in_header.len() };
+        for part in [&in_header[..cut], &in_header[cut..]] {
+            if part.is_empty() && !values.is_empty() {
+                continue;
+            }
+            let mut value = part.join(separator);
+            if position & 4 == 4 {
+                value.push_str(separator);
+            }
+            values.push(value);
+        }
+    }
+    if aim == A::MalformedHeader {
+        let at = usize::from(position) % (values.len() + 1);
+        values.insert(at, format!("{},caf\u{e9}", names[3]));
+    }
+    let gateway_key = match aim {
+        A::GatewayKey => {
+            Some(key.unwrap_or_else(|| ("x-mcp-gateway-key".to_owned(), "sk-gateway-key-1234".to_owned())))
+        }
+        _ => None,
+    };
+    DelegationRequest { aim, servers, path, path_target, servers_headers: values, gateway_key }
 }

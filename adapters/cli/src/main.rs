@@ -538,7 +538,7 @@ fn check_config(file: &PathBuf, env: &dyn Fn(&str) -> Option<String>) -> ExitCod
             for (name, server) in &servers {
                 println!(
                     "server {name}: {} auth_type={} flow={}",
-                    server.url,
+                    mcp_oauth_core::mask::mask_url(&server.url),
                     server.policy.auth_type.as_str(),
                     server.policy.flow.as_str()
                 );

@@ -5,7 +5,7 @@
 
 use url::Url;
 
-use crate::mask::{MIN_CHARS_TO_SHOW_TAIL, STARS, mask as mask_value, mask_url};
+use crate::mask::{MIN_CHARS_TO_SHOW_TAIL, STARS, looks_like_credential, mask as mask_value, mask_url};
 
 /// Runs [`crate::mask::mask`] (and [`mask_url`] when the input is a URL) on `data`; panics only when an
 /// invariant breaks.
@@ -22,8 +22,11 @@ use crate::mask::{MIN_CHARS_TO_SHOW_TAIL, STARS, mask as mask_value, mask_url};
 /// then can coincide with the output, e.g. `Bearer Bearer****wxyz`, so that case is not a leak.)
 ///
 /// Invariants of [`mask_url`], when `data` parses as a URL: the output parses again with the same
-/// scheme, host, port and path (an opaque path may lose trailing spaces with its fragment); its username is empty or `****`, its password absent or `****`,
-/// every query value is `****`, and it has no fragment.
+/// scheme, host, port and path (an opaque path may lose trailing spaces with its fragment), except
+/// that every path segment that [`looks_like_credential`] is `****` plus its last four characters
+/// when it has 12 or more, and no output segment looks like a credential; its username is empty or
+/// `****`, its password absent or `****`, every query value is `****`, it has no fragment, and
+/// masking it again changes nothing.
 pub fn mask(data: &[u8]) {
     let Ok(value) = std::str::from_utf8(data) else {
         return;
@@ -48,6 +51,25 @@ pub fn mask(data: &[u8]) {
 
     if let Ok(url) = Url::parse(value) {
         check_mask_url(&url);
+    }
+}
+
+/// One path segment before and after [`mask_url`]: kept as written unless it looks like a
+/// credential, else exactly `****` plus, for 12 characters or more, its last four characters.
+fn check_path_segment(was: &str, now: &str, masked: &str) {
+    assert!(!looks_like_credential(now), "{now:?} in {masked} still looks like a credential");
+    if !looks_like_credential(was) {
+        assert_eq!(now, was, "ordinary segment changed in {masked}");
+        return;
+    }
+    let tail = now.strip_prefix(STARS).unwrap_or_else(|| panic!("{now:?} in {masked} lacks the stars"));
+    assert!(!tail.contains('*') || was.contains('*'), "{now:?} has more stars");
+    let chars = was.chars().count();
+    if chars >= MIN_CHARS_TO_SHOW_TAIL {
+        let expected = was.char_indices().rev().nth(3).map_or(was, |(index, _)| &was[index..]);
+        assert_eq!(tail, expected, "tail of {now:?} for {was:?}");
+    } else {
+        assert_eq!(tail, "", "{now:?} shows part of the short {was:?}");
     }
 }
 
@@ -81,7 +103,22 @@ fn check_mask_url(url: &Url) {
             url.path().to_owned()
         }
     };
-    assert_eq!(path(&again), path(url), "{masked}");
+    match (url.path_segments(), again.path_segments()) {
+        (Some(before), Some(after)) => {
+            let before: Vec<&str> = before.collect();
+            let after: Vec<&str> = after.collect();
+            if before.iter().any(|segment| looks_like_credential(segment)) {
+                assert_eq!(after.len(), before.len(), "segments of {masked}");
+                for (was, now) in before.iter().zip(&after) {
+                    check_path_segment(was, now, &masked);
+                }
+            } else {
+                assert_eq!(again.path(), url.path(), "{masked}");
+            }
+        }
+        _ => assert_eq!(path(&again), path(url), "{masked}"),
+    }
+    assert_eq!(mask_url(&again), masked, "masking {masked} again changed it");
     assert!(again.username().is_empty() || again.username() == STARS, "username in {masked}");
     assert!(again.password().is_none_or(|password| password == STARS), "password in {masked}");
     assert!(again.fragment().is_none(), "fragment in {masked}");
@@ -108,6 +145,11 @@ mod tests {
             "https://user:pass@mcp.example.com/mcp?api_key=secret&x=1#frag",
             "https://h/?&=x&a%26b=c",
             "s:\x0f/cr&h13,>\0\0\0mjkp         #",
+            "https://mcp.zapier.com/api/mcp/s/PATHSECRET-9f8e7d6c5b4a/mcp",
+            "https://h/sk-1/a1b2c3d4/%2e%2e/x%2Fab12cd34/..",
+            "s://h/ghp_abcdefghijklmnop?x#y",
+            "s:/eyJabc/./",
+            "file:///C:/abcdefghijklmnopqrstuvwxyz",
         ] {
             mask(input.as_bytes());
         }
