@@ -29,8 +29,8 @@ use serde_json::{Map, Value, json};
 
 use crate::Reason;
 use crate::client::mcp::{RpcError, parse_rpc_response};
-use crate::gateway::error_response;
 use crate::jsonrpc::{JsonRpcError, Shape};
+use crate::reply::{error_response, json_response};
 
 /// What joins a server's name and a tool's name in the names callers see.
 pub const SEPARATOR: &str = "-";
@@ -413,14 +413,6 @@ fn plan_rest_call(request: &Request<'_>, body: &[u8]) -> Result<Plan, Refused> {
     Ok(Plan::Gather(gather(request, calls, Finish::RestCall)))
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
-    let mut response = Response::new(body.to_string().into_bytes());
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
 fn rpc_result(id: &Value, result: &Value) -> Response<Vec<u8>> {
     json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": id, "result": result}))
 }
@@ -692,12 +684,17 @@ pub struct SessionKey {
     identity: [u8; 32],
 }
 
-/// The session key for requests sent as `forward` says.
-pub fn session_key(forward: &crate::gateway::Forward) -> SessionKey {
+/// The session key for requests to `server` sent with `credential` (and, when the caller's own
+/// `Authorization` goes up, the forwarded `headers`).
+pub fn session_key(
+    server: &str,
+    credential: &crate::outbound::OutboundCredential,
+    headers: &http::HeaderMap,
+) -> SessionKey {
     use crate::outbound::OutboundCredential;
     use sha2::{Digest, Sha256};
     let mut digest = Sha256::new();
-    match &forward.credential {
+    match credential {
         OutboundCredential::ClientCredentialsToken
         | OutboundCredential::StaticToken
         | OutboundCredential::None => {
@@ -713,12 +710,12 @@ pub fn session_key(forward: &crate::gateway::Forward) -> SessionKey {
         }
         OutboundCredential::ForwardAuthorization => {
             digest.update(b"caller:");
-            if let Some(value) = forward.headers.get(header::AUTHORIZATION) {
+            if let Some(value) = headers.get(header::AUTHORIZATION) {
                 digest.update(value.as_bytes());
             }
         }
     }
-    SessionKey { server: forward.server.clone(), identity: digest.finalize().into() }
+    SessionKey { server: server.to_owned(), identity: digest.finalize().into() }
 }
 
 /// The `initialize` the gateway sends to open a session: the caller's protocol revision (from its
@@ -1177,23 +1174,17 @@ mod tests {
 
     #[test]
     fn sessions_are_per_caller_identity_and_bounded() {
-        use crate::gateway::Forward;
-        use crate::outbound::{AuthResolution, OutboundCredential};
+        use crate::outbound::OutboundCredential;
         use crate::secret::Secret;
         let forward = |credential: OutboundCredential, authorization: Option<&'static str>| {
             let mut headers = http::HeaderMap::new();
             if let Some(value) = authorization {
                 headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
             }
-            Forward {
-                server: "a".into(),
-                url: url::Url::parse("https://a.example/mcp").unwrap_or_else(|_| unreachable!()),
-                headers,
-                credential,
-                resolution: AuthResolution::NoAuth,
-                delegated: false,
-                debug: false,
-            }
+            (credential, headers)
+        };
+        let session_key = |(credential, headers): &(OutboundCredential, http::HeaderMap)| {
+            session_key("a", credential, headers)
         };
         let m2m = session_key(&forward(OutboundCredential::ClientCredentialsToken, None));
         assert_eq!(

@@ -13,7 +13,7 @@ use indexmap::IndexMap;
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::flow::{Flow, FlowError, OAuth2Flow, select_flow};
+use crate::flow::{Flow, FlowError, FlowInput, OAuth2Flow, select_flow};
 use crate::origin::{HostCase, Origin, OriginSettings, TrustedProxies, parse_authority};
 use crate::redirect::TrustedRedirectOrigins;
 use crate::secret::Secret;
@@ -24,63 +24,7 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 /// The prefix LiteLLM uses to reference an environment variable from YAML.
 pub const ENV_PREFIX: &str = "os.environ/";
 
-/// `auth_type`: how the gateway authenticates to one upstream server (LiteLLM's `MCPAuth`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum AuthType {
-    /// No credential.
-    None,
-    /// A static API key.
-    ApiKey,
-    /// A static bearer token.
-    BearerToken,
-    /// HTTP Basic with a static credential.
-    Basic,
-    /// A static `Authorization` header value.
-    Authorization,
-    /// A static token with the `token` scheme.
-    Token,
-    /// OAuth 2.0 (interactive or client credentials).
-    OAuth2,
-    /// RFC 8693 token exchange (on behalf of the caller).
-    OAuth2TokenExchange,
-    /// AWS SigV4 request signing (accepted for compatibility; not performed by this gateway).
-    AwsSigV4,
-    /// Identity assertion JWT authorization grant (accepted for compatibility).
-    OAuth2IdJag,
-    /// Forward the caller's credentials untouched (accepted for compatibility).
-    TruePassthrough,
-    /// Delegate OAuth to the upstream (accepted for compatibility).
-    OAuthDelegate,
-}
-
-impl AuthType {
-    /// Every value LiteLLM accepts, as written in YAML.
-    pub const ALL: [(&'static str, AuthType); 12] = [
-        ("none", Self::None),
-        ("api_key", Self::ApiKey),
-        ("bearer_token", Self::BearerToken),
-        ("basic", Self::Basic),
-        ("authorization", Self::Authorization),
-        ("token", Self::Token),
-        ("oauth2", Self::OAuth2),
-        ("oauth2_token_exchange", Self::OAuth2TokenExchange),
-        ("aws_sigv4", Self::AwsSigV4),
-        ("oauth2_id_jag", Self::OAuth2IdJag),
-        ("true_passthrough", Self::TruePassthrough),
-        ("oauth_delegate", Self::OAuthDelegate),
-    ];
-
-    /// Parses the YAML spelling.
-    pub fn parse(value: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(name, _)| *name == value).map(|(_, auth)| *auth)
-    }
-
-    /// The YAML spelling.
-    pub fn as_str(self) -> &'static str {
-        Self::ALL.iter().find(|(_, auth)| *auth == self).map_or("none", |(name, _)| name)
-    }
-}
+pub use crate::flow::AuthType;
 
 /// `transport`: how the gateway talks to the upstream MCP server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,15 +37,9 @@ pub enum Transport {
     Stdio,
 }
 
-/// `token_endpoint_auth_method` for client credentials at the token endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum ClientAuthMethod {
-    /// `client_id` and `client_secret` in the form body (the default).
-    #[default]
-    ClientSecretPost,
-    /// HTTP Basic with the client credentials.
-    ClientSecretBasic,
-}
+/// `token_endpoint_auth_method`: the OAuth client's own type (only `client_secret_post` and
+/// `client_secret_basic` are read from the configuration).
+pub type ClientAuthMethod = crate::client::token::TokenEndpointAuth;
 
 /// One `mcp_servers` entry as written, with `os.environ/` references resolved and types checked.
 ///
@@ -386,6 +324,18 @@ fn truncate(value: &str) -> String {
 }
 
 impl ServerEntry {
+    /// The fields flow selection (design §4.1) reads.
+    pub fn flow_input(&self) -> FlowInput<'_> {
+        FlowInput {
+            auth_type: self.auth_type,
+            oauth2_flow: self.oauth2_flow,
+            authorization_url: self.authorization_url.as_deref(),
+            token_url: self.token_url.as_deref(),
+            client_id: self.client_id.as_deref(),
+            client_secret: self.client_secret.as_ref().map(Secret::expose),
+        }
+    }
+
     /// The fields this module reads, in documentation order.
     pub const KNOWN_KEYS: &'static [&'static str] = &[
         "url",
@@ -514,7 +464,7 @@ impl ServerEntry {
 
     /// The policy-relevant summary of this entry (flow selected, delegation flag, issuer identity).
     pub fn policy(&self) -> Result<ServerPolicy, FlowError> {
-        let selection = select_flow(self)?;
+        let selection = select_flow(&self.flow_input())?;
         Ok(ServerPolicy {
             auth_type: self.auth_type.unwrap_or(AuthType::None),
             flow: selection.flow,

@@ -6,7 +6,83 @@
 //! when it infers `client_credentials`.
 
 use crate::Reason;
-use crate::config::{AuthType, ServerEntry};
+
+/// `auth_type`: how the gateway authenticates to one upstream server (LiteLLM's `MCPAuth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthType {
+    /// No credential.
+    None,
+    /// A static API key.
+    ApiKey,
+    /// A static bearer token.
+    BearerToken,
+    /// HTTP Basic with a static credential.
+    Basic,
+    /// A static `Authorization` header value.
+    Authorization,
+    /// A static token with the `token` scheme.
+    Token,
+    /// OAuth 2.0 (interactive or client credentials).
+    OAuth2,
+    /// RFC 8693 token exchange (on behalf of the caller).
+    OAuth2TokenExchange,
+    /// AWS SigV4 request signing (accepted for compatibility; not performed by this gateway).
+    AwsSigV4,
+    /// Identity assertion JWT authorization grant (accepted for compatibility).
+    OAuth2IdJag,
+    /// Forward the caller's credentials untouched (accepted for compatibility).
+    TruePassthrough,
+    /// Delegate OAuth to the upstream (accepted for compatibility).
+    OAuthDelegate,
+}
+
+impl AuthType {
+    /// Every value LiteLLM accepts, as written in YAML.
+    pub const ALL: [(&'static str, AuthType); 12] = [
+        ("none", Self::None),
+        ("api_key", Self::ApiKey),
+        ("bearer_token", Self::BearerToken),
+        ("basic", Self::Basic),
+        ("authorization", Self::Authorization),
+        ("token", Self::Token),
+        ("oauth2", Self::OAuth2),
+        ("oauth2_token_exchange", Self::OAuth2TokenExchange),
+        ("aws_sigv4", Self::AwsSigV4),
+        ("oauth2_id_jag", Self::OAuth2IdJag),
+        ("true_passthrough", Self::TruePassthrough),
+        ("oauth_delegate", Self::OAuthDelegate),
+    ];
+
+    /// Parses the YAML spelling.
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(name, _)| *name == value).map(|(_, auth)| *auth)
+    }
+
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL.iter().find(|(_, auth)| *auth == self).map_or("none", |(name, _)| name)
+    }
+}
+
+/// What flow selection reads of one server's configuration: its own small input, so the policy
+/// does not depend on the LiteLLM configuration model (which builds it with
+/// `ServerEntry::flow_input`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlowInput<'a> {
+    /// `auth_type`.
+    pub auth_type: Option<AuthType>,
+    /// `oauth2_flow`.
+    pub oauth2_flow: Option<OAuth2Flow>,
+    /// `authorization_url`.
+    pub authorization_url: Option<&'a str>,
+    /// `token_url`.
+    pub token_url: Option<&'a str>,
+    /// `client_id`.
+    pub client_id: Option<&'a str>,
+    /// `client_secret`, exposed only to test that it is present.
+    pub client_secret: Option<&'a str>,
+}
 
 /// The value of `oauth2_flow`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,10 +137,9 @@ fn present(value: Option<&str>) -> bool {
 }
 
 /// Selects the flow for one server entry (design §4.1).
-pub fn select_flow(entry: &ServerEntry) -> Result<FlowSelection, FlowError> {
-    let has_client_id = present(entry.client_id.as_deref());
-    let has_client_secret =
-        entry.client_secret.as_ref().is_some_and(|secret| !secret.expose().trim().is_empty());
+pub fn select_flow(entry: &FlowInput<'_>) -> Result<FlowSelection, FlowError> {
+    let has_client_id = present(entry.client_id);
+    let has_client_secret = present(entry.client_secret);
     match entry.oauth2_flow {
         Some(OAuth2Flow::ClientCredentials) => {
             if !(has_client_id && has_client_secret) {
@@ -85,9 +160,9 @@ pub fn select_flow(entry: &ServerEntry) -> Result<FlowSelection, FlowError> {
     }
     let flow = match entry.auth_type {
         Some(AuthType::OAuth2) => {
-            if present(entry.authorization_url.as_deref()) {
+            if present(entry.authorization_url) {
                 Flow::AuthorizationCode
-            } else if present(entry.token_url.as_deref()) && has_client_id && has_client_secret {
+            } else if present(entry.token_url) && has_client_id && has_client_secret {
                 Flow::ClientCredentials
             } else {
                 Flow::AuthorizationCode
@@ -142,11 +217,13 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::config::ServerEntry;
 
     fn select(entry: Value) -> Result<FlowSelection, FlowError> {
         let object = entry.as_object().cloned().unwrap_or_default();
         let env = |name: &str| (name == "CLIENT_SECRET").then(|| "from-env".to_owned());
-        select_flow(&ServerEntry::from_json("s", &object, &env).expect("entry loads"))
+        let entry = ServerEntry::from_json("s", &object, &env).expect("entry loads");
+        select_flow(&entry.flow_input())
     }
 
     fn flow(entry: Value) -> &'static str {

@@ -47,6 +47,7 @@ pub mod origin;
 pub mod outbound;
 pub mod pkce;
 pub mod redirect;
+pub mod reply;
 pub mod route;
 pub mod secret;
 pub mod sse;

@@ -958,7 +958,7 @@ async fn send_in_session(
     forward: &Forward,
     body: Bytes,
 ) -> Result<(Response<GatewayBody>, Option<String>), Response<GatewayBody>> {
-    let key = aggregate::session_key(forward);
+    let key = forward.session_key();
     let mut reopened = false;
     loop {
         let stored = lock(&state.sessions).get(&key, state.clock.now());

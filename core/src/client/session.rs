@@ -26,7 +26,6 @@ use super::token::{
     token_request,
 };
 use crate::Reason;
-use crate::config::ClientAuthMethod;
 use crate::fetch_policy::{
     FetchPolicyError, SecretPins, check_secret_destination, check_url, is_local_server,
 };
@@ -92,7 +91,7 @@ pub struct SessionConfig {
     /// Where the user agent returns (loopback for a CLI).
     pub redirect_uri: Url,
     /// Configured token endpoint client authentication.
-    pub token_endpoint_auth: Option<ClientAuthMethod>,
+    pub token_endpoint_auth: Option<TokenEndpointAuth>,
     /// Accept servers that omit `code_challenge_methods_supported`.
     pub assume_s256: bool,
     /// Probe discovery candidates in parallel.
@@ -244,7 +243,7 @@ impl Reason for SessionError {
 fn token_endpoint_auth(
     registration: &Registration,
     discovered: &Discovered,
-    configured: Option<ClientAuthMethod>,
+    configured: Option<TokenEndpointAuth>,
 ) -> TokenEndpointAuth {
     let has_secret = registration.client_secret.is_some();
     match registration.token_endpoint_auth_method.as_deref() {

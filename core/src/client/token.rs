@@ -12,7 +12,6 @@ use url::Url;
 use url::form_urlencoded::{Serializer, byte_serialize};
 
 use crate::Reason;
-use crate::config::ClientAuthMethod;
 use crate::metadata::{AuthorizationServerMetadata, OAuthErrorResponse, TokenResponse};
 use crate::secret::Secret;
 
@@ -49,14 +48,13 @@ impl TokenEndpointAuth {
 pub fn choose_token_endpoint_auth(
     metadata: Option<&AuthorizationServerMetadata>,
     has_secret: bool,
-    configured: Option<ClientAuthMethod>,
+    configured: Option<TokenEndpointAuth>,
 ) -> TokenEndpointAuth {
     if !has_secret {
         return TokenEndpointAuth::None;
     }
     match (configured, metadata) {
-        (Some(ClientAuthMethod::ClientSecretBasic), _) => TokenEndpointAuth::ClientSecretBasic,
-        (Some(ClientAuthMethod::ClientSecretPost), _) => TokenEndpointAuth::ClientSecretPost,
+        (Some(method), _) => method,
         (None, Some(metadata)) if metadata.supports_auth_method("client_secret_basic") => {
             TokenEndpointAuth::ClientSecretBasic
         }
@@ -250,7 +248,7 @@ mod tests {
         );
         assert_eq!(choose_token_endpoint_auth(None, true, None), TokenEndpointAuth::ClientSecretPost);
         assert_eq!(
-            choose_token_endpoint_auth(None, true, Some(ClientAuthMethod::ClientSecretBasic)),
+            choose_token_endpoint_auth(None, true, Some(TokenEndpointAuth::ClientSecretBasic)),
             TokenEndpointAuth::ClientSecretBasic
         );
         assert_eq!(choose_token_endpoint_auth(Some(&metadata), false, None), TokenEndpointAuth::None);

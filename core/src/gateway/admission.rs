@@ -1,0 +1,230 @@
+//! Who may reach which upstream: admission by gateway key, delegation (design §4.6), and the
+//! forward plans of the single-server and aggregating MCP routes.
+
+use super::*;
+
+/// Request headers that travel upstream with an MCP request.
+pub(super) const FORWARDED_HEADERS: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    HeaderName::from_static("mcp-session-id"),
+    HeaderName::from_static("mcp-protocol-version"),
+    HeaderName::from_static("last-event-id"),
+    header::USER_AGENT,
+];
+
+pub(super) fn mcp(head: &RequestHead<'_>, name: &str, config: &GatewayConfig) -> Action {
+    let Some(server) = config.servers.get(name) else {
+        return Action::Respond(not_found());
+    };
+    let delegated = delegation(head, Some(name), config);
+    if !delegated && !admitted(head.headers, server, config) {
+        return Action::Respond(match public_origin(head, config) {
+            Ok(origin) => key_required(Some(&challenge(&origin, name))),
+            Err(refusal) => refusal,
+        });
+    }
+    Action::Forward(forward(head, name, server, delegated, config))
+}
+
+/// Whether auth is delegated for this request (design §4.6), from the server the router resolved
+/// (`routed`, `None` on the aggregating route) and `x-mcp-servers`.
+pub(super) fn delegation(head: &RequestHead<'_>, routed: Option<&str>, config: &GatewayConfig) -> bool {
+    let lookup = |name: &str| match config.servers.get(name) {
+        Some(server) => Target::Known(&server.policy),
+        None => Target::Unknown,
+    };
+    decide_delegation(routed, head.headers, lookup).delegates()
+}
+
+/// The challenge a caller without a gateway key gets: where the server's protected-resource
+/// metadata is, so an OAuth client can find its way.
+pub(super) fn challenge(origin: &Origin, name: &str) -> String {
+    format!("Bearer resource_metadata=\"{origin}/.well-known/oauth-protected-resource/{name}/mcp\"")
+}
+
+/// 401 for a request without a valid gateway key.
+pub(super) fn key_required(challenge: Option<&str>) -> Response<Vec<u8>> {
+    let mut response = error_response(
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+        "a valid gateway key is required in x-mcp-gateway-key (or x-litellm-api-key)",
+    );
+    let challenge = challenge.unwrap_or("Bearer realm=\"mcp-oauth\"");
+    if let Ok(value) = HeaderValue::from_str(challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// How one MCP request goes to `server`: the caller's MCP headers and the chosen credential.
+pub(super) fn forward(
+    head: &RequestHead<'_>,
+    name: &str,
+    server: &ServerConfig,
+    delegated: bool,
+    config: &GatewayConfig,
+) -> Forward {
+    let mut headers = HeaderMap::new();
+    for forwarded in &FORWARDED_HEADERS {
+        for value in head.headers.get_all(forwarded) {
+            headers.append(forwarded.clone(), value.clone());
+        }
+    }
+    let (resolution, credential) = if delegated {
+        (AuthResolution::OAuth2Passthrough, OutboundCredential::ForwardAuthorization)
+    } else {
+        let decision =
+            resolve_outbound_auth(name, &server.policy, head.headers, &config.settings.gateway_keys);
+        (decision.resolution, decision.credential)
+    };
+    // The caller's Authorization goes up only for passthrough, and never when it is a gateway key
+    // (a delegated request may carry one by mistake; the upstream must never see it).
+    if credential == OutboundCredential::ForwardAuthorization
+        && let Some(value) = head.headers.get(header::AUTHORIZATION)
+        && !value.to_str().is_ok_and(|text| is_gateway_key(text, &config.settings.gateway_keys))
+    {
+        headers.insert(header::AUTHORIZATION, value.clone());
+    }
+    Forward {
+        server: name.to_owned(),
+        url: server.url.clone(),
+        headers,
+        credential,
+        resolution,
+        delegated,
+        debug: debug_requested(head.headers),
+    }
+}
+
+/// `POST /mcp`: the servers named in `x-mcp-servers`, aggregated (see [`crate::aggregate`]).
+pub(super) fn aggregate_mcp(head: &RequestHead<'_>, config: &GatewayConfig) -> Action {
+    if head.method != Method::POST {
+        // No session and no server-initiated stream: the aggregating endpoint is request/response.
+        let mut response = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "the aggregating endpoint accepts POST only",
+        );
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return Action::Respond(response);
+    }
+    let names = match named_targets(head.headers) {
+        Ok(Some(names)) => names,
+        Ok(None) => {
+            return Action::Respond(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "name a server: /{server}/mcp or x-mcp-servers",
+            ));
+        }
+        Err(response) => return Action::Respond(response),
+    };
+    let delegated = delegation(head, None, config);
+    targets(head, crate::aggregate::Endpoint::Mcp, names, delegated, None, config)
+}
+
+/// `/mcp-rest/tools/list` and `/mcp-rest/tools/call`: always behind the gateway key (they are not
+/// MCP endpoints, so there is nothing to delegate to). The targets are `server_id` (listing),
+/// else `x-mcp-servers`, else every configured server.
+pub(super) fn rest_tools(head: &RequestHead<'_>, route: &Route, config: &GatewayConfig) -> Action {
+    let pairs = query_pairs(head.path_and_query);
+    let (server_id, cursor) = match (single(&pairs, "server_id"), single(&pairs, "cursor")) {
+        (Ok(server_id), Ok(cursor)) => (server_id, cursor),
+        (Err(message), _) | (_, Err(message)) => {
+            return Action::Respond(error_response(StatusCode::BAD_REQUEST, "invalid_request", &message));
+        }
+    };
+    let endpoint = match route {
+        Route::RestToolsCall => crate::aggregate::Endpoint::RestCall,
+        _ => crate::aggregate::Endpoint::RestList,
+    };
+    let names = match (server_id, named_targets(head.headers)) {
+        (Some(server_id), _) if endpoint == crate::aggregate::Endpoint::RestList => vec![server_id],
+        (_, Ok(Some(names))) => names,
+        (_, Ok(None)) => config.servers.keys().cloned().collect(),
+        (_, Err(response)) => return Action::Respond(response),
+    };
+    targets(head, endpoint, names, false, cursor, config)
+}
+
+/// The names in `x-mcp-servers` (read by [`crate::delegate::servers_header`], the same reader
+/// delegation uses); `None` when it names none.
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+pub(super) fn named_targets(headers: &HeaderMap) -> Result<Option<Vec<String>>, Response<Vec<u8>>> {
+    match crate::delegate::servers_header(headers) {
+        Ok(names) if names.is_empty() => Ok(None),
+        Ok(names) => Ok(Some(names.into_iter().map(str::to_owned).collect())),
+        Err(error) => Err(error_response(StatusCode::BAD_REQUEST, "invalid_request", &error.to_string())),
+    }
+}
+
+/// One [`Forward`] per named server, after admission: every name must be configured (else the
+/// same 404 as an unknown route) and, unless auth is delegated, the gateway key must admit the
+/// request for every one of them. A refusal on `/mcp` points at the first server's
+/// protected-resource metadata; the REST routes have none.
+pub(super) fn targets(
+    head: &RequestHead<'_>,
+    endpoint: crate::aggregate::Endpoint,
+    names: Vec<String>,
+    delegated: bool,
+    cursor: Option<String>,
+    config: &GatewayConfig,
+) -> Action {
+    let mut servers = Vec::with_capacity(names.len());
+    for name in &names {
+        match config.servers.get(name) {
+            Some(server) => servers.push(server),
+            None => return Action::Respond(not_found()),
+        }
+    }
+    if servers.is_empty() {
+        return Action::Respond(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "no MCP server is configured",
+        ));
+    }
+    if !delegated && !servers.iter().all(|server| admitted(head.headers, server, config)) {
+        let challenge = match (endpoint, names.first()) {
+            (crate::aggregate::Endpoint::Mcp, Some(name)) => match public_origin(head, config) {
+                Ok(origin) => Some(challenge(&origin, name)),
+                Err(refusal) => return Action::Respond(refusal),
+            },
+            _ => None,
+        };
+        return Action::Respond(key_required(challenge.as_deref()));
+    }
+    let mut targets = Vec::with_capacity(servers.len());
+    for (name, server) in names.iter().zip(servers) {
+        let mut forward = forward(head, name, server, delegated, config);
+        // The gateway speaks to each upstream on its own: no caller session or stream position
+        // belongs to any of them, and the REST routes speak JSON-RPC on the caller's behalf.
+        forward.headers.remove("mcp-session-id");
+        forward.headers.remove("last-event-id");
+        forward.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        forward
+            .headers
+            .insert(header::ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+        targets.push(forward);
+    }
+    Action::Aggregate(Aggregate { endpoint, targets, cursor, names })
+}
+
+/// Whether the request carries a gateway key: in the key headers, or in `Authorization` when the
+/// target server is not oauth2 (there `Authorization` is never an upstream token).
+pub(super) fn admitted(headers: &HeaderMap, server: &ServerConfig, config: &GatewayConfig) -> bool {
+    let keys = &config.settings.gateway_keys;
+    if keys.is_empty() {
+        return false;
+    }
+    let carries_key = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .any(|value| is_gateway_key(value, keys))
+    };
+    GATEWAY_KEY_HEADERS.iter().any(|name| carries_key(name))
+        || (server.policy.auth_type != AuthType::OAuth2 && carries_key("authorization"))
+}

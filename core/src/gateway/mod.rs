@@ -1,0 +1,337 @@
+//! The gateway's per-request decision (design §3, §4.4–§4.8): what to do with one request.
+//!
+//! Given the request head, the peer, the configuration and `now`, [`decide`] answers with an
+//! [`Action`]: a complete response (health, metadata, errors, refusals, redirects), or an
+//! instruction to forward the MCP request upstream with a chosen credential, or to proxy a token
+//! or registration request. The server that runs it only carries bytes. OAuth endpoints answer only
+//! for servers configured for the interactive flow; every other name gets the same 404 as an
+//! unknown one, so a scanner cannot tell which servers exist.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
+use serde_json::{Value, json};
+use url::Url;
+
+use crate::Reason;
+use crate::budget::{BudgetConfig, OverBudget, PeerBudget};
+use crate::config::{AuthType, GatewayConfig, ServerConfig};
+use crate::delegate::{GATEWAY_KEY_HEADERS, Target, decide_delegation};
+use crate::flow::Flow;
+use crate::machine::Instant;
+use crate::origin::{Origin, RequestOrigin, Scheme, resolve_public_origin};
+use crate::outbound::{
+    AuthResolution, OutboundCredential, debug_requested, is_gateway_key, resolve_outbound_auth,
+};
+use crate::redirect::validate_redirect_uri;
+use crate::secret::Secret;
+
+mod admission;
+mod oauth;
+mod startup;
+#[cfg(test)]
+mod tests;
+mod upstream;
+
+use self::admission::*;
+pub use self::oauth::*;
+pub use self::startup::*;
+pub use self::upstream::*;
+
+/// How long an authorization started at the gateway may take before its `state` expires.
+pub const FLOW_LIFETIME_MILLIS: u64 = 10 * 60 * 1000;
+
+/// The parts of a request the gateway decides on.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestHead<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The path and query as received.
+    pub path_and_query: &'a str,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+    /// The listener's scheme.
+    pub scheme: Scheme,
+    /// The TCP peer.
+    pub peer: Option<IpAddr>,
+}
+
+pub use crate::route::Route;
+
+/// Maps a method and path to a route (see [`Route::parse`]).
+pub fn route(method: &Method, path_and_query: &str) -> Route {
+    Route::parse(method, path_and_query)
+}
+
+/// What the server must do with one request.
+#[derive(Debug)]
+pub enum Action {
+    /// Answer with this response.
+    Respond(Response<Vec<u8>>),
+    /// Forward the MCP request to the server's upstream.
+    Forward(Forward),
+    /// Read the body (up to the MCP limit), [`Aggregate::plan`] it and carry out the plan: the
+    /// request concerns several servers (`POST /mcp`, `/mcp-rest/tools/*`).
+    Aggregate(Aggregate),
+    /// Read the form body, build the upstream request with [`build_token_request`], send it, and
+    /// answer with [`finish_token_response`].
+    ProxyToken {
+        /// The server's name.
+        server: String,
+        /// The gateway's public origin for this request (its callback URL is derived from it).
+        origin: Origin,
+    },
+    /// Forward the client's registration body to this upstream registration endpoint and relay the
+    /// answer (status and JSON body).
+    ProxyRegister {
+        /// The server's name.
+        server: String,
+        /// The upstream registration endpoint.
+        url: Url,
+    },
+}
+
+/// What to do when the upstream MCP server answers a forwarded request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamReaction {
+    /// Relay the answer as it is.
+    Relay,
+    /// Drop the cached token the gateway obtained (M2M or exchanged), fetch a fresh one and retry
+    /// once (design §4.3).
+    RetryWithFreshToken,
+}
+
+/// Decides how to treat the upstream's status for a forwarded request; `retried` says whether
+/// this answer is already the retry.
+pub fn upstream_reaction(forward: &Forward, status: StatusCode, retried: bool) -> UpstreamReaction {
+    // The tokens the gateway obtained itself (M2M, RFC 8693 exchange) may be cached past their
+    // validity upstream; a caller's own or static credential would only fail again.
+    let gateway_token = matches!(
+        forward.credential,
+        OutboundCredential::ClientCredentialsToken | OutboundCredential::ExchangeToken { .. }
+    );
+    if status == StatusCode::UNAUTHORIZED && !retried && !forward.delegated && gateway_token {
+        UpstreamReaction::RetryWithFreshToken
+    } else {
+        UpstreamReaction::Relay
+    }
+}
+
+/// An MCP request to forward.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    /// The target server's name.
+    pub server: String,
+    /// The upstream URL.
+    pub url: Url,
+    /// Headers to send upstream (the credential is attached by the server per `credential`).
+    pub headers: HeaderMap,
+    /// Which credential to attach.
+    pub credential: OutboundCredential,
+    /// How it was chosen.
+    pub resolution: AuthResolution,
+    /// Auth was delegated: relay the upstream's 401 and `WWW-Authenticate` as they are.
+    pub delegated: bool,
+    /// The caller asked for debug headers.
+    pub debug: bool,
+}
+
+/// A request to the aggregating endpoints, with one [`Forward`] per target server: each carries
+/// the URL, headers and credential for that server, exactly as a single-server request would.
+#[derive(Debug)]
+pub struct Aggregate {
+    /// Which endpoint the request came to.
+    pub endpoint: crate::aggregate::Endpoint,
+    /// The target servers, in the order the caller named them (or the configuration lists them).
+    pub targets: Vec<Forward>,
+    /// The REST listing's `cursor` query parameter.
+    pub cursor: Option<String>,
+    names: Vec<String>,
+}
+
+impl Forward {
+    /// The upstream session this forward belongs to (see [`crate::aggregate::session_key`]).
+    pub fn session_key(&self) -> crate::aggregate::SessionKey {
+        crate::aggregate::session_key(&self.server, &self.credential, &self.headers)
+    }
+}
+
+impl Aggregate {
+    /// Plans the request from its body (see [`crate::aggregate::plan`]); a plan's `target` is an
+    /// index into [`Aggregate::targets`].
+    pub fn plan(&self, body: &[u8]) -> crate::aggregate::Plan {
+        let delegated = self.targets.iter().all(|target| target.delegated);
+        let request = crate::aggregate::Request {
+            endpoint: self.endpoint,
+            servers: &self.names,
+            delegated,
+            cursor: self.cursor.as_deref(),
+        };
+        crate::aggregate::plan(&request, body)
+    }
+}
+
+/// Inputs to [`decide`] besides the request.
+pub struct Context<'a> {
+    /// The loaded configuration.
+    pub config: &'a GatewayConfig,
+    /// The OAuth routes' state; needed only where [`Route::is_oauth`] holds (an OAuth request
+    /// without it is refused with a 503, never served without its checks).
+    pub oauth: Option<&'a mut OAuthState>,
+    /// The time.
+    pub now: Instant,
+    /// 16 fresh random bytes for the upstream `state` when this request starts a flow. Only
+    /// routes for which [`Route::needs_random`] holds use them, so a server can skip the system
+    /// call on every other request; an authorization without them is refused (503).
+    pub random: Option<[u8; 16]>,
+}
+
+pub use crate::reply::error_response;
+use crate::reply::json_response;
+
+fn not_found() -> Response<Vec<u8>> {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such route or server")
+}
+
+/// A server that serves the browser-facing OAuth endpoints (interactive oauth2 only).
+fn interactive<'c>(config: &'c GatewayConfig, name: &str) -> Option<&'c ServerConfig> {
+    config.servers.get(name).filter(|server| {
+        server.policy.auth_type == AuthType::OAuth2 && server.policy.flow == Flow::AuthorizationCode
+    })
+}
+
+/// Decides what to do with one request (see the module docs).
+pub fn decide(head: &RequestHead<'_>, context: &mut Context<'_>) -> Action {
+    decide_routed(route(head.method, head.path_and_query), head, context)
+}
+
+/// [`decide`] for a request the server has routed already (it needs the route before deciding,
+/// to know whether to lock the OAuth state): the path is parsed once.
+pub fn decide_routed(route: Route, head: &RequestHead<'_>, context: &mut Context<'_>) -> Action {
+    if route == Route::Health {
+        return Action::Respond(json_response(StatusCode::OK, &json!({"status": "ok"})));
+    }
+    if route == Route::NotFound {
+        return Action::Respond(not_found());
+    }
+    let config = context.config;
+    // MCP routes need the public origin only to point a refused caller at the metadata; resolving
+    // it (a strict parse of `Host`) on every forwarded call would be wasted work.
+    match &route {
+        Route::ServerMcp(name) => return mcp(head, name, config),
+        Route::Mcp => return aggregate_mcp(head, config),
+        Route::RestToolsList | Route::RestToolsCall => return rest_tools(head, &route, config),
+        _ => {}
+    }
+    let origin = match public_origin(head, config) {
+        Ok(origin) => origin,
+        Err(refusal) => return Action::Respond(refusal),
+    };
+    if route.is_oauth() {
+        // A stranger's OAuth traffic: its budget is spent before anything is parsed or kept, and
+        // it is served only under an origin an attacker cannot choose.
+        let Some(oauth) = context.oauth.as_deref_mut() else {
+            return Action::Respond(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "the gateway's OAuth state is not available to this request",
+            ));
+        };
+        if let Err(over) = oauth.budget.spend(head.peer, context.now) {
+            return Action::Respond(over_budget(&over));
+        }
+        if let Err(refusal) = oauth_origin(&origin, config) {
+            return Action::Respond(refusal);
+        }
+    }
+    let (now, random) = (context.now, context.random);
+    let oauth = context.oauth.as_deref_mut();
+    match (route, oauth) {
+        (Route::ProtectedResourceMetadata(name), _) => match interactive(config, &name) {
+            Some(_) => Action::Respond(json_response(
+                StatusCode::OK,
+                &json!({
+                    "resource": format!("{origin}/{name}/mcp"),
+                    "authorization_servers": [format!("{origin}/{name}")],
+                    "bearer_methods_supported": ["header"],
+                }),
+            )),
+            None => Action::Respond(not_found()),
+        },
+        (Route::AuthorizationServerMetadata(name), _) => match interactive(config, &name) {
+            Some(server) => Action::Respond(json_response(
+                StatusCode::OK,
+                &authorization_server_metadata(&origin, server),
+            )),
+            None => Action::Respond(not_found()),
+        },
+        (Route::Authorize(name), Some(oauth)) => match interactive(config, &name) {
+            Some(server) => {
+                Action::Respond(authorize(head, &origin, server, config, &mut oauth.flows, now, random))
+            }
+            None => Action::Respond(not_found()),
+        },
+        (Route::Callback, Some(oauth)) => {
+            Action::Respond(callback(head, &origin, config, &mut oauth.flows, now))
+        }
+        (Route::Token(name), Some(_)) => match interactive(config, &name) {
+            Some(server) => proxy_token(head, origin, server),
+            None => Action::Respond(not_found()),
+        },
+        (Route::Register(name), Some(_)) => match interactive(config, &name) {
+            Some(server) => register(server),
+            None => Action::Respond(not_found()),
+        },
+        _ => Action::Respond(not_found()),
+    }
+}
+
+/// The 429 for a peer past its budget (or 503 when the budget table itself is full).
+fn over_budget(over: &OverBudget) -> Response<Vec<u8>> {
+    let (status, retry_after) = match over {
+        OverBudget::Peer { retry_after } => (StatusCode::TOO_MANY_REQUESTS, retry_after.as_secs().max(1)),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, 1),
+    };
+    let mut response = error_response(status, over.reason(), &over.to_string());
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    response
+}
+
+/// Whether OAuth may be served under `origin` (design §4.4): the origin must be pinned (a Host an
+/// attacker chose would let him start a flow under his own origin and collect a victim's code),
+/// and https unless it is loopback. Start-up refuses such configurations
+/// ([`check_startup`]); this holds the rule for an embedder who skipped that check.
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+fn oauth_origin(origin: &Origin, config: &GatewayConfig) -> Result<(), Response<Vec<u8>>> {
+    if !config.settings.origin.is_pinned() {
+        return Err(error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "origin_not_pinned",
+            "the gateway's public origin is not pinned; set PROXY_BASE_URL",
+        ));
+    }
+    if origin.scheme() != Scheme::Https && !origin.is_loopback() {
+        return Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "insecure_origin",
+            "OAuth is served only over https (or on loopback)",
+        ));
+    }
+    Ok(())
+}
+
+/// The gateway's public origin for this request (design §4.4), or the 400 that refuses a request
+/// whose origin cannot be resolved (a malformed `Host`, forged or malformed forwarding headers).
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+fn public_origin(head: &RequestHead<'_>, config: &GatewayConfig) -> Result<Origin, Response<Vec<u8>>> {
+    let request_origin = RequestOrigin {
+        scheme: head.scheme,
+        host: head.headers.get(header::HOST).and_then(|value| value.to_str().ok()),
+        peer: head.peer,
+        headers: head.headers,
+    };
+    resolve_public_origin(&config.settings.origin, &request_origin)
+        .map(|resolved| resolved.origin)
+        .map_err(|error| error_response(StatusCode::BAD_REQUEST, error.reason(), &error.to_string()))
+}
