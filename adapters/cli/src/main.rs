@@ -4,6 +4,9 @@
 //! with the change that would fix it. Exit status: 0 accepted or valid, 1 rejected or invalid,
 //! 2 usage error (unknown flag, missing argument), as documented in `--help`.
 #![forbid(unsafe_code)]
+// clap prints the doc comments below as `--help` text, where a URL is plain text: an autolink's
+// `<...>` would show up in the terminal.
+#![allow(rustdoc::bare_urls)]
 
 mod demo;
 mod serve;
@@ -102,6 +105,13 @@ struct ConnectArgs {
     /// The client secret (default: $MCP_OAUTH_CLIENT_SECRET).
     #[arg(long)]
     client_secret: Option<String>,
+    /// The authorization server's issuer: pins where a configured client secret may go (a token
+    /// endpoint on this origin) and is checked against the discovered metadata.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// The token endpoint: the client secret goes here and nowhere else.
+    #[arg(long)]
+    token_url: Option<String>,
     /// A scope to request instead of the discovered ones; repeat for several.
     #[arg(long = "scope")]
     scopes: Vec<String>,
@@ -265,6 +275,17 @@ fn connect(args: ConnectArgs, env: &dyn Fn(&str) -> Option<String>) -> ExitCode 
         metadata_document_url,
         client_name: "mcp-oauth".to_owned(),
     };
+    for (value, slot, flag) in [
+        (&args.issuer, &mut config.configured.issuer, "--issuer"),
+        (&args.token_url, &mut config.configured.token_endpoint, "--token-url"),
+    ] {
+        if let Some(value) = value {
+            match Url::parse(value) {
+                Ok(url) => *slot = Some(url),
+                Err(error) => return invalid(error, &format!("pass an absolute URL to {flag}")),
+            }
+        }
+    }
     if !args.scopes.is_empty() {
         config.scopes = Some(args.scopes);
     }

@@ -106,6 +106,12 @@ pub struct SessionConfig {
     pub entropy: Vec<[u8; 48]>,
     /// Limits on MCP requests.
     pub mcp_limits: Limits,
+    /// Send a configured client secret to the token endpoint discovery names even on another
+    /// origin. Design §4.2 step 7 refuses that by default (hostile metadata could collect the
+    /// secret); set it only when the authorization server is trusted as a whole, as a conformance
+    /// harness that hands out both the server and the credentials is. Pinning `configured.issuer`
+    /// or `configured.token_endpoint` is the better fix.
+    pub trust_discovered_token_endpoint: bool,
 }
 
 impl SessionConfig {
@@ -131,6 +137,7 @@ impl SessionConfig {
             max_authorizations: 3,
             entropy,
             mcp_limits,
+            trust_discovered_token_endpoint: false,
         }
     }
 }
@@ -541,7 +548,10 @@ impl Session {
         endpoint: &Url,
     ) -> Result<(), FetchPolicyError> {
         let sends_secret = registration.client_secret.is_some() && auth != TokenEndpointAuth::None;
-        if !sends_secret || registration.source != RegistrationSource::PreRegistered {
+        if !sends_secret
+            || registration.source != RegistrationSource::PreRegistered
+            || self.config.trust_discovered_token_endpoint
+        {
             return Ok(());
         }
         let configured = &self.config.configured;
@@ -1212,6 +1222,19 @@ mod tests {
         let run = run_with(&mut Session::new(interactive), |request| respond(request));
         assert_eq!(run.outcome.unwrap_err().reason(), "unpinned_secret_destination");
         assert!(leaked_secret(&run.sent).is_empty());
+    }
+
+    #[test]
+    fn trusting_the_discovered_token_endpoint_is_an_explicit_choice() {
+        let hostile = json!({"token_endpoint": "https://collector.evil.example/token"});
+        let mut trusting = m2m_config();
+        trusting.trust_discovered_token_endpoint = true;
+        let mut respond = hostile_metadata(hostile);
+        let run = run_with(&mut Session::new(trusting), |request| respond(request));
+        assert!(
+            run.sent.iter().any(|r| r.uri().host() == Some("collector.evil.example")),
+            "the opted-in client sends its token request to the discovered endpoint"
+        );
     }
 
     #[test]

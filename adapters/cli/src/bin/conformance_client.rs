@@ -53,6 +53,9 @@ fn main() -> ExitCode {
         metadata_document_url: Url::parse(CONFORMANCE_CLIENT_METADATA_URL).ok(),
         client_name: "mcp-oauth conformance client".to_owned(),
     };
+    // The harness hands out both the authorization server (on its own port) and the credentials
+    // for it, so it is trusted as a whole; a real deployment pins the issuer or token_url instead.
+    config.trust_discovered_token_endpoint = true;
     if scenario.contains("client-credentials") {
         config.grant = GrantKind::ClientCredentials;
     }
