@@ -81,8 +81,8 @@ use mcp_oauth_core::aggregate::{self, Answer, Endpoint, Plan, SessionStore, Upst
 use mcp_oauth_core::client::token::parse_token_response;
 use mcp_oauth_core::config::{GatewayConfig, ServerConfig};
 use mcp_oauth_core::gateway::{
-    self, Action, Aggregate, Context, Forward, OAuthState, RequestHead, StartupError, UpstreamReaction,
-    error_response,
+    self, Action, Aggregate, CallStep, Context, Forward, OAuthState, RequestHead, StartupError,
+    UpstreamFailure, UpstreamReaction, error_response,
 };
 use mcp_oauth_core::metadata::TokenResponse;
 use mcp_oauth_core::origin::{Origin, Scheme};
@@ -200,30 +200,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The answer for a request that waited for another request's failed token fetch, or that came
-/// while the cache backs off after failures: core's JSON error naming the step, 503 (504 after a
-/// timeout, as for the request that fetched), with `Retry-After` while backing off.
-fn token_unavailable(error: &CacheError, step: &str) -> Response<GatewayBody> {
-    match error {
-        CacheError::BackingOff { reason, retry_in } => {
-            let seconds = retry_in.as_secs() + u64::from(retry_in.subsec_nanos() > 0);
-            let mut response = refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "token_endpoint_failed",
-                &format!("{step}: recent fetches failed ({reason}); the next try is in {seconds} s"),
-            );
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-            response
-        }
-        CacheError::Fetch { reason, message } => {
-            let (status, error) = match *reason {
-                "upstream_timeout" => (StatusCode::GATEWAY_TIMEOUT, *reason),
-                "server_error" => (StatusCode::INTERNAL_SERVER_ERROR, *reason),
-                "upstream_unreachable" | "upstream_error" => (StatusCode::SERVICE_UNAVAILABLE, *reason),
-                _ => (StatusCode::SERVICE_UNAVAILABLE, "token_endpoint_failed"),
-            };
-            refuse(status, error, &format!("{step}: {message}"))
-        }
-    }
+/// while the cache backs off after failures: core's answer for the failure the fetch had.
+fn token_unavailable(error: &CacheError, server: &str) -> Response<GatewayBody> {
+    let failure = match error {
+        CacheError::BackingOff { retry_in, .. } => UpstreamFailure::BackingOff { retry_in: *retry_in },
+        CacheError::Fetch { reason, .. } => UpstreamFailure::from_reason(reason),
+    };
+    fail(CallStep::FetchToken, server, &failure)
+}
+
+/// Core's answer for a failed step.
+fn fail(step: CallStep, server: &str, failure: &UpstreamFailure) -> Response<GatewayBody> {
+    full(gateway::failure_response(step, server, failure))
 }
 
 /// Everything the server shares between requests: the configuration snapshot, the flows in
@@ -495,42 +483,8 @@ async fn read_body(
     }
 }
 
-/// Why an upstream exchange produced no response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Failure {
-    /// No answer in time.
-    Timeout,
-    /// Connecting, TLS, or reading failed.
-    Unreachable,
-    /// The answer was larger than allowed.
-    TooLarge,
-    /// The fetch policy refuses the upstream's address (or one its name resolves to); nothing
-    /// was connected.
-    Blocked,
-}
-
-impl Failure {
-    /// The response for a failed step: 504 on a timeout, `status` otherwise.
-    fn response(self, status: StatusCode, step: &str) -> Response<GatewayBody> {
-        match self {
-            Self::Timeout => {
-                refuse(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &format!("{step}: no answer in time"))
-            }
-            Self::Unreachable => {
-                refuse(status, "upstream_unreachable", &format!("{step}: the upstream could not be reached"))
-            }
-            Self::TooLarge => refuse(status, "upstream_error", &format!("{step}: the answer is too large")),
-            Self::Blocked => refuse(
-                status,
-                "blocked_by_fetch_policy",
-                &format!("{step}: the fetch policy refuses the upstream's address"),
-            ),
-        }
-    }
-}
-
-fn parse_uri(url: &Url) -> Result<Uri, Failure> {
-    url.as_str().parse::<Uri>().map_err(|_| Failure::Unreachable)
+fn parse_uri(url: &Url) -> Result<Uri, UpstreamFailure> {
+    url.as_str().parse::<Uri>().map_err(|_| UpstreamFailure::Unreachable)
 }
 
 /// Sends one request under the fetch policy ([`private_allowed`] of the server it is for) and
@@ -540,31 +494,31 @@ async fn send(
     request: Request<Full<Bytes>>,
     allow_private: bool,
     timeout: Duration,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<Incoming>, UpstreamFailure> {
     match tokio::time::timeout(timeout, state.upstream.request(request, allow_private)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(SendError::Blocked(why))) => {
             tracing::warn!(%why, "upstream request refused by the fetch policy");
-            Err(Failure::Blocked)
+            Err(UpstreamFailure::Blocked)
         }
         Ok(Err(SendError::Client(error))) => {
             tracing::debug!(connect = error.is_connect(), "upstream request failed");
-            Err(Failure::Unreachable)
+            Err(UpstreamFailure::Unreachable)
         }
-        Err(_elapsed) => Err(Failure::Timeout),
+        Err(_elapsed) => Err(UpstreamFailure::Timeout),
     }
 }
 
 /// Reads an upstream answer's body whole, at most `limit` bytes.
-async fn read_whole<B>(body: B, limit: usize) -> Result<Bytes, Failure>
+async fn read_whole<B>(body: B, limit: usize) -> Result<Bytes, UpstreamFailure>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(Failure::TooLarge),
-        Err(_) => Err(Failure::Unreachable),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(UpstreamFailure::TooLarge),
+        Err(_) => Err(UpstreamFailure::Unreachable),
     }
 }
 
@@ -576,7 +530,7 @@ async fn exchange(
     allow_private: bool,
     timeout: Duration,
     limit: usize,
-) -> Result<Response<Vec<u8>>, Failure> {
+) -> Result<Response<Vec<u8>>, UpstreamFailure> {
     let (parts, body) = request.into_parts();
     let request = Request::from_parts(parts, Full::new(Bytes::from(body)));
     let whole = async {
@@ -584,7 +538,7 @@ async fn exchange(
         let (parts, body) = response.into_parts();
         Ok(Response::from_parts(parts, read_whole(body, limit).await?.to_vec()))
     };
-    tokio::time::timeout(timeout, whole).await.unwrap_or(Err(Failure::Timeout))
+    tokio::time::timeout(timeout, whole).await.unwrap_or(Err(UpstreamFailure::Timeout))
 }
 
 /// The upstream token (M2M or exchange) for `key` from the token cache; on a miss this request
@@ -615,13 +569,8 @@ async fn fetch_token(
         .await;
     match fetched {
         Ok(token) => Ok(token.access_token().clone()),
-        Err(error) => Err(refusal.unwrap_or_else(|| token_unavailable(&error, &token_step(server)))),
+        Err(error) => Err(refusal.unwrap_or_else(|| token_unavailable(&error, &server.name))),
     }
-}
-
-/// The step a token fetch for `server` is named by in error answers.
-fn token_step(server: &ServerConfig) -> String {
-    format!("fetching the upstream token for `{}`", server.name)
 }
 
 /// Requests an upstream token as core builds the request. A failure comes as the cache's
@@ -632,33 +581,21 @@ async fn request_token(
     server: &ServerConfig,
     credential: &OutboundCredential,
 ) -> Result<TokenResponse, (FetchError, Response<GatewayBody>)> {
-    let step = token_step(server);
     let request = gateway::outbound_token_request(server, credential).map_err(|refusal| {
-        let reason = match refusal.status() {
-            StatusCode::INTERNAL_SERVER_ERROR => "server_error",
-            _ => "token_endpoint_failed",
-        };
         let message = "the configuration does not allow a token request";
-        (FetchError::new(reason, message), full(refusal))
+        (FetchError::new("token_endpoint_failed", message), full(refusal))
     })?;
     let (limit, private) = (state.options.max_token_response, private_allowed(server));
     let response =
         exchange(state, request, private, state.options.token_timeout, limit).await.map_err(|failure| {
-            let (reason, message) = match failure {
-                Failure::Timeout => ("upstream_timeout", "the token endpoint did not answer in time"),
-                Failure::Unreachable => ("upstream_unreachable", "the token endpoint could not be reached"),
-                Failure::TooLarge => ("upstream_error", "the token endpoint's answer is too large"),
-                Failure::Blocked => ("blocked_by_fetch_policy", "the fetch policy refuses its address"),
-            };
-            (FetchError::new(reason, message), failure.response(StatusCode::SERVICE_UNAVAILABLE, &step))
+            let answer = fail(CallStep::FetchToken, &server.name, &failure);
+            (FetchError::new(failure.reason(), failure.message()), answer)
         })?;
     let token = parse_token_response(&response).map_err(|error| {
         tracing::warn!(server = %server.name, reason = error.reason(), "the token endpoint refused or failed");
-        let status = response.status().as_u16();
-        let message = format!("the token endpoint answered HTTP {status} ({})", error.reason());
-        let description = format!("{step}: {message}");
-        let answer = refuse(StatusCode::SERVICE_UNAVAILABLE, "token_endpoint_failed", &description);
-        (FetchError::new("token_endpoint_failed", message), answer)
+        let failure = UpstreamFailure::TokenRefused { status: response.status().as_u16() };
+        let answer = fail(CallStep::FetchToken, &server.name, &failure);
+        (FetchError::new(failure.reason(), failure.message()), answer)
     })?;
     gateway::validate_fetched_token(server, response.body()).map_err(|refusal| {
         tracing::warn!(server = %server.name, "the upstream token failed token_validation; not used");
@@ -731,10 +668,6 @@ async fn forward_mcp(
     }
 }
 
-fn step(server: &ServerConfig) -> String {
-    format!("forwarding to the upstream MCP server `{}`", server.name)
-}
-
 /// Sends `body` to `forward`'s upstream with the credential core chose: one request, and one
 /// retry with a fresh token when core's [`gateway::upstream_reaction`] asks for it. Returns the
 /// answer and the `Authorization` value that went up (for the debug headers).
@@ -745,13 +678,7 @@ async fn send_forward(
     forward: &Forward,
     body: Bytes,
 ) -> Result<(Response<Incoming>, Option<String>), Response<GatewayBody>> {
-    let Ok(uri) = parse_uri(&forward.url) else {
-        return Err(refuse(
-            StatusCode::BAD_GATEWAY,
-            "upstream_unreachable",
-            "the upstream URL is not usable",
-        ));
-    };
+    let uri = parse_uri(&forward.url).map_err(|failure| fail(CallStep::Forward, &server.name, &failure))?;
     let mut retried = false;
     loop {
         let (credential, cached) = credential_header(state, server, forward).await?;
@@ -771,7 +698,7 @@ async fn send_forward(
         }
         let response = send(state, request, private_allowed(server), state.options.upstream_timeout)
             .await
-            .map_err(|failure| failure.response(StatusCode::BAD_GATEWAY, &step(server)))?;
+            .map_err(|failure| fail(CallStep::Forward, &server.name, &failure))?;
         match gateway::upstream_reaction(forward, response.status(), retried) {
             UpstreamReaction::RetryWithFreshToken if !retried => {
                 if let Some((key, token)) = &cached {
@@ -806,11 +733,7 @@ fn relay(
 ) -> Response<GatewayBody> {
     let status = upstream.status();
     let mut response = if status.is_server_error() {
-        refuse(
-            StatusCode::BAD_GATEWAY,
-            "upstream_error",
-            &format!("{}: the upstream answered HTTP {}", step(server), status.as_u16()),
-        )
+        fail(CallStep::Forward, &server.name, &UpstreamFailure::ServerError(status.as_u16()))
     } else {
         let (parts, body) = upstream.into_parts();
         let mut response = Response::new(body);
@@ -937,13 +860,13 @@ async fn gathered(
         let (parts, body) = response.into_parts();
         match read_whole(body, state.options.max_gathered_answer).await {
             Ok(bytes) => (Answer::Upstream(Response::from_parts(parts, bytes.to_vec())), outbound),
-            Err(failure) => failed(into_vec(failure.response(StatusCode::BAD_GATEWAY, &step(server))).await),
+            Err(failure) => failed(gateway::failure_response(CallStep::Forward, &server.name, &failure)),
         }
     };
     match tokio::time::timeout(state.options.upstream_timeout, whole).await {
         Ok(answer) => answer,
         Err(_elapsed) => {
-            failed(into_vec(Failure::Timeout.response(StatusCode::BAD_GATEWAY, &step(server))).await)
+            failed(gateway::failure_response(CallStep::Forward, &server.name, &UpstreamFailure::Timeout))
         }
     }
 }
@@ -1002,8 +925,8 @@ async fn open_session(
     let read = read_whole(body, state.options.max_gathered_answer);
     let bytes = match tokio::time::timeout(state.options.upstream_timeout, read).await {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(failure)) => return Err(failure.response(StatusCode::BAD_GATEWAY, &step(server))),
-        Err(_elapsed) => return Err(Failure::Timeout.response(StatusCode::BAD_GATEWAY, &step(server))),
+        Ok(Err(failure)) => return Err(fail(CallStep::Forward, &server.name, &failure)),
+        Err(_elapsed) => return Err(fail(CallStep::Forward, &server.name, &UpstreamFailure::Timeout)),
     };
     let answer = Response::from_parts(parts, bytes.to_vec());
     let Some(session) = aggregate::session_from_initialize(&answer) else {
@@ -1053,11 +976,10 @@ async fn proxy_token(
         Ok(request) => request,
         Err(response) => return full(response),
     };
-    let step = format!("exchanging the code at the upstream token endpoint of `{}`", server.name);
     let (timeout, limit) = (state.options.token_timeout, state.options.max_token_response);
     match exchange(state, request, private_allowed(server), timeout, limit).await {
         Ok(upstream) => full(gateway::finish_token_response(server, upstream)),
-        Err(failure) => failure.response(StatusCode::SERVICE_UNAVAILABLE, &step),
+        Err(failure) => fail(CallStep::ExchangeCode, &server.name, &failure),
     }
 }
 
@@ -1075,7 +997,6 @@ async fn proxy_register(
         Ok(body) => body,
         Err(response) => return response,
     };
-    let step = format!("registering at the upstream registration endpoint of `{server}`");
     let request = Request::builder()
         .method(Method::POST)
         .uri(url.as_str())
@@ -1083,16 +1004,14 @@ async fn proxy_register(
         .header(header::ACCEPT, "application/json")
         .body(body.to_vec());
     let Ok(request) = request else {
-        return refuse(StatusCode::BAD_GATEWAY, "upstream_unreachable", "the registration URL is not usable");
+        return fail(CallStep::Register, server, &UpstreamFailure::Unreachable);
     };
     let allow_private = state.config.servers.get(server).is_some_and(private_allowed);
     let (timeout, limit) = (state.options.token_timeout, state.options.max_token_response);
     match exchange(state, request, allow_private, timeout, limit).await {
-        Ok(upstream) if upstream.status().is_server_error() => refuse(
-            StatusCode::BAD_GATEWAY,
-            "upstream_error",
-            &format!("{step}: the upstream answered HTTP {}", upstream.status().as_u16()),
-        ),
+        Ok(upstream) if upstream.status().is_server_error() => {
+            fail(CallStep::Register, server, &UpstreamFailure::ServerError(upstream.status().as_u16()))
+        }
         Ok(upstream) => {
             let (parts, body) = upstream.into_parts();
             let mut response = Response::new(body);
@@ -1101,6 +1020,6 @@ async fn proxy_register(
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             full(response)
         }
-        Err(failure) => failure.response(StatusCode::BAD_GATEWAY, &step),
+        Err(failure) => fail(CallStep::Register, server, &failure),
     }
 }

@@ -28,6 +28,7 @@ use crate::redirect::validate_redirect_uri;
 use crate::secret::Secret;
 
 mod admission;
+mod failure;
 mod oauth;
 mod startup;
 #[cfg(test)]
@@ -35,6 +36,7 @@ mod tests;
 mod upstream;
 
 use self::admission::*;
+pub use self::failure::*;
 pub use self::oauth::*;
 pub use self::startup::*;
 pub use self::upstream::*;
