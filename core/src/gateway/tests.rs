@@ -1,4 +1,7 @@
 //! Unit tests of the gateway's decisions, driven through [`decide`] with scripted inputs.
+//!
+//! Compiled only under `#[cfg(test)]` (see `gateway/mod.rs`), so the unwraps here never meet
+//! outside input.
 
 use super::*;
 use crate::config::load_yaml;
