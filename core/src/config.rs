@@ -782,9 +782,15 @@ pub fn load(document: &Value, env: EnvLookup<'_>) -> Result<Loaded, ConfigErrors
     }
 }
 
-/// Server names appear in URL paths and header names, so they are restricted to a safe alphabet.
+/// Names the gateway's own routes use at the top of the path (design §4.8): a server cannot take
+/// them.
+pub const RESERVED_SERVER_NAMES: [&str; 5] = [".well-known", "callback", "health", "mcp", "mcp-rest"];
+
+/// Server names appear in URL paths and header names, so they are restricted to a safe alphabet,
+/// and none may be a name the gateway's own routes use ([`RESERVED_SERVER_NAMES`]).
 pub fn is_valid_server_name(name: &str) -> bool {
-    !name.is_empty()
+    !RESERVED_SERVER_NAMES.contains(&name)
+        && !name.is_empty()
         && name.len() <= 64
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
         && name != "."
@@ -807,7 +813,7 @@ fn load_server(
             server,
             None,
             format!("server name `{}` is not usable in a URL path and header name", truncate(name)),
-            "use letters, digits, `_`, `-` and `.` only, at most 64 characters",
+            "use letters, digits, `_`, `-` and `.` only, at most 64 characters, and none of .well-known, callback, health, mcp, mcp-rest",
         ));
         return None;
     }
@@ -868,8 +874,27 @@ fn load_server(
         ));
         return None;
     }
-    let mut valid = true;
-    let url = match entry.url.as_deref().map(Url::parse) {
+    let url = server_url(&entry, name, errors);
+    let mut valid = endpoint_urls_are_valid(&entry, name, errors);
+    if policy.flow == Flow::TokenExchange
+        && (entry.client_id.is_none()
+            || entry.client_secret.is_none()
+            || (entry.token_exchange_endpoint.is_none() && entry.token_url.is_none()))
+    {
+        valid = false;
+        errors.push(Diagnostic::new(Severity::Error, "incomplete_token_exchange", "mcp_servers", server, Some("auth_type"), "`oauth2_token_exchange` needs `client_id`, `client_secret` and `token_exchange_endpoint` or `token_url`".into(), "add the missing fields"));
+    }
+    flow_warnings(&entry, &policy, name, warnings);
+    match (url, valid) {
+        (Some(url), true) => Some(ServerConfig { name: name.to_owned(), url, entry, policy }),
+        _ => None,
+    }
+}
+
+/// The server's `url`: an absolute http(s) URL without userinfo, else an error.
+fn server_url(entry: &ServerEntry, name: &str, errors: &mut Vec<Diagnostic>) -> Option<Url> {
+    let server = Some(name);
+    match entry.url.as_deref().map(Url::parse) {
         Some(Ok(url))
             if matches!(url.scheme(), "http" | "https")
                 && url.host_str().is_some()
@@ -902,7 +927,14 @@ fn load_server(
             ));
             None
         }
-    };
+    }
+}
+
+/// Whether every configured endpoint (`token_url`, `authorization_url`, `registration_url`,
+/// `issuer`, `token_exchange_endpoint`) is an absolute http(s) URL; an error for each that is not.
+fn endpoint_urls_are_valid(entry: &ServerEntry, name: &str, errors: &mut Vec<Diagnostic>) -> bool {
+    let server = Some(name);
+    let mut valid = true;
     for field in ["token_url", "authorization_url", "registration_url", "issuer", "token_exchange_endpoint"] {
         let value = match field {
             "token_url" => entry.token_url.as_deref(),
@@ -930,14 +962,13 @@ fn load_server(
             ));
         }
     }
-    if policy.flow == Flow::TokenExchange
-        && (entry.client_id.is_none()
-            || entry.client_secret.is_none()
-            || (entry.token_exchange_endpoint.is_none() && entry.token_url.is_none()))
-    {
-        valid = false;
-        errors.push(Diagnostic::new(Severity::Error, "incomplete_token_exchange", "mcp_servers", server, Some("auth_type"), "`oauth2_token_exchange` needs `client_id`, `client_secret` and `token_exchange_endpoint` or `token_url`".into(), "add the missing fields"));
-    }
+    valid
+}
+
+/// The warnings a server's flow draws: a discovered token endpoint, an inferred M2M flow,
+/// delegation where it is risky or ignored, and an Entra M2M token without a resource.
+fn flow_warnings(entry: &ServerEntry, policy: &ServerPolicy, name: &str, warnings: &mut Vec<Diagnostic>) {
+    let server = Some(name);
     if policy.flow == Flow::ClientCredentials && entry.token_url.is_none() && entry.issuer.is_none() {
         warnings.push(Diagnostic::new(
             Severity::Warning,
@@ -970,10 +1001,6 @@ fn load_server(
         .any(crate::discovery::is_entra_url);
     if policy.flow == Flow::ClientCredentials && entry.resource == ResourceSetting::Default && entra {
         warnings.push(Diagnostic::new(Severity::Warning, "resource_omitted", "mcp_servers", server, Some("resource"), "the token endpoint is Microsoft Entra, which refuses the RFC 8707 `resource` parameter, so the M2M token request names no resource; an MCP server that checks the token's audience may refuse it".into(), "set `resource:` to the application ID URI Entra should issue the token for (for example api://your-app), or `resource: null` to silence this"));
-    }
-    match (url, valid) {
-        (Some(url), true) => Some(ServerConfig { name: name.to_owned(), url, entry, policy }),
-        _ => None,
     }
 }
 
@@ -1357,6 +1384,18 @@ mcp_servers:
     transport: stdio
     command: npx
 ";
+
+    #[test]
+    fn names_the_gateway_routes_use_are_refused() {
+        for name in RESERVED_SERVER_NAMES {
+            assert!(!is_valid_server_name(name), "{name}");
+            let yaml = format!("mcp_servers:\n  {name}:\n    url: https://x.example/mcp\n");
+            let errors = load_yaml(&yaml, &|_| None).unwrap_err();
+            assert_eq!(errors.errors[0].code, "invalid_server_name", "{name}");
+        }
+        assert!(is_valid_server_name("mcp2"));
+        assert!(is_valid_server_name("callbacks"));
+    }
 
     #[test]
     fn an_entra_m2m_server_is_told_its_token_names_no_resource() {
