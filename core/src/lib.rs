@@ -59,6 +59,23 @@ pub mod token;
 pub mod token_cache;
 pub mod www_authenticate;
 
+/// The paths most embedders need, in one import: `use mcp_oauth_core::prelude::*;`.
+///
+/// The machine contract (to drive any protocol), the OAuth client's session and discovery, the
+/// gateway's per-request decision, the configuration loader and the common policy decisions.
+pub mod prelude {
+    pub use crate::Reason;
+    pub use crate::client::discovery::{Discovery, DiscoveryConfig};
+    pub use crate::client::session::{GrantKind, Operation, Session, SessionConfig};
+    pub use crate::config::{GatewayConfig, load_yaml};
+    pub use crate::fetch_policy::{FetchPolicyError, permits_addresses};
+    pub use crate::gateway::{Action, Context, OAuthState, RequestHead, decide};
+    pub use crate::machine::{Instant, Limits, Machine, Outgoing, RequestId, Step, TransportError};
+    pub use crate::origin::{Origin, Scheme};
+    pub use crate::redirect::{TrustedRedirectOrigins, validate_redirect_uri};
+    pub use crate::secret::Secret;
+}
+
 /// A value with a stable machine-readable reason code, for logs, metrics and `eval`.
 pub trait Reason {
     /// The stable `snake_case` code; never changes meaning between releases.
