@@ -7,6 +7,38 @@
 //! exchange in a microsecond with scripted responses, and each adapter writes **one** generic
 //! driver loop that runs any machine.
 //!
+//! # The drain contract
+//!
+//! What a driver does, and what it may rely on:
+//!
+//! - **Call `poll(now)`** after construction, after every `handle_response`, and whenever a
+//!   deadline the machine reported has passed. Keep calling it after a `Send` until it returns
+//!   `Wait` or `Done`.
+//! - **`Send(requests)`**: perform them (concurrently if several) and feed each answer, or the
+//!   [`TransportError`] that stopped it, to `handle_response(id, result, now)`.
+//! - **`Wait(Some(deadline))`**: poll again when an answer arrives or when `now >= deadline`,
+//!   whichever comes first.
+//! - **`Wait(None)`**: the machine has **nothing in flight** and no timer: nothing can ever wake it.
+//!   A driver treats it as a stall (a bug in the machine), not as a reason to wait.
+//! - **`Done(outcome)`**: the run is over; requests still running can be dropped. Polling again
+//!   returns `Wait(None)`.
+//!
+//! What the machine guarantees, so that a driver which forgets a timeout cannot hang:
+//!
+//! - **Machines own their deadlines** (quinn's `handle_timeout`, folded into `poll`). A request
+//!   emitted by `poll(now)` is due at `now + limits.timeout`. While any request is in flight the
+//!   machine returns `Wait(Some(d))` with `d` no later than the earliest of those deadlines.
+//! - **A deadline passing is an input.** `poll(now)` at or after a request's deadline, with no
+//!   answer fed for it, makes the machine act exactly as if `handle_response(id,
+//!   Err(TransportError::Timeout), now)` had been called. An answer fed for that request later is
+//!   ignored, as is an answer for an id the machine never sent or already had answered.
+//!
+//! The bookkeeping lives in one place, [`InFlight`]: a machine hands every `Step` it returns
+//! through [`InFlight::track`], asks [`InFlight::expire`] at the top of `poll` which requests ran
+//! out of time, and lets [`InFlight::answer`] decide whether an answer still counts. [`OneShot`],
+//! discovery and the session machine are built that way. An adapter may still enforce
+//! [`Limits::timeout`] itself (it cancels the socket sooner); the machine does not depend on it.
+//!
 //! ```
 //! use mcp_oauth_core::machine::{Instant, Machine, Step};
 //!
@@ -18,7 +50,9 @@
 //!                 let response = perform(outgoing.request());
 //!                 machine.handle_response(outgoing.id(), Ok(response), now);
 //!             },
-//!             Step::Wait(_) => continue, // a real driver sleeps until the deadline or an answer
+//!             // A real driver sleeps until the deadline or the next answer, then polls again.
+//!             Step::Wait(Some(_deadline)) => continue,
+//!             Step::Wait(None) => panic!("a machine waiting for nothing can never finish"),
 //!             Step::Done(outcome) => return outcome,
 //!         }
 //!     }
@@ -214,9 +248,12 @@ impl crate::Reason for TransportError {
 /// What a machine wants next.
 #[derive(Debug)]
 pub enum Step<T> {
-    /// Perform these requests (concurrently if several), then feed each answer back.
+    /// Perform these requests (concurrently if several), then feed each answer back; each is due
+    /// `limits.timeout` after the `poll` that returned it.
     Send(Vec<Outgoing>),
-    /// Nothing to send; poll again on an answer or at this deadline.
+    /// Nothing to send; poll again on an answer or at this deadline. `Some` whenever a request is
+    /// in flight (no later than its deadline); `None` only when nothing is in flight and no timer
+    /// is set, so nothing can wake the machine.
     Wait(Option<Instant>),
     /// The outcome; polling again is a logic error and returns `Wait(None)`.
     Done(T),
@@ -228,9 +265,14 @@ pub trait Machine {
     type Outcome;
 
     /// Advances the machine; called after construction, after every answer and at deadlines.
+    ///
+    /// A request whose deadline is at or before `now` and which has no answer is treated as
+    /// answered with [`TransportError::Timeout`] (see the module docs).
     fn poll(&mut self, now: Instant) -> Step<Self::Outcome>;
 
-    /// Feeds the answer to request `id` (a response, or why there is none).
+    /// Feeds the answer to request `id` (a response, or why there is none). An answer for a
+    /// request that is not in flight (never sent, already answered, or past its deadline at an
+    /// earlier `poll`) is ignored.
     fn handle_response(
         &mut self,
         id: RequestId,
@@ -251,13 +293,113 @@ impl RequestIds {
     }
 }
 
+/// The requests a machine has sent and not yet had answered, each with its deadline: the one
+/// piece that makes a machine keep the deadline half of the drain contract (module docs).
+///
+/// Use it in three places:
+///
+/// ```ignore
+/// fn poll(&mut self, now: Instant) -> Step<Outcome> {
+///     for id in self.in_flight.expire(now) {
+///         self.on_answer(id, Err(TransportError::Timeout)); // the deadline passed: a timeout
+///     }
+///     let step = self.advance(now);
+///     self.in_flight.track(step, now) // records sends, reports the earliest deadline
+/// }
+///
+/// fn handle_response(&mut self, id: RequestId, result: Result<Response, TransportError>, now: Instant) {
+///     if self.in_flight.answer(id) {
+///         self.on_answer(id, result); // late, unknown and repeated answers never get here
+///     }
+/// }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct InFlight {
+    /// Request id and deadline, in the order they were sent (a machine has a handful at most).
+    requests: Vec<(RequestId, Instant)>,
+}
+
+impl InFlight {
+    /// An empty tracker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Passes `step` (what the machine's `poll(now)` decided) through, keeping the contract:
+    ///
+    /// - `Send`: each request is recorded as in flight, due at `now + limits.timeout`;
+    /// - `Wait(own)`: becomes `Wait` of the earlier of `own` (a timer the machine keeps itself) and
+    ///   the earliest in-flight deadline, so it is `Wait(None)` only when nothing is in flight;
+    /// - `Done`: the run is over and every request still in flight is forgotten.
+    pub fn track<T>(&mut self, step: Step<T>, now: Instant) -> Step<T> {
+        match step {
+            Step::Send(requests) => {
+                for outgoing in &requests {
+                    self.requests.push((outgoing.id(), now.plus(outgoing.limits().timeout)));
+                }
+                Step::Send(requests)
+            }
+            Step::Wait(own) => {
+                let deadline = match (own, self.deadline()) {
+                    (Some(own), Some(request)) => Some(own.min(request)),
+                    (own, request) => own.or(request),
+                };
+                Step::Wait(deadline)
+            }
+            Step::Done(outcome) => {
+                self.requests.clear();
+                Step::Done(outcome)
+            }
+        }
+    }
+
+    /// Whether an answer for `id` counts: true (and `id` is no longer in flight) if it was in
+    /// flight; false for a request never sent, already answered, or already timed out.
+    pub fn answer(&mut self, id: RequestId) -> bool {
+        let before = self.requests.len();
+        self.requests.retain(|&(request, _)| request != id);
+        self.requests.len() != before
+    }
+
+    /// The requests whose deadline is at or before `now`, in the order they were sent; they are
+    /// no longer in flight, and the machine must treat each as answered with
+    /// [`TransportError::Timeout`].
+    pub fn expire(&mut self, now: Instant) -> Vec<RequestId> {
+        let mut expired = Vec::new();
+        self.requests.retain(|&(id, deadline)| {
+            let due = deadline <= now;
+            if due {
+                expired.push(id);
+            }
+            !due
+        });
+        expired
+    }
+
+    /// The earliest deadline of a request in flight, `None` when nothing is in flight.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.requests.iter().map(|&(_, deadline)| deadline).min()
+    }
+
+    /// Whether no request is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+
+    /// How many requests are in flight.
+    pub fn len(&self) -> usize {
+        self.requests.len()
+    }
+}
+
 /// A machine that performs one request and maps its answer: the building block for token,
-/// registration and refresh exchanges.
+/// registration and refresh exchanges. The request is due `limits.timeout` after the first
+/// `poll`; past that, the answer is [`TransportError::Timeout`].
 pub struct OneShot<F> {
     outgoing: Option<Outgoing>,
-    id: RequestId,
     map: Option<F>,
     result: Option<Result<http::Response<Vec<u8>>, TransportError>>,
+    in_flight: InFlight,
 }
 
 impl<F> OneShot<F> {
@@ -269,27 +411,31 @@ impl<F> OneShot<F> {
         purpose: &'static str,
         map: F,
     ) -> Result<Self, crate::fetch_policy::FetchPolicyError> {
-        let id = RequestId(1);
-        let outgoing = Outgoing::new(id, request, limits, Performer::Client, purpose)?;
-        Ok(Self { outgoing: Some(outgoing), id, map: Some(map), result: None })
+        let outgoing = Outgoing::new(RequestId(1), request, limits, Performer::Client, purpose)?;
+        Ok(Self { outgoing: Some(outgoing), map: Some(map), result: None, in_flight: InFlight::new() })
     }
 }
 
 impl<T, F: FnOnce(Result<http::Response<Vec<u8>>, TransportError>) -> T> Machine for OneShot<F> {
     type Outcome = T;
 
-    fn poll(&mut self, _now: Instant) -> Step<T> {
-        if let Some(outgoing) = self.outgoing.take() {
-            return Step::Send(vec![outgoing]);
+    fn poll(&mut self, now: Instant) -> Step<T> {
+        if !self.in_flight.expire(now).is_empty() {
+            self.result = Some(Err(TransportError::Timeout));
         }
-        match (self.result.take(), self.map.take()) {
-            (Some(result), Some(map)) => Step::Done(map(result)),
-            (result, map) => {
-                self.result = result;
-                self.map = map;
-                Step::Wait(None)
+        let step = if let Some(outgoing) = self.outgoing.take() {
+            Step::Send(vec![outgoing])
+        } else {
+            match (self.result.take(), self.map.take()) {
+                (Some(result), Some(map)) => Step::Done(map(result)),
+                (result, map) => {
+                    self.result = result;
+                    self.map = map;
+                    Step::Wait(None)
+                }
             }
-        }
+        };
+        self.in_flight.track(step, now)
     }
 
     fn handle_response(
@@ -298,7 +444,7 @@ impl<T, F: FnOnce(Result<http::Response<Vec<u8>>, TransportError>) -> T> Machine
         result: Result<http::Response<Vec<u8>>, TransportError>,
         _now: Instant,
     ) {
-        if id == self.id && self.result.is_none() {
+        if self.in_flight.answer(id) {
             self.result = Some(result);
         }
     }
@@ -306,6 +452,10 @@ impl<T, F: FnOnce(Result<http::Response<Vec<u8>>, TransportError>) -> T> Machine
 
 /// A machine run inside another: its request ids are mapped into the parent's id space so the
 /// parent can forward answers without collisions.
+///
+/// Deadlines pass through unchanged: the inner machine keeps its own (its `Wait` is forwarded as
+/// is), and the parent tracks the renumbered requests in its own [`InFlight`] like any other, so
+/// a late answer is dropped by the parent before it reaches the child.
 pub struct Child<M> {
     /// The inner machine.
     pub machine: M,
@@ -351,5 +501,115 @@ impl<M: Machine> Child<M> {
             }
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn at(millis: u64) -> Instant {
+        Instant::from_millis(millis)
+    }
+
+    fn limits(timeout_ms: u64) -> Limits {
+        Limits { timeout: Duration::from_millis(timeout_ms), ..Limits::METADATA }
+    }
+
+    fn outgoing(id: u64, timeout_ms: u64) -> Outgoing {
+        let request = http::Request::get("https://example.com/x").body(Vec::new()).unwrap();
+        Outgoing::new(RequestId(id), request, limits(timeout_ms), Performer::Client, "test").unwrap()
+    }
+
+    type Answer = Result<http::Response<Vec<u8>>, TransportError>;
+
+    /// A `OneShot` whose outcome is the answer's status.
+    fn one_shot(timeout_ms: u64) -> OneShot<impl FnOnce(Answer) -> Result<u16, TransportError>> {
+        let request = http::Request::get("https://example.com/token").body(Vec::new()).unwrap();
+        OneShot::new(request, limits(timeout_ms), "token", |result: Answer| {
+            result.map(|response| response.status().as_u16())
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_tracker_reports_the_earliest_deadline_and_expires_in_send_order() {
+        let mut in_flight = InFlight::new();
+        assert!(matches!(in_flight.track::<()>(Step::Wait(None), at(0)), Step::Wait(None)));
+        let sent = in_flight.track::<()>(Step::Send(vec![outgoing(1, 300), outgoing(2, 100)]), at(50));
+        assert!(matches!(sent, Step::Send(ref requests) if requests.len() == 2));
+        assert_eq!((in_flight.len(), in_flight.deadline()), (2, Some(at(150))));
+        // A machine's own timer wins when earlier; the request deadline when that is earlier.
+        assert!(
+            matches!(in_flight.track::<()>(Step::Wait(Some(at(120))), at(60)), Step::Wait(Some(t)) if t == at(120))
+        );
+        assert!(
+            matches!(in_flight.track::<()>(Step::Wait(Some(at(900))), at(60)), Step::Wait(Some(t)) if t == at(150))
+        );
+        assert!(
+            matches!(in_flight.track::<()>(Step::Wait(None), at(60)), Step::Wait(Some(t)) if t == at(150))
+        );
+        assert_eq!(in_flight.expire(at(149)), []);
+        assert_eq!(in_flight.expire(at(350)), [RequestId(1), RequestId(2)]);
+        assert!(in_flight.is_empty());
+        assert!(!in_flight.answer(RequestId(2)), "an answer after the deadline no longer counts");
+        assert!(matches!(in_flight.track::<()>(Step::Wait(None), at(350)), Step::Wait(None)));
+    }
+
+    #[test]
+    fn the_tracker_counts_each_answer_once_and_forgets_everything_when_done() {
+        let mut in_flight = InFlight::new();
+        let _ = in_flight.track::<()>(Step::Send(vec![outgoing(1, 100), outgoing(2, 100)]), at(0));
+        assert!(in_flight.answer(RequestId(1)));
+        assert!(!in_flight.answer(RequestId(1)), "a repeated answer");
+        assert!(!in_flight.answer(RequestId(7)), "an id never sent");
+        assert_eq!(in_flight.deadline(), Some(at(100)));
+        assert!(matches!(in_flight.track(Step::Done(()), at(10)), Step::Done(())));
+        assert!(in_flight.is_empty() && in_flight.deadline().is_none());
+    }
+
+    #[test]
+    fn a_request_in_flight_reports_its_deadline_and_times_out_unanswered() {
+        let mut machine = one_shot(5_000);
+        assert!(matches!(machine.poll(at(1_000)), Step::Send(_)));
+        for now in [1_000, 3_000, 5_999] {
+            match machine.poll(at(now)) {
+                Step::Wait(Some(deadline)) => assert_eq!(deadline, at(6_000), "at {now}"),
+                other => panic!("at {now}: {other:?}"),
+            }
+        }
+        match machine.poll(at(6_000)) {
+            Step::Done(outcome) => assert_eq!(outcome, Err(TransportError::Timeout)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_late_answer_is_ignored() {
+        let mut machine = one_shot(100);
+        let Step::Send(requests) = machine.poll(at(0)) else { panic!("a request first") };
+        let id = requests[0].id();
+        assert!(matches!(machine.poll(at(250)), Step::Done(Err(TransportError::Timeout))));
+        machine.handle_response(id, Ok(http::Response::new(Vec::new())), at(300));
+        assert!(matches!(machine.poll(at(300)), Step::Wait(None)), "no second outcome, nothing in flight");
+    }
+
+    #[test]
+    fn an_answer_before_the_deadline_wins() {
+        let mut machine = one_shot(100);
+        let Step::Send(requests) = machine.poll(at(0)) else { panic!("a request first") };
+        machine.handle_response(requests[0].id(), Ok(http::Response::new(Vec::new())), at(99));
+        // Polled late, but the answer was already in: it counts.
+        assert!(matches!(machine.poll(at(500)), Step::Done(Ok(200))));
+    }
+
+    #[test]
+    fn an_answer_for_another_id_is_ignored() {
+        let mut machine = one_shot(100);
+        assert!(matches!(machine.poll(at(0)), Step::Send(_)));
+        machine.handle_response(RequestId(99), Ok(http::Response::new(Vec::new())), at(10));
+        assert!(matches!(machine.poll(at(10)), Step::Wait(Some(t)) if t == at(100)));
     }
 }

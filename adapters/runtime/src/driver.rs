@@ -4,13 +4,19 @@
 //! (they run concurrently inside the caller's task, in a [`FuturesUnordered`]), feeds each answer
 //! back as soon as it arrives, sleeps until the machine's deadline when it asks to wait, and
 //! returns the outcome. It makes no OAuth decision: what to send, what an answer means and when to
-//! give up are the machine's.
+//! give up are the machine's, request timeouts included.
 //!
-//! The drain contract, as the loop relies on it: after every input (`handle_response`, or the
-//! deadline passing) the machine is polled again; `Send` is followed by another poll at once;
-//! `Wait(Some(deadline))` wakes on the first answer or at the deadline, whichever comes first
-//! (answers first when both are ready); `Wait(None)` with nothing in flight can never be woken, so
-//! it ends the run with [`DriveError::Stalled`] instead of hanging.
+//! The drain contract ([`mcp_oauth_core::machine`]), as the loop relies on it:
+//!
+//! - after every input (`handle_response`, or the deadline passing) the machine is polled again;
+//!   `Send` is followed by another poll at once;
+//! - `Wait(Some(deadline))` wakes on the first answer or at the deadline, whichever comes first
+//!   (answers first when both are ready). The machine owns its requests' deadlines: polled at one,
+//!   it treats the unanswered request as timed out itself, so no timeout needs wrapping around
+//!   `drive`, and an exchange that never completes cannot hang it;
+//! - `Wait(None)` means the machine has nothing in flight and no timer: nothing can wake it, so the
+//!   run ends with [`DriveError::Stalled`] instead of hanging, even if exchanges the machine has
+//!   given up on are still running here (their answers would be ignored).
 
 use std::future::Future;
 use std::pin::pin;
@@ -26,9 +32,10 @@ use crate::runtime::Runtime;
 
 /// Performs the requests a machine asks for; implemented by [`Io`](crate::io::Io).
 ///
-/// An implementation enforces the request's [`Limits`](mcp_oauth_core::machine::Limits) (the
-/// driver adds no timeout of its own) and routes it by its
-/// [`Performer`](mcp_oauth_core::machine::Performer). Wrap it to record or script requests.
+/// An implementation enforces the request's [`Limits`](mcp_oauth_core::machine::Limits) and
+/// routes it by its [`Performer`](mcp_oauth_core::machine::Performer). Enforcing the timeout here
+/// frees the connection early; the run's progress does not depend on it, since the machine times
+/// the request out at its deadline. Wrap it to record or script requests.
 pub trait Perform {
     /// Performs one request and returns its response, or why there is none.
     fn perform(
@@ -41,8 +48,8 @@ pub trait Perform {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DriveError {
-    /// The machine asked to wait with no deadline while no request was in flight: nothing could
-    /// ever wake it (a bug in the machine).
+    /// The machine asked to wait with no deadline, which under the contract means it has no
+    /// request in flight and no timer: nothing could ever wake it (a bug in the machine).
     #[error("the machine is waiting for nothing: no request in flight and no deadline")]
     Stalled,
 }
@@ -50,8 +57,8 @@ pub enum DriveError {
 /// Runs `machine` to its outcome, reading time from `clock` and sleeping on its runtime.
 ///
 /// Requests are started when the machine asks for them and run concurrently; answers are fed
-/// back in the order they arrive. Requests still in flight when the machine is done are dropped
-/// (cancelled).
+/// back in the order they arrive. Requests still in flight when the machine is done, or stalls,
+/// are dropped (cancelled). The run is bounded by the machine's deadlines, not by anything here.
 pub async fn drive<R: Runtime, M: Machine>(
     machine: &mut M,
     io: &impl Perform,
@@ -71,8 +78,8 @@ pub async fn drive<R: Runtime, M: Machine>(
             }
             Step::Wait(deadline) => {
                 let answer = match (deadline, in_flight.is_empty()) {
-                    (None, true) => return Err(DriveError::Stalled),
-                    (None, false) => in_flight.next().await,
+                    // Nothing the machine waits for: exchanges still running were given up on.
+                    (None, _) => return Err(DriveError::Stalled),
                     (Some(deadline), true) => {
                         clock.sleep_until(deadline).await;
                         None

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use http::Response;
 use mcp_oauth_core::machine::{
-    Instant, Limits, Machine, Outgoing, Performer, RequestId, Step, TransportError,
+    InFlight, Instant, Limits, Machine, OneShot, Outgoing, Performer, RequestId, Step, TransportError,
 };
 use mcp_oauth_core::secret::Secret;
 use mcp_oauth_core::token_cache::{Backoff, CacheConfig, Fetched, TtlPolicy};
@@ -42,6 +42,7 @@ macro_rules! runtime_test_suite {
             drive_runs_requests_concurrently_and_honours_deadlines,
             a_deadline_wakes_the_driver_while_a_request_is_in_flight,
             waiting_for_nothing_is_an_error_not_a_hang,
+            a_request_that_never_answers_cannot_hang_the_driver,
             the_router_sends_each_request_to_its_performer,
             the_clock_round_trips,
             spawn_blocking_returns_the_result_or_the_panic,
@@ -91,33 +92,36 @@ struct Parallel {
     sent: bool,
     answers: Vec<String>,
     deadline: Option<Instant>,
+    in_flight: InFlight,
 }
 
 impl Machine for Parallel {
     type Outcome = (Vec<String>, u64);
 
     fn poll(&mut self, now: Instant) -> Step<Self::Outcome> {
-        if !self.sent {
+        let step = if !self.sent {
             self.sent = true;
-            return Step::Send(vec![get(1, "http://a.test/slow?ms=150"), get(2, "http://a.test/fast")]);
-        }
-        if self.answers.len() < 2 {
-            return Step::Wait(None);
-        }
-        let deadline = *self.deadline.get_or_insert(now.plus(Duration::from_millis(100)));
-        if now < deadline {
-            return Step::Wait(Some(deadline));
-        }
-        Step::Done((std::mem::take(&mut self.answers), now.as_millis()))
+            Step::Send(vec![get(1, "http://a.test/slow?ms=150"), get(2, "http://a.test/fast")])
+        } else if self.answers.len() < 2 {
+            Step::Wait(None) // the tracker turns this into the requests' deadline
+        } else {
+            let deadline = *self.deadline.get_or_insert(now.plus(Duration::from_millis(100)));
+            if now < deadline {
+                Step::Wait(Some(deadline))
+            } else {
+                Step::Done((std::mem::take(&mut self.answers), now.as_millis()))
+            }
+        };
+        self.in_flight.track(step, now)
     }
 
     fn handle_response(
         &mut self,
-        _: RequestId,
+        id: RequestId,
         result: Result<Response<Vec<u8>>, TransportError>,
         _: Instant,
     ) {
-        if let Ok(response) = result {
+        if let (true, Ok(response)) = (self.in_flight.answer(id), result) {
             self.answers.push(String::from_utf8_lossy(response.body()).into_owned());
         }
     }
@@ -126,7 +130,8 @@ impl Machine for Parallel {
 /// Two requests run concurrently (the fast answer first) and the machine's deadline is honoured.
 pub async fn drive_runs_requests_concurrently_and_honours_deadlines<R: Runtime>(runtime: R) {
     let io = Echo { runtime: runtime.clone() };
-    let mut machine = Parallel { sent: false, answers: Vec::new(), deadline: None };
+    let mut machine =
+        Parallel { sent: false, answers: Vec::new(), deadline: None, in_flight: InFlight::new() };
     let (answers, finished_at) =
         drive(&mut machine, &io, &Clock::with_runtime(runtime)).await.expect("an outcome");
     assert_eq!(answers, ["/fast", "/slow"], "the fast answer comes back first");
@@ -181,6 +186,34 @@ impl Machine for Stuck {
 pub async fn waiting_for_nothing_is_an_error_not_a_hang<R: Runtime>(runtime: R) {
     let io = Echo { runtime: runtime.clone() };
     assert_eq!(drive(&mut Stuck, &io, &Clock::with_runtime(runtime)).await, Err(DriveError::Stalled));
+}
+
+/// Never answers: every exchange stays pending forever, as a hung connection without its own
+/// timeout would.
+struct Silent;
+
+impl Perform for Silent {
+    async fn perform(&self, _: Outgoing) -> Result<Response<Vec<u8>>, TransportError> {
+        std::future::pending().await
+    }
+}
+
+/// A request nobody ever answers ends the run at the request's deadline, with the machine's own
+/// timeout outcome: no timeout wrapped around `drive`, none in the `Perform`.
+pub async fn a_request_that_never_answers_cannot_hang_the_driver<R: Runtime>(runtime: R) {
+    let clock = Clock::with_runtime(runtime);
+    let request = http::Request::get("https://a.test/token").body(Vec::new()).expect("a valid request");
+    let limits = Limits { timeout: Duration::from_millis(100), ..Limits::METADATA };
+    let mut machine =
+        OneShot::new(request, limits, "token", |result: Result<Response<Vec<u8>>, TransportError>| {
+            result.map(|response| response.status().as_u16())
+        })
+        .expect("the fetch policy allows it");
+    let started = clock.now();
+    let outcome = drive(&mut machine, &Silent, &clock).await.expect("an outcome, not a stall");
+    let waited = clock.now().saturating_since(started);
+    assert_eq!(outcome, Err(TransportError::Timeout));
+    assert!((Duration::from_millis(100)..Duration::from_secs(5)).contains(&waited), "{waited:?}");
 }
 
 /// A client that answers with `client:{path}`.

@@ -54,8 +54,10 @@ impl DiscoveryFailed {
     }
 }
 
-/// Discovers and fills the endpoints `config` leaves empty, every server at once, each within
-/// `timeout`. Returns one report per server that needed discovery (none when nothing is missing).
+/// Discovers and fills the endpoints `config` leaves empty, every server at once, each discovery
+/// request within `timeout` (the discovery machine enforces it, so a server that never answers is
+/// reported as a timeout). Returns one report per server that needed discovery (none when nothing
+/// is missing).
 pub async fn discover_endpoints(
     config: &mut GatewayConfig,
     timeout: Duration,
@@ -74,15 +76,13 @@ pub async fn discover_endpoints(
     let runs = wanted.into_iter().map(|(name, discovery_config)| {
         let io = &io;
         async move {
+            let mut discovery_config = discovery_config;
+            discovery_config.limits.timeout = timeout;
             let mut discovery = Discovery::new(discovery_config);
-            let outcome = match tokio::time::timeout(timeout, drive(&mut discovery, io)).await {
-                Ok(Ok(Ok(discovered))) => Ok(discovered),
-                Ok(Ok(Err(failure))) => Err(DiscoveryFailed::from(&failure)),
-                Ok(Err(stalled)) => Err(DiscoveryFailed { reason: "stalled", message: stalled.to_string() }),
-                Err(_elapsed) => Err(DiscoveryFailed {
-                    reason: "timeout",
-                    message: format!("discovery took longer than {} s", timeout.as_secs()),
-                }),
+            let outcome = match drive(&mut discovery, io).await {
+                Ok(Ok(discovered)) => Ok(discovered),
+                Ok(Err(failure)) => Err(DiscoveryFailed::from(&failure)),
+                Err(stalled) => Err(DiscoveryFailed { reason: "stalled", message: stalled.to_string() }),
             };
             (name, outcome)
         }

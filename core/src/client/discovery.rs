@@ -20,7 +20,7 @@ use crate::discovery::{
 };
 use crate::fetch_policy::{FetchPolicyError, check_url, is_local_server};
 use crate::machine::{
-    Instant, Limits, Machine, Outgoing, Performer, RequestId, RequestIds, Step, TransportError,
+    InFlight, Instant, Limits, Machine, Outgoing, Performer, RequestId, RequestIds, Step, TransportError,
 };
 use crate::metadata::{AuthorizationServerMetadata, ProtectedResourceMetadata};
 use crate::www_authenticate::{BearerChallenge, parse_bearer};
@@ -252,6 +252,7 @@ pub struct Discovery {
     config: DiscoveryConfig,
     state: State,
     ids: RequestIds,
+    in_flight: InFlight,
     trail: Vec<TrailEntry>,
     probe_status: u16,
     challenge: Option<BearerChallenge>,
@@ -267,6 +268,7 @@ impl Discovery {
             config,
             state: State::Probe,
             ids: RequestIds::default(),
+            in_flight: InFlight::new(),
             trail: Vec::new(),
             probe_status: 0,
             challenge: None,
@@ -550,9 +552,13 @@ fn legacy_metadata(origin: &Url) -> AuthorizationServerMetadata {
 impl Machine for Discovery {
     type Outcome = Result<Discovered, DiscoveryFailure>;
 
-    fn poll(&mut self, _now: Instant) -> Step<Self::Outcome> {
-        // Discovery has no deadlines of its own: every wait is bounded by the requests' limits.
-        self.advance()
+    fn poll(&mut self, now: Instant) -> Step<Self::Outcome> {
+        // Discovery has no timers of its own: every wait is a request's deadline.
+        for id in self.in_flight.expire(now) {
+            self.on_response(id, Err(TransportError::Timeout));
+        }
+        let step = self.advance();
+        self.in_flight.track(step, now)
     }
 
     fn handle_response(
@@ -561,7 +567,9 @@ impl Machine for Discovery {
         result: Result<Response<Vec<u8>>, TransportError>,
         _now: Instant,
     ) {
-        self.on_response(id, result);
+        if self.in_flight.answer(id) {
+            self.on_response(id, result);
+        }
     }
 }
 
@@ -734,7 +742,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::client::testkit::{Exchange, json, raw, run};
+    use crate::client::testkit::{Exchange, json, raw, run, run_from, run_partly_answered};
 
     const MCP: &str = "https://mcp.example.com/mcp";
 
@@ -796,6 +804,49 @@ mod tests {
         assert_eq!(probe.headers()["accept"], "application/json, text/event-stream");
         assert!(String::from_utf8_lossy(probe.body()).contains("\"initialize\""));
         assert!(probe.headers().get("authorization").is_none());
+    }
+
+    #[test]
+    fn an_unanswered_probe_times_out_at_its_deadline() {
+        let config = DiscoveryConfig::new(Url::parse(MCP).unwrap());
+        let timeout = config.limits.timeout;
+        let run = run_partly_answered(&mut Discovery::new(config), Instant::ZERO, |_| None);
+        let failure = run.outcome.unwrap_err();
+        assert_eq!(failure.kind, DiscoveryErrorKind::ProbeFailed(TransportError::Timeout));
+        assert_eq!(run.finished_at, Instant::ZERO.plus(timeout));
+        assert_eq!(run.requests.len(), 1);
+    }
+
+    /// A metadata candidate that does not answer in time is a timeout in the trail and discovery
+    /// moves on; the late answer that arrives afterwards is ignored, even a valid document.
+    #[test]
+    fn a_timed_out_candidate_is_skipped_and_its_late_answer_ignored() {
+        let mut discovery = Discovery::new(DiscoveryConfig::new(Url::parse(MCP).unwrap()));
+        let at = Instant::from_millis;
+        let Step::Send(probe) = discovery.poll(at(0)) else { panic!("the probe first") };
+        discovery.handle_response(probe[0].id(), challenge("Bearer"), at(5));
+        let Step::Send(first) = discovery.poll(at(5)) else { panic!("the first candidate") };
+        assert_eq!(
+            first[0].request().uri(),
+            "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+        );
+        assert!(matches!(discovery.poll(at(6)), Step::Wait(Some(deadline)) if deadline == at(10_005)));
+        // Nobody answered by the deadline: the next candidate goes out, due 10 s later.
+        let Step::Send(second) = discovery.poll(at(10_005)) else { panic!("the next candidate") };
+        assert_eq!(second[0].request().uri(), "https://mcp.example.com/.well-known/oauth-protected-resource");
+        discovery.handle_response(first[0].id(), prm(&["https://late.example.com"]), at(10_006));
+        assert!(matches!(discovery.poll(at(10_006)), Step::Wait(Some(deadline)) if deadline == at(20_005)));
+        discovery.handle_response(second[0].id(), prm(&["https://auth.example.com"]), at(10_007));
+        let run = run_from(&mut discovery, at(10_007), |request| match request.uri().to_string().as_str() {
+            "https://auth.example.com/.well-known/oauth-authorization-server" => {
+                as_metadata("https://auth.example.com")
+            }
+            _ => raw(404, &[], ""),
+        });
+        let found = run.outcome.unwrap();
+        assert_eq!(found.issuer.as_str(), "https://auth.example.com/", "the late document was ignored");
+        assert_eq!(found.trail[1].outcome, CandidateOutcome::Transport(TransportError::Timeout));
+        assert_eq!(found.trail[2].outcome, CandidateOutcome::Accepted);
     }
 
     #[test]

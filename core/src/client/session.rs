@@ -30,7 +30,8 @@ use crate::fetch_policy::{
     FetchPolicyError, SecretPins, check_secret_destination, check_url, is_local_server,
 };
 use crate::machine::{
-    Child, Instant, Limits, Machine, Outgoing, Performer, RequestId, RequestIds, Step, TransportError,
+    Child, InFlight, Instant, Limits, Machine, Outgoing, Performer, RequestId, RequestIds, Step,
+    TransportError,
 };
 use crate::metadata::TokenResponse;
 use crate::secret::Secret;
@@ -300,6 +301,7 @@ pub struct Session {
     results: Vec<Value>,
     outcome: Option<Result<SessionOutcome, SessionError>>,
     pending_send: Vec<Outgoing>,
+    in_flight: InFlight,
     checked_server: bool,
 }
 
@@ -332,6 +334,7 @@ impl Session {
             results: Vec::new(),
             outcome: None,
             pending_send: Vec::new(),
+            in_flight: InFlight::new(),
             checked_server: false,
         }
     }
@@ -738,6 +741,29 @@ impl Machine for Session {
     type Outcome = Result<SessionOutcome, SessionError>;
 
     fn poll(&mut self, now: Instant) -> Step<Self::Outcome> {
+        // Every request this session emits, its own and its discovery child's, is tracked here;
+        // one past its deadline is answered with a timeout before anything else happens.
+        for id in self.in_flight.expire(now) {
+            self.on_answer(id, Err(TransportError::Timeout), now);
+        }
+        let step = self.advance(now);
+        self.in_flight.track(step, now)
+    }
+
+    fn handle_response(
+        &mut self,
+        id: RequestId,
+        result: Result<Response<Vec<u8>>, TransportError>,
+        now: Instant,
+    ) {
+        if self.in_flight.answer(id) {
+            self.on_answer(id, result, now);
+        }
+    }
+}
+
+impl Session {
+    fn advance(&mut self, now: Instant) -> Step<Result<SessionOutcome, SessionError>> {
         for _ in 0..16 {
             if let Some(outcome) = self.outcome.take() {
                 return Step::Done(outcome);
@@ -792,12 +818,7 @@ impl Machine for Session {
         Step::Wait(None)
     }
 
-    fn handle_response(
-        &mut self,
-        id: RequestId,
-        result: Result<Response<Vec<u8>>, TransportError>,
-        now: Instant,
-    ) {
+    fn on_answer(&mut self, id: RequestId, result: Result<Response<Vec<u8>>, TransportError>, now: Instant) {
         match std::mem::replace(&mut self.phase, Phase::Finished) {
             Phase::McpSent(sent) if sent == id => match result {
                 Ok(response) => self.on_mcp_response(response),
@@ -848,7 +869,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::client::testkit::{json, raw, run_with};
+    use crate::client::testkit::{json, raw, run_partly_answered, run_with};
     use crate::pkce::challenge_for;
 
     const ORIGIN: &str = "https://mcp.example.com";
@@ -1072,6 +1093,38 @@ mod tests {
         let after_init = run.sent.iter().filter(|r| r.uri().path() == "/mcp").last().unwrap();
         assert_eq!(after_init.headers()["mcp-session-id"], "sess-1");
         assert_eq!(after_init.headers()["mcp-protocol-version"], "2025-11-25");
+    }
+
+    /// Leaves each request of the interactive flow unanswered in turn: at every step the session
+    /// reports a deadline while that request is in flight (checked by the test driver on every
+    /// `Wait`), and finishes on its own once the deadline passes, with nobody ever answering.
+    #[test]
+    fn an_unanswered_request_at_any_step_times_out_instead_of_hanging() {
+        let mut fake = Fake { iss_supported: true, ..Fake::default() };
+        let whole = run_with(&mut Session::new(config(GrantKind::AuthorizationCode)), |request| {
+            fake.respond(request)
+        });
+        let steps = whole.requests.len();
+        assert!(steps >= 8, "the flow has discovery, registration, authorization, token and MCP steps");
+        for silent in 0..steps {
+            let mut fake = Fake { iss_supported: true, ..Fake::default() };
+            let mut seen = 0;
+            let run = run_partly_answered(
+                &mut Session::new(config(GrantKind::AuthorizationCode)),
+                Instant::ZERO,
+                |request| {
+                    seen += 1;
+                    (seen != silent + 1).then(|| fake.respond(request))
+                },
+            );
+            assert!(run.finished_at > Instant::ZERO, "step {silent}: the outcome waited for the deadline");
+            if silent == 0 {
+                // The first MCP request: nothing else can happen, so the session fails at its deadline.
+                let error = run.outcome.unwrap_err();
+                assert_eq!(error.reason(), "timeout", "{error}");
+                assert_eq!(run.finished_at, Instant::from_millis(30_000));
+            }
+        }
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub(crate) struct Run<T> {
     pub(crate) sent: Vec<http::Request<Vec<u8>>>,
     /// How many requests were in flight at once, at most.
     pub(crate) max_in_flight: usize,
+    /// When the outcome came.
+    pub(crate) finished_at: Instant,
 }
 
 /// Runs `machine` against `script`; unscripted requests get 404. Answers arrive in send order.
@@ -64,13 +66,37 @@ pub(crate) fn run<M: Machine>(machine: &mut M, script: Vec<Exchange>) -> Run<M::
 /// Runs `machine` against a responder function. Answers arrive in send order.
 pub(crate) fn run_with<M: Machine>(
     machine: &mut M,
+    respond: impl FnMut(&http::Request<Vec<u8>>) -> Result<Response<Vec<u8>>, TransportError>,
+) -> Run<M::Outcome> {
+    run_from(machine, Instant::ZERO, respond)
+}
+
+/// [`run_with`] starting at `start` (for a machine a test already drove by hand).
+pub(crate) fn run_from<M: Machine>(
+    machine: &mut M,
+    start: Instant,
     mut respond: impl FnMut(&http::Request<Vec<u8>>) -> Result<Response<Vec<u8>>, TransportError>,
+) -> Run<M::Outcome> {
+    run_partly_answered(machine, start, |request| Some(respond(request)))
+}
+
+/// Runs `machine` against a responder that may never answer (`None`): time jumps to each
+/// deadline the machine reports once the answered requests are fed back in send order.
+///
+/// Every `Wait` is checked against the drain contract: while any request is in flight (answered
+/// but not yet fed back, or unanswered and not yet past its deadline) the machine must report a
+/// deadline no later than the earliest such request's (`now + limits.timeout` at sending).
+pub(crate) fn run_partly_answered<M: Machine>(
+    machine: &mut M,
+    start: Instant,
+    mut respond: impl FnMut(&http::Request<Vec<u8>>) -> Option<Result<Response<Vec<u8>>, TransportError>>,
 ) -> Run<M::Outcome> {
     let mut requests = Vec::new();
     let mut sent = Vec::new();
     let mut queue = VecDeque::new();
+    let mut silent: Vec<Instant> = Vec::new();
     let mut max_in_flight = 0;
-    let mut now = Instant::ZERO;
+    let mut now = start;
     for _ in 0..10_000 {
         match machine.poll(now) {
             Step::Send(outgoing) => {
@@ -78,21 +104,38 @@ pub(crate) fn run_with<M: Machine>(
                     let method = out.request().method().to_string();
                     let url = out.request().uri().to_string();
                     requests.push(format!("{method} {url}"));
-                    let answer = respond(out.request());
+                    let due = now.plus(out.limits().timeout);
                     let id = out.id();
+                    match respond(out.request()) {
+                        Some(answer) => queue.push_back((id, answer, due)),
+                        None => silent.push(due),
+                    }
                     sent.push(out.into_request());
-                    queue.push_back((id, answer));
                 }
-                max_in_flight = max_in_flight.max(queue.len());
+                max_in_flight = max_in_flight.max(queue.len() + silent.len());
             }
-            Step::Wait(deadline) => match queue.pop_front() {
-                Some((id, answer)) => machine.handle_response(id, answer, now),
-                None => match deadline {
-                    Some(deadline) => now = deadline,
-                    None => panic!("machine waits with nothing in flight and no deadline"),
-                },
-            },
-            Step::Done(outcome) => return Run { outcome, requests, sent, max_in_flight },
+            Step::Wait(deadline) => {
+                // This poll was at `now`: every silent request due by then has timed out.
+                silent.retain(|&due| due > now);
+                let in_flight = queue.iter().map(|&(_, _, due)| due).chain(silent.iter().copied());
+                if let Some(earliest) = in_flight.min() {
+                    assert!(
+                        deadline.is_some_and(|deadline| deadline > now && deadline <= earliest),
+                        "at {now:?}: Wait({deadline:?}) with {} request(s) in flight, the first due at {earliest:?}",
+                        queue.len() + silent.len()
+                    );
+                }
+                match queue.pop_front() {
+                    Some((id, answer, _)) => machine.handle_response(id, answer, now),
+                    None => match deadline {
+                        Some(deadline) => now = deadline,
+                        None => panic!("machine waits with nothing in flight and no deadline"),
+                    },
+                }
+            }
+            Step::Done(outcome) => {
+                return Run { outcome, requests, sent, max_in_flight, finished_at: now };
+            }
         }
     }
     panic!("machine did not finish");
