@@ -113,6 +113,11 @@ pub struct SessionConfig {
     /// harness that hands out both the server and the credentials is. Pinning `configured.issuer`
     /// or `configured.token_endpoint` is the better fix.
     pub trust_discovered_token_endpoint: bool,
+    /// A token a credential store kept from an earlier run ([`SessionOutcome::token`]): the first
+    /// MCP request carries it, so an agent does not authorize again on every start. If the server
+    /// refuses it, the session authorizes as it would without one. (The store itself is the
+    /// embedder's: core reads no file, rmcp's `CredentialStore` is the precedent.)
+    pub stored_token: Option<TokenResponse>,
 }
 
 impl SessionConfig {
@@ -139,6 +144,7 @@ impl SessionConfig {
             entropy,
             mcp_limits,
             trust_discovered_token_endpoint: false,
+            stored_token: None,
         }
     }
 }
@@ -158,6 +164,12 @@ pub struct SessionOutcome {
     pub authorizations: usize,
     /// The scopes of the last token request.
     pub scopes: Vec<String>,
+    /// The token the session ended with, for the embedder's credential store (its `Debug` masks
+    /// the secrets); hand it back as [`SessionConfig::stored_token`] on the next start.
+    pub token: Option<TokenResponse>,
+    /// The client registration the session used, so a dynamically registered client can be
+    /// reused (as [`SessionConfig::identity`]) instead of registering again.
+    pub registration: Option<Registration>,
 }
 
 /// Why a session failed; each variant names the step.
@@ -316,6 +328,7 @@ impl Session {
             stateless,
         };
         let scopes = config.scopes.clone().unwrap_or_default();
+        let token = config.stored_token.clone();
         Self {
             config,
             ids: RequestIds::default(),
@@ -323,7 +336,7 @@ impl Session {
             step: if stateless { McpStep::Operation(0) } else { McpStep::Initialize },
             endpoint,
             rpc_id: 0,
-            token: None,
+            token,
             discovered: None,
             registration: None,
             registrations: RegistrationStore::default(),
@@ -694,6 +707,8 @@ impl Session {
             discovery: self.discovered.clone(),
             authorizations: self.authorizations,
             scopes: self.scopes.clone(),
+            token: self.token.clone(),
+            registration: self.registration.clone(),
         }));
     }
 
@@ -1093,6 +1108,40 @@ mod tests {
         let after_init = run.sent.iter().filter(|r| r.uri().path() == "/mcp").last().unwrap();
         assert_eq!(after_init.headers()["mcp-session-id"], "sess-1");
         assert_eq!(after_init.headers()["mcp-protocol-version"], "2025-11-25");
+    }
+
+    #[test]
+    fn a_stored_token_spares_the_next_start_an_authorization() {
+        let mut fake = Fake { iss_supported: true, ..Fake::default() };
+        let first = run_with(&mut Session::new(config(GrantKind::AuthorizationCode)), |request| {
+            fake.respond(request)
+        })
+        .outcome
+        .unwrap();
+        let token = first.token.clone().expect("the session hands back its token");
+        assert!(!format!("{first:?}").contains(token.access_token.expose()), "Debug masks it");
+        let registration = first.registration.clone().expect("and its registration");
+
+        // The next start: the stored token goes up at once; nothing is discovered or authorized.
+        let mut next = config(GrantKind::AuthorizationCode);
+        next.stored_token = Some(token.clone());
+        next.identity.client_id = Some(registration.client_id.clone());
+        let (registrations, token_requests) = (fake.registrations, fake.token_requests.len());
+        let run = run_with(&mut Session::new(next), |request| fake.respond(request));
+        let outcome = run.outcome.unwrap();
+        assert_eq!(outcome.authorizations, 0);
+        assert_eq!((fake.registrations, fake.token_requests.len()), (registrations, token_requests));
+        assert!(run.sent.iter().all(|r| r.uri().path() == "/mcp"));
+        let bearer = format!("Bearer {}", token.access_token.expose());
+        assert_eq!(run.sent[0].headers()["authorization"], bearer.as_str());
+
+        // A stored token the server no longer accepts: the session authorizes as usual.
+        let mut stale = config(GrantKind::AuthorizationCode);
+        stale.stored_token =
+            Some(crate::metadata::TokenResponse { access_token: Secret::new("revoked-token"), ..token });
+        let mut fresh = Fake { iss_supported: true, ..Fake::default() };
+        let outcome = run_with(&mut Session::new(stale), |request| fresh.respond(request)).outcome.unwrap();
+        assert_eq!(outcome.authorizations, 1);
     }
 
     /// Leaves each request of the interactive flow unanswered in turn: at every step the session
