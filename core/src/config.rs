@@ -1143,16 +1143,17 @@ fn connection_limits(reader: &mut FieldReader<'_>) -> ConnectionLimits {
 }
 
 /// The largest configuration file accepted, in bytes.
-pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+pub const MAX_CONFIG_BYTES: usize = 16 * 1024 * 1024;
 
 /// Parses LiteLLM-style YAML with node, depth and alias budgets (a hostile file cannot exhaust
 /// memory), loads it with [`load`], and attaches a line and column to every diagnostic it can place.
 pub fn load_yaml(text: &str, env: EnvLookup<'_>) -> Result<Loaded, ConfigErrors> {
     let document =
         parse_yaml(text).map_err(|error| ConfigErrors { errors: vec![*error], warnings: Vec::new() })?;
-    let places = yaml_places(text);
+    // The spans are a second parse; it runs only when a diagnostic needs a place.
+    let places = std::cell::OnceCell::new();
     let place = |mut diagnostic: Diagnostic| {
-        diagnostic.location = places.find(&diagnostic);
+        diagnostic.location = places.get_or_init(|| yaml_places(text)).find(&diagnostic);
         diagnostic
     };
     match load(&document, env) {
@@ -1170,8 +1171,8 @@ fn yaml_options() -> serde_saphyr::Options {
     serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_depth: 32,
-            max_nodes: 50_000,
-            max_events: 200_000,
+            max_nodes: 400_000,
+            max_events: 1_600_000,
             max_aliases: 256,
             max_anchors: 256,
             max_documents: 1,
@@ -1204,7 +1205,14 @@ pub fn parse_yaml(text: &str) -> Result<Value, Box<Diagnostic>> {
         let location = error.location().map(|at| Location { line: at.line(), column: at.column() });
         let message = error.to_string();
         let first = message.lines().next().unwrap_or("invalid YAML").to_owned();
-        invalid(first, location)
+        let mut diagnostic = invalid(first, location);
+        if message.contains("budget") || message.contains("limit") || message.contains("exceed") {
+            diagnostic.fix = Some(
+                "the file breaks a size limit (depth 32, 400,000 nodes, 256 aliases): split it or remove deep nesting and alias chains"
+                    .to_owned(),
+            );
+        }
+        diagnostic
     })
 }
 
@@ -1513,6 +1521,22 @@ mcp_servers:
         assert!(!rendered.contains("super-secret-value-42"));
         let loaded = load_yaml(&text.replace("    authentication_token: 12345\n", ""), &|_| None).unwrap();
         assert!(!format!("{loaded:?}").contains("super-secret-value-42"));
+    }
+
+    #[test]
+    fn ten_thousand_servers_load_and_a_budget_breach_says_so() {
+        let mut yaml = String::from("mcp_servers:\n");
+        for index in 0..10_000 {
+            yaml.push_str(&format!(
+                "  s{index}:\n    url: https://s{index}.example.com/mcp\n    auth_type: bearer_token\n    authentication_token: t{index}\n"
+            ));
+        }
+        assert!(yaml.len() > 1024 * 1024, "larger than the old 1 MiB cap");
+        let loaded = load_yaml(&yaml, &|_| None).unwrap();
+        assert_eq!(loaded.config.servers.len(), 10_000);
+        let bomb = format!("a: [{}]\n", vec!["[1, 2]"; 200_000].join(", "));
+        let refused = load_yaml(&bomb, &|_| None).unwrap_err();
+        assert!(refused.errors[0].fix.as_deref().unwrap_or_default().contains("size limit"), "{refused:?}");
     }
 
     #[test]
