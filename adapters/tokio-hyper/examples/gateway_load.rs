@@ -1,11 +1,16 @@
-//! A bounded loopback load test: M2M `tools/call` through the gateway versus directly to the mock.
+//! A bounded loopback load test: M2M `tools/call` through the gateway, through a bare forwarder
+//! (a minimal hyper reverse proxy with no OAuth: the least any proxy on this machine costs) and
+//! directly to the mock.
 //!
 //! ```text
 //! cargo run --release -p mcp-oauth-tokio --example gateway_load -- [--sequential N] [--concurrent N] [--workers N]
 //! ```
 //!
-//! The mock upstream runs in this process; the gateway runs in a child process (this same binary
-//! started with `--gateway CONFIG`), so its start-up time and RSS are its own. The direct calls use
+//! The mock upstream runs in this process; the gateway and the bare forwarder each run in a child
+//! process (this same binary started with `--gateway CONFIG` or `--forwarder UPSTREAM`), so their
+//! start-up time, RSS and CPU time are their own. The gateway logs its per-request line to stderr
+//! (discarded) as `serve` does by default. CPU per call is the child's user + system time over a
+//! phase (from `/proc`), divided by the calls. The direct calls use
 //! a token fetched beforehand; the gateway calls use its M2M token cache. Every phase is bounded by
 //! its call count and a 120 s deadline; the child stops when its stdin closes. Prints a Markdown
 //! table of p50/p99 latency, calls/s, upstream requests per call, token fetches, RSS and start-up.
@@ -37,6 +42,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let path = args.get(position + 1).ok_or("--gateway needs a config path")?;
         return gateway_child(path);
     }
+    if let Some(position) = args.iter().position(|arg| arg == "--forwarder") {
+        let upstream = args.get(position + 1).ok_or("--forwarder needs the upstream URL")?;
+        return forwarder_child(upstream);
+    }
     let number = |flag: &str, default: usize| {
         args.iter()
             .position(|arg| arg == flag)
@@ -56,6 +65,12 @@ fn gateway_child(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(path)?;
     let loaded = mcp_oauth_core::config::load_yaml(&text, &|_| None)
         .map_err(|errors| format!("{} config error(s)", errors.errors.len()))?;
+    // The per-request log line, as `serve` writes it by default (stderr is discarded by the parent).
+    let _already = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let state = Arc::new(GatewayState::new(loaded.config, ServerOptions::default())?);
@@ -71,6 +86,82 @@ fn gateway_child(path: &str) -> Result<(), Box<dyn std::error::Error>> {
         .await;
         Ok::<(), Box<dyn std::error::Error>>(())
     })
+}
+
+/// The floor: a minimal hyper reverse proxy that sends every request to `upstream` with its
+/// headers over one keep-alive pool and streams the answer back. No admission, no token, no log.
+fn forwarder_child(upstream: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
+    let upstream: http::Uri = upstream.parse()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        println!("LISTENING {}", listener.local_addr()?);
+        let client: Client<HttpConnector, Incoming> =
+            Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
+        tokio::task::spawn_blocking(|| {
+            let mut sink = String::new();
+            while std::io::stdin().read_line(&mut sink).map(|read| read > 0).unwrap_or(false) {}
+            std::process::exit(0);
+        });
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let (client, upstream) = (client.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    let client = client.clone();
+                    *request.uri_mut() = upstream.clone();
+                    request.headers_mut().remove(http::header::HOST);
+                    async move {
+                        let response = client.request(request).await?;
+                        Ok::<_, hyper_util::client::legacy::Error>(response)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
+
+/// User + system CPU time of process `pid` so far (from `/proc/{pid}/stat`, in clock ticks of
+/// 10 ms on Linux).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |index: usize| fields.get(index).and_then(|value| value.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Starts this binary as a child with `args`, waits for its `LISTENING` line; the guard stops it.
+async fn spawn_child(
+    args: &[&std::ffi::OsStr],
+) -> Result<(ChildGuard, u32, String), Box<dyn std::error::Error>> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no child stdout")?;
+    let pid = child.id();
+    let guard = ChildGuard(child);
+    let address = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        line.trim().strip_prefix("LISTENING ").map(str::to_owned)
+    })
+    .await?
+    .ok_or("the child did not start")?;
+    Ok((guard, pid, address))
 }
 
 struct Phase {
@@ -189,22 +280,9 @@ async fn measure(
     std::fs::write(&path, yaml)?;
 
     let started = Instant::now();
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("--gateway")
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no child stdout")?;
-    let pid = child.id();
-    let guard = ChildGuard(child);
-    let address = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        line.trim().strip_prefix("LISTENING ").map(str::to_owned)
-    })
-    .await?
-    .ok_or("the gateway did not start")?;
+    let (guard, pid, address) = spawn_child(&["--gateway".as_ref(), path.as_os_str()]).await?;
+    let (forwarder_guard, forwarder_pid, forwarder_address) =
+        spawn_child(&["--forwarder".as_ref(), mock.mcp_url().as_ref()]).await?;
     let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
     let health = format!("http://{address}/health");
     loop {
@@ -222,6 +300,7 @@ async fn measure(
 
     let direct_url = mock.mcp_url();
     let gateway_url = format!("http://{address}/reports/mcp");
+    let forwarder_url = format!("http://{forwarder_address}/mcp");
     let token = handle.issue_access_token();
     let direct_headers = vec![("authorization", format!("Bearer {token}"))];
     let gateway_headers = vec![("x-mcp-gateway-key", KEY.to_owned())];
@@ -230,32 +309,41 @@ async fn measure(
     let before_warmup = handle.counters();
     phase(&client, &direct_url, &direct_headers, 200, 10).await;
     phase(&client, &gateway_url, &gateway_headers, 200, 10).await;
+    phase(&client, &forwarder_url, &direct_headers, 200, 10).await;
     let tokens_at_warmup = handle.counters().token_requests_for("client_credentials")
         - before_warmup.token_requests_for("client_credentials");
 
     let mut rows = Vec::new();
+    let mut cpu = Vec::new();
     let mut gateway_calls = 0;
     let mut upstream_for_gateway = 0;
     for (label, calls, concurrency) in [("sequential", sequential, 1), ("concurrent", concurrent, workers)] {
         let direct = phase(&client, &direct_url, &direct_headers, calls, concurrency).await;
+        let forwarder_cpu = cpu_time(forwarder_pid);
+        let forwarded = phase(&client, &forwarder_url, &direct_headers, calls, concurrency).await;
+        let forwarder_cpu = cpu_time(forwarder_pid).saturating_sub(forwarder_cpu);
         let before = handle.counters();
+        let gateway_cpu = cpu_time(pid);
         let through = phase(&client, &gateway_url, &gateway_headers, calls, concurrency).await;
+        let gateway_cpu = cpu_time(pid).saturating_sub(gateway_cpu);
         let after = handle.counters();
         gateway_calls += through.latencies.len() as u64;
         upstream_for_gateway +=
             after.mcp_requests.values().sum::<u64>() - before.mcp_requests.values().sum::<u64>();
-        rows.push((label, concurrency, direct, through));
+        cpu.push((label, concurrency, calls, gateway_cpu, forwarder_cpu, through.rate() / forwarded.rate()));
+        rows.push((label, concurrency, direct, forwarded, through));
     }
     let token_fetches = handle.counters().token_requests_for("client_credentials")
         - before_warmup.token_requests_for("client_credentials");
     let (rss, rss_peak) = rss_kib(pid);
     drop(guard);
+    drop(forwarder_guard);
 
     let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
     println!("| phase | path | calls | p50 ms | p99 ms | calls/s |");
     println!("|---|---|---:|---:|---:|---:|");
-    for (label, concurrency, direct, through) in &rows {
-        for (path, phase) in [("direct", direct), ("gateway", through)] {
+    for (label, concurrency, direct, forwarded, through) in &rows {
+        for (path, phase) in [("direct", direct), ("bare forwarder", forwarded), ("gateway", through)] {
             println!(
                 "| {label} (×{concurrency}) | {path} | {} | {:.3} | {:.3} | {:.0} |",
                 phase.latencies.len(),
@@ -266,12 +354,22 @@ async fn measure(
         }
     }
     println!();
-    for (label, concurrency, direct, through) in &rows {
+    for (label, concurrency, direct, _, through) in &rows {
         println!(
             "{label} (×{concurrency}): added p50 {:.3} ms, added p99 {:.3} ms, gateway throughput {:.0}% of direct",
             ms(through.percentile(0.5)) - ms(direct.percentile(0.5)),
             ms(through.percentile(0.99)) - ms(direct.percentile(0.99)),
             100.0 * through.rate() / direct.rate()
+        );
+    }
+    for (label, concurrency, calls, gateway_cpu, forwarder_cpu, throughput) in &cpu {
+        let per_call = |cpu: &Duration| cpu.as_secs_f64() * 1000.0 / (*calls).max(1) as f64;
+        println!(
+            "{label} (×{concurrency}): CPU per call gateway {:.3} ms, bare forwarder {:.3} ms (ratio {:.2}); gateway throughput {:.0}% of the bare forwarder's",
+            per_call(gateway_cpu),
+            per_call(forwarder_cpu),
+            gateway_cpu.as_secs_f64() / forwarder_cpu.as_secs_f64().max(f64::MIN_POSITIVE),
+            100.0 * throughput
         );
     }
     println!(
