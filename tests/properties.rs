@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use mcp_oauth_core::config::ServerEntry;
-use mcp_oauth_core::delegate::{GATEWAY_KEY_HEADERS, SERVERS_HEADER, Target, decide_delegation};
+use mcp_oauth_core::delegate::{
+    DelegationDecision, GATEWAY_KEY_HEADERS, SERVERS_HEADER, Target, decide_delegation,
+};
 use mcp_oauth_core::mask::{mask, mask_url};
 use mcp_oauth_core::origin::{
     Origin, OriginSettings, RequestOrigin, Scheme, TrustedProxies, resolve_public_origin,
@@ -531,6 +533,35 @@ proptest! {
     }
 }
 
+/// Each server entry's policy, `None` for an entry that does not load.
+fn server_policies(servers: &Map<String, Value>) -> Vec<(&String, Option<ServerPolicy>)> {
+    servers
+        .iter()
+        .map(|(name, entry)| {
+            let policy = entry
+                .as_object()
+                .and_then(|object| ServerEntry::from_json(name, object, &|_| None).ok()?.policy().ok());
+            (name, policy)
+        })
+        .collect()
+}
+
+/// `decide_delegation` for a request to `path` with `headers` against `policies` (an entry that
+/// does not load is `Target::Invalid`): the one lookup the delegation properties share.
+fn delegation_for(
+    policies: &[(&String, Option<ServerPolicy>)],
+    path: &str,
+    headers: &http::HeaderMap,
+) -> DelegationDecision {
+    decide_delegation(mcp_oauth_core::route::mcp_path_server(path), headers, |name| {
+        match policies.iter().find(|(known, _)| known.as_str() == name) {
+            None => Target::Unknown,
+            Some((_, None)) => Target::Invalid,
+            Some((_, Some(policy))) => Target::Known(policy),
+        }
+    })
+}
+
 /// Property 5's check: `decide_delegation` agrees with the verdict computed from design §4.6.
 fn check_delegation(
     servers: &Map<String, Value>,
@@ -544,22 +575,8 @@ fn check_delegation(
     pairs.extend(servers_headers.iter().map(|value| (SERVERS_HEADER.to_owned(), value.clone())));
     pairs.extend(gateway_key.clone());
     let headers = s::header_map(&pairs);
-    let policies: Vec<(&String, Option<ServerPolicy>)> = servers
-        .iter()
-        .map(|(name, entry)| {
-            let policy = entry
-                .as_object()
-                .and_then(|object| ServerEntry::from_json(name, object, &|_| None).ok()?.policy().ok());
-            (name, policy)
-        })
-        .collect();
-    let decision = decide_delegation(mcp_oauth_core::route::mcp_path_server(path), &headers, |name| {
-        match policies.iter().find(|(known, _)| known.as_str() == name) {
-            None => Target::Unknown,
-            Some((_, None)) => Target::Invalid,
-            Some((_, Some(policy))) => Target::Known(policy),
-        }
-    });
+    let policies = server_policies(servers);
+    let decision = delegation_for(&policies, path, &headers);
 
     // The verdict from the design, computed from the raw inputs.
     let mut targets: BTreeSet<String> = path_target.into_iter().collect();
@@ -770,24 +787,7 @@ fn strategies_reach_acceptance_and_rejection() {
         let (servers, (path, _), values) = cases.new_tree(&mut runner).unwrap().current();
         let pairs: Vec<(String, String)> =
             values.into_iter().map(|value| (SERVERS_HEADER.to_owned(), value)).collect();
-        let policies: Vec<(String, Option<ServerPolicy>)> = servers
-            .iter()
-            .map(|(name, entry)| {
-                let policy = entry
-                    .as_object()
-                    .and_then(|object| ServerEntry::from_json(name, object, &|_| None).ok()?.policy().ok());
-                (name.clone(), policy)
-            })
-            .collect();
-        let decision = decide_delegation(
-            mcp_oauth_core::route::mcp_path_server(&path),
-            &s::header_map(&pairs),
-            |name| match policies.iter().find(|(known, _)| known == name) {
-                None => Target::Unknown,
-                Some((_, None)) => Target::Invalid,
-                Some((_, Some(policy))) => Target::Known(policy),
-            },
-        );
+        let decision = delegation_for(&server_policies(&servers), &path, &s::header_map(&pairs));
         delegated += usize::from(decision.delegates());
     }
     assert!(delegated >= 50, "only {delegated} of 1000 delegation cases delegate");
@@ -804,22 +804,7 @@ fn delegation_verdict(
         servers_headers.iter().map(|value| (SERVERS_HEADER.to_owned(), value.clone())).collect();
     pairs.extend(gateway_key);
     let headers = s::header_map(&pairs);
-    let policies: Vec<(String, Option<ServerPolicy>)> = servers
-        .iter()
-        .map(|(name, entry)| {
-            let policy = entry
-                .as_object()
-                .and_then(|object| ServerEntry::from_json(name, object, &|_| None).ok()?.policy().ok());
-            (name.clone(), policy)
-        })
-        .collect();
-    let decision = decide_delegation(mcp_oauth_core::route::mcp_path_server(path), &headers, |name| {
-        match policies.iter().find(|(known, _)| known == name) {
-            None => Target::Unknown,
-            Some((_, None)) => Target::Invalid,
-            Some((_, Some(policy))) => Target::Known(policy),
-        }
-    });
+    let decision = delegation_for(&server_policies(servers), path, &headers);
     let targets =
         mcp_oauth_core::delegate::target_servers(mcp_oauth_core::route::mcp_path_server(path), &headers)
             .map_or(0, |targets| targets.len());

@@ -45,11 +45,11 @@ pub fn aggregate(data: &[u8]) {
     match plan(&request, body) {
         Plan::Respond(response) => check_response(&response, &servers, delegated),
         Plan::Forward(call) => {
-            let server = servers.get(call.target).expect("a forwarded call has a target");
-            let sent: Value = serde_json::from_slice(&call.body).expect("the forwarded body is JSON");
-            let tool = sent["params"]["name"].as_str().expect("the forwarded call names a tool");
-            let asked: Value = serde_json::from_slice(body).expect("a forwarded call came as JSON");
-            let asked = asked["params"]["name"].as_str().expect("the caller named a tool");
+            let server = servers.get(call.target).expect("a forwarded call has a target"); // ok: a fuzz invariant; a panic is the finding
+            let sent: Value = serde_json::from_slice(&call.body).expect("the forwarded body is JSON"); // ok: a fuzz invariant; a panic is the finding
+            let tool = sent["params"]["name"].as_str().expect("the forwarded call names a tool"); // ok: a fuzz invariant; a panic is the finding
+            let asked: Value = serde_json::from_slice(body).expect("a forwarded call came as JSON"); // ok: a fuzz invariant; a panic is the finding
+            let asked = asked["params"]["name"].as_str().expect("the caller named a tool"); // ok: a fuzz invariant; a panic is the finding
             assert_eq!(prefixed_name(server, tool), asked, "the call went to another tool");
         }
         Plan::Gather(gather) => {
@@ -104,10 +104,10 @@ fn check_response(response: &Response<Vec<u8>>, servers: &[String], delegated: b
         delegated || !response.headers().contains_key(header::WWW_AUTHENTICATE),
         "an upstream challenge relayed without delegation"
     );
-    let body: Value = serde_json::from_slice(response.body()).expect("every answer is JSON");
+    let body: Value = serde_json::from_slice(response.body()).expect("every answer is JSON"); // ok: a fuzz invariant; a panic is the finding
     let tools = body.get("tools").or_else(|| body.get("result").and_then(|result| result.get("tools")));
     for tool in tools.and_then(Value::as_array).into_iter().flatten() {
-        let name = tool["name"].as_str().expect("a listed tool has a name");
+        let name = tool["name"].as_str().expect("a listed tool has a name"); // ok: a fuzz invariant; a panic is the finding
         assert!(route_tool(name, servers).is_ok(), "listed `{name}` routes nowhere");
     }
 }

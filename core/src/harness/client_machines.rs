@@ -232,9 +232,11 @@ fn answer(script: &mut Script<'_>, outgoing: &Outgoing) -> Result<Response<Vec<u
             // The user agent comes back to the redirect URI with a code, the state and maybe `iss`.
             let query: std::collections::HashMap<String, String> =
                 url.as_ref().map(|url| url.query_pairs().into_owned().collect()).unwrap_or_default();
-            let mut location =
-                Url::parse(query.get("redirect_uri").map_or("http://127.0.0.1:1/cb", String::as_str))
-                    .unwrap_or_else(|_| Url::parse("http://127.0.0.1:1/cb").expect("a valid URL"));
+            let redirect = query.get("redirect_uri").map_or("http://127.0.0.1:1/cb", String::as_str);
+            let Ok(mut location) = Url::parse(redirect).or_else(|_| Url::parse("http://127.0.0.1:1/cb"))
+            else {
+                return response(400, &[], Vec::new());
+            };
             location.query_pairs_mut().append_pair("code", "fuzz-code");
             if let Some(state) = query.get("state") {
                 location.query_pairs_mut().append_pair("state", state);
