@@ -20,7 +20,7 @@ use mcp_oauth_core::machine::{Limits, Outgoing, Performer, RequestId};
 use mcp_oauth_core::pkce::Pkce;
 use mcp_oauth_tokio::HttpClient;
 use mcp_oauth_tokio::mock::{MockConfig, MockUpstream};
-use mcp_oauth_tokio::server::{GatewayState, ServerOptions, serve};
+use mcp_oauth_tokio::server::{ServerOptions, gateway_state, serve};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use url::Url;
@@ -216,7 +216,7 @@ mcp_servers:
         }
     }
     let state =
-        GatewayState::new(config, ServerOptions::default()).map_err(|error| StepFailed(error.to_string()))?;
+        gateway_state(config, ServerOptions::default()).map_err(|error| StepFailed(error.to_string()))?;
     let state = Arc::new(state);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, Arc::clone(&state), async {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mcp_oauth_core::config::{Diagnostic, Severity, load_yaml};
-use mcp_oauth_tokio::server::{GatewayState, ServerOptions, serve};
+use mcp_oauth_tokio::server::{ServerOptions, gateway_state, serve};
 use mcp_oauth_tokio::startup::discover_endpoints;
 use tokio::net::TcpListener;
 use tracing_subscriber::filter::LevelFilter;
@@ -121,7 +121,7 @@ pub(crate) fn run(config: &Path, listen: &str) -> ExitCode {
         if let Ok(bound) = listener.local_addr() {
             config.settings.origin.pin_listen_address(bound);
         }
-        let state = match GatewayState::new(config, ServerOptions::default()) {
+        let state = match gateway_state(config, ServerOptions::default()) {
             Ok(state) => Arc::new(state),
             Err(error) => {
                 eprintln!("mcp-oauth serve: {error}");

@@ -34,6 +34,10 @@
 
 pub mod clock;
 pub mod driver;
+#[cfg(feature = "gateway")]
+pub mod gateway;
+#[cfg(feature = "gateway")]
+pub mod hyper_rt;
 pub mod io;
 pub mod limits;
 mod runtime;

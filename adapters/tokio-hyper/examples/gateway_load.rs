@@ -28,7 +28,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use mcp_oauth_tokio::mock::{MockConfig, MockUpstream};
-use mcp_oauth_tokio::server::{GatewayState, ServerOptions, serve};
+use mcp_oauth_tokio::server::{ServerOptions, gateway_state, serve};
 
 const KEY: &str = "sk-load-test-gateway-key";
 const BODY: &str =
@@ -73,7 +73,7 @@ fn gateway_child(path: &str) -> Result<(), Box<dyn std::error::Error>> {
         .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let state = Arc::new(GatewayState::new(loaded.config, ServerOptions::default())?);
+        let state = Arc::new(gateway_state(loaded.config, ServerOptions::default())?);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         println!("LISTENING {}", listener.local_addr()?);
         let stdin_closed = tokio::task::spawn_blocking(|| {

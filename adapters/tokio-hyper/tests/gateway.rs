@@ -19,7 +19,7 @@ use mcp_oauth_core::config::load_yaml;
 use mcp_oauth_core::pkce::Pkce;
 use mcp_oauth_core::secret::Secret;
 use mcp_oauth_tokio::mock::{MockConfig, MockUpstream, Switch, Switches};
-use mcp_oauth_tokio::server::{GatewayState, ServerOptions, TokenKey, serve};
+use mcp_oauth_tokio::server::{GatewayState, ServerOptions, TokenKey, gateway_state, serve};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -143,7 +143,7 @@ async fn start(setup: Setup) -> Gateway {
     if setup.pin_listen {
         loaded.config.settings.origin.pin_listen_address(listener.local_addr().expect("address"));
     }
-    let state = Arc::new(GatewayState::new(loaded.config, setup.options).expect("state"));
+    let state = Arc::new(gateway_state(loaded.config, setup.options).expect("state"));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(listener, Arc::clone(&state), async {
         let _ = stopped.await;
@@ -1038,7 +1038,7 @@ mcp_servers:
         .await;
         assert_eq!(gateway.echo("checked", &keyed()).await.status, StatusCode::OK);
         let refused = gateway.echo("strict", &keyed()).await;
-        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+        assert_eq!(refused.status, StatusCode::BAD_GATEWAY, "design §7: {}", refused.body);
         assert_eq!(
             (refused.json()["error"].clone(), refused.json()["field"].clone()),
             (json!("token_validation_failed"), json!("team.enterprise_id"))
@@ -1188,7 +1188,7 @@ async fn an_attacker_host_ends_without_a_token() {
         // No PROXY_BASE_URL: without a pinned origin the gateway does not start at all.
         let mock = MockUpstream::start(MockConfig::default()).await.expect("mock starts");
         let unpinned = load_yaml(&servers_yaml(mock.origin()), &|_| None).expect("config").config;
-        let refused = GatewayState::new(unpinned, ServerOptions::default()).expect_err("refused");
+        let refused = gateway_state(unpinned, ServerOptions::default()).expect_err("refused");
         assert!(refused.to_string().contains("PROXY_BASE_URL"), "{refused}");
         drop(mock);
 

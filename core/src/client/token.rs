@@ -166,10 +166,10 @@ pub fn token_request(
 }
 
 /// Reads a token endpoint answer: a token on 200, a typed OAuth error otherwise.
-pub fn parse_token_response(response: &Response<Vec<u8>>) -> Result<TokenResponse, TokenError> {
+pub fn parse_token_response<B: AsRef<[u8]>>(response: &Response<B>) -> Result<TokenResponse, TokenError> {
     let status = response.status().as_u16();
     if response.status().is_success() {
-        let token: TokenResponse = serde_json::from_slice(response.body())
+        let token: TokenResponse = serde_json::from_slice(response.body().as_ref())
             .map_err(|error| TokenError::InvalidResponse(error.to_string()))?;
         if token.access_token.is_empty() {
             return Err(TokenError::InvalidResponse("empty access_token".to_owned()));
@@ -182,7 +182,7 @@ pub fn parse_token_response(response: &Response<Vec<u8>>) -> Result<TokenRespons
         }
         return Ok(token);
     }
-    match serde_json::from_slice::<OAuthErrorResponse>(response.body()) {
+    match serde_json::from_slice::<OAuthErrorResponse>(response.body().as_ref()) {
         Ok(error) => {
             Err(TokenError::Refused { status, error: error.error, description: error.error_description })
         }

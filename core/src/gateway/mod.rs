@@ -28,6 +28,7 @@ use crate::redirect::validate_redirect_uri;
 use crate::secret::Secret;
 
 mod admission;
+mod call;
 mod failure;
 mod oauth;
 mod startup;
@@ -36,6 +37,7 @@ mod tests;
 mod upstream;
 
 use self::admission::*;
+pub use self::call::*;
 pub use self::failure::*;
 pub use self::oauth::*;
 pub use self::startup::*;

@@ -527,16 +527,80 @@ pub(super) fn check_token_validation(
     }
 }
 
-/// Applies `token_validation` to a token the gateway fetched for itself (M2M, RFC 8693 exchange)
-/// before it is cached or used: design §4.3 checks every token response "before it is stored or
-/// returned". A body that is not JSON fails every rule.
-#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
-pub fn validate_fetched_token(server: &ServerConfig, body: &[u8]) -> Result<(), Response<Vec<u8>>> {
-    if server.entry.token_validation.is_none() {
-        return Ok(());
+/// The upstream exchange behind [`Action::ProxyToken`]: `request` (from [`build_token_request`])
+/// under the token limits and the server's fetch policy.
+pub fn proxied_token_request(
+    server: &ServerConfig,
+    request: http::Request<Vec<u8>>,
+    limits: &CallLimits,
+) -> UpstreamRequest {
+    UpstreamRequest {
+        request: request.map(bytes::Bytes::from),
+        allow_private: crate::fetch_policy::is_local_server(&server.url),
+        timeout: limits.token_timeout,
+        read: Read::Whole(limits.max_token_response),
     }
-    let document = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
-    check_token_validation(server, &document)
+}
+
+/// The caller's answer to a proxied token request: the upstream's answer through
+/// [`finish_token_response`], or the failure of the exchange (503, 504 on a timeout).
+pub fn finish_proxied_token(
+    server: &ServerConfig,
+    answer: Result<Response<bytes::Bytes>, UpstreamFailure>,
+) -> Response<Vec<u8>> {
+    match answer {
+        Ok(answer) => finish_token_response(server, answer.map(|body| body.to_vec())),
+        Err(failure) => failure_response(CallStep::ExchangeCode, &server.name, &failure),
+    }
+}
+
+/// The upstream exchange behind [`Action::ProxyRegister`]: the client's JSON `body` to `url`,
+/// under the token limits and the server's fetch policy. An unknown server is a 404.
+#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+pub fn proxied_register_request(
+    config: &GatewayConfig,
+    server: &str,
+    url: &Url,
+    body: bytes::Bytes,
+    limits: &CallLimits,
+) -> Result<UpstreamRequest, Response<Vec<u8>>> {
+    let server = config.servers.get(server).ok_or_else(not_found)?;
+    let unusable = || failure_response(CallStep::Register, &server.name, &UpstreamFailure::Unreachable);
+    let uri = url.as_str().parse::<http::Uri>().map_err(|_| unusable())?;
+    let mut request = http::Request::new(body);
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    Ok(UpstreamRequest {
+        request,
+        allow_private: crate::fetch_policy::is_local_server(&server.url),
+        timeout: limits.token_timeout,
+        read: Read::Whole(limits.max_token_response),
+    })
+}
+
+/// The caller's answer to a proxied registration: the upstream's status and JSON (`no-store`),
+/// a 502 for an upstream 5xx, or the failure of the exchange.
+pub fn finish_proxied_register(
+    server: &str,
+    answer: Result<Response<bytes::Bytes>, UpstreamFailure>,
+) -> Response<Vec<u8>> {
+    let failed = |failure| failure_response(CallStep::Register, server, &failure);
+    match answer {
+        Ok(answer) if answer.status().is_server_error() => {
+            failed(UpstreamFailure::ServerError(answer.status().as_u16()))
+        }
+        Ok(answer) => {
+            let mut response = Response::new(answer.body().to_vec());
+            *response.status_mut() = answer.status();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(failure) => failed(failure),
+    }
 }
 
 pub(super) fn register(server: &ServerConfig) -> Action {

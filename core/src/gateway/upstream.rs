@@ -47,21 +47,14 @@ pub fn check_forward_body(method: &Method, body: &[u8]) -> Result<(), Response<V
 
 /// The token request to send before forwarding with `credential` to `server`: the M2M
 /// client-credentials grant to `token_url`, or the RFC 8693 exchange of the caller's token to
-/// `token_exchange_endpoint` (else `token_url`). An incomplete configuration is a 503 naming what
-/// is missing (never a secret); a credential that needs no token endpoint is a 500 (a caller bug).
-#[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+/// `token_exchange_endpoint` (else `token_url`). An incomplete configuration says what is missing
+/// (never a secret); a credential that needs no token endpoint is [`CallFailure::OutOfOrder`].
 pub fn outbound_token_request(
     server: &ServerConfig,
     credential: &OutboundCredential,
-) -> Result<http::Request<Vec<u8>>, Response<Vec<u8>>> {
+) -> Result<http::Request<Vec<u8>>, CallFailure> {
     use crate::client::token::{ACCESS_TOKEN_TYPE, Client, Grant, choose_token_endpoint_auth, token_request};
-    let unavailable = |what: &str| {
-        error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "token_endpoint_failed",
-            &format!("cannot request an upstream token for `{}`: {what}", server.name),
-        )
-    };
+    let unavailable = |missing| CallFailure::TokenNotConfigured { missing };
     let entry = &server.entry;
     let (endpoint, grant) = match credential {
         OutboundCredential::ClientCredentialsToken => (entry.token_url.as_deref(), Grant::ClientCredentials),
@@ -73,13 +66,7 @@ pub fn outbound_token_request(
                 audience: entry.audience.as_deref(),
             },
         ),
-        _ => {
-            return Err(error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "this credential needs no token endpoint",
-            ));
-        }
+        _ => return Err(CallFailure::OutOfOrder),
     };
     let Some(endpoint) = endpoint.and_then(|url| Url::parse(url).ok()) else {
         return Err(unavailable("no valid token_url is configured"));

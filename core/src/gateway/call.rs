@@ -1,0 +1,778 @@
+//! One forwarded MCP call as a machine (design §3): which credential goes up and where it comes
+//! from, its cache key and lifetime, the single retry after the upstream refuses a token the
+//! gateway obtained, the upstream session an aggregated call runs in (opened with `initialize` and
+//! `notifications/initialized`, reopened once when it expired), and the answer for every failure.
+//!
+//! The adapter feeds it and drains it, as it drives the client machines: [`Call::poll`] says what
+//! to do next ([`CallAction`]), and each action that waits for something is answered with one
+//! `handle_*` call. The adapter performs exactly what it is told (a cache lookup, a store lookup, a
+//! request under the given limits) and decides nothing; the machine ends with a [`CallOutcome`].
+//!
+//! ```text
+//! LookupSession? ─▶ FetchToken? ─▶ Send(initialize) ─▶ Send(initialized) ─▶ StoreSession
+//!                        ▲                                                      │
+//!                        └─ InvalidateToken ◀─ 401 ─┐    ┌─ 404: ForgetSession ◀┤
+//!                                                   └─ Send(the call) ──────────┴─▶ Respond
+//! ```
+//!
+//! The credential source is [`OutboundCredential`]: the gateway's M2M token and the RFC 8693
+//! exchange come from the adapter's shared token cache ([`CallAction::FetchToken`], one fetch per
+//! [`TokenKey`] in flight); the others are header values. The grant behind a gateway access token
+//! (design §4.8) will be one more source, read and refreshed through store steps.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::aggregate::{self, Answer, Gather, SessionKey, UpstreamSession};
+use crate::client::mcp::SESSION_HEADER;
+use crate::token_cache::{Fetched, TtlPolicy};
+
+/// What a cached upstream token is for: a server's M2M (client-credentials) token, or the token
+/// an RFC 8693 exchange gave for one caller's token at a server. The caller's token is kept only
+/// as its SHA-256 digest, and `Debug` shows neither it nor the digest.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TokenKey {
+    server: String,
+    subject: Option<[u8; 32]>,
+}
+
+impl TokenKey {
+    /// The key of `server`'s M2M token.
+    pub fn m2m(server: &str) -> Self {
+        Self { server: server.to_owned(), subject: None }
+    }
+
+    /// The key of the token exchanged for `subject_token` (the caller's token) at `server`.
+    pub fn exchange(server: &str, subject_token: &Secret) -> Self {
+        let digest = Sha256::digest(subject_token.expose().as_bytes());
+        Self { server: server.to_owned(), subject: Some(digest.into()) }
+    }
+
+    /// The server the token is for.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.subject.is_some() { "exchange" } else { "m2m" };
+        f.debug_struct("TokenKey").field("server", &self.server).field("kind", &kind).finish()
+    }
+}
+
+/// The limits of a call's upstream requests (the adapter's server options).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Time until the MCP server's response head arrives (a streamed answer), or until the whole
+    /// answer is read (an answer read whole). Default 30 s.
+    pub upstream_timeout: Duration,
+    /// Time for a whole exchange with a token endpoint. Default 10 s.
+    pub token_timeout: Duration,
+    /// The largest token response read. Default 1 MiB.
+    pub max_token_response: usize,
+    /// The largest MCP answer read whole (aggregated listings, REST calls, `initialize`).
+    /// Default 4 MiB.
+    pub max_gathered_answer: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self {
+            upstream_timeout: Duration::from_secs(30),
+            token_timeout: Duration::from_secs(10),
+            max_token_response: 1024 * 1024,
+            max_gathered_answer: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a forwarded call failed. [`CallFailure::response`] is the one place that maps each to the
+/// caller's status and error code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallFailure {
+    /// An exchange with an upstream failed in `step`.
+    Upstream {
+        /// The step.
+        step: CallStep,
+        /// What went wrong.
+        failure: UpstreamFailure,
+    },
+    /// The configuration cannot produce the token request (503: the operator must fix it).
+    TokenNotConfigured {
+        /// What is missing, without a secret.
+        missing: &'static str,
+    },
+    /// A token the gateway fetched for itself failed `token_validation` (502: the caller cannot
+    /// fix it; design §7). It was neither used nor cached.
+    TokenValidation {
+        /// The rule's path, when this request ran the check.
+        field: Option<String>,
+    },
+    /// The credential cannot be sent as a header value.
+    InvalidCredential,
+    /// The adapter polled while the machine waited for an answer (a driver bug).
+    OutOfOrder,
+}
+
+impl CallFailure {
+    /// The stable code of the failure: the answer's `error`, and what a token cache hands the
+    /// requests that waited for a failed fetch ([`CallFailure::from_reason`] reads it back).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Upstream { failure, .. } => failure.reason(),
+            Self::TokenNotConfigured { .. } => "token_endpoint_failed",
+            Self::TokenValidation { .. } => "token_validation_failed",
+            Self::InvalidCredential => "invalid_request",
+            Self::OutOfOrder => "server_error",
+        }
+    }
+
+    /// The failure of a token fetch another request ran, from its [`reason`](Self::reason).
+    pub fn from_reason(reason: &str) -> Self {
+        if reason == "token_validation_failed" {
+            return Self::TokenValidation { field: None };
+        }
+        Self::Upstream { step: CallStep::FetchToken, failure: UpstreamFailure::from_reason(reason) }
+    }
+
+    /// The caller's answer for this failure in a call to `server`; never a secret.
+    pub fn response(&self, server: &str) -> Response<Vec<u8>> {
+        match self {
+            Self::Upstream { step, failure } => failure_response(*step, server, failure),
+            Self::TokenNotConfigured { missing } => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                self.reason(),
+                &format!("cannot request an upstream token for `{server}`: {missing}"),
+            ),
+            Self::TokenValidation { field } => json_response(
+                StatusCode::BAD_GATEWAY,
+                &json!({
+                    "error": self.reason(),
+                    "field": field,
+                    "error_description": format!("the upstream token for `{server}` failed token_validation; it was not used"),
+                }),
+            ),
+            Self::InvalidCredential => error_response(
+                StatusCode::BAD_REQUEST,
+                self.reason(),
+                "the outbound credential is not a valid header value",
+            ),
+            Self::OutOfOrder => error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                self.reason(),
+                "the gateway's driver skipped a step of the call",
+            ),
+        }
+    }
+
+    /// What went wrong, without the step, for logs and a token cache's message.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Upstream { failure, .. } => failure.message(),
+            Self::TokenNotConfigured { missing } => (*missing).to_owned(),
+            Self::TokenValidation { .. } => "the upstream token failed token_validation".to_owned(),
+            Self::InvalidCredential => "the credential is not a valid header value".to_owned(),
+            Self::OutOfOrder => "a step was skipped".to_owned(),
+        }
+    }
+}
+
+/// How much of an upstream answer the adapter reads before handing it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// The head only ([`Call::handle_head`]); the adapter keeps the body to stream it.
+    Head,
+    /// The whole body, at most this many bytes ([`Call::handle_whole`]).
+    Whole(usize),
+}
+
+/// One upstream request, with the limits the adapter applies to it.
+#[derive(Debug)]
+pub struct UpstreamRequest {
+    /// The request, credential attached.
+    pub request: http::Request<Bytes>,
+    /// Whether private and loopback addresses may be reached (the server's URL is itself local;
+    /// design §4.9). Link-local and metadata addresses never are.
+    pub allow_private: bool,
+    /// The deadline: until the head for [`Read::Head`], for the whole exchange otherwise.
+    pub timeout: Duration,
+    /// How much of the answer to read.
+    pub read: Read,
+}
+
+/// A token the call needs from the shared cache: on a miss the adapter sends [`TokenNeed::request`]
+/// (one fetch per key in flight) and hands the answer to [`TokenNeed::finish`].
+#[derive(Debug)]
+pub struct TokenNeed<'a> {
+    key: TokenKey,
+    policy: TtlPolicy,
+    server: &'a ServerConfig,
+    credential: &'a OutboundCredential,
+    limits: CallLimits,
+}
+
+impl TokenNeed<'_> {
+    /// The cache key.
+    pub fn key(&self) -> &TokenKey {
+        &self.key
+    }
+
+    /// The token request to send on a miss.
+    pub fn request(&self) -> Result<UpstreamRequest, CallFailure> {
+        let request = outbound_token_request(self.server, self.credential)?;
+        Ok(UpstreamRequest {
+            request: request.map(Bytes::from),
+            allow_private: crate::fetch_policy::is_local_server(&self.server.url),
+            timeout: self.limits.token_timeout,
+            read: Read::Whole(self.limits.max_token_response),
+        })
+    }
+
+    /// Reads the token endpoint's answer: the token with its cache lifetime, or why none is
+    /// usable (refused, malformed, failing `token_validation`).
+    pub fn finish(&self, answer: Result<Response<Bytes>, UpstreamFailure>) -> Result<Fetched, CallFailure> {
+        let fetch_failed = |failure| CallFailure::Upstream { step: CallStep::FetchToken, failure };
+        let answer = answer.map_err(fetch_failed)?;
+        let token = crate::client::token::parse_token_response(&answer)
+            .map_err(|_| fetch_failed(UpstreamFailure::TokenRefused { status: answer.status().as_u16() }))?;
+        if let Some(rules) = &self.server.entry.token_validation {
+            let document = serde_json::from_slice::<Value>(answer.body()).unwrap_or(Value::Null);
+            crate::token::validate_token_response(rules, &document).map_err(|failure| {
+                CallFailure::TokenValidation { field: Some(failure.field().to_owned()) }
+            })?;
+        }
+        Ok(Fetched::with_policy(&token, self.policy))
+    }
+}
+
+/// What the adapter does next for a call.
+#[derive(Debug)]
+pub enum CallAction<'a> {
+    /// Get the token from the shared cache (fetching it on a miss); answer with
+    /// [`Call::handle_token`].
+    FetchToken(TokenNeed<'a>),
+    /// Drop this token from the cache if it is still the cached one (the upstream refused it);
+    /// then poll again.
+    InvalidateToken {
+        /// Its key.
+        key: TokenKey,
+        /// The refused token.
+        token: Secret,
+    },
+    /// Look up the upstream session; answer with [`Call::handle_session`].
+    LookupSession(SessionKey),
+    /// Remember this upstream session; then poll again.
+    StoreSession(SessionKey, UpstreamSession),
+    /// Forget this session if it is still the stored one (the upstream ended it); then poll again.
+    ForgetSession(SessionKey, UpstreamSession),
+    /// Send this request; answer with [`Call::handle_head`] or [`Call::handle_whole`] as its
+    /// [`Read`] says.
+    Send(UpstreamRequest),
+    /// The call is over.
+    Respond(CallOutcome),
+}
+
+/// How a call ends.
+#[derive(Debug)]
+pub enum CallOutcome {
+    /// Answer with this head and the body of the last request sent, streamed.
+    Relay(Response<()>),
+    /// Answer with this complete response (a failure, or an `initialize` answer the caller must
+    /// see); any body kept from a sent request is dropped.
+    Answer(Response<Vec<u8>>),
+    /// A call read whole for an aggregated answer: hand it to [`finish_gather`].
+    Gathered(Gathered),
+}
+
+/// One target's answer to a gathered request, with the debug headers that describe it.
+#[derive(Debug)]
+pub struct Gathered {
+    /// The answer.
+    pub answer: Answer,
+    /// The `x-mcp-debug-*` headers, when the caller asked for them.
+    pub debug: Vec<(&'static str, String)>,
+}
+
+/// Merges gathered answers (in the order of `gather`'s calls); when one target answered, its
+/// debug headers describe the response.
+pub fn finish_gather(gather: Gather, mut answers: Vec<Gathered>) -> Response<Vec<u8>> {
+    let debug = match answers.as_mut_slice() {
+        [one] => std::mem::take(&mut one.debug),
+        _ => Vec::new(),
+    };
+    let mut response = gather.finish(answers.into_iter().map(|gathered| gathered.answer).collect());
+    add_debug(response.headers_mut(), debug);
+    response
+}
+
+fn add_debug(headers: &mut HeaderMap, debug: Vec<(&'static str, String)>) {
+    for (name, value) in debug {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// Where the call is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Start,
+    AwaitSession,
+    Credential,
+    AwaitToken,
+    Ready,
+    AwaitAnswer,
+    Done,
+}
+
+/// Which request of the call goes next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Opening the upstream session.
+    Initialize,
+    /// Completing the handshake in the new session.
+    Initialized,
+    /// The caller's request.
+    Request,
+}
+
+/// One forwarded MCP call (see the module docs).
+#[derive(Debug)]
+pub struct Call<'a> {
+    config: &'a GatewayConfig,
+    server: &'a ServerConfig,
+    forward: &'a Forward,
+    inbound: Option<&'a HeaderMap>,
+    method: Method,
+    body: Bytes,
+    limits: CallLimits,
+    whole: bool,
+    session_key: Option<SessionKey>,
+    session: Option<UpstreamSession>,
+    phase: Phase,
+    state: State,
+    credential: Option<(HeaderName, String)>,
+    token: Option<(TokenKey, Secret)>,
+    retried: bool,
+    reopened: bool,
+    effects: VecDeque<CallAction<'a>>,
+    outcome: Option<CallOutcome>,
+}
+
+impl<'a> Call<'a> {
+    /// A call for `/{server}/mcp`: `body` goes to `forward`'s upstream with `method`, outside any
+    /// session the gateway holds (the caller's own session header, if any, goes along). A `POST`
+    /// whose body is not JSON-RPC 2.0 is refused here (400), before any credential is spent.
+    #[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+    pub fn forward(
+        config: &'a GatewayConfig,
+        forward: &'a Forward,
+        method: Method,
+        body: Bytes,
+        limits: CallLimits,
+    ) -> Result<Self, Response<Vec<u8>>> {
+        check_forward_body(&method, &body)?;
+        Self::new(config, forward, method, body, limits)
+    }
+
+    /// One upstream request of an aggregated call (`POST /mcp`, `/mcp-rest/tools/*`): `body` goes
+    /// to the target in the upstream session for the caller's identity, opened when none is held.
+    /// With `whole`, the answer is read whole for [`finish_gather`]; otherwise it is streamed.
+    #[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+    pub fn aggregated(
+        config: &'a GatewayConfig,
+        aggregate: &'a Aggregate,
+        target: usize,
+        body: Bytes,
+        limits: CallLimits,
+        whole: bool,
+    ) -> Result<Self, Response<Vec<u8>>> {
+        let Some(forward) = aggregate.targets.get(target) else {
+            return Err(error_response(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "no such target"));
+        };
+        let mut call = Self::new(config, forward, Method::POST, body, limits)?;
+        call.whole = whole;
+        call.session_key = Some(forward.session_key());
+        Ok(call)
+    }
+
+    #[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+    fn new(
+        config: &'a GatewayConfig,
+        forward: &'a Forward,
+        method: Method,
+        body: Bytes,
+        limits: CallLimits,
+    ) -> Result<Self, Response<Vec<u8>>> {
+        let Some(server) = config.servers.get(&forward.server) else {
+            return Err(not_found());
+        };
+        Ok(Self {
+            config,
+            server,
+            forward,
+            inbound: None,
+            method,
+            body,
+            limits,
+            whole: false,
+            session_key: None,
+            session: None,
+            phase: Phase::Request,
+            state: State::Start,
+            credential: None,
+            token: None,
+            retried: false,
+            reopened: false,
+            effects: VecDeque::new(),
+            outcome: None,
+        })
+    }
+
+    /// The caller's request headers, for the debug headers (design §4.7) when it asked for them.
+    #[must_use]
+    pub fn with_inbound(mut self, inbound: &'a HeaderMap) -> Self {
+        self.inbound = Some(inbound);
+        self
+    }
+
+    /// The server the call goes to.
+    pub fn server(&self) -> &'a ServerConfig {
+        self.server
+    }
+
+    /// What to do next.
+    pub fn poll(&mut self) -> CallAction<'a> {
+        if let Some(effect) = self.effects.pop_front() {
+            return effect;
+        }
+        loop {
+            match self.state {
+                State::Start => match &self.session_key {
+                    Some(key) => {
+                        self.state = State::AwaitSession;
+                        return CallAction::LookupSession(key.clone());
+                    }
+                    None => self.state = State::Credential,
+                },
+                State::Credential => match self.credential_source() {
+                    Ok(Some(need)) => {
+                        self.state = State::AwaitToken;
+                        return CallAction::FetchToken(need);
+                    }
+                    Ok(None) => self.state = State::Ready,
+                    Err(failure) => self.fail(failure),
+                },
+                State::Ready => match self.next_request() {
+                    Ok(request) => {
+                        self.state = State::AwaitAnswer;
+                        return CallAction::Send(request);
+                    }
+                    Err(failure) => self.fail(failure),
+                },
+                State::Done => {
+                    let outcome = self.outcome.take().unwrap_or_else(|| {
+                        CallOutcome::Answer(CallFailure::OutOfOrder.response(&self.server.name))
+                    });
+                    return CallAction::Respond(outcome);
+                }
+                State::AwaitSession | State::AwaitToken | State::AwaitAnswer => {
+                    self.fail(CallFailure::OutOfOrder);
+                }
+            }
+        }
+    }
+
+    /// The session lookup's answer.
+    pub fn handle_session(&mut self, session: Option<UpstreamSession>) {
+        if self.state != State::AwaitSession {
+            return self.fail(CallFailure::OutOfOrder);
+        }
+        self.phase = if session.is_some() { Phase::Request } else { Phase::Initialize };
+        self.session = session;
+        self.state = State::Credential;
+    }
+
+    /// The token from the cache, or why there is none (this request's own fetch failure, or
+    /// [`CallFailure::from_reason`] of the fetch it waited for).
+    pub fn handle_token(&mut self, token: Result<Secret, CallFailure>) {
+        if self.state != State::AwaitToken {
+            return self.fail(CallFailure::OutOfOrder);
+        }
+        match (token, self.token_key()) {
+            (Ok(token), Some(key)) => {
+                self.credential = Some((header::AUTHORIZATION, format!("Bearer {}", token.expose())));
+                self.token = Some((key, token));
+                self.state = State::Ready;
+            }
+            (Ok(_), None) => self.fail(CallFailure::OutOfOrder),
+            (Err(failure), _) => self.fail(failure),
+        }
+    }
+
+    /// The head of the answer to a [`Read::Head`] request (the adapter keeps its body), or why
+    /// there is none.
+    pub fn handle_head<B>(&mut self, answer: Result<&Response<B>, UpstreamFailure>) {
+        if self.state != State::AwaitAnswer || self.phase != Phase::Request || self.whole {
+            return self.fail(CallFailure::OutOfOrder);
+        }
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(failure) => return self.fail(CallFailure::Upstream { step: CallStep::Forward, failure }),
+        };
+        if self.try_again(answer.status()) {
+            return;
+        }
+        let status = answer.status();
+        if status.is_server_error() {
+            let failure = CallFailure::Upstream {
+                step: CallStep::Forward,
+                failure: UpstreamFailure::ServerError(status.as_u16()),
+            };
+            let mut response = failure.response(&self.server.name);
+            add_debug(response.headers_mut(), self.debug());
+            return self.finish(CallOutcome::Answer(response));
+        }
+        let mut head = Response::new(());
+        *head.status_mut() = status;
+        self.relay_headers(answer.headers(), head.headers_mut());
+        self.finish(CallOutcome::Relay(head));
+    }
+
+    /// The whole answer to a [`Read::Whole`] request, or why there is none.
+    pub fn handle_whole(&mut self, answer: Result<Response<Bytes>, UpstreamFailure>) {
+        if self.state != State::AwaitAnswer {
+            return self.fail(CallFailure::OutOfOrder);
+        }
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(failure) => return self.fail(CallFailure::Upstream { step: CallStep::Forward, failure }),
+        };
+        match self.phase {
+            Phase::Initialize => {
+                if self.try_again(answer.status()) {
+                    return;
+                }
+                let answer = answer.map(|body| body.to_vec());
+                match aggregate::session_from_initialize(&answer) {
+                    None => self.answer_whole(answer),
+                    Some(session @ UpstreamSession::Session { .. }) => {
+                        self.session = Some(session);
+                        self.phase = Phase::Initialized;
+                        self.state = State::Ready;
+                    }
+                    Some(session) => self.opened(session),
+                }
+            }
+            // The acknowledgement's content does not matter: the session is open.
+            Phase::Initialized => match self.session.clone() {
+                Some(session) => self.opened(session),
+                None => self.fail(CallFailure::OutOfOrder),
+            },
+            Phase::Request if self.whole => {
+                if !self.try_again(answer.status()) {
+                    self.answer_whole(answer.map(|body| body.to_vec()));
+                }
+            }
+            Phase::Request => self.fail(CallFailure::OutOfOrder),
+        }
+    }
+
+    /// Whether the call goes on after `status` instead of answering: once after a 401 to a
+    /// token the gateway obtained (the token is dropped and fetched again), and once when the
+    /// upstream ended the session the call ran in (it is forgotten and opened again).
+    fn try_again(&mut self, status: StatusCode) -> bool {
+        if upstream_reaction(self.forward, status, self.retried) == UpstreamReaction::RetryWithFreshToken {
+            self.retried = true;
+            if let Some((key, token)) = self.token.take() {
+                self.effects.push_back(CallAction::InvalidateToken { key, token });
+            }
+            self.credential = None;
+            self.state = State::Credential;
+            return true;
+        }
+        let expired = self.phase == Phase::Request
+            && self.session.as_ref().is_some_and(|session| session.expired_by(status));
+        if expired
+            && !self.reopened
+            && let (Some(key), Some(session)) = (self.session_key.clone(), self.session.take())
+        {
+            self.reopened = true;
+            self.effects.push_back(CallAction::ForgetSession(key, session));
+            self.phase = Phase::Initialize;
+            self.state = State::Ready;
+            return true;
+        }
+        false
+    }
+
+    /// The session is open: remember it, then send the caller's request in it.
+    fn opened(&mut self, session: UpstreamSession) {
+        if let Some(key) = &self.session_key {
+            self.effects.push_back(CallAction::StoreSession(key.clone(), session.clone()));
+        }
+        self.session = Some(session);
+        self.phase = Phase::Request;
+        self.state = State::Ready;
+    }
+
+    /// Ends with an answer read whole: for an aggregated answer as it is, for a streamed call as
+    /// a relayed one (a 5xx becomes the gateway's 502, only relayed headers pass).
+    fn answer_whole(&mut self, answer: Response<Vec<u8>>) {
+        if self.whole {
+            let debug = self.debug();
+            return self.finish(CallOutcome::Gathered(Gathered { answer: Answer::Upstream(answer), debug }));
+        }
+        let status = answer.status();
+        let mut response = if status.is_server_error() {
+            let failure = UpstreamFailure::ServerError(status.as_u16());
+            CallFailure::Upstream { step: CallStep::Forward, failure }.response(&self.server.name)
+        } else {
+            let (parts, body) = answer.into_parts();
+            let mut response = Response::new(body);
+            *response.status_mut() = parts.status;
+            self.relay_headers(&parts.headers, response.headers_mut());
+            response
+        };
+        add_debug(response.headers_mut(), self.debug());
+        self.finish(CallOutcome::Answer(response));
+    }
+
+    fn relay_headers(&self, upstream: &HeaderMap, to: &mut HeaderMap) {
+        for (name, value) in upstream {
+            if relays_upstream_header(self.forward, name) {
+                to.append(name.clone(), value.clone());
+            }
+        }
+        add_debug(to, self.debug());
+    }
+
+    fn fail(&mut self, failure: CallFailure) {
+        let response = failure.response(&self.server.name);
+        let outcome = if self.whole {
+            CallOutcome::Gathered(Gathered { answer: Answer::Failed(response), debug: Vec::new() })
+        } else {
+            CallOutcome::Answer(response)
+        };
+        self.finish(outcome);
+    }
+
+    fn finish(&mut self, outcome: CallOutcome) {
+        self.outcome = Some(outcome);
+        self.state = State::Done;
+    }
+
+    /// The token key and lifetime for the credential, when the gateway obtains it itself.
+    fn token_key(&self) -> Option<TokenKey> {
+        match &self.forward.credential {
+            OutboundCredential::ClientCredentialsToken => Some(TokenKey::m2m(&self.server.name)),
+            OutboundCredential::ExchangeToken { subject_token } => {
+                Some(TokenKey::exchange(&self.server.name, subject_token))
+            }
+            _ => None,
+        }
+    }
+
+    /// The credential header, or the token the cache must provide first.
+    fn credential_source(&mut self) -> Result<Option<TokenNeed<'a>>, CallFailure> {
+        let forward = self.forward;
+        let policy = match &forward.credential {
+            OutboundCredential::ClientCredentialsToken => TtlPolicy::M2m,
+            // An exchanged token acts for the caller: a per-user lifetime.
+            OutboundCredential::ExchangeToken { .. } => {
+                TtlPolicy::User { token_storage_ttl_seconds: self.server.entry.token_storage_ttl_seconds }
+            }
+            OutboundCredential::Authorization(value) => {
+                self.credential = Some((header::AUTHORIZATION, value.expose().to_owned()));
+                return Ok(None);
+            }
+            OutboundCredential::StaticToken => {
+                self.credential = self
+                    .server
+                    .entry
+                    .authentication_token
+                    .as_ref()
+                    .map(|token| static_credential_header(self.server.policy.auth_type, token));
+                return Ok(None);
+            }
+            OutboundCredential::ForwardAuthorization | OutboundCredential::None => return Ok(None),
+        };
+        let key = self.token_key().ok_or(CallFailure::OutOfOrder)?;
+        Ok(Some(TokenNeed {
+            key,
+            policy,
+            server: self.server,
+            credential: &forward.credential,
+            limits: self.limits,
+        }))
+    }
+
+    /// The request of the current phase, credential and session attached.
+    fn next_request(&self) -> Result<UpstreamRequest, CallFailure> {
+        let mut headers = self.forward.headers.clone();
+        let (method, body, read) = match self.phase {
+            Phase::Initialize => {
+                headers.remove(SESSION_HEADER);
+                let body = Bytes::from(aggregate::initialize_request(&self.forward.headers));
+                (Method::POST, body, Read::Whole(self.limits.max_gathered_answer))
+            }
+            Phase::Initialized => {
+                let body = Bytes::from(aggregate::initialized_notification());
+                (Method::POST, body, Read::Whole(self.limits.max_gathered_answer))
+            }
+            Phase::Request => {
+                let read = if self.whole { Read::Whole(self.limits.max_gathered_answer) } else { Read::Head };
+                (self.method.clone(), self.body.clone(), read)
+            }
+        };
+        if self.phase != Phase::Initialize
+            && let Some(session) = &self.session
+        {
+            session.apply(&mut headers);
+        }
+        if let Some((name, value)) = &self.credential {
+            let value = HeaderValue::from_str(value).map_err(|_| CallFailure::InvalidCredential)?;
+            headers.insert(name.clone(), value);
+        }
+        let uri = self.forward.url.as_str().parse::<http::Uri>().map_err(|_| CallFailure::Upstream {
+            step: CallStep::Forward,
+            failure: UpstreamFailure::Unreachable,
+        })?;
+        let mut request = http::Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        Ok(UpstreamRequest {
+            request,
+            allow_private: crate::fetch_policy::is_local_server(&self.server.url),
+            timeout: self.limits.upstream_timeout,
+            read,
+        })
+    }
+
+    /// The debug headers (design §4.7), when the caller asked for them.
+    fn debug(&self) -> Vec<(&'static str, String)> {
+        let (true, Some(inbound)) = (self.forward.debug, self.inbound) else {
+            return Vec::new();
+        };
+        let outbound = self.credential.as_ref().map(|(_, value)| value.as_str()).or_else(|| {
+            self.forward.headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok())
+        });
+        let context = crate::outbound::DebugContext {
+            auth_type: self.server.entry.auth_type,
+            resolution: self.forward.resolution,
+            outbound_url: Some(&self.forward.url),
+            outbound_authorization: outbound,
+        };
+        crate::outbound::debug_headers(inbound, &self.config.settings.gateway_keys, &context)
+    }
+}
+
+#[cfg(test)]
+mod tests;
