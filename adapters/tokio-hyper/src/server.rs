@@ -35,13 +35,12 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_rustls::ConfigBuilderExt;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioIo;
 use mcp_oauth_core::config::GatewayConfig;
 use mcp_oauth_core::gateway::{StartupError, UpstreamFailure};
-use mcp_oauth_runtime::gateway::{self, CONNECTION_REFUSAL, Upstream};
-use tokio::net::TcpListener;
+use mcp_oauth_runtime::gateway::{self, Listener, Upstream};
+use std::net::SocketAddr;
+use tokio::net::{TcpListener, TcpStream};
 
 pub use mcp_oauth_core::gateway::TokenKey;
 pub use mcp_oauth_runtime::gateway::{GatewayBody, ServerOptions};
@@ -113,78 +112,40 @@ impl Upstream for TokioUpstream {
     }
 }
 
-/// Serves `listener` until `shutdown` completes, then stops accepting and gives open connections
-/// [`ServerOptions::shutdown_grace`] to finish their requests.
-///
-/// Strangers are bounded by the configuration's
-/// [`ConnectionLimits`](mcp_oauth_core::config::ConnectionLimits): a connection that sends nothing
-/// (no first byte, or no next request on a kept-alive HTTP/1.1 connection) is closed after the idle
-/// timeout, request bodies have a read deadline per route, and past the connection cap a new
-/// connection gets a 503 and is closed.
+/// Serves `listener` until `shutdown` completes (see [`gateway::serve`]: connection limits,
+/// HTTP/1.1 and HTTP/2, graceful shutdown within [`ServerOptions::shutdown_grace`]).
 pub async fn serve(listener: TcpListener, state: Arc<GatewayState>, shutdown: impl Future<Output = ()>) {
-    let limits = state.config().settings.connections;
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper starts this timer whenever it waits for a request head, the idle time between
-    // kept-alive requests included.
-    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(limits.idle_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
-            tokio::spawn(refuse_connection(stream));
-            continue;
-        };
+    gateway::serve(TokioListener(listener), state, shutdown).await;
+}
+
+/// tokio's listener for [`gateway::serve`].
+struct TokioListener(TcpListener);
+
+impl Listener for TokioListener {
+    type Stream = TcpStream;
+    type Io = TokioIo<TcpStream>;
+
+    async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = self.0.accept().await?;
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let service = gateway::service(Arc::clone(&state), peer.ip());
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            // The protocol is detected from the first bytes, with no deadline of its own: a
-            // socket that never speaks is closed here.
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(limits.idle_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(read)) if read > 0 => {}
-                _ => return,
-            }
-            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-        });
+        Ok((stream, peer))
     }
-    drop(listener);
-    tracing::info!("shutting down: no new connections; waiting for open ones");
-    if tokio::time::timeout(state.options().shutdown_grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after the grace period; closing them");
-    }
-}
 
-/// Answers a connection past the cap with a 503 and closes it, without reading its request.
-async fn refuse_connection(mut stream: tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    let write = async {
-        stream.write_all(CONNECTION_REFUSAL.as_bytes()).await?;
-        stream.shutdown().await
-    };
-    if tokio::time::timeout(Duration::from_secs(1), write).await.is_err() {
-        tracing::debug!("a refused connection did not take its 503 in time");
+    async fn first_byte(stream: &TcpStream) -> bool {
+        let mut first = [0u8; 1];
+        matches!(stream.peek(&mut first).await, Ok(read) if read > 0)
+    }
+
+    async fn refuse(mut stream: TcpStream, answer: &'static [u8]) {
+        use tokio::io::AsyncWriteExt;
+        if stream.write_all(answer).await.is_ok() {
+            let _ = stream.shutdown().await;
+        }
+    }
+
+    fn into_io(stream: TcpStream) -> TokioIo<TcpStream> {
+        TokioIo::new(stream)
     }
 }
