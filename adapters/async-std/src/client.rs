@@ -182,14 +182,15 @@ impl Client for HttpClient {
 }
 
 /// The address of an IP-literal host (`127.0.0.1`, `[::1]`).
-fn ip_literal(host: &str) -> Option<IpAddr> {
+pub(crate) fn ip_literal(host: &str) -> Option<IpAddr> {
     host.trim_start_matches('[').trim_end_matches(']').parse().ok()
 }
 
 /// Looks `(host, port)` up. async-std's resolver, except in tests, which answer from a table.
-type Lookup = Arc<dyn Fn(String, u16) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> + Send + Sync>;
+pub(crate) type Lookup =
+    Arc<dyn Fn(String, u16) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> + Send + Sync>;
 
-fn async_std_lookup() -> Lookup {
+pub(crate) fn async_std_lookup() -> Lookup {
     Arc::new(|host: String, port: u16| {
         Box::pin(async move {
             let resolved = async_std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)).await?;
@@ -206,7 +207,7 @@ struct Checked(Vec<SocketAddr>);
 /// Applies the fetch policy before connecting and returns the addresses to connect to: an IP
 /// literal directly, a host name resolved once, every address checked (see
 /// [`permits_addresses`]).
-async fn resolve_checked(
+pub(crate) async fn resolve_checked(
     lookup: &Lookup,
     host: &str,
     port: u16,
@@ -251,7 +252,7 @@ fn backend_error(message: String) -> surf::Error {
 }
 
 /// Connects to the first of `addresses` that accepts, in order; never to anything else.
-async fn connect_checked(addresses: &[SocketAddr]) -> std::io::Result<async_std::net::TcpStream> {
+pub(crate) async fn connect_checked(addresses: &[SocketAddr]) -> std::io::Result<async_std::net::TcpStream> {
     let mut last = None;
     for address in addresses {
         match async_std::net::TcpStream::connect(address).await {

@@ -43,6 +43,7 @@
 
 pub mod client;
 pub mod runtime;
+pub mod server;
 
 /// The single-flight token cache ([`mcp_oauth_runtime::token_cache`]) on async-std.
 pub mod token_cache {

@@ -42,6 +42,8 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+#[cfg(feature = "gateway-suite")]
+pub mod gateway_suite;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod runtime;
