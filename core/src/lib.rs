@@ -51,6 +51,7 @@ pub mod pkce;
 pub mod redirect;
 pub mod reply;
 pub mod route;
+pub mod seal;
 pub mod secret;
 pub mod sse;
 #[cfg(feature = "proptest")]
