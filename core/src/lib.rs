@@ -39,6 +39,7 @@ pub mod eval;
 pub mod fetch_policy;
 pub mod flow;
 pub mod gateway;
+pub mod grant;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
 pub mod jsonrpc;
