@@ -376,8 +376,9 @@ impl Reason for SealError {
     }
 }
 
-/// Why a sealed value did not open. Deliberately coarse: a wrong purpose, a wrong server, a
-/// tampered byte and a key that is no longer configured look the same from outside.
+/// Why a sealed value did not open. Deliberately coarse: a wrong purpose, a wrong server and a
+/// tampered byte look the same (the tag fails); only the public header (length, format, key id)
+/// is told apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {

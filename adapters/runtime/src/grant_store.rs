@@ -6,7 +6,7 @@
 //! wrong kind into a [`StoreUnavailable`], so a caller cannot skip a single-use check when the
 //! store is down. Backends implement exactly these primitives and no policy: grace windows, reuse
 //! detection and expiry rules live in core. The contract every backend must meet is the
-//! `grant_store_test_suite!` in [`testing`](crate::testing) (feature `test-suite`).
+//! `grant_store_test_suite!` in `testing` (feature `test-suite`).
 //!
 //! [`MemoryGrantStore`] is the default backend: one process, bounded, every record with an expiry.
 //! Its state sits behind a `std::sync::Mutex` held only inside a synchronous call (never across an
