@@ -13,9 +13,11 @@ use indexmap::IndexMap;
 use serde_json::{Map, Value};
 use url::Url;
 
+use crate::Reason as _;
 use crate::flow::{Flow, FlowError, FlowInput, OAuth2Flow, select_flow};
 use crate::origin::{HostCase, Origin, OriginSettings, TrustedProxies, parse_authority};
 use crate::redirect::TrustedRedirectOrigins;
+use crate::seal::{KeyError, MAX_GRANT_LIFETIME, SEALING_KEYS_ENV, SealingKeys};
 use crate::secret::Secret;
 
 /// Looks up an environment variable; the caller decides where variables come from.
@@ -235,6 +237,11 @@ impl<'a> FieldReader<'a> {
     }
 
     fn unsigned(&mut self, field: &str) -> Option<u64> {
+        self.whole_number(field, "seconds")
+    }
+
+    /// A non-negative integer field counted in `unit` (named in the diagnostic).
+    fn whole_number(&mut self, field: &str, unit: &str) -> Option<u64> {
         match self.object.get(field)? {
             Value::Null => None,
             Value::Number(number) if number.as_u64().is_some() => number.as_u64(),
@@ -242,7 +249,7 @@ impl<'a> FieldReader<'a> {
                 self.error(
                     field,
                     "invalid_type",
-                    format!("`{field}` must be a whole number of seconds, found {}", kind(other)),
+                    format!("`{field}` must be a whole number of {unit}, found {}", kind(other)),
                     format!("write `{field}` as a non-negative integer"),
                 );
                 None
@@ -531,12 +538,150 @@ pub struct ServerConfig {
 pub struct GatewaySettings {
     /// Keys that admit callers: `master_key` first, then `gateway_keys`.
     pub gateway_keys: Vec<Secret>,
+    /// The name of each of [`GatewaySettings::gateway_keys`], in the same order: `master` for
+    /// `master_key`, the map key for `gateway_keys: {name: key}`, `key-{n}` for the `n`th entry
+    /// (from 1, as written) of `gateway_keys: [..]`. A grant's identity is a name (design §4.8).
+    pub gateway_key_names: Vec<String>,
+    /// Sealing keys, the grant store and the grant lifetime (design §4.10).
+    pub grants: GrantSettings,
     /// Everything that decides the public origin.
     pub origin: OriginSettings,
     /// `MCP_TRUSTED_REDIRECT_ORIGINS`.
     pub trusted_redirect_origins: TrustedRedirectOrigins,
     /// What a stranger's connection may hold: idle time, body read time, connections.
     pub connections: ConnectionLimits,
+}
+
+impl GatewaySettings {
+    /// Every gateway key with its name (see [`GatewaySettings::gateway_key_names`]); a key without
+    /// a name (settings built by hand) is named `key-{n}` by its position from 1.
+    pub fn named_gateway_keys(&self) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, &Secret)> {
+        self.gateway_keys.iter().enumerate().map(|(index, key)| {
+            let name = match self.gateway_key_names.get(index) {
+                Some(name) => std::borrow::Cow::Borrowed(name.as_str()),
+                None => std::borrow::Cow::Owned(format!("key-{}", index + 1)),
+            };
+            (name, key)
+        })
+    }
+
+    /// The key configured under `name`, if any.
+    pub fn gateway_key_named(&self, name: &str) -> Option<&Secret> {
+        self.named_gateway_keys().find(|(candidate, _)| candidate == name).map(|(_, key)| key)
+    }
+}
+
+/// What the gateway needs to act as an authorization server (design §4.10).
+#[derive(Clone, Debug)]
+pub struct GrantSettings {
+    /// `MCP_OAUTH_SEALING_KEYS`, else `general_settings.sealing_keys`; `None` when neither is set
+    /// (then `serve` draws a key at start-up, memory store only).
+    pub sealing_keys: Option<SealingKeys>,
+    /// `general_settings.mcp_oauth_store`. Default: memory.
+    pub store: StoreSetting,
+    /// `general_settings.grant_max_lifetime_days`: a grant ends this long after its last refresh.
+    /// Default and maximum: 30 days.
+    pub max_lifetime: std::time::Duration,
+}
+
+impl Default for GrantSettings {
+    fn default() -> Self {
+        Self { sealing_keys: None, store: StoreSetting::Memory, max_lifetime: MAX_GRANT_LIFETIME }
+    }
+}
+
+/// `general_settings.mcp_oauth_store`: where grants, single-use marks and upstream registrations
+/// live.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StoreSetting {
+    /// `memory`: in the process; lost on restart, one replica only.
+    #[default]
+    Memory,
+    /// `sqlite://PATH`: an embedded database file that survives restarts (one host).
+    Sqlite {
+        /// Everything after `sqlite://`: absolute when it starts with `/`, else relative to the
+        /// working directory.
+        path: String,
+    },
+    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`: shared by replicas.
+    Redis(RedisSetting),
+}
+
+impl StoreSetting {
+    /// Whether the store outlives the process or is shared (sqlite, redis): it needs sealing keys.
+    pub fn is_durable(&self) -> bool {
+        !matches!(self, Self::Memory)
+    }
+
+    /// Parses the setting; the error never repeats the value (a Redis URL may hold a password).
+    pub fn parse(text: &str) -> Result<Self, StoreSettingError> {
+        let text = text.trim();
+        if text == "memory" {
+            return Ok(Self::Memory);
+        }
+        if let Some(path) = text.strip_prefix("sqlite://") {
+            if path.is_empty() || path.contains('\0') {
+                return Err(StoreSettingError::SqlitePath);
+            }
+            return Ok(Self::Sqlite { path: path.to_owned() });
+        }
+        if text.starts_with("redis://") {
+            return RedisSetting::parse(text).map(Self::Redis);
+        }
+        Err(StoreSettingError::UnknownScheme)
+    }
+}
+
+/// A Redis store's address; `Debug` redacts the password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSetting {
+    /// Host name or IP address.
+    pub host: String,
+    /// Port; 6379 when the URL names none.
+    pub port: u16,
+    /// Database number; 0 when the URL names none.
+    pub db: u32,
+    /// `USER` of the URL's userinfo (Redis 6 ACL), if any.
+    pub username: Option<String>,
+    /// `PASSWORD` of the URL's userinfo, if any.
+    pub password: Option<Secret>,
+}
+
+impl RedisSetting {
+    fn parse(text: &str) -> Result<Self, StoreSettingError> {
+        let url = Url::parse(text).map_err(|_| StoreSettingError::RedisUrl)?;
+        let host = match url.host() {
+            Some(url::Host::Domain(name)) if !name.is_empty() => name.to_owned(),
+            Some(url::Host::Ipv4(address)) => address.to_string(),
+            Some(url::Host::Ipv6(address)) => format!("[{address}]"),
+            _ => return Err(StoreSettingError::RedisUrl),
+        };
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(StoreSettingError::RedisUrl);
+        }
+        let db = match url.path().trim_start_matches('/') {
+            "" => 0,
+            number => number.parse().map_err(|_| StoreSettingError::RedisUrl)?,
+        };
+        let username = Some(url.username()).filter(|name| !name.is_empty()).map(str::to_owned);
+        let password = url.password().map(Secret::new);
+        Ok(Self { host, port: url.port().unwrap_or(6379), db, username, password })
+    }
+}
+
+/// A `general_settings.mcp_oauth_store` that is not one of the three forms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreSettingError {
+    /// Neither `memory`, `sqlite://` nor `redis://`.
+    #[error("`mcp_oauth_store` must be `memory`, `sqlite://PATH` or `redis://HOST:PORT[/DB]`")]
+    UnknownScheme,
+    /// `sqlite://` with no path.
+    #[error("`mcp_oauth_store: sqlite://` needs a file path after `sqlite://`")]
+    SqlitePath,
+    /// A `redis://` URL without a host, with a non-numeric database, a query or a fragment.
+    #[error("`mcp_oauth_store` is not a valid `redis://HOST:PORT[/DB]` URL")]
+    RedisUrl,
 }
 
 /// How long a connection may idle or dribble a body, and how many may be open (design §7): a
@@ -775,10 +920,55 @@ pub fn load(document: &Value, env: EnvLookup<'_>) -> Result<Loaded, ConfigErrors
             "set PROXY_BASE_URL to the origin clients use, or trust your proxy (use_x_forwarded_for with mcp_trusted_proxy_ranges), or set allowed_hosts",
         ));
     }
+    let authorization_server_for: Vec<&str> = servers
+        .values()
+        .filter(|server| {
+            server.policy.auth_type == AuthType::OAuth2
+                && server.policy.flow == Flow::AuthorizationCode
+                && !server.policy.delegate_auth_to_upstream
+        })
+        .map(|server| server.name.as_str())
+        .collect();
+    if !authorization_server_for.is_empty() {
+        warnings.extend(grant_store_warnings(&settings.grants, &authorization_server_for));
+    }
     if errors.is_empty() {
         Ok(Loaded { config: GatewayConfig { servers, settings }, warnings })
     } else {
         Err(ConfigErrors { errors, warnings })
+    }
+}
+
+/// The warnings of design §4.10 for a gateway that issues grants (for `servers`): a memory store
+/// keeps them per process, and without keys they die with it.
+fn grant_store_warnings(grants: &GrantSettings, servers: &[&str]) -> Option<Diagnostic> {
+    let servers = servers.join(", ");
+    match (&grants.store, &grants.sealing_keys) {
+        (StoreSetting::Memory, None) => Some(Diagnostic::new(
+            Severity::Warning,
+            "sealing_key_drawn",
+            "general_settings",
+            None,
+            Some("sealing_keys"),
+            format!(
+                "no sealing keys are configured, so a key is drawn at start-up: client registrations, grants and tokens of {servers} die with the process"
+            ),
+            format!(
+                "set {SEALING_KEYS_ENV} to a base64url 32-byte key (`openssl rand -base64 32 | tr '+/' '-_'`)"
+            ),
+        )),
+        (StoreSetting::Memory, Some(_)) => Some(Diagnostic::new(
+            Severity::Warning,
+            "store_per_process",
+            "general_settings",
+            None,
+            Some("mcp_oauth_store"),
+            format!(
+                "the grant store is in memory: single-use guards, grants and refresh generations of {servers} are per process, so run one replica only; grants end on restart"
+            ),
+            "set mcp_oauth_store to sqlite://PATH (one host) or redis://HOST:PORT (several replicas)",
+        )),
+        _ => None,
     }
 }
 
@@ -1012,15 +1202,8 @@ fn load_settings(
 ) -> GatewaySettings {
     let mut reader =
         FieldReader { object, env, server: None, section: "general_settings", diagnostics: Vec::new() };
-    let mut gateway_keys: Vec<Secret> = reader.secret("master_key").into_iter().collect();
-    if let Some(extra) = reader.string_list("gateway_keys") {
-        for key in extra {
-            match key.strip_prefix(ENV_PREFIX) {
-                Some(_) => gateway_keys.extend(reader.resolve_env("gateway_keys", &key).map(Secret::new)),
-                None => gateway_keys.push(Secret::new(key)),
-            }
-        }
-    }
+    let (gateway_key_names, gateway_keys) = named_gateway_keys(&mut reader).into_iter().unzip();
+    let grants = grant_settings(&mut reader, env, warnings);
     let use_x_forwarded_for = reader.boolean("use_x_forwarded_for").unwrap_or(false);
     let ranges = reader.string_list("mcp_trusted_proxy_ranges").unwrap_or_default();
     let allowed_hosts = reader.string_list("allowed_hosts").unwrap_or_default();
@@ -1101,6 +1284,8 @@ fn load_settings(
     errors.extend(diagnostics);
     GatewaySettings {
         gateway_keys,
+        gateway_key_names,
+        grants,
         origin: OriginSettings {
             proxy_base_url,
             use_x_forwarded_for,
@@ -1110,6 +1295,193 @@ fn load_settings(
         },
         trusted_redirect_origins,
         connections,
+    }
+}
+
+/// The name `master_key` goes by in a grant's identity.
+pub const MASTER_KEY_NAME: &str = "master";
+
+/// `master_key` and `gateway_keys` (a list, or a map of name to key) with their names.
+fn named_gateway_keys(reader: &mut FieldReader<'_>) -> Vec<(String, Secret)> {
+    const FIELD: &str = "gateway_keys";
+    let mut keys: Vec<(String, Secret)> =
+        reader.secret("master_key").map(|key| (MASTER_KEY_NAME.to_owned(), key)).into_iter().collect();
+    let resolve = |reader: &mut FieldReader<'_>, text: &str| {
+        let text = text.trim();
+        if text.is_empty() { None } else { reader.resolve_env(FIELD, text).map(Secret::new) }
+    };
+    match reader.object.get(FIELD) {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (index, item) in items.iter().enumerate() {
+                let Value::String(text) = item else {
+                    reader.error(
+                        FIELD,
+                        "invalid_type",
+                        format!("`{FIELD}` must be a list of strings, found an item that is {}", kind(item)),
+                        format!("quote every item of `{FIELD}`"),
+                    );
+                    return keys;
+                };
+                // Named by position as written, blank items included, so blanking one entry does
+                // not rename the ones after it.
+                keys.extend(resolve(reader, text).map(|key| (format!("key-{}", index + 1), key)));
+            }
+        }
+        Some(Value::Object(entries)) => {
+            for (name, value) in entries {
+                if !is_valid_key_name(name) {
+                    reader.error(
+                        FIELD,
+                        "invalid_key_name",
+                        format!("gateway key name `{}` is not allowed", truncate(name)),
+                        format!("use up to 64 letters, digits, `_`, `-` or `.`; `{MASTER_KEY_NAME}` is master_key's name"),
+                    );
+                    continue;
+                }
+                match value {
+                    Value::String(text) => keys.extend(resolve(reader, text).map(|key| (name.clone(), key))),
+                    Value::Null => {}
+                    other => reader.error(
+                        FIELD,
+                        "invalid_type",
+                        format!("gateway key `{}` must be a string, found {}", truncate(name), kind(other)),
+                        format!("quote the key named `{}`", truncate(name)),
+                    ),
+                }
+            }
+        }
+        Some(other) => reader.error(
+            FIELD,
+            "invalid_type",
+            format!("`{FIELD}` must be a list of keys or a mapping of name to key, found {}", kind(other)),
+            format!("write `{FIELD}: [\"key\"]` or `{FIELD}: {{alice: \"key\"}}`"),
+        ),
+    }
+    keys
+}
+
+/// A gateway key's name appears in audit logs and grant records: a short safe word, not `master`.
+fn is_valid_key_name(name: &str) -> bool {
+    name != MASTER_KEY_NAME
+        && !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Sealing keys (`MCP_OAUTH_SEALING_KEYS` wins over `sealing_keys`), the store and the grant
+/// lifetime. A durable or shared store without keys is an error: values sealed under a key drawn
+/// at start-up would not open after a restart or on another replica.
+fn grant_settings(
+    reader: &mut FieldReader<'_>,
+    env: EnvLookup<'_>,
+    warnings: &mut Vec<Diagnostic>,
+) -> GrantSettings {
+    let defaults = GrantSettings::default();
+    let key_error = |error: &KeyError, section, field: &str| {
+        Diagnostic::new(
+            Severity::Error,
+            error.reason(),
+            section,
+            None,
+            Some(field),
+            error.to_string(),
+            error.fix(),
+        )
+    };
+    let sealing_keys = match env(SEALING_KEYS_ENV).filter(|value| !value.trim().is_empty()) {
+        Some(value) => {
+            if reader.object.get("sealing_keys").is_some_and(|value| !value.is_null()) {
+                warnings.push(Diagnostic::new(
+                    Severity::Warning,
+                    "sealing_keys_overridden",
+                    "general_settings",
+                    None,
+                    Some("sealing_keys"),
+                    format!("`sealing_keys` is ignored because {SEALING_KEYS_ENV} is set"),
+                    format!("remove one of the two; {SEALING_KEYS_ENV} wins"),
+                ));
+            }
+            SealingKeys::parse(&value)
+                .map_err(|error| reader.diagnostics.push(key_error(&error, "environment", SEALING_KEYS_ENV)))
+                .ok()
+        }
+        None => sealing_keys_setting(reader).and_then(|parsed| {
+            parsed
+                .map_err(|error| {
+                    reader.diagnostics.push(key_error(&error, "general_settings", "sealing_keys"))
+                })
+                .ok()
+        }),
+    };
+    let store = match reader.string("mcp_oauth_store") {
+        None => StoreSetting::Memory,
+        Some(text) => StoreSetting::parse(&text).unwrap_or_else(|error| {
+            reader.error(
+                "mcp_oauth_store",
+                "invalid_store",
+                error.to_string(),
+                "write `memory`, `sqlite:///var/lib/mcp-oauth/grants.db` or `redis://redis.internal:6379/0`",
+            );
+            StoreSetting::Memory
+        }),
+    };
+    let key_errors = reader
+        .diagnostics
+        .iter()
+        .any(|d| d.field.as_deref().is_some_and(|f| f == "sealing_keys" || f == SEALING_KEYS_ENV));
+    if store.is_durable() && sealing_keys.is_none() && !key_errors {
+        reader.error(
+            "mcp_oauth_store",
+            "store_without_sealing_keys",
+            "a durable or shared grant store needs sealing keys: a key drawn at start-up would not open what another process or a restart sealed".into(),
+            format!("set {SEALING_KEYS_ENV} (or general_settings.sealing_keys) to base64url 32-byte keys, the same on every replica"),
+        );
+    }
+    let max_days = MAX_GRANT_LIFETIME.as_secs() / 86_400;
+    let max_lifetime = match reader.whole_number("grant_max_lifetime_days", "days") {
+        None => defaults.max_lifetime,
+        Some(days) if (1..=max_days).contains(&days) => std::time::Duration::from_secs(days * 86_400),
+        Some(_) => {
+            reader.error(
+                "grant_max_lifetime_days",
+                "invalid_value",
+                format!("`grant_max_lifetime_days` must be between 1 and {max_days}"),
+                format!("remove it for the default ({max_days}), or set 1 to {max_days}"),
+            );
+            defaults.max_lifetime
+        }
+    };
+    GrantSettings { sealing_keys, store, max_lifetime }
+}
+
+/// `general_settings.sealing_keys`: a comma-separated string (or `os.environ/` reference to one),
+/// or a list of keys (each may be an `os.environ/` reference). `None` when absent or blank.
+fn sealing_keys_setting(reader: &mut FieldReader<'_>) -> Option<Result<SealingKeys, KeyError>> {
+    const FIELD: &str = "sealing_keys";
+    match reader.object.get(FIELD)? {
+        Value::Array(items) => {
+            let mut texts = Vec::with_capacity(items.len());
+            for item in items {
+                let Value::String(text) = item else {
+                    reader.error(
+                        FIELD,
+                        "invalid_type",
+                        format!("`{FIELD}` must be a list of strings, found an item that is {}", kind(item)),
+                        format!("quote every item of `{FIELD}`"),
+                    );
+                    return None;
+                };
+                texts.push(if text.trim().is_empty() {
+                    String::new()
+                } else {
+                    reader.resolve_env(FIELD, text.trim())?
+                });
+            }
+            (!texts.iter().all(|text| text.trim().is_empty()))
+                .then(|| SealingKeys::parse_list(texts.iter().map(String::as_str)))
+        }
+        _ => reader.string(FIELD).map(|text| SealingKeys::parse(&text)),
     }
 }
 
@@ -1510,6 +1882,185 @@ mcp_servers:
             .unwrap_err();
         assert_eq!(errors.errors[0].code, "invalid_proxy_range");
         assert_eq!(errors.errors[0].location, Some(Location { line: 2, column: 3 }));
+    }
+
+    const KEY_A: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
+    const KEY_B: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+    const INTERACTIVE: &str = "mcp_servers:\n  gh:\n    url: https://gh.example/mcp\n    auth_type: oauth2\n    oauth2_flow: authorization_code\n";
+
+    fn settings(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigErrors> {
+        load_yaml(&format!("general_settings:\n{yaml}mcp_servers: {{}}\n"), env)
+    }
+
+    fn error_codes(result: Result<Loaded, ConfigErrors>) -> Vec<(&'static str, Option<String>)> {
+        result.unwrap_err().errors.into_iter().map(|e| (e.code, e.field)).collect()
+    }
+
+    #[test]
+    fn gateway_keys_are_named_by_map_key_position_or_master() {
+        let env = |name: &str| (name == "K3").then(|| "key-three-0003".to_owned());
+        let loaded =
+            settings("  master_key: mk-0001\n  gateway_keys: [k-one-0001, \"  \", os.environ/K3]\n", &env)
+                .unwrap();
+        let named: Vec<(String, String)> = loaded
+            .config
+            .settings
+            .named_gateway_keys()
+            .map(|(name, key)| (name.into_owned(), key.expose().to_owned()))
+            .collect();
+        assert_eq!(
+            named,
+            [("master", "mk-0001"), ("key-1", "k-one-0001"), ("key-3", "key-three-0003")]
+                .map(|(n, k)| (n.to_owned(), k.to_owned()))
+        );
+        assert_eq!(loaded.config.settings.gateway_keys.len(), 3, "every existing caller sees every key");
+        let map = settings(
+            "  gateway_keys:\n    alice: sk-alice-01\n    ci.bot: os.environ/K3\n    blank: ''\n",
+            &env,
+        )
+        .unwrap();
+        let settings_ = &map.config.settings;
+        assert_eq!(settings_.gateway_key_names, ["alice", "ci.bot"]);
+        assert_eq!(settings_.gateway_key_named("ci.bot").map(Secret::expose), Some("key-three-0003"));
+        assert!(settings_.gateway_key_named("master").is_none());
+        let bad = settings("  gateway_keys:\n    master: x\n    'a b': y\n    n: [1]\n", &env);
+        let codes = error_codes(bad);
+        assert_eq!(codes.iter().filter(|(code, _)| *code == "invalid_key_name").count(), 2, "{codes:?}");
+        assert!(codes.contains(&("invalid_type", Some("gateway_keys".into()))), "{codes:?}");
+        assert_eq!(error_codes(settings("  gateway_keys: 5\n", &env))[0].0, "invalid_type");
+        // Hand-built settings without names still name every key.
+        let hand = GatewaySettings { gateway_keys: vec![Secret::new("a")], ..GatewaySettings::default() };
+        assert_eq!(hand.named_gateway_keys().next().map(|(name, _)| name.into_owned()), Some("key-1".into()));
+    }
+
+    #[test]
+    fn sealing_keys_come_from_the_environment_first_then_the_setting() {
+        let none = |_: &str| None;
+        let loaded = settings(&format!("  sealing_keys: \"{KEY_A}, {KEY_B}\"\n"), &none).unwrap();
+        let keys = loaded.config.settings.grants.sealing_keys.as_ref().unwrap();
+        assert_eq!(keys.all().count(), 2);
+        let list = settings(&format!("  sealing_keys: [{KEY_B}, os.environ/SK]\n"), &|n: &str| {
+            (n == "SK").then(|| KEY_A.to_owned())
+        })
+        .unwrap();
+        let list_keys = list.config.settings.grants.sealing_keys.unwrap();
+        assert_eq!(list_keys.current().id(), SealingKeys::parse(KEY_B).unwrap().current().id());
+        let from_env = |name: &str| (name == SEALING_KEYS_ENV).then(|| KEY_B.to_owned());
+        let loaded = settings("  sealing_keys: not-a-key\n", &from_env).unwrap();
+        let keys = loaded.config.settings.grants.sealing_keys.unwrap();
+        assert_eq!(keys.all().count(), 1, "the variable wins and the setting is not read");
+        assert!(loaded.warnings.iter().any(|w| w.code == "sealing_keys_overridden"));
+        assert!(
+            settings("  sealing_keys: ''\n", &none).unwrap().config.settings.grants.sealing_keys.is_none()
+        );
+        assert!(
+            settings("  sealing_keys: []\n", &none).unwrap().config.settings.grants.sealing_keys.is_none()
+        );
+
+        let short = "c2hvcnQta2V5LW1hdGVyaWFs"; // 18 bytes
+        let errors = settings(&format!("  sealing_keys: [{KEY_A}, {short}]\n"), &none).unwrap_err();
+        assert_eq!(errors.errors[0].code, "sealing_key_wrong_length");
+        assert_eq!(
+            errors.errors[0].message,
+            "sealing key 2 decodes to 18 bytes; each key must be exactly 32"
+        );
+        let bad_env = |name: &str| (name == SEALING_KEYS_ENV).then(|| format!("{KEY_A},{short}+/"));
+        let errors = settings("", &bad_env).unwrap_err();
+        assert_eq!(
+            (errors.errors[0].code, errors.errors[0].section),
+            ("sealing_key_not_base64url", "environment")
+        );
+        let rendered = format!("{errors:?} {}", errors.errors[0]);
+        assert!(!rendered.contains(short) && !rendered.contains(KEY_A), "{rendered}");
+        assert_eq!(error_codes(settings("  sealing_keys: [1]\n", &none))[0].0, "invalid_type");
+    }
+
+    #[test]
+    fn the_grant_store_setting_is_typed_and_a_durable_store_needs_keys() {
+        assert_eq!(StoreSetting::parse("memory"), Ok(StoreSetting::Memory));
+        assert_eq!(
+            StoreSetting::parse("sqlite:///var/lib/mcp/grants.db"),
+            Ok(StoreSetting::Sqlite { path: "/var/lib/mcp/grants.db".into() })
+        );
+        assert_eq!(
+            StoreSetting::parse("sqlite://data/g.db"),
+            Ok(StoreSetting::Sqlite { path: "data/g.db".into() })
+        );
+        let redis = |text| match StoreSetting::parse(text) {
+            Ok(StoreSetting::Redis(redis)) => redis,
+            other => panic!("{text}: {other:?}"),
+        };
+        let plain = redis("redis://redis.internal:6380/2");
+        assert_eq!((plain.host.as_str(), plain.port, plain.db), ("redis.internal", 6380, 2));
+        let defaults = redis("redis://10.0.0.5");
+        assert_eq!((defaults.port, defaults.db, defaults.password), (6379, 0, None));
+        let auth = redis("redis://app:pa55word-0001@[::1]:6379/0");
+        assert_eq!((auth.host.as_str(), auth.username.as_deref()), ("[::1]", Some("app")));
+        assert_eq!(auth.password.as_ref().map(Secret::expose), Some("pa55word-0001"));
+        assert!(!format!("{auth:?}").contains("pa55word"));
+        for bad in [
+            "",
+            "Memory",
+            "sqlite://",
+            "redis://",
+            "redis://h:99999",
+            "redis://h/x",
+            "redis://h/0?a=1",
+            "rediss://h",
+            "postgres://h",
+        ] {
+            assert!(StoreSetting::parse(bad).is_err(), "{bad}");
+        }
+
+        let none = |_: &str| None;
+        let errors = settings("  mcp_oauth_store: redis://:pa55word-0001@h:1/x\n", &none).unwrap_err();
+        assert_eq!(errors.errors[0].code, "invalid_store");
+        assert!(!format!("{errors:?}").contains("pa55word"), "the URL is never echoed");
+        let errors = settings("  mcp_oauth_store: sqlite:///tmp/g.db\n", &none).unwrap_err();
+        assert_eq!(errors.errors[0].code, "store_without_sealing_keys");
+        let with_keys =
+            settings(&format!("  mcp_oauth_store: redis://h:6379\n  sealing_keys: {KEY_A}\n"), &none)
+                .unwrap();
+        assert!(with_keys.config.settings.grants.store.is_durable());
+        // A bad key is reported once, not also as a missing one.
+        let codes = error_codes(settings("  mcp_oauth_store: redis://h:6379\n  sealing_keys: nope\n", &none));
+        assert_eq!(codes.iter().map(|(code, _)| *code).collect::<Vec<_>>(), ["sealing_key_wrong_length"]);
+    }
+
+    #[test]
+    fn grant_lifetime_is_at_most_thirty_days() {
+        let none = |_: &str| None;
+        let lifetime = |yaml: &str| {
+            settings(yaml, &none).map(|l| l.config.settings.grants.max_lifetime.as_secs() / 86_400)
+        };
+        assert_eq!(lifetime("").unwrap(), 30);
+        assert_eq!(lifetime("  grant_max_lifetime_days: 7\n").unwrap(), 7);
+        for bad in ["0", "31", "-1"] {
+            assert!(lifetime(&format!("  grant_max_lifetime_days: {bad}\n")).is_err(), "{bad}");
+        }
+        let errors = settings("  grant_max_lifetime_days: ten\n", &none).unwrap_err();
+        assert!(errors.errors[0].message.contains("whole number of days"), "{}", errors.errors[0].message);
+    }
+
+    #[test]
+    fn grant_store_warnings_are_values_for_authorization_servers_only() {
+        let codes = |yaml: &str, env: &dyn Fn(&str) -> Option<String>| {
+            load_yaml(yaml, env).unwrap().warnings.iter().map(|w| w.code).collect::<Vec<_>>()
+        };
+        let none = |_: &str| None;
+        let keys = |name: &str| (name == SEALING_KEYS_ENV).then(|| KEY_A.to_owned());
+        assert!(codes(INTERACTIVE, &none).contains(&"sealing_key_drawn"));
+        assert!(!codes(INTERACTIVE, &none).contains(&"store_per_process"));
+        assert!(codes(INTERACTIVE, &keys).contains(&"store_per_process"));
+        let durable = format!("general_settings:\n  mcp_oauth_store: sqlite://g.db\n{INTERACTIVE}");
+        let found = codes(&durable, &keys);
+        assert!(!found.contains(&"store_per_process") && !found.contains(&"sealing_key_drawn"), "{found:?}");
+        let delegating = format!("{INTERACTIVE}    delegate_auth_to_upstream: true\n");
+        assert!(
+            !codes(&delegating, &none).contains(&"sealing_key_drawn"),
+            "a delegating server issues nothing"
+        );
+        assert!(!codes(GOOD, &env).contains(&"sealing_key_drawn"));
     }
 
     #[test]

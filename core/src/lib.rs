@@ -39,6 +39,7 @@ pub mod eval;
 pub mod fetch_policy;
 pub mod flow;
 pub mod gateway;
+pub mod grant;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
 pub mod jsonrpc;
@@ -51,6 +52,7 @@ pub mod pkce;
 pub mod redirect;
 pub mod reply;
 pub mod route;
+pub mod seal;
 pub mod secret;
 pub mod sse;
 #[cfg(feature = "proptest")]

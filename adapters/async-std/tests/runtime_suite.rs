@@ -1,6 +1,14 @@
-//! The shared driver and token-cache suite of `mcp-oauth-runtime`, run on async-std
+//! The shared driver, token-cache and grant-store suites of `mcp-oauth-runtime`, run on async-std
 //! ([`AsyncStdRuntime`]). Every test is bounded by 30 s.
 
 use mcp_oauth_async_std::AsyncStdRuntime;
+use mcp_oauth_runtime::MemoryGrantStore;
 
 mcp_oauth_runtime::runtime_test_suite!(async_std::task::block_on, AsyncStdRuntime);
+
+mcp_oauth_runtime::grant_store_test_suite!(
+    memory_grant_store,
+    async_std::task::block_on,
+    AsyncStdRuntime,
+    MemoryGrantStore::new
+);

@@ -25,8 +25,10 @@
 //!   ([`limits::perform_within_limits`]);
 //! - [`token_cache::SharedTokenCache`], core's sans-IO token cache shared by tasks, with single
 //!   flight per key;
-//! - `testing` (feature `test-suite`), the driver and token-cache tests written once against
-//!   [`Runtime`] and run by every adapter on its own executor.
+//! - [`GrantStore`], core's five grant-store primitives behind one async trait, and
+//!   [`MemoryGrantStore`], the bounded in-process backend;
+//! - `testing` (feature `test-suite`), the driver, token-cache and grant-store tests written once
+//!   against [`Runtime`] (and [`GrantStore`]) and run by every adapter on its own executor.
 //!
 //! An adapter keeps only what depends on its libraries: its HTTP client, its [`Runtime`] impl and
 //! (tokio) the gateway server. No module here makes an OAuth decision.
@@ -36,6 +38,7 @@ pub mod clock;
 pub mod driver;
 #[cfg(feature = "gateway")]
 pub mod gateway;
+pub mod grant_store;
 #[cfg(feature = "gateway")]
 pub mod hyper_rt;
 pub mod io;
@@ -47,5 +50,6 @@ pub mod token_cache;
 
 pub use clock::Clock;
 pub use driver::{DriveError, Perform, drive};
+pub use grant_store::{GrantStore, MemoryGrantStore, unix_now};
 pub use io::{BoxFuture, Client, Headless, Io, UserAgent};
 pub use runtime::{BlockingError, Elapsed, Runtime, timeout};

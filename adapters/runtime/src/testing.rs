@@ -1,5 +1,6 @@
-//! The shared test suite (feature `test-suite`): the driver and token-cache tests, written once
-//! against [`Runtime`] and run by every adapter on its own executor.
+//! The shared test suite (feature `test-suite`): the driver, token-cache and grant-store tests,
+//! written once against [`Runtime`] (and [`GrantStore`]) and run by every adapter on its own
+//! executor.
 //!
 //! Each scenario is an `async fn` taking the runtime; [`runtime_test_suite!`](crate::runtime_test_suite)
 //! stamps out one `#[test]` per scenario in the adapter's test file, each bounded by 30 s:
@@ -7,6 +8,14 @@
 //! ```ignore
 //! fn block_on<F: std::future::Future>(future: F) -> F::Output { /* the executor's block_on */ }
 //! mcp_oauth_runtime::runtime_test_suite!(block_on, my_adapter::MyRuntime);
+//! ```
+//!
+//! The grant-store contract is a second macro, [`grant_store_test_suite!`](crate::grant_store_test_suite),
+//! taking a constructor for the store under test, so every backend (memory now, SQLite and Redis
+//! next) runs the same scenarios:
+//!
+//! ```ignore
+//! mcp_oauth_runtime::grant_store_test_suite!(memory_store, block_on, MyRuntime, MemoryGrantStore::new);
 //! ```
 //!
 //! The token fetches are scripted (a counter, a delay on the runtime's timer, a token named after
@@ -19,15 +28,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::Response;
+use mcp_oauth_core::grant::{Grant, GrantId, Identity, LockHolder, OnceKey, SealedUpstreamToken};
 use mcp_oauth_core::machine::{
     InFlight, Instant, Limits, Machine, OneShot, Outgoing, Performer, RequestId, Step, TransportError,
 };
+use mcp_oauth_core::seal::{SealingKeys, UnixTime};
 use mcp_oauth_core::secret::Secret;
 use mcp_oauth_core::token_cache::{Backoff, CacheConfig, Fetched, TtlPolicy};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
 use crate::driver::{DriveError, Perform, drive};
+use crate::grant_store::{GrantStore, STORE_FULL, unix_now};
 use crate::io::{BoxFuture, Client, Headless, Io, UserAgent};
 use crate::runtime::{Runtime, timeout};
 use crate::token_cache::{CacheError, FetchError, PRUNE_FLOOR, SharedTokenCache};
@@ -484,4 +496,252 @@ pub async fn idle_keys_do_not_accumulate<R: Runtime>(runtime: R) {
     assert_eq!(cache.fetches(), 5_000);
     let keys = cache.key_count();
     assert!(keys <= PRUNE_FLOOR, "{keys} idle keys kept");
+}
+
+/// Stamps out one `#[test]` per grant-store scenario of [`testing`](crate::testing) in a module
+/// `$module`: each runs on `$runtime` under `$block_on`, with a fresh store from `$make_store`
+/// (called with [`SUITE_MAX_RECORDS`]), bounded by 30 s.
+#[macro_export]
+macro_rules! grant_store_test_suite {
+    ($module:ident, $block_on:path, $runtime:expr, $make_store:expr) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $crate::grant_store_test_suite!(@each $block_on, $runtime, $make_store;
+                grants_round_trip_and_expired_grants_are_gone,
+                take_once_is_true_exactly_once,
+                take_once_is_true_once_among_32_concurrent_callers,
+                expired_marks_are_gone,
+                advance_generation_is_compare_and_swap,
+                try_lock_excludes_a_second_holder_until_unlock_or_ttl,
+                a_full_store_prunes_expired_records_then_fails_closed,
+            );
+        }
+    };
+    (@each $block_on:path, $runtime:expr, $make_store:expr; $($scenario:ident,)*) => {
+        $(
+            #[test]
+            fn $scenario() {
+                let store = ($make_store)($crate::testing::SUITE_MAX_RECORDS);
+                $block_on($crate::testing::bounded($runtime, $crate::testing::$scenario($runtime, store)));
+            }
+        )*
+    };
+}
+
+/// The record bound a store under the grant-store suite is built with (grants, marks and locks
+/// together); [`a_full_store_prunes_expired_records_then_fails_closed`] fills it.
+pub const SUITE_MAX_RECORDS: usize = 64;
+
+/// A live grant `n` of server `s`, ending at `expires_at`.
+fn suite_grant(n: u8, expires_at: UnixTime) -> Grant {
+    let keys = SealingKeys::generate([7; 32]);
+    let id = GrantId::from_random([n; 16]);
+    let token = Secret::new(format!("upstream-{n}"));
+    Grant {
+        id: id.clone(),
+        server: "s".into(),
+        identity: Identity::new("master", &Secret::new("sk-suite"), &keys),
+        client: "client".into(),
+        upstream_access_token: SealedUpstreamToken::seal(&keys, "s", &id, expires_at, &token, [n; 24])
+            .expect("a short token seals"),
+        upstream_refresh_token: None,
+        upstream_access_expires_at: None,
+        expires_at,
+        generation: 0,
+        rotated_at: unix_now(),
+        scope: "read".into(),
+    }
+}
+
+fn in_secs(secs: u64) -> UnixTime {
+    unix_now().plus(Duration::from_secs(secs))
+}
+
+/// Sleeps on the runtime until the store's wall clock reaches `at` (at most 5 s).
+async fn sleep_past<R: Runtime>(runtime: &R, at: UnixTime) {
+    for _ in 0..50 {
+        if unix_now() >= at {
+            return;
+        }
+        runtime.sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the wall clock did not reach {at:?}");
+}
+
+/// Runs `tasks` copies of `call` on the runtime at once and collects their answers.
+async fn concurrently<R, S, T, F, Fut>(runtime: &R, store: &S, tasks: usize, call: F) -> Vec<T>
+where
+    R: Runtime,
+    S: GrantStore + Clone,
+    T: Send + 'static,
+    F: Fn(S) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let receivers = (0..tasks)
+        .map(|_| {
+            let (sender, receiver) = oneshot::channel();
+            let future = call(store.clone());
+            runtime.spawn(async move {
+                let _ = sender.send(future.await);
+            });
+            receiver
+        })
+        .collect();
+    join_all(receivers).await
+}
+
+/// A grant reads back as written, a rewrite replaces it, and a grant whose expiry has passed
+/// (including one written already ended: a revocation) reads as absent.
+pub async fn grants_round_trip_and_expired_grants_are_gone<R: Runtime, S: GrantStore + Clone>(
+    _runtime: R,
+    store: S,
+) {
+    let grant = suite_grant(1, in_secs(3600));
+    assert_eq!(store.get_grant(grant.id.clone()).await, Ok(None), "nothing yet");
+    store.put_grant(grant.clone()).await.expect("stored");
+    assert_eq!(store.get_grant(grant.id.clone()).await, Ok(Some(grant.clone())));
+    let rewritten = Grant { scope: "read write".into(), generation: 3, ..grant.clone() };
+    store.put_grant(rewritten.clone()).await.expect("stored");
+    assert_eq!(store.get_grant(grant.id.clone()).await, Ok(Some(rewritten)));
+    let revoked = Grant { expires_at: UnixTime::from_secs(unix_now().as_secs() - 1), ..grant.clone() };
+    store.put_grant(revoked).await.expect("stored");
+    assert_eq!(store.get_grant(grant.id.clone()).await, Ok(None), "revoked");
+    let ended = suite_grant(2, UnixTime::from_secs(unix_now().as_secs() - 60));
+    store.put_grant(ended.clone()).await.expect("stored");
+    assert_eq!(store.get_grant(ended.id).await, Ok(None), "already expired");
+    assert_eq!(store.get_grant(GrantId::new("unknown")).await, Ok(None));
+}
+
+/// `take_once` is true the first time only, per key; a mark whose `until` has passed is refused.
+pub async fn take_once_is_true_exactly_once<R: Runtime, S: GrantStore + Clone>(_runtime: R, store: S) {
+    let key = OnceKey("code-a".into());
+    assert_eq!(store.take_once(key.clone(), in_secs(60)).await, Ok(true));
+    assert_eq!(store.take_once(key.clone(), in_secs(60)).await, Ok(false));
+    assert_eq!(store.take_once(key, in_secs(600)).await, Ok(false), "a later `until` does not reopen it");
+    assert_eq!(store.take_once(OnceKey("code-b".into()), in_secs(60)).await, Ok(true), "per key");
+    let past = UnixTime::from_secs(unix_now().as_secs() - 1);
+    assert_eq!(store.take_once(OnceKey("code-c".into()), past).await, Ok(false), "nothing left to guard");
+}
+
+/// Of 32 callers taking the same mark at once, exactly one gets `true`.
+pub async fn take_once_is_true_once_among_32_concurrent_callers<R: Runtime, S: GrantStore + Clone>(
+    runtime: R,
+    store: S,
+) {
+    let until = in_secs(60);
+    let answers = concurrently(&runtime, &store, 32, |store: S| async move {
+        store.take_once(OnceKey("state-1".into()), until).await
+    })
+    .await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(answers.iter().filter(|answer| **answer == Ok(true)).count(), 1, "{answers:?}");
+}
+
+/// A mark is forgotten once its `until` passes (its sealed value no longer opens).
+pub async fn expired_marks_are_gone<R: Runtime, S: GrantStore + Clone>(runtime: R, store: S) {
+    let key = OnceKey("code-short".into());
+    let until = in_secs(2);
+    assert_eq!(store.take_once(key.clone(), until).await, Ok(true));
+    assert_eq!(store.take_once(key.clone(), until).await, Ok(false));
+    sleep_past(&runtime, until).await;
+    assert_eq!(store.take_once(key, in_secs(60)).await, Ok(true), "the expired mark is gone");
+}
+
+/// `advance_generation` is compare-and-swap: only the expected generation advances, it records
+/// the rotation time, and of 16 concurrent advancers exactly one wins.
+pub async fn advance_generation_is_compare_and_swap<R: Runtime, S: GrantStore + Clone>(runtime: R, store: S) {
+    let grant = suite_grant(3, in_secs(3600));
+    let id = grant.id.clone();
+    store.put_grant(grant).await.expect("stored");
+    let rotated = unix_now().plus(Duration::from_secs(1));
+    assert_eq!(store.advance_generation(id.clone(), 1, rotated).await, Ok(false), "not the current one");
+    assert_eq!(store.advance_generation(id.clone(), 0, rotated).await, Ok(true));
+    let after = store.get_grant(id.clone()).await.expect("answer").expect("live");
+    assert_eq!((after.generation, after.rotated_at), (1, rotated));
+    assert_eq!(store.advance_generation(id.clone(), 0, rotated).await, Ok(false), "a replay loses");
+
+    let answers = concurrently(&runtime, &store, 16, |store: S| {
+        let id = id.clone();
+        async move { store.advance_generation(id, 1, rotated).await }
+    })
+    .await;
+    assert_eq!(answers.iter().filter(|answer| **answer == Ok(true)).count(), 1, "{answers:?}");
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let after = store.get_grant(id).await.expect("answer").expect("live");
+    assert_eq!(after.generation, 2);
+    assert_eq!(store.advance_generation(GrantId::new("unknown"), 0, rotated).await, Ok(false));
+}
+
+/// `try_lock` excludes every second holder (the same one too) until the holder unlocks or the
+/// ttl passes; only the holder can unlock; 32 concurrent lockers get one lock.
+pub async fn try_lock_excludes_a_second_holder_until_unlock_or_ttl<R: Runtime, S: GrantStore + Clone>(
+    runtime: R,
+    store: S,
+) {
+    let grant = GrantId::new("grant-lock");
+    let (a, b) = (LockHolder("a".into()), LockHolder("b".into()));
+    let ttl = Duration::from_secs(30);
+    assert_eq!(store.try_lock(grant.clone(), a.clone(), ttl).await, Ok(true));
+    assert_eq!(store.try_lock(grant.clone(), b.clone(), ttl).await, Ok(false));
+    assert_eq!(store.try_lock(grant.clone(), a.clone(), ttl).await, Ok(false), "not re-entrant");
+    store.unlock(grant.clone(), b.clone()).await.expect("answered");
+    assert_eq!(store.try_lock(grant.clone(), b.clone(), ttl).await, Ok(false), "b cannot unlock a's lock");
+    store.unlock(grant.clone(), a).await.expect("answered");
+    assert_eq!(store.try_lock(grant.clone(), b.clone(), ttl).await, Ok(true), "free after unlock");
+    store.unlock(grant, b).await.expect("answered");
+
+    let short = GrantId::new("grant-ttl");
+    let quick = Duration::from_millis(300);
+    assert_eq!(store.try_lock(short.clone(), LockHolder("c".into()), quick).await, Ok(true));
+    assert_eq!(store.try_lock(short.clone(), LockHolder("d".into()), quick).await, Ok(false));
+    runtime.sleep(Duration::from_millis(450)).await;
+    assert_eq!(store.try_lock(short, LockHolder("d".into()), quick).await, Ok(true), "free after the ttl");
+
+    let contended = GrantId::new("grant-contended");
+    let holders = Arc::new(AtomicU64::new(0));
+    let answers = concurrently(&runtime, &store, 32, |store: S| {
+        let contended = contended.clone();
+        let holder = LockHolder(format!("holder-{}", holders.fetch_add(1, Ordering::SeqCst)));
+        async move { store.try_lock(contended, holder, ttl).await }
+    })
+    .await;
+    assert_eq!(answers.iter().filter(|answer| **answer == Ok(true)).count(), 1, "{answers:?}");
+}
+
+/// Filled to [`SUITE_MAX_RECORDS`], the store refuses a new grant and a new mark with
+/// `store_full` (fail closed) but still rewrites a grant it holds; once records expire, they are
+/// pruned to make room.
+pub async fn a_full_store_prunes_expired_records_then_fails_closed<R: Runtime, S: GrantStore + Clone>(
+    runtime: R,
+    store: S,
+) {
+    let short = in_secs(2);
+    let long = in_secs(3600);
+    let live = SUITE_MAX_RECORDS - 16;
+    for n in 0..live {
+        let n = u8::try_from(n).expect("fewer than 256 grants");
+        store.put_grant(suite_grant(n, long)).await.expect("room");
+    }
+    for n in 0..16 {
+        assert_eq!(store.take_once(OnceKey(format!("short-{n}")), short).await, Ok(true));
+    }
+    let extra = suite_grant(200, long);
+    let full = Err(mcp_oauth_core::grant::StoreUnavailable { reason: STORE_FULL });
+    assert_eq!(store.put_grant(extra.clone()).await, full);
+    assert_eq!(
+        store.take_once(OnceKey("one-more".into()), long).await.map_err(|e| e.reason),
+        Err(STORE_FULL)
+    );
+    assert_eq!(store.get_grant(extra.id.clone()).await, Ok(None), "nothing half-written");
+    store.put_grant(suite_grant(0, long)).await.expect("a rewrite needs no room");
+
+    sleep_past(&runtime, short).await;
+    store.put_grant(extra.clone()).await.expect("expired marks were pruned");
+    assert_eq!(
+        store.get_grant(extra.id).await.expect("answer").map(|grant| grant.scope),
+        Some("read".into())
+    );
+    assert_eq!(store.take_once(OnceKey("one-more".into()), long).await, Ok(true));
 }

@@ -1,8 +1,9 @@
-//! The shared driver and token-cache suite of `mcp-oauth-runtime`, run on tokio
+//! The shared driver, token-cache and grant-store suites of `mcp-oauth-runtime`, run on tokio
 //! ([`TokioRuntime`] on a two-worker multi-thread runtime). Every test is bounded by 30 s.
 
 use std::future::Future;
 
+use mcp_oauth_runtime::MemoryGrantStore;
 use mcp_oauth_tokio::TokioRuntime;
 
 fn block_on<F: Future>(future: F) -> F::Output {
@@ -15,3 +16,5 @@ fn block_on<F: Future>(future: F) -> F::Output {
 }
 
 mcp_oauth_runtime::runtime_test_suite!(block_on, TokioRuntime);
+
+mcp_oauth_runtime::grant_store_test_suite!(memory_grant_store, block_on, TokioRuntime, MemoryGrantStore::new);

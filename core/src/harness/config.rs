@@ -11,7 +11,7 @@ use crate::config::{ConfigErrors, Diagnostic, ENV_PREFIX, EnvLookup, load, load_
 /// The keys whose string values are credentials (including LiteLLM's `auth_value` alias).
 const SECRET_KEYS: [&str; 4] = ["client_secret", "authentication_token", "auth_value", "master_key"];
 
-/// The key whose list items are credentials.
+/// The key whose list items (or, in its map form, values) are credentials.
 const SECRET_LIST_KEY: &str = "gateway_keys";
 
 /// Secrets shorter than this are not searched for: short words occur in messages by chance.
@@ -33,7 +33,7 @@ const REPLACEMENT: &str = "replacement-credential-0000";
 /// a non-empty message; [`load_yaml`] reports the same diagnostics as [`load`] on the
 /// [`parse_yaml`] document, apart from their locations; and no diagnostic leaks a credential. A
 /// credential is the string value of a `client_secret`, `authentication_token`, `auth_value` or
-/// `master_key` key, or an item of `gateway_keys`, anywhere in the document, when it is not an
+/// `master_key` key, or an item (or map value) of `gateway_keys`, anywhere in the document, when it is not an
 /// `os.environ/` reference. Every such credential is replaced by another value; the diagnostics
 /// must not change, and a diagnostic that contained a credential of 8 or more characters must
 /// still contain that text (it came from elsewhere, such as a server name equal to it).
@@ -119,6 +119,16 @@ fn replace_secrets(value: &mut Value, found: &mut Vec<String>) {
                     Value::String(text) if SECRET_KEYS.contains(&key.as_str()) && is_inline_secret(text) => {
                         found.push(std::mem::replace(text, REPLACEMENT.to_owned()));
                     }
+                    Value::Object(named) if key == SECRET_LIST_KEY => {
+                        for item in named.values_mut() {
+                            match item {
+                                Value::String(text) if is_inline_secret(text.trim()) => {
+                                    found.push(std::mem::replace(text, REPLACEMENT.to_owned()));
+                                }
+                                other => replace_secrets(other, found),
+                            }
+                        }
+                    }
                     Value::Array(items) if key == SECRET_LIST_KEY => {
                         for item in items.iter_mut() {
                             match item {
@@ -157,6 +167,8 @@ mod tests {
             "a: &a [*a]",
             "mcp_servers: {x: {url: 'https://h', auth_value: [1, 2], gateway_keys: [k]}}",
             "general_settings:\n  gateway_keys: [\"  \", key-material-0001, os.environ/K]\n  mcp_trusted_proxy_ranges: [10.0.0.1/8]\n",
+            "general_settings:\n  gateway_keys: {alice: key-material-0002, master: key-material-0003, 'a b': x, n: [1]}\n",
+            "general_settings:\n  sealing_keys: [\"\", os.environ/SK, AQID]\n  mcp_oauth_store: redis://:pw@h:1/x\n",
         ] {
             config(input.as_bytes());
         }
@@ -166,11 +178,13 @@ mod tests {
     fn replaces_inline_credentials_only() {
         let mut document = json!({
             "general_settings": {"master_key": "mk-0001", "gateway_keys": ["g1", " os.environ/G", " "]},
+            "other": {"gateway_keys": {"alice": "g2", "bob": "os.environ/B"}},
             "mcp_servers": {"a": {"client_secret": "os.environ/S", "auth_value": "t", "client_id": "c"}},
         });
         let mut found = Vec::new();
         replace_secrets(&mut document, &mut found);
-        assert_eq!(found, ["mk-0001", "g1", "t"]);
+        assert_eq!(found, ["mk-0001", "g1", "g2", "t"]);
+        assert_eq!(document["other"]["gateway_keys"]["bob"], "os.environ/B");
         assert_eq!(document["general_settings"]["gateway_keys"][0], REPLACEMENT);
         assert_eq!(document["mcp_servers"]["a"]["client_secret"], "os.environ/S");
         assert_eq!(document["mcp_servers"]["a"]["client_id"], "c");
