@@ -8,25 +8,31 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mcp_oauth_core::config::{Diagnostic, Severity, load_yaml};
+use mcp_oauth_runtime::log::BufferedLog;
 use mcp_oauth_tokio::server::{ServerOptions, gateway_state, serve};
 use mcp_oauth_tokio::startup::discover_endpoints;
 use tokio::net::TcpListener;
 use tracing_subscriber::filter::LevelFilter;
 
-/// Starts `tracing` output on stderr at the level named by `MCP_OAUTH_LOG` (`info` by default).
-pub(crate) fn init_logs() {
+/// Starts `tracing` output on stderr at the level named by `MCP_OAUTH_LOG` (`info` by default),
+/// batched: lines go out every 100 ms (one system call per batch, not one per request) and when
+/// the returned log is dropped.
+pub(crate) fn init_logs() -> BufferedLog {
     let level = std::env::var("MCP_OAUTH_LOG")
         .ok()
         .and_then(|value| value.parse::<LevelFilter>().ok())
         .unwrap_or(LevelFilter::INFO);
+    let log = BufferedLog::stderr(Duration::from_millis(100));
+    let writer = log.writer();
     let _already_set = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
+        .with_writer(move || writer.clone())
         .with_target(false)
         .try_init();
+    log
 }
 
 /// Prints diagnostics compiler-style, prefixed with the file.
@@ -95,7 +101,7 @@ pub(crate) fn run(config: &Path, listen: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logs();
+    let _log = init_logs();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -43,6 +43,7 @@ pub mod grant_store;
 pub mod hyper_rt;
 pub mod io;
 pub mod limits;
+pub mod log;
 mod runtime;
 #[cfg(feature = "test-suite")]
 pub mod testing;

@@ -65,10 +65,13 @@ fn gateway_child(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(path)?;
     let loaded = mcp_oauth_core::config::load_yaml(&text, &|_| None)
         .map_err(|errors| format!("{} config error(s)", errors.errors.len()))?;
-    // The per-request log line, as `serve` writes it by default (stderr is discarded by the parent).
+    // The per-request log line, as `serve` writes it by default: batched, every 100 ms (stderr is
+    // discarded by the parent).
+    let log = mcp_oauth_runtime::log::BufferedLog::stderr(Duration::from_millis(100));
+    let writer = log.writer();
     let _already = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::INFO)
-        .with_writer(std::io::stderr)
+        .with_writer(move || writer.clone())
         .with_target(false)
         .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -127,6 +130,47 @@ fn forwarder_child(upstream: &str) -> Result<(), Box<dyn std::error::Error>> {
         #[allow(unreachable_code)]
         Ok::<(), Box<dyn std::error::Error>>(())
     })
+}
+
+/// What a process has spent so far: CPU time, read and write system calls, context switches.
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    cpu: Duration,
+    syscalls: u64,
+    switches: u64,
+}
+
+impl Usage {
+    /// `pid`'s usage so far: [`cpu_time`], `syscr + syscw` from `/proc/{pid}/io` (read- and
+    /// write-like calls: `read`, `recvfrom`, `write`, `sendto`, ...) and the voluntary and
+    /// involuntary context switches of all its threads.
+    fn of(pid: u32) -> Self {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+        let field = |text: &str, name: &str| {
+            text.lines()
+                .filter_map(|line| line.strip_prefix(name))
+                .filter_map(|rest| rest.trim_start_matches(':').trim().parse::<u64>().ok())
+                .sum::<u64>()
+        };
+        let syscalls = field(&io, "syscr") + field(&io, "syscw");
+        let mut switches = 0;
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for task in tasks.flatten() {
+                let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+                switches +=
+                    field(&status, "voluntary_ctxt_switches") + field(&status, "nonvoluntary_ctxt_switches");
+            }
+        }
+        Self { cpu: cpu_time(pid), syscalls, switches }
+    }
+
+    fn since(self, earlier: Self) -> Self {
+        Self {
+            cpu: self.cpu.saturating_sub(earlier.cpu),
+            syscalls: self.syscalls.saturating_sub(earlier.syscalls),
+            switches: self.switches.saturating_sub(earlier.switches),
+        }
+    }
 }
 
 /// User + system CPU time of process `pid` so far (from `/proc/{pid}/stat`, in clock ticks of
@@ -319,18 +363,25 @@ async fn measure(
     let mut upstream_for_gateway = 0;
     for (label, calls, concurrency) in [("sequential", sequential, 1), ("concurrent", concurrent, workers)] {
         let direct = phase(&client, &direct_url, &direct_headers, calls, concurrency).await;
-        let forwarder_cpu = cpu_time(forwarder_pid);
+        let forwarder_usage = Usage::of(forwarder_pid);
         let forwarded = phase(&client, &forwarder_url, &direct_headers, calls, concurrency).await;
-        let forwarder_cpu = cpu_time(forwarder_pid).saturating_sub(forwarder_cpu);
+        let forwarder_usage = Usage::of(forwarder_pid).since(forwarder_usage);
         let before = handle.counters();
-        let gateway_cpu = cpu_time(pid);
+        let gateway_usage = Usage::of(pid);
         let through = phase(&client, &gateway_url, &gateway_headers, calls, concurrency).await;
-        let gateway_cpu = cpu_time(pid).saturating_sub(gateway_cpu);
+        let gateway_usage = Usage::of(pid).since(gateway_usage);
         let after = handle.counters();
         gateway_calls += through.latencies.len() as u64;
         upstream_for_gateway +=
             after.mcp_requests.values().sum::<u64>() - before.mcp_requests.values().sum::<u64>();
-        cpu.push((label, concurrency, calls, gateway_cpu, forwarder_cpu, through.rate() / forwarded.rate()));
+        cpu.push((
+            label,
+            concurrency,
+            calls,
+            gateway_usage,
+            forwarder_usage,
+            through.rate() / forwarded.rate(),
+        ));
         rows.push((label, concurrency, direct, forwarded, through));
     }
     let token_fetches = handle.counters().token_requests_for("client_credentials")
@@ -362,14 +413,22 @@ async fn measure(
             100.0 * through.rate() / direct.rate()
         );
     }
-    for (label, concurrency, calls, gateway_cpu, forwarder_cpu, throughput) in &cpu {
+    for (label, concurrency, calls, gateway, forwarder, throughput) in &cpu {
         let per_call = |cpu: &Duration| cpu.as_secs_f64() * 1000.0 / (*calls).max(1) as f64;
+        let count = |count: u64| count as f64 / (*calls).max(1) as f64;
         println!(
             "{label} (×{concurrency}): CPU per call gateway {:.3} ms, bare forwarder {:.3} ms (ratio {:.2}); gateway throughput {:.0}% of the bare forwarder's",
-            per_call(gateway_cpu),
-            per_call(forwarder_cpu),
-            gateway_cpu.as_secs_f64() / forwarder_cpu.as_secs_f64().max(f64::MIN_POSITIVE),
+            per_call(&gateway.cpu),
+            per_call(&forwarder.cpu),
+            gateway.cpu.as_secs_f64() / forwarder.cpu.as_secs_f64().max(f64::MIN_POSITIVE),
             100.0 * throughput
+        );
+        println!(
+            "{label} (×{concurrency}): per call, read/write system calls gateway {:.2}, bare forwarder {:.2}; context switches gateway {:.2}, bare forwarder {:.2}",
+            count(gateway.syscalls),
+            count(forwarder.syscalls),
+            count(gateway.switches),
+            count(forwarder.switches)
         );
     }
     println!(
