@@ -50,11 +50,11 @@ pub mod origin;
 pub mod outbound;
 pub mod pkce;
 pub mod redirect;
-pub mod reply;
+pub(crate) mod reply;
 pub mod route;
 pub mod seal;
 pub mod secret;
-pub mod sse;
+pub(crate) mod sse;
 #[cfg(feature = "proptest")]
 pub mod strategies;
 pub mod token;

@@ -5,7 +5,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 /// A JSON answer with `status`, never cached (it may carry a decision about credentials).
-pub fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
     let mut response = Response::new(body.to_string().into_bytes());
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

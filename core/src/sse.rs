@@ -7,7 +7,7 @@
 
 /// One dispatched event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Event {
+pub(crate) struct Event {
     /// The `event` field; `message` when absent.
     pub event: String,
     /// The `data` lines joined with `\n`.
@@ -17,7 +17,7 @@ pub struct Event {
 }
 
 /// Parses a complete event stream into its events, in order.
-pub fn parse_events(body: &str) -> Vec<Event> {
+pub(crate) fn parse_events(body: &str) -> Vec<Event> {
     let body = body.strip_prefix('\u{feff}').unwrap_or(body);
     let mut events = Vec::new();
     let mut event_type = String::new();
