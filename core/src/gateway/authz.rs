@@ -601,6 +601,14 @@ pub(super) fn authorize(served: &Served<'_>, random: Option<[u8; 32]>) -> Respon
         Ok(keys) => keys,
         Err(refusal) => return refusal,
     };
+    let entry = &served.server.entry;
+    if entry.authorization_url.is_none() || entry.client_id.is_none() {
+        return stop_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_client_missing",
+            "The gateway has no client at this server's authorization server: set client_id (and authorization_url) for it in the gateway's configuration, registering the gateway's callback URL there (mcp-oauth check config prints it).",
+        );
+    }
     let pairs = query_pairs(served.head.path_and_query);
     if let Err(refusal) = check_authorize_sizes(&pairs) {
         return refusal;
@@ -896,6 +904,19 @@ pub(super) fn consent(served: &Served<'_>, inputs: ConsentInputs<'_>) -> Respons
         FLOW_LIFETIME.as_secs(),
     );
     found(&location, &[binding])
+}
+
+/// The redirect URI to register for the gateway at `server`'s upstream authorization server
+/// (interactive servers that do not delegate): `{origin}/callback`, or a template naming the
+/// missing `PROXY_BASE_URL` when no origin is configured.
+pub fn upstream_callback(server: &ServerConfig, origin: Option<&Origin>) -> Option<String> {
+    let interactive = server.policy.auth_type == AuthType::OAuth2
+        && server.policy.flow == Flow::AuthorizationCode
+        && !server.policy.delegate_auth_to_upstream;
+    interactive.then(|| match origin {
+        Some(origin) => format!("{origin}/callback"),
+        None => "{PROXY_BASE_URL}/callback (set PROXY_BASE_URL to the gateway's public origin)".to_owned(),
+    })
 }
 
 /// A token request to `server`'s upstream token endpoint as the gateway's own client (the
