@@ -76,8 +76,12 @@ fn gateway_child(path: &str) -> Result<(), Box<dyn std::error::Error>> {
         .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let state = Arc::new(gateway_state(loaded.config, ServerOptions::default())?);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        // A loopback listen address pins the public origin, as `mcp-oauth serve` does, so the
+        // interactive server (the OAuth flood's target) is served.
+        let mut config = loaded.config;
+        config.settings.origin.pin_listen_address(listener.local_addr()?);
+        let state = Arc::new(gateway_state(config, ServerOptions::default())?);
         println!("LISTENING {}", listener.local_addr()?);
         let stdin_closed = tokio::task::spawn_blocking(|| {
             let mut sink = String::new();
@@ -241,6 +245,51 @@ async fn one_call(client: &HttpClient, url: &str, headers: &[(&'static str, Stri
     started.elapsed()
 }
 
+/// Strangers' OAuth traffic while the M2M calls run: `workers` tasks registering clients and
+/// asking for consent pages in a loop until `stop`; returns (requests, 429 answers).
+async fn oauth_flood(
+    client: HttpClient,
+    origin: String,
+    workers: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, u64) {
+    use std::sync::atomic::Ordering;
+    let mut tasks = Vec::new();
+    for worker in 0..workers {
+        let (client, origin, stop) = (client.clone(), origin.clone(), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            let (mut sent, mut limited) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let request = if worker % 2 == 0 {
+                    Request::builder()
+                        .method(Method::POST)
+                        .uri(format!("{origin}/notes/register"))
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from_static(br#"{"redirect_uris":["http://127.0.0.1:9/cb"]}"#)))
+                } else {
+                    Request::builder()
+                        .uri(format!("{origin}/notes/authorize?client_id=forged&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb"))
+                        .body(Full::new(Bytes::new()))
+                };
+                let Ok(request) = request else { break };
+                if let Ok(response) = client.request(request).await {
+                    sent += 1;
+                    limited += u64::from(response.status() == StatusCode::TOO_MANY_REQUESTS);
+                    let _ = response.into_body().collect().await;
+                }
+            }
+            (sent, limited)
+        }));
+    }
+    let mut totals = (0, 0);
+    for task in tasks {
+        if let Ok((sent, limited)) = task.await {
+            totals = (totals.0 + sent, totals.1 + limited);
+        }
+    }
+    totals
+}
+
 async fn phase(
     client: &HttpClient,
     url: &str,
@@ -315,7 +364,7 @@ async fn measure(
     let handle = mock.handle();
     let config = MockConfig::default();
     let yaml = format!(
-        "general_settings:\n  master_key: {KEY}\nmcp_servers:\n  reports:\n    url: {origin}/mcp\n    auth_type: oauth2\n    oauth2_flow: client_credentials\n    client_id: {id}\n    client_secret: {secret}\n    token_url: {origin}/token\n",
+        "general_settings:\n  master_key: {KEY}\nmcp_servers:\n  reports:\n    url: {origin}/mcp\n    auth_type: oauth2\n    oauth2_flow: client_credentials\n    client_id: {id}\n    client_secret: {secret}\n    token_url: {origin}/token\n  notes:\n    url: {origin}/mcp\n    auth_type: oauth2\n    oauth2_flow: authorization_code\n    client_id: {id}\n    client_secret: {secret}\n    authorization_url: {origin}/authorize\n    token_url: {origin}/token\n",
         origin = mock.origin(),
         id = config.client_id,
         secret = config.client_secret,
@@ -384,6 +433,14 @@ async fn measure(
         ));
         rows.push((label, concurrency, direct, forwarded, through));
     }
+    // The same sequential M2M calls while strangers flood the OAuth routes (design §4.8: their
+    // per-peer budget answers 429 without touching the MCP path).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = tokio::spawn(oauth_flood(client.clone(), format!("http://{address}"), 4, Arc::clone(&stop)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let flooded = phase(&client, &gateway_url, &gateway_headers, sequential, 1).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (flood_sent, flood_limited) = flood.await.unwrap_or((0, 0));
     let token_fetches = handle.counters().token_requests_for("client_credentials")
         - before_warmup.token_requests_for("client_credentials");
     let (rss, rss_peak) = rss_kib(pid);
@@ -429,6 +486,15 @@ async fn measure(
             count(forwarder.syscalls),
             count(gateway.switches),
             count(forwarder.switches)
+        );
+    }
+    if let Some((_, _, _, _, quiet)) = rows.first() {
+        println!(
+            "sequential M2M through the gateway under an OAuth flood ({flood_sent} register/authorize requests, {flood_limited} answered 429): p50 {:.3} ms, p99 {:.3} ms (without: p50 {:.3} ms, p99 {:.3} ms)",
+            ms(flooded.percentile(0.5)),
+            ms(flooded.percentile(0.99)),
+            ms(quiet.percentile(0.5)),
+            ms(quiet.percentile(0.99))
         );
     }
     println!(

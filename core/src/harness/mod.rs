@@ -14,6 +14,7 @@ pub mod gateway_request;
 pub mod mask;
 pub mod public_origin;
 pub mod redirect_uri;
+pub mod sealed_value;
 pub mod trusted_redirect_origins;
 pub mod www_authenticate;
 
@@ -26,6 +27,7 @@ pub use gateway_request::gateway_request;
 pub use mask::mask;
 pub use public_origin::public_origin;
 pub use redirect_uri::redirect_uri;
+pub use sealed_value::sealed_value;
 pub use trusted_redirect_origins::trusted_redirect_origins;
 pub use www_authenticate::www_authenticate;
 
@@ -49,6 +51,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("discovery_machine", discovery_machine),
     ("session_machine", session_machine),
     ("authz_request", authz_request),
+    ("sealed_value", sealed_value),
 ];
 
 #[cfg(test)]
