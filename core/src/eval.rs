@@ -25,7 +25,7 @@ use crate::token::{m2m_cache_ttl, user_token_ttl, validate_token_response};
 use crate::www_authenticate::parse_bearer;
 
 /// The names of every check `eval` answers.
-pub const CHECKS: [&str; 13] = [
+pub const CHECKS: [&str; 14] = [
     "redirect_uri",
     "public_origin",
     "flow",
@@ -39,6 +39,7 @@ pub const CHECKS: [&str; 13] = [
     "token_ttl",
     "outbound_auth",
     "fetch_target",
+    "registration",
 ];
 
 /// The longest input line `eval` reads, in bytes; longer lines are answered with an error.
@@ -85,6 +86,7 @@ pub fn evaluate(input: &Value, env: EnvLookup<'_>) -> Value {
             "token_ttl" => token_ttl(input),
             "outbound_auth" => outbound_auth(input, env),
             "fetch_target" => fetch_target(input),
+            "registration" => registration(input),
             other => Err(format!(
                 "unknown check `{}`; known checks: {}",
                 other.chars().take(64).collect::<String>(),
@@ -171,6 +173,19 @@ fn redirect_uri(input: &Map<String, Value>) -> Answer {
     let trusted = trusted_origins(input)?;
     let decision = validate_redirect_uri(uri, origin.as_ref(), &trusted);
     Ok(json!({ "allowed": decision.is_allowed(), "reason": decision.reason() }))
+}
+
+/// Design §4.8's rules for `POST /{s}/register`: `{"allowed": bool, "reason": code,
+/// "redirect_uris": [..] | null}` (the URIs as the gateway would seal them).
+fn registration(input: &Map<String, Value>) -> Answer {
+    let document =
+        optional(input, "registration").ok_or("missing `registration` (the registration JSON object)")?;
+    let origin = Origin::parse(required_str(input, "public_origin")?).map_err(|e| e.to_string())?;
+    let trusted = trusted_origins(input)?;
+    Ok(match crate::gateway::validate_registration(document, &origin, &trusted) {
+        Ok((uris, _)) => json!({ "allowed": true, "reason": "allowed", "redirect_uris": uris }),
+        Err(refused) => json!({ "allowed": false, "reason": refused.error, "redirect_uris": null }),
+    })
 }
 
 fn public_origin(input: &Map<String, Value>) -> Answer {

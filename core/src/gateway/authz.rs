@@ -461,46 +461,50 @@ pub(super) fn authorization_server_metadata(origin: &Origin, server: &ServerConf
 
 /// `POST /{s}/register` (RFC 7591, public clients only): the registration sealed as the
 /// `client_id`, the whole registration repeated in the 201.
-pub(super) fn register(served: &Served<'_>, body: &[u8], random: Option<[u8; 32]>) -> Response<Vec<u8>> {
-    let metadata_error =
-        |description: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_client_metadata", description);
-    let keys = match served.keys() {
-        Ok(keys) => keys,
-        Err(refusal) => return refusal,
-    };
-    let Ok(Value::Object(document)) = serde_json::from_slice::<Value>(body) else {
-        return metadata_error("the registration must be a JSON object");
+/// Why a registration is refused (RFC 7591 §3.2.2 codes), with a message a person can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistrationRefused {
+    /// `invalid_redirect_uri` or `invalid_client_metadata`.
+    pub error: &'static str,
+    /// What is wrong.
+    pub description: String,
+}
+
+/// What a registration may hold (design §4.8): 1 to 5 `redirect_uris`, each allowed by §4.5 under
+/// `origin`; a `client_name` of at most 100 characters; public clients only; the
+/// authorization-code and refresh grants and the `code` response type only. Returns the
+/// re-serialised redirect URIs and the name.
+pub fn validate_registration(
+    document: &Value,
+    origin: &Origin,
+    trusted: &crate::redirect::TrustedRedirectOrigins,
+) -> Result<(Vec<String>, Option<String>), RegistrationRefused> {
+    let refuse = |error: &'static str, description: String| Err(RegistrationRefused { error, description });
+    let metadata = |description: &str| refuse("invalid_client_metadata", description.to_owned());
+    let Value::Object(document) = document else {
+        return metadata("the registration must be a JSON object");
     };
     let Some(Value::Array(uris)) = document.get("redirect_uris") else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_redirect_uri", "redirect_uris is required");
+        return refuse("invalid_redirect_uri", "redirect_uris is required".to_owned());
     };
     if uris.is_empty() || uris.len() > MAX_REDIRECT_URIS {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
+        return refuse(
             "invalid_redirect_uri",
-            &format!("between 1 and {MAX_REDIRECT_URIS} redirect_uris are accepted"),
+            format!("between 1 and {MAX_REDIRECT_URIS} redirect_uris are accepted"),
         );
     }
     let mut redirect_uris = Vec::with_capacity(uris.len());
     for uri in uris {
         let Some(uri) = uri.as_str() else {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_redirect_uri",
-                "a redirect_uri is not a string",
-            );
+            return refuse("invalid_redirect_uri", "a redirect_uri is not a string".to_owned());
         };
-        let decision =
-            validate_redirect_uri(uri, Some(served.origin), &served.config.settings.trusted_redirect_origins);
+        let decision = validate_redirect_uri(uri, Some(origin), trusted);
         match decision.uri() {
             Some(valid) => redirect_uris.push(valid.as_str().to_owned()),
             None => {
-                let reason =
-                    decision.error_body().and_then(|body| body["reason"].as_str().map(str::to_owned));
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
+                return refuse(
                     "invalid_redirect_uri",
-                    &format!("redirect_uri refused ({})", reason.unwrap_or_else(|| "not allowed".to_owned())),
+                    format!("redirect_uri refused ({})", decision.reason()),
                 );
             }
         }
@@ -509,18 +513,11 @@ pub(super) fn register(served: &Served<'_>, body: &[u8], random: Option<[u8; 32]
         None | Some(Value::Null) => None,
         Some(Value::String(name)) if name.chars().count() <= MAX_CLIENT_NAME => Some(name.clone()),
         Some(_) => {
-            return metadata_error(&format!(
-                "client_name must be a string of at most {MAX_CLIENT_NAME} characters"
-            ));
+            return metadata(&format!("client_name must be a string of at most {MAX_CLIENT_NAME} characters"));
         }
     };
-    match document.get("token_endpoint_auth_method").and_then(Value::as_str) {
-        None | Some("none") => {}
-        Some(_) => {
-            return metadata_error(
-                "only public clients register here: token_endpoint_auth_method must be none",
-            );
-        }
+    if !matches!(document.get("token_endpoint_auth_method").and_then(Value::as_str), None | Some("none")) {
+        return metadata("only public clients register here: token_endpoint_auth_method must be none");
     }
     let listed = |field: &str, allowed: &[&str]| match document.get(field) {
         None | Some(Value::Null) => true,
@@ -530,16 +527,32 @@ pub(super) fn register(served: &Served<'_>, body: &[u8], random: Option<[u8; 32]
         Some(_) => false,
     };
     if !listed("grant_types", &["authorization_code", "refresh_token"]) {
-        return metadata_error("grant_types may hold authorization_code and refresh_token only");
+        return metadata("grant_types may hold authorization_code and refresh_token only");
     }
     if !listed("response_types", &["code"]) {
-        return metadata_error("response_types may hold code only");
+        return metadata("response_types may hold code only");
     }
+    Ok((redirect_uris, client_name))
+}
+
+pub(super) fn register(served: &Served<'_>, body: &[u8], random: Option<[u8; 32]>) -> Response<Vec<u8>> {
+    let keys = match served.keys() {
+        Ok(keys) => keys,
+        Err(refusal) => return refusal,
+    };
+    let document = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+    let trusted = &served.config.settings.trusted_redirect_origins;
+    let (redirect_uris, client_name) = match validate_registration(&document, served.origin, trusted) {
+        Ok(valid) => valid,
+        Err(refused) => return oauth_error(StatusCode::BAD_REQUEST, refused.error, &refused.description),
+    };
     let mut random = match random_or_refuse(random) {
         Ok(random) => random,
         Err(refusal) => return refusal,
     };
     let registration = Registration { redirect_uris, client_name, issued_at: served.now.as_secs() };
+    let metadata_error =
+        |description: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_client_metadata", description);
     let Some(client_id) =
         seal_json(keys, Purpose::Registration, served.name(), None, &registration, &mut random)
     else {

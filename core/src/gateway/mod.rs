@@ -40,8 +40,8 @@ mod upstream;
 use self::admission::*;
 pub use self::authz::{
     ACCESS_TOKEN_LIFETIME, Audit, Authz, AuthzStep, CODE_LIFETIME, FLOW_LIFETIME, MAX_CLIENT_DOCUMENT,
-    MAX_CLIENT_NAME, MAX_REDIRECT_URIS, REFRESH_GRACE, Random, UpstreamClientInfo, display_text,
-    open_access_token, upstream_callback, upstream_resource,
+    MAX_CLIENT_NAME, MAX_REDIRECT_URIS, REFRESH_GRACE, Random, RegistrationRefused, UpstreamClientInfo,
+    display_text, open_access_token, upstream_callback, upstream_resource, validate_registration,
 };
 pub use self::call::*;
 pub use self::failure::*;
