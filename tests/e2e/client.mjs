@@ -66,9 +66,13 @@ function check(condition, message) {
 }
 
 // The SDK's own HTTP calls, traced (method, URL, status): discovery, registration, token, MCP.
+// OAuth answers (not MCP ones) also get a body excerpt: test tokens only, and the answer's shape
+// is usually what broke.
 const tracingFetch = async (url, init) => {
   const response = await fetch(url, init);
-  record(`sdk ${init?.method || 'GET'} ${url} -> ${response.status}`);
+  const oauth = String(url).includes('/.well-known/') || !String(url).endsWith('/mcp');
+  const body = oauth ? ` ${(await response.clone().text()).replace(/\s+/g, ' ').slice(0, 200)}` : '';
+  record(`sdk ${init?.method || 'GET'} ${url} -> ${response.status}${body}`);
   return response;
 };
 
@@ -381,7 +385,9 @@ try {
   process.exit(0);
 } catch (e) {
   clearTimeout(deadline);
-  console.log(`FAIL ${currentStep}: ${e instanceof StepFailure ? e.message : (e.stack || String(e)).slice(0, 800)}`);
+  // An SDK error on one line: its name, message and where it was thrown.
+  const where = e instanceof StepFailure ? '' : ` (at ${String(e.stack).split('\n').find((l) => l.includes(' at '))?.trim().replace(/^at /, '')})`;
+  console.log(`FAIL ${currentStep}: ${e instanceof StepFailure ? e.message : `${e.name}: ${String(e.message).replace(/\s+/g, ' ').slice(0, 600)}${where}`}`);
   for (const line of trace) console.log(`  trace: ${line}`);
   process.exit(1);
 }

