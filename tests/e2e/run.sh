@@ -3,8 +3,9 @@
 # mcp-oauth gateway (as its clients' authorization server, design §4.8), to oidc-provider and an MCP
 # server (the TS SDK's) that checks the token audience. See docs/e2e.md.
 #
-# Steps, each counted: (1) the upstream really checks the audience (curl), (2) the control run: the
-# SDK client straight against the upstream, (3) the gateway run: the SDK client through the gateway.
+# Steps, each counted: (1) the upstream really checks the audience (curl), (2) the control runs: the
+# TS SDK client, then the Python SDK client (stretch), straight against the upstream, (3) the gateway
+# runs: the same two clients through the gateway.
 # Installs Node 22 and the pinned npm packages into target/e2e-tools when missing, builds the
 # debug `mcp-oauth`. Everything listens on 127.0.0.1 and every wait is bounded.
 # Ends with "e2e: N passed, N failed, N skipped"; exits 0 only if nothing failed.
@@ -37,12 +38,27 @@ if ! cmp -s "$src/package-lock.json" "$tools/package-lock.json" || [ ! -d "$tool
   cp "$src/package.json" "$src/package-lock.json" "$tools/"
   (cd "$tools" && timeout 300 npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed"
 fi
+# The Python SDK (stretch client) in a venv, reinstalled whenever requirements.txt changes. Without
+# python3's venv the Python steps are skipped, not failed.
+python=""
+if ! cmp -s "$src/requirements.txt" "$tools/py/requirements.txt"; then
+  echo "installing tests/e2e/requirements.txt into $tools/py"
+  rm -rf "$tools/py"
+  if python3 -m venv "$tools/py" && timeout 300 "$tools/py/bin/pip" install -q --disable-pip-version-check -r "$src/requirements.txt"; then
+    cp "$src/requirements.txt" "$tools/py/requirements.txt"
+  else
+    echo "could not install the Python SDK: the Python steps are skipped"
+  fi
+fi
+[ -f "$tools/py/requirements.txt" ] && python=$tools/py/bin/python
 # The scripts run from the tools directory so that Node resolves the packages installed there.
-cp "$src/upstream.mjs" "$src/client.mjs" "$tools/"
+cp "$src/upstream.mjs" "$src/client.mjs" "$src/client.py" "$tools/"
 export PATH="$node_bin:$PATH"
 node="$node_bin/node"
 version_of() { "$node" -p "require('$tools/node_modules/$1/package.json').version"; }
-echo "node $("$node" --version), @modelcontextprotocol/sdk $(version_of @modelcontextprotocol/sdk), oidc-provider $(version_of oidc-provider)"
+versions="node $("$node" --version), @modelcontextprotocol/sdk $(version_of @modelcontextprotocol/sdk), oidc-provider $(version_of oidc-provider)"
+[ -n "$python" ] && versions+=", $("$python" --version), mcp $(grep '^mcp==' "$src/requirements.txt" | cut -d= -f3)"
+echo "$versions"
 
 # ---------------------------------------------------------------- build the gateway
 (cd "$root" && cargo build -q -p mcp-oauth-cli) || die "cargo build -p mcp-oauth-cli failed"
@@ -105,12 +121,22 @@ else
   failure "upstream audience check: right audience -> '$ok'; other audience -> '$other'; no token -> '$none'"
 fi
 
-# ---------------------------------------------------------------- 2. control: SDK client, no gateway
+# ---------------------------------------------------------------- 2. control: SDK clients, no gateway
 if (cd "$tools" && timeout 90 "$node" client.mjs --mode direct --mcp "$mcp_url" --upstream-issuer "$issuer") >"$work/direct.out" 2>&1; then
   pass "control: TS SDK client directly against oidc-provider + MCP server ($(tail -1 "$work/direct.out"))"
 else
   failure "control: TS SDK client directly against the upstream (the harness itself is broken)"
   sed 's/^/      /' "$work/direct.out"
+fi
+
+# The same control run with the Python SDK (stretch).
+if [ -z "$python" ]; then
+  skipped=$((skipped + 1)); echo "SKIP  control: Python SDK client (not installed)"
+elif (cd "$tools" && timeout 90 "$python" client.py --mode direct --mcp "$mcp_url" --upstream-issuer "$issuer") >"$work/direct-py.out" 2>&1; then
+  pass "control: Python SDK client directly against oidc-provider + MCP server ($(tail -1 "$work/direct-py.out"))"
+else
+  failure "control: Python SDK client directly against the upstream (the harness itself is broken)"
+  sed 's/^/      /' "$work/direct-py.out"
 fi
 
 # ---------------------------------------------------------------- 3. the gateway
@@ -150,20 +176,31 @@ probe=$(curl -s --max-time 10 -o /dev/null -w '%{http_code} %{content_type}' "$g
 read -r probe_status probe_type <<<"$probe"
 # MCP_E2E_FORCE=1 runs the client anyway (to see how far it gets).
 if [ -z "${MCP_E2E_FORCE:-}" ] && { [ "$probe_status" = 404 ] || { [[ "$probe_status" == 4* ]] && [[ "$probe_type" != text/html* ]]; }; }; then
-  skipped=$((skipped + 1))
+  skipped=$((skipped + 2)) # the TS and the Python client
   echo "SKIPPED: the gateway has no /{s}/consent yet (GET /notes/authorize answered $probe_status $probe_type)"
 else
-  if (cd "$tools" && timeout 90 "$node" client.mjs --mode gateway --mcp "$gateway/notes/mcp" \
-        --gateway-key "$gateway_key" --upstream-issuer "$issuer") >"$work/gateway.out" 2>&1; then
-    pass "TS SDK client through the gateway to oidc-provider + MCP server ($(tail -1 "$work/gateway.out"))"
-  else
-    failure "TS SDK client through the gateway (design §4.8)"
-    sed 's/^/      /' "$work/gateway.out"
-    echo "      --- gateway log (last 30 lines)"
-    tail -30 "$work/gateway.log" | sed 's/^/      /'
-    echo "      --- upstream log (last 10 lines)"
-    tail -10 "$work/upstream.log" | sed 's/^/      /'
-  fi
+  # One client after the other, each with its own registration, consent and grant.
+  for sdk in ts python; do
+    if [ "$sdk" = ts ]; then
+      name="TS SDK"; run=("$node" client.mjs)
+    elif [ -n "$python" ]; then
+      name="Python SDK"; run=("$python" client.py)
+    else
+      skipped=$((skipped + 1)); echo "SKIP  Python SDK client through the gateway (not installed)"; continue
+    fi
+    if (cd "$tools" && timeout 90 "${run[@]}" --mode gateway --mcp "$gateway/notes/mcp" \
+          --gateway-key "$gateway_key" --upstream-issuer "$issuer") >"$work/gateway-$sdk.out" 2>&1; then
+      pass "$name client through the gateway to oidc-provider + MCP server ($(tail -1 "$work/gateway-$sdk.out"))"
+    else
+      failure "$name client through the gateway (design §4.8)"
+      sed 's/^/      /' "$work/gateway-$sdk.out"
+      sleep 1 # the gateway writes its log in batches
+      echo "      --- gateway log (last 30 lines)"
+      tail -30 "$work/gateway.log" | sed 's/^/      /'
+      echo "      --- upstream log (last 10 lines)"
+      tail -10 "$work/upstream.log" | sed 's/^/      /'
+    fi
+  done
 fi
 
 summary
