@@ -3,6 +3,7 @@
 // "browser" made of fetch calls and a cookie jar standing in for the user.
 //
 //   node client.mjs --mcp <MCP URL> --mode gateway --gateway-key <key> --upstream-issuer <issuer>
+//                   [--upstream-client-id <id> --upstream-resource <upstream MCP URL>]
 //   node client.mjs --mcp <MCP URL> --mode direct
 //
 // gateway: the MCP URL is the gateway's /{server}/mcp. The browser meets the gateway's consent page
@@ -25,6 +26,8 @@ const { values: opts } = parseArgs({
     mode: { type: 'string', default: 'gateway' },
     'gateway-key': { type: 'string' },
     'upstream-issuer': { type: 'string' },
+    'upstream-client-id': { type: 'string' },
+    'upstream-resource': { type: 'string' },
   },
 });
 if (!opts.mcp || !['gateway', 'direct'].includes(opts.mode)) {
@@ -102,6 +105,15 @@ function storeCookies(url, response) {
     else jar.set(id, cookie);
   }
 }
+// The Set-Cookie lines of a response that set (not delete) a cookie, lower-cased attributes.
+function cookiesSet(response) {
+  return response.headers.getSetCookie()
+    .map((line) => ({ name: line.split('=')[0].trim(), attributes: line.toLowerCase().split(';').map((a) => a.trim()) }))
+    .filter((c) => !c.attributes.includes('max-age=0'));
+}
+function hasAttributes(cookie, wanted) {
+  return wanted.every((w) => cookie.attributes.includes(w));
+}
 function cookieHeader(url) {
   const pathMatches = (p) => url.pathname === p || url.pathname.startsWith(p.endsWith('/') ? p : `${p}/`);
   return [...jar.values()]
@@ -162,6 +174,7 @@ async function authorizeAsUser(authorizationUrl) {
 }
 
 // §4.8 GET /{s}/authorize answers the consent page; POST /{s}/consent approves with the key.
+let flowCookies = [];
 async function gatewayConsent(authorizationUrl) {
   currentStep = 'gateway authorize (consent page)';
   const serverName = mcpUrl.pathname.split('/')[1];
@@ -190,14 +203,28 @@ async function gatewayConsent(authorizationUrl) {
     check(controls.some((c) => c.name === 'decision' && c.value === decision), `consent form has no decision=${decision} button`);
   }
 
-  currentStep = 'gateway consent (approve)';
+  // The csrf field matches a cookie: HttpOnly, SameSite=Strict, Path=/, Max-Age=600.
+  check(cookiesSet(page).some((c) => hasAttributes(c, ['httponly', 'samesite=strict', 'path=/', 'max-age=600'])),
+    `consent page set no HttpOnly SameSite=Strict Path=/ Max-Age=600 cookie: ${JSON.stringify(page.headers.getSetCookie())}`);
+
   const consentUrl = new URL(consentForms[0].action, authorizationUrl);
-  const approved = await browse(consentUrl, {
-    method: 'POST',
-    form: { request: hidden('request').value, csrf: hidden('csrf').value, gateway_key: opts['gateway-key'], decision: 'approve' },
-  });
+  const consentForm = (key) => ({ request: hidden('request').value, csrf: hidden('csrf').value, gateway_key: key, decision: 'approve' });
+
+  // A wrong gateway key shows the page again with 401 (and never redirects).
+  currentStep = 'gateway consent with a wrong key (expect 401 page)';
+  const refused = await browse(consentUrl, { method: 'POST', form: consentForm('sk-not-the-gateway-key') });
+  if (refused.status !== 401 || !String(refused.headers.get('content-type')).startsWith('text/html')) {
+    await fail('a wrong gateway key should show the consent page again with 401', refused);
+  }
+
+  currentStep = 'gateway consent (approve)';
+  const approved = await browse(consentUrl, { method: 'POST', form: consentForm(opts['gateway-key']) });
   const location = approved.headers.get('location');
   if (approved.status !== 302 || !location) await fail('approving consent should 302 to the upstream authorization endpoint', approved);
+  // The flow-binding cookie: HttpOnly, SameSite=Lax, Path=/, Max-Age=600; cleared at /callback.
+  flowCookies = cookiesSet(approved).filter((c) => hasAttributes(c, ['httponly', 'samesite=lax', 'path=/', 'max-age=600']));
+  check(flowCookies.length > 0,
+    `approving consent set no HttpOnly SameSite=Lax Path=/ Max-Age=600 flow-binding cookie: ${JSON.stringify(approved.headers.getSetCookie())}`);
   const upstream = new URL(location, consentUrl);
   const expectedAuthorize = new URL('/auth', opts['upstream-issuer']);
   check(upstream.origin + upstream.pathname === expectedAuthorize.href,
@@ -210,6 +237,12 @@ async function gatewayConsent(authorizationUrl) {
   check(p.get('code_challenge') !== clientChallenge, "upstream request carries the client's own code_challenge");
   check(p.get('redirect_uri') === `${mcpUrl.origin}/callback`, `upstream redirect_uri=${p.get('redirect_uri')}, expected ${mcpUrl.origin}/callback`);
   check(p.get('state'), 'upstream request has no state');
+  if (opts['upstream-client-id']) {
+    check(p.get('client_id') === opts['upstream-client-id'], `upstream client_id=${p.get('client_id')}, expected the gateway's ${opts['upstream-client-id']}`);
+  }
+  if (opts['upstream-resource']) {
+    check(p.get('resource') === opts['upstream-resource'], `upstream resource=${p.get('resource')}, expected the MCP server's ${opts['upstream-resource']}`);
+  }
   record(`upstream authorization request: client_id=${p.get('client_id')} scope=${p.get('scope')} resource=${p.get('resource')}`);
   return upstream;
 }
@@ -247,6 +280,8 @@ async function gatewayCallback(callbackUrl) {
   const response = await browse(callbackUrl);
   const location = response.headers.get('location');
   if (response.status !== 302 || !location) await fail('GET /callback should 302 to the client redirect URI', response);
+  const stillSet = flowCookies.filter((c) => [...jar.values()].some((j) => j.name === c.name));
+  check(stillSet.length === 0, `GET /callback did not clear the flow-binding cookie ${stillSet.map((c) => c.name)}`);
   const serverName = mcpUrl.pathname.split('/')[1];
   return codeFrom(new URL(location, callbackUrl), `${mcpUrl.origin}/${serverName}`);
 }

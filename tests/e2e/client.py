@@ -34,6 +34,8 @@ args_parser.add_argument("--mcp", required=True)
 args_parser.add_argument("--mode", choices=["gateway", "direct"], default="gateway")
 args_parser.add_argument("--gateway-key", default="")
 args_parser.add_argument("--upstream-issuer", default="")
+args_parser.add_argument("--upstream-client-id", default="")
+args_parser.add_argument("--upstream-resource", default="")
 opts = args_parser.parse_args()
 mcp_url = urlparse(opts.mcp)
 origin = f"{mcp_url.scheme}://{mcp_url.netloc}"
@@ -108,6 +110,11 @@ async def gateway_consent(authorization_url: str) -> str:
     location = approved.headers.get("location", "")
     check(approved.status_code == 302 and location.startswith(f"{opts.upstream_issuer}/auth?"),
           f"approving consent should 302 to the upstream authorization endpoint{describe(approved)}")
+    upstream = {k: v[0] for k, v in parse_qs(urlparse(location).query).items()}
+    if opts.upstream_client_id:
+        check(upstream.get("client_id") == opts.upstream_client_id, f"upstream client_id={upstream.get('client_id')}")
+    if opts.upstream_resource:
+        check(upstream.get("resource") == opts.upstream_resource, f"upstream resource={upstream.get('resource')}, expected {opts.upstream_resource}")
     return location
 
 

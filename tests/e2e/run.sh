@@ -189,7 +189,8 @@ else
       skipped=$((skipped + 1)); echo "SKIP  Python SDK client through the gateway (not installed)"; continue
     fi
     if (cd "$tools" && timeout 90 "${run[@]}" --mode gateway --mcp "$gateway/notes/mcp" \
-          --gateway-key "$gateway_key" --upstream-issuer "$issuer") >"$work/gateway-$sdk.out" 2>&1; then
+          --gateway-key "$gateway_key" --upstream-issuer "$issuer" --upstream-client-id "$(field client_id)" \
+          --upstream-resource "$mcp_url") >"$work/gateway-$sdk.out" 2>&1; then
       pass "$name client through the gateway to oidc-provider + MCP server ($(tail -1 "$work/gateway-$sdk.out"))"
     else
       failure "$name client through the gateway (design §4.8)"
