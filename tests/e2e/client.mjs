@@ -131,6 +131,8 @@ async function browse(url, { method = 'GET', form } = {}) {
   if (cookies) headers.cookie = cookies;
   let body;
   if (form) {
+    // A browser's form POST carries Origin; every form here posts to its own page's origin.
+    headers.origin = url.origin;
     headers['content-type'] = 'application/x-www-form-urlencoded';
     body = new URLSearchParams(form).toString();
   }

@@ -88,7 +88,9 @@ async def browse(url: str, form: dict | None = None) -> httpx2.Response:
     if form is None:
         response = await browser.get(url, headers={"accept": "text/html"})
     else:
-        response = await browser.post(url, data=form, headers={"accept": "text/html"})
+        # A browser's form POST carries Origin; every form here posts to its own page's origin.
+        parsed = urlparse(url)
+        response = await browser.post(url, data=form, headers={"accept": "text/html", "origin": f"{parsed.scheme}://{parsed.netloc}"})
     trace.append(f"browser {'POST' if form is not None else 'GET'} {url.split('?')[0]} -> {response.status_code}")
     return response
 
