@@ -63,6 +63,8 @@ fn header_value() -> impl Strategy<Value = String> {
         Just(KEY.to_owned()),
         Just(format!("Bearer {KEY}")),
         Just("Bearer user-token".to_owned()),
+        // A gateway-issued token (forged or not): it must never be forwarded anywhere.
+        Just("Bearer mcpgw_AAAAforged".to_owned()),
         Just("sk-wrong".to_owned()),
         Just("delegated".to_owned()),
         Just("m2m, delegated".to_owned()),
@@ -137,7 +139,13 @@ proptest! {
         }
         let mut oauth = OAuthState::default();
         let head = RequestHead { method: &Method::POST, path_and_query: &path, headers: &headers, scheme: Scheme::Https, peer: None };
-        let mut context = Context { config: &config, oauth: Some(&mut oauth), now: Instant::ZERO, random: Some([1; 16]) };
+        let mut context = Context {
+            config: &config,
+            oauth: Some(&mut oauth),
+            now: Instant::ZERO,
+            unix_now: mcp_oauth_core::seal::UnixTime::from_secs(1_800_000_000),
+            random: Some([1; 32]),
+        };
         let forwards = match decide(&head, &mut context) {
             Action::Forward(forward) => vec![forward],
             Action::Aggregate(aggregate) => {
@@ -171,9 +179,13 @@ proptest! {
             for (_, value) in forward.headers.iter() {
                 let value = value.to_str().unwrap_or_default();
                 prop_assert!(!is_gateway_key(value, &keys), "the gateway key went upstream");
+                prop_assert!(!value.contains("mcpgw_"), "a gateway-issued token went upstream");
             }
             if forward.credential == OutboundCredential::ForwardAuthorization {
-                let inbound = headers.get("authorization").filter(|v| !is_gateway_key(v.to_str().unwrap_or_default(), &keys));
+                let inbound = headers.get("authorization").filter(|v| {
+                    let text = v.to_str().unwrap_or_default();
+                    !is_gateway_key(text, &keys) && !text.contains("mcpgw_")
+                });
                 prop_assert_eq!(forward.headers.get("authorization"), inbound);
             } else {
                 prop_assert!(forward.headers.get("authorization").is_none(), "the caller's Authorization leaked");

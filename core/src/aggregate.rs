@@ -708,6 +708,11 @@ pub fn session_key(
             digest.update(b"header:");
             digest.update(value.expose().as_bytes());
         }
+        OutboundCredential::Grant { grant, .. } => {
+            digest.update(b"grant:");
+            digest.update(grant.as_str().as_bytes());
+        }
+        OutboundCredential::AuthorizationRequired => digest.update(b"none"),
         OutboundCredential::ForwardAuthorization => {
             digest.update(b"caller:");
             if let Some(value) = headers.get(header::AUTHORIZATION) {

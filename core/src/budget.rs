@@ -34,6 +34,11 @@ impl BudgetConfig {
     /// every 2 seconds. A person adding a server makes four (register, authorize, callback, token).
     pub const OAUTH_ENDPOINTS: Self =
         Self { burst: 30, refill_every: Duration::from_secs(2), max_peers: 10_000 };
+
+    /// The budget for wrong gateway keys at the consent page: 5 at once, one more a minute, so a
+    /// stranger cannot guess keys there.
+    pub const CONSENT_FAILURES: Self =
+        Self { burst: 5, refill_every: Duration::from_secs(60), max_peers: 10_000 };
 }
 
 /// Why a peer may not spend now.

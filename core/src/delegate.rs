@@ -60,6 +60,10 @@ pub enum NotDelegated {
     /// The caller sent a gateway key, so it wants normal auth.
     #[error("a gateway key header is present, so the gateway authenticates the request itself")]
     GatewayKeyPresent,
+    /// `Authorization` carries a token the gateway issued (`mcpgw_`): the gateway authenticates
+    /// the request itself, and such a token never goes upstream (design §4.6, §4.7).
+    #[error("the request carries a gateway-issued token")]
+    GatewayTokenPresent,
     /// Neither the path nor `x-mcp-servers` names a server.
     #[error("the request names no target server")]
     NoTargets,
@@ -101,6 +105,7 @@ impl Reason for NotDelegated {
     fn reason(&self) -> &'static str {
         match self {
             Self::GatewayKeyPresent => "gateway_key_present",
+            Self::GatewayTokenPresent => "gateway_token_present",
             Self::NoTargets => "no_targets",
             Self::MalformedServersHeader => "malformed_servers_header",
             Self::UnknownServer(_) => "unknown_server",
@@ -167,6 +172,19 @@ fn check<'a>(
 ) -> Result<(), NotDelegated> {
     if GATEWAY_KEY_HEADERS.iter().any(|name| headers.contains_key(*name)) {
         return Err(NotDelegated::GatewayKeyPresent);
+    }
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            value
+                .trim()
+                .get(7..)
+                .filter(|_| value.trim().get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer ")))
+        })
+        .map(str::trim);
+    if bearer.is_some_and(crate::seal::is_gateway_token) {
+        return Err(NotDelegated::GatewayTokenPresent);
     }
     let targets = target_servers(routed, headers)?;
     if targets.is_empty() {

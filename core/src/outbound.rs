@@ -26,6 +26,8 @@ pub enum AuthResolution {
     StaticToken,
     /// The caller's `Authorization`, forwarded untouched.
     OAuth2Passthrough,
+    /// The upstream token of the grant behind the caller's gateway access token (design §4.8).
+    GatewayGrant,
     /// No credential.
     NoAuth,
 }
@@ -39,6 +41,7 @@ impl AuthResolution {
             Self::TokenExchange => "token-exchange",
             Self::StaticToken => "static-token",
             Self::OAuth2Passthrough => "oauth2-passthrough",
+            Self::GatewayGrant => "gateway-grant",
             Self::NoAuth => "no-auth",
         }
     }
@@ -58,6 +61,17 @@ pub enum OutboundCredential {
     },
     /// Send the configured `authentication_token`.
     StaticToken,
+    /// Send the upstream access token of this grant, read from the grant store and refreshed
+    /// when it is about to expire or the upstream refuses it (design §4.8).
+    Grant {
+        /// The grant the caller's gateway access token names.
+        grant: crate::grant::GrantId,
+        /// The identity (gateway key name) the access token was issued to.
+        identity: String,
+    },
+    /// The server needs a grant this request cannot name (an interactive server on the
+    /// aggregating routes): nothing is sent; the target fails with `authorization_required`.
+    AuthorizationRequired,
     /// Forward the caller's `Authorization` header unchanged.
     ForwardAuthorization,
     /// Send no credential.
@@ -124,7 +138,10 @@ pub fn resolve_outbound_auth(
     if policy.flow == Flow::ClientCredentials {
         return decide(AuthResolution::M2mClientCredentials, OutboundCredential::ClientCredentialsToken);
     }
-    let caller = header_text(headers, "authorization").filter(|value| !is_gateway_key(value, gateway_keys));
+    // Neither the gateway key nor a gateway-issued token ever goes upstream or is exchanged.
+    let caller = header_text(headers, "authorization").filter(|value| {
+        !is_gateway_key(value, gateway_keys) && !crate::seal::is_gateway_token(bearer_token(value))
+    });
     if policy.flow == Flow::TokenExchange
         && let Some(caller) = caller
     {

@@ -26,6 +26,10 @@ pub enum Route {
     Token(String),
     /// `POST /{server}/register`.
     Register(String),
+    /// `POST /{server}/consent` (the consent page's form).
+    Consent(String),
+    /// `POST /{server}/revoke` (RFC 7009).
+    Revoke(String),
     /// `POST|GET|DELETE /{server}/mcp`.
     ServerMcp(String),
     /// `POST /mcp` with `x-mcp-servers`: the aggregating MCP endpoint.
@@ -60,6 +64,8 @@ impl Route {
             (&Method::GET, [name, "authorize"]) => Self::Authorize(server(name)),
             (&Method::POST, [name, "token"]) => Self::Token(server(name)),
             (&Method::POST, [name, "register"]) => Self::Register(server(name)),
+            (&Method::POST, [name, "consent"]) => Self::Consent(server(name)),
+            (&Method::POST, [name, "revoke"]) => Self::Revoke(server(name)),
             (&Method::POST | &Method::GET | &Method::DELETE, [name, "mcp"]) => Self::ServerMcp(server(name)),
             _ => Self::NotFound,
         }
@@ -73,6 +79,8 @@ impl Route {
             | Self::Authorize(name)
             | Self::Token(name)
             | Self::Register(name)
+            | Self::Consent(name)
+            | Self::Revoke(name)
             | Self::ServerMcp(name) => Some(name),
             _ => None,
         }
@@ -81,14 +89,30 @@ impl Route {
     /// Whether [`crate::gateway::decide`] needs [`crate::gateway::Context::random`] for this route
     /// (it starts an authorization).
     pub fn needs_random(&self) -> bool {
-        matches!(self, Self::Authorize(_))
+        matches!(
+            self,
+            Self::Authorize(_)
+                | Self::Register(_)
+                | Self::Consent(_)
+                | Self::Callback
+                | Self::Token(_)
+                | Self::Revoke(_)
+        )
     }
 
     /// Whether this route serves a stranger's OAuth traffic: it reads or changes the pending
     /// authorizations and spends the caller's per-peer budget, so a server takes the lock on
     /// [`crate::gateway::OAuthState`] for these routes only.
     pub fn is_oauth(&self) -> bool {
-        matches!(self, Self::Authorize(_) | Self::Callback | Self::Token(_) | Self::Register(_))
+        matches!(
+            self,
+            Self::Authorize(_)
+                | Self::Callback
+                | Self::Token(_)
+                | Self::Register(_)
+                | Self::Consent(_)
+                | Self::Revoke(_)
+        )
     }
 
     /// A stable label for logs and metrics (the route without its server name).
@@ -101,6 +125,8 @@ impl Route {
             Self::Callback => "callback",
             Self::Token(_) => "token",
             Self::Register(_) => "register",
+            Self::Consent(_) => "consent",
+            Self::Revoke(_) => "revoke",
             Self::ServerMcp(_) => "server_mcp",
             Self::Mcp => "mcp",
             Self::RestToolsList => "rest_tools_list",
@@ -239,8 +265,17 @@ mod tests {
         for route in [Route::ServerMcp("a".into()), Route::Mcp, Route::Health, Route::RestToolsCall] {
             assert!(!route.is_oauth(), "{route:?}");
         }
-        assert!(Route::Authorize("a".into()).needs_random());
-        assert!(!Route::Token("a".into()).needs_random());
+        assert!(Route::Consent("a".into()).is_oauth() && Route::Revoke("a".into()).is_oauth());
+        // Every route that seals something draws randomness; an MCP call never does.
+        assert!(Route::Authorize("a".into()).needs_random() && Route::Token("a".into()).needs_random());
+        for route in [
+            Route::ServerMcp("a".into()),
+            Route::Mcp,
+            Route::Health,
+            Route::ProtectedResourceMetadata("a".into()),
+        ] {
+            assert!(!route.needs_random(), "{route:?}");
+        }
         assert_eq!(Route::ServerMcp("a".into()).server(), Some("a"));
         let labels = [
             (Route::Health, "health"),

@@ -266,30 +266,83 @@ async fn steps(demo: &Walkthrough, mock: &MockUpstream) -> Result<(), StepFailed
         return fail("expected exactly one upstream request per call and one token fetch");
     }
 
-    println!("\n(b) Interactive: authorization code + PKCE through the gateway's OAuth endpoints");
+    println!(
+        "\n(b) Interactive: the gateway is the client's authorization server (register, consent, code, token)"
+    );
     let mut random = [0u8; 32];
     getrandom::fill(&mut random).map_err(|error| StepFailed(format!("no randomness: {error}")))?;
     let pkce = Pkce::from_random(random);
     let client_redirect = "http://127.0.0.1:33418/callback";
     let client_state = random_hex(8)?;
+    let register_url = format!("{}/notes/register", demo.gateway);
+    println!("  → POST {register_url}  (an MCP client registers itself)");
+    let registration = json!({"redirect_uris": [client_redirect], "client_name": "mcp-oauth demo"});
+    let response = demo
+        .send(
+            Method::POST,
+            &register_url,
+            &[("content-type", "application/json")],
+            registration.to_string().into_bytes(),
+        )
+        .await?;
+    let registered: Value = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
+    let Some(client_id) =
+        registered["client_id"].as_str().filter(|_| response.status() == StatusCode::CREATED)
+    else {
+        return fail(format!(
+            "register: HTTP {} {}",
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body())
+        ));
+    };
+    println!("  ← 201 a sealed client_id ({} characters; the gateway stores nothing)", client_id.len());
     let mut authorize = Url::parse(&format!("{}/notes/authorize", demo.gateway))
         .map_err(|_| StepFailed("bad gateway URL".into()))?;
     authorize
         .query_pairs_mut()
         .append_pair("response_type", "code")
-        .append_pair("client_id", "demo-client")
+        .append_pair("client_id", client_id)
         .append_pair("redirect_uri", client_redirect)
         .append_pair("state", &client_state)
         .append_pair("code_challenge", pkce.challenge())
         .append_pair("code_challenge_method", "S256");
     println!("  → GET {}", authorize.as_str().split('?').next().unwrap_or_default());
-    let response = demo.send(Method::GET, authorize.as_str(), &[], Vec::new()).await?;
-    let upstream_authorize = location(&response, "gateway /authorize")?;
-    println!("  ← 302 to the upstream's authorization endpoint {}", upstream_authorize.path());
+    let page = demo.send(Method::GET, authorize.as_str(), &[], Vec::new()).await?;
+    if page.status() != StatusCode::OK {
+        return fail(format!("authorize: HTTP {} (expected the consent page)", page.status().as_u16()));
+    }
+    let mut jar = Vec::new();
+    keep_cookies(&page, &mut jar);
+    let html = String::from_utf8_lossy(page.body()).into_owned();
+    println!("  ← 200 the consent page; the user signs in with the gateway key and approves");
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("request", &form_field(&html, "request"))
+        .append_pair("csrf", &form_field(&html, "csrf"))
+        .append_pair("gateway_key", &demo.key)
+        .append_pair("decision", "approve")
+        .finish();
+    let consent_url = format!("{}/notes/consent", demo.gateway);
+    let cookie = jar.join("; ");
+    let response = demo
+        .send(
+            Method::POST,
+            &consent_url,
+            &[("content-type", "application/x-www-form-urlencoded"), ("cookie", cookie.as_str())],
+            form.into_bytes(),
+        )
+        .await?;
+    keep_cookies(&response, &mut jar);
+    let upstream_authorize = location(&response, "gateway /consent")?;
+    println!(
+        "  ← 302 to the upstream's authorization endpoint {} (the gateway's own PKCE)",
+        upstream_authorize.path()
+    );
     let response = demo.send(Method::GET, upstream_authorize.as_str(), &[], Vec::new()).await?;
     let callback = location(&response, "upstream /authorize")?;
     println!("  ← 302 back to the gateway's {} (the mock approves at once)", callback.path());
-    let response = demo.send(Method::GET, callback.as_str(), &[], Vec::new()).await?;
+    let cookie = jar.join("; ");
+    let response =
+        demo.send(Method::GET, callback.as_str(), &[("cookie", cookie.as_str())], Vec::new()).await?;
     let back = location(&response, "gateway /callback")?;
     let (Some(code), Some(state)) = (query(&back, "code"), query(&back, "state")) else {
         return fail("the client redirect carries no code or state");
@@ -297,16 +350,18 @@ async fn steps(demo: &Walkthrough, mock: &MockUpstream) -> Result<(), StepFailed
     if state != client_state || !back.as_str().starts_with(client_redirect) {
         return fail("the client redirect does not match the client's redirect_uri and state");
     }
-    println!("  ← 302 to the client's redirect_uri {client_redirect} with a code and the client's state");
+    println!(
+        "  ← 302 to the client's redirect_uri with the gateway's own code (the upstream tokens stay in the gateway)"
+    );
     let form = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("grant_type", "authorization_code")
         .append_pair("code", &code)
         .append_pair("code_verifier", pkce.verifier().expose())
         .append_pair("redirect_uri", client_redirect)
-        .append_pair("client_id", "demo-client")
+        .append_pair("client_id", client_id)
         .finish();
     let token_url = format!("{}/notes/token", demo.gateway);
-    println!("  → POST {token_url}  (code + code_verifier; the gateway adds its client secret)");
+    println!("  → POST {token_url}  (code + code_verifier)");
     let response = demo
         .send(
             Method::POST,
@@ -324,11 +379,12 @@ async fn steps(demo: &Walkthrough, mock: &MockUpstream) -> Result<(), StepFailed
     }
     let token: Value = serde_json::from_slice(response.body())
         .map_err(|_| StepFailed("the token answer is not JSON".into()))?;
-    let Some(access_token) = token["access_token"].as_str() else {
-        return fail("the token answer has no access_token");
+    let Some(access_token) = token["access_token"].as_str().filter(|token| token.starts_with("mcpgw_"))
+    else {
+        return fail("the token answer has no gateway access token");
     };
     println!(
-        "  ← 200 access token (expires_in {}, refresh token: {})",
+        "  ← 200 a gateway access token (mcpgw_…, expires_in {}, refresh token: {})",
         token["expires_in"],
         if token["refresh_token"].is_string() { "yes" } else { "no" }
     );
@@ -337,13 +393,28 @@ async fn steps(demo: &Walkthrough, mock: &MockUpstream) -> Result<(), StepFailed
         .tools_call("notes", &[("authorization", bearer.as_str())], "add", json!({"a": 2, "b": 3}))
         .await?;
     println!("      result: {}", result_text(&response, "interactive tools/call")?);
-    aggregated(demo, mock, &bearer).await
+    aggregated(demo, mock).await
 }
 
-/// (c) Both servers behind `POST /mcp`: each target gets its own credential (the M2M token for
-/// `reports`, the caller's token for `notes`), tools are listed as `{server}-{tool}` and a call
-/// goes only to the server its prefix names.
-async fn aggregated(demo: &Walkthrough, mock: &MockUpstream, bearer: &str) -> Result<(), StepFailed> {
+/// Keeps the `name=value` of every `Set-Cookie` in `response` (a browser's cookie jar, in short).
+fn keep_cookies(response: &Response<Vec<u8>>, jar: &mut Vec<String>) {
+    for value in response.headers().get_all("set-cookie") {
+        if let Some(pair) = value.to_str().ok().and_then(|text| text.split(';').next()) {
+            jar.push(pair.to_owned());
+        }
+    }
+}
+
+/// The `value` of the form field `name` on the consent page.
+fn form_field(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    html.split(&marker).nth(1).and_then(|rest| rest.split('"').next()).unwrap_or_default().to_owned()
+}
+
+/// (c) Both servers behind `POST /mcp`: `reports` is listed as `{server}-{tool}` and called with
+/// its M2M token; `notes` (interactive) is a partial failure that says where to authorize, since
+/// a gateway token names its own server only.
+async fn aggregated(demo: &Walkthrough, mock: &MockUpstream) -> Result<(), StepFailed> {
     println!("\n(c) Aggregated: reports and notes behind POST /mcp with x-mcp-servers");
     let url = format!("{}/mcp", demo.gateway);
     let headers = [
@@ -351,7 +422,6 @@ async fn aggregated(demo: &Walkthrough, mock: &MockUpstream, bearer: &str) -> Re
         ("accept", "application/json, text/event-stream"),
         ("x-mcp-gateway-key", demo.key.as_str()),
         ("x-mcp-servers", "reports,notes"),
-        ("authorization", bearer),
     ];
     let before = mock.handle().counters();
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
@@ -365,21 +435,28 @@ async fn aggregated(demo: &Walkthrough, mock: &MockUpstream, bearer: &str) -> Re
         .filter_map(|tool| tool["name"].as_str())
         .collect();
     println!("  ← HTTP {}  tools: {}", response.status().as_u16(), names.join(", "));
-    if names != ["reports-echo", "reports-add", "notes-echo", "notes-add"] {
+    if names != ["reports-echo", "reports-add"] {
         return fail(format!("aggregated tools/list: unexpected tools {names:?}"));
     }
+    let failed = message["result"]["_meta"].to_string();
+    if !failed.contains("authorization_required") {
+        return fail(format!("aggregated tools/list: notes should say authorization_required: {failed}"));
+    }
+    println!(
+        "      notes: authorization_required (authorize at /notes/mcp; a gateway token admits its own server only)"
+    );
     let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-        "params": {"name": "notes-add", "arguments": {"a": 20, "b": 22}}});
-    println!("  → POST {url}  tools/call notes-add {{\"a\":20,\"b\":22}}");
+        "params": {"name": "reports-add", "arguments": {"a": 20, "b": 22}}});
+    println!("  → POST {url}  tools/call reports-add {{\"a\":20,\"b\":22}}");
     let response = demo.send(Method::POST, &url, &headers, call.to_string().into_bytes()).await?;
     println!("  ← HTTP {}", response.status().as_u16());
     println!("      result: {}", result_text(&response, "aggregated tools/call")?);
     let after = mock.handle().counters();
     let lists = after.mcp_requests_for("tools/list") - before.mcp_requests_for("tools/list");
     let calls = after.mcp_requests_for("tools/call") - before.mcp_requests_for("tools/call");
-    println!("  upstream saw: {lists} tools/list (one per server), {calls} tools/call");
-    if lists != 2 || calls != 1 {
-        return fail("expected one listing per server and one upstream call");
+    println!("  upstream saw: {lists} tools/list (reports only), {calls} tools/call");
+    if lists != 1 || calls != 1 {
+        return fail("expected one listing (reports) and one upstream call");
     }
     Ok(())
 }

@@ -31,10 +31,11 @@ use mcp_oauth_core::gateway::{
     Gathered, OAuthState, Read, RequestHead, StartupError, TokenKey, TokenNeed, UpstreamFailure,
     UpstreamRequest, error_response,
 };
-use mcp_oauth_core::origin::{Origin, Scheme};
+use mcp_oauth_core::origin::Scheme;
 use mcp_oauth_core::secret::Secret;
 use mcp_oauth_core::token_cache::CacheConfig;
 
+use crate::grant_store::{DynGrantStore, MemoryGrantStore, unix_now};
 use crate::token_cache::{CacheError, FetchError, SharedTokenCache};
 use crate::{Clock, Runtime, timeout};
 
@@ -129,6 +130,7 @@ pub struct GatewayState<R, U> {
     clock: Clock<R>,
     upstream: U,
     tokens: SharedTokenCache<TokenKey, R>,
+    grants: Arc<dyn DynGrantStore>,
     options: ServerOptions,
     requests: AtomicU64,
 }
@@ -147,7 +149,7 @@ impl<R: Runtime, U: Upstream> GatewayState<R, U> {
     /// configuration core's [`gateway::check_startup`] refuses (interactive servers without a
     /// pinned public origin) and logs its warnings.
     pub fn new(
-        config: GatewayConfig,
+        mut config: GatewayConfig,
         options: ServerOptions,
         upstream: U,
         runtime: R,
@@ -155,17 +157,37 @@ impl<R: Runtime, U: Upstream> GatewayState<R, U> {
         for warning in gateway::check_startup(&config)? {
             tracing::warn!("{warning}");
         }
+        if config.settings.grants.sealing_keys.is_none() {
+            // Design §4.10: without configured keys (memory store only; the loader refuses a
+            // durable store without them) a key is drawn now, and grants die with the process.
+            if let Some(seed) = draw() {
+                config.settings.grants.sealing_keys = Some(mcp_oauth_core::seal::SealingKeys::generate(seed));
+            }
+        }
         let clock = Clock::with_runtime(runtime);
         Ok(Self {
             config,
             oauth: Mutex::new(OAuthState::default()),
             sessions: Mutex::new(SessionStore::new(options.max_upstream_sessions)),
             tokens: SharedTokenCache::with_clock(CacheConfig::default(), clock.clone()),
+            grants: Arc::new(MemoryGrantStore::new(DEFAULT_GRANT_RECORDS)),
             clock,
             upstream,
             options,
             requests: AtomicU64::new(0),
         })
+    }
+
+    /// The state with `store` as its grant store instead of the memory store.
+    #[must_use]
+    pub fn with_grant_store(mut self, store: Arc<dyn DynGrantStore>) -> Self {
+        self.grants = store;
+        self
+    }
+
+    /// The grant store.
+    pub fn grants(&self) -> &Arc<dyn DynGrantStore> {
+        &self.grants
     }
 
     /// The configuration snapshot.
@@ -194,6 +216,9 @@ impl<R: Runtime, U: Upstream> GatewayState<R, U> {
         self.requests.load(Ordering::Relaxed)
     }
 }
+
+/// Records the memory grant store holds at most (grants, single-use marks, locks).
+pub const DEFAULT_GRANT_RECORDS: usize = 100_000;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -363,10 +388,8 @@ pub async fn handle<R: Runtime, U: Upstream>(
     let (label, server) = (route.label(), route.server().map(str::to_owned));
     // Only a route that starts an authorization consumes randomness; the others skip the system
     // call (one per request otherwise, measurable under load).
-    let random = route.needs_random().then(|| {
-        let mut random = [0u8; 16];
-        getrandom::fill(&mut random).ok().map(|()| random)
-    });
+    let random = route.needs_random().then(draw).flatten();
+    let wall = unix_now();
     let head = RequestHead {
         method: &parts.method,
         path_and_query,
@@ -385,7 +408,8 @@ pub async fn handle<R: Runtime, U: Upstream>(
             config: &state.config,
             oauth: oauth.as_deref_mut(),
             now: state.clock.now(),
-            random: random.flatten(),
+            unix_now: wall,
+            random,
         };
         gateway::decide_routed(route, &head, &mut context)
     };
@@ -394,25 +418,34 @@ pub async fn handle<R: Runtime, U: Upstream>(
         Action::Respond(response) => full(response),
         Action::Forward(forward) => forward_mcp(state, &parts, body, reader, forward).await,
         Action::Aggregate(aggregate) => aggregated(state, &parts, body, reader, aggregate).await,
-        Action::ProxyToken { server, origin } => {
-            proxy_token(state, &parts, body, reader, &server, &origin).await
-        }
-        Action::ProxyRegister { server, url } => {
-            let options = &state.options;
-            match reader.read(&parts.headers, body, options.max_form_body).await {
+        Action::ReadForm(form) => {
+            match reader.read(&parts.headers, body, state.options.max_form_body).await {
                 Ok(body) => {
-                    let limits = options.call_limits();
-                    match gateway::proxied_register_request(&state.config, &server, &url, body, &limits) {
-                        Ok(request) => full(gateway::finish_proxied_register(
-                            &server,
-                            perform_whole(state, request).await,
+                    let action = {
+                        let mut oauth = lock(&state.oauth);
+                        let mut context = Context {
+                            config: &state.config,
+                            oauth: Some(&mut oauth),
+                            now: state.clock.now(),
+                            unix_now: wall,
+                            random,
+                        };
+                        gateway::decide_form(form, &head, &body, &mut context)
+                    };
+                    match action {
+                        Action::Authz(machine) => run_authz(state, *machine).await,
+                        Action::Respond(response) => full(response),
+                        _ => full(error_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "server_error",
+                            "unexpected action",
                         )),
-                        Err(refused) => full(refused),
                     }
                 }
                 Err(refused) => refused,
             }
         }
+        Action::Authz(machine) => run_authz(state, *machine).await,
     };
     tracing::info!(
         method = %parts.method,
@@ -423,6 +456,50 @@ pub async fn handle<R: Runtime, U: Upstream>(
         "request"
     );
     response
+}
+
+/// 32 fresh random bytes, or `None` when the system has none (core then refuses the request).
+fn draw() -> Option<[u8; 32]> {
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random).ok().map(|()| random)
+}
+
+/// Logs core's audit events (design §4.8): never a token.
+fn log_audit(events: Vec<gateway::Audit>) {
+    for event in events {
+        tracing::info!(
+            event = event.event,
+            server = %event.server,
+            identity = event.identity.as_deref().unwrap_or("-"),
+            client_host = event.client_host.as_deref().unwrap_or("-"),
+            reason = event.reason.unwrap_or("-"),
+            "audit"
+        );
+    }
+}
+
+/// Runs an authorization-server machine (callback, token, revocation) to its answer.
+async fn run_authz<R: Runtime, U: Upstream>(
+    state: &GatewayState<R, U>,
+    mut machine: gateway::Authz,
+) -> Response<GatewayBody> {
+    machine = machine.with_limits(state.options.call_limits());
+    loop {
+        match machine.poll() {
+            gateway::AuthzStep::Store(op) => {
+                let result = state.grants.apply_boxed(op).await;
+                machine.handle_store(result);
+            }
+            gateway::AuthzStep::Send(request) => {
+                let answer = perform_whole(state, request).await;
+                machine.handle_answer(answer);
+            }
+            gateway::AuthzStep::Respond(response) => {
+                log_audit(machine.take_audit());
+                return full(response);
+            }
+        }
+    }
 }
 
 /// Reads request bodies under a size limit and a deadline (core's
@@ -554,7 +631,15 @@ enum Ended {
 }
 
 /// Runs core's forwarded-call machine to its end, performing each step it asks for.
-async fn run_call<R: Runtime, U: Upstream>(state: &GatewayState<R, U>, mut call: Call<'_>) -> Ended {
+async fn run_call<R: Runtime, U: Upstream>(state: &GatewayState<R, U>, call: Call<'_>) -> Ended {
+    let random = if call.needs_random() { draw() } else { None };
+    let mut call = call.with_clock(unix_now(), random);
+    let ended = step_call(state, &mut call).await;
+    log_audit(call.take_audit());
+    ended
+}
+
+async fn step_call<R: Runtime, U: Upstream>(state: &GatewayState<R, U>, call: &mut Call<'_>) -> Ended {
     let mut streamed: Option<U::Body> = None;
     loop {
         match call.poll() {
@@ -584,6 +669,11 @@ async fn run_call<R: Runtime, U: Upstream>(state: &GatewayState<R, U>, mut call:
                 );
                 lock(&state.sessions).remove(&key, &session);
             }
+            CallAction::Store(op) => {
+                let result = state.grants.apply_boxed(op).await;
+                call.handle_store(result);
+            }
+            CallAction::Wait(duration) => state.clock.runtime().sleep(duration).await,
             CallAction::Send(request) => match request.read {
                 Read::Head => match perform(state, request).await {
                     Ok(answer) => {
@@ -701,35 +791,5 @@ async fn aggregated<R: Runtime, U: Upstream>(
             let answers = futures_util::future::join_all(asks).await;
             full(gateway::finish_gather(gather, answers))
         }
-    }
-}
-
-/// `POST /{server}/token` (the proxied flow): core builds the upstream request from the form and
-/// answers from the upstream's answer.
-async fn proxy_token<R: Runtime, U: Upstream>(
-    state: &GatewayState<R, U>,
-    parts: &Parts,
-    body: Incoming,
-    reader: BodyReader<'_, R>,
-    server: &str,
-    origin: &Origin,
-) -> Response<GatewayBody> {
-    let Some(server) = state.config.servers.get(server) else {
-        return full(error_response(StatusCode::NOT_FOUND, "not_found", "no such route or server"));
-    };
-    let body = match reader.read(&parts.headers, body, state.options.max_form_body).await {
-        Ok(body) => body,
-        Err(refused) => return refused,
-    };
-    let request = {
-        let mut oauth = lock(&state.oauth);
-        gateway::build_token_request(server, origin, &body, &mut oauth.flows, state.clock.now())
-    };
-    match request {
-        Ok(request) => {
-            let request = gateway::proxied_token_request(server, request, &state.options.call_limits());
-            full(gateway::finish_proxied_token(server, perform_whole(state, request).await))
-        }
-        Err(refused) => full(refused),
     }
 }

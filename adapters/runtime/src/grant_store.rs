@@ -21,6 +21,19 @@ use std::time::{Duration, SystemTime};
 use mcp_oauth_core::grant::{Grant, GrantId, LockHolder, OnceKey, StoreOp, StoreResult, StoreUnavailable};
 use mcp_oauth_core::seal::UnixTime;
 
+/// A [`GrantStore`] behind a pointer: what the gateway holds, so the backend is chosen at start-up
+/// (memory, SQLite, Redis) without a type parameter.
+pub trait DynGrantStore: Send + Sync + 'static {
+    /// [`GrantStore::apply`], boxed.
+    fn apply_boxed(&self, op: StoreOp) -> std::pin::Pin<Box<dyn Future<Output = StoreResult> + Send + '_>>;
+}
+
+impl<S: GrantStore> DynGrantStore for S {
+    fn apply_boxed(&self, op: StoreOp) -> std::pin::Pin<Box<dyn Future<Output = StoreResult> + Send + '_>> {
+        Box::pin(self.apply(op))
+    }
+}
+
 /// The five atomic primitives of the grant store, answered asynchronously.
 pub trait GrantStore: Send + Sync + 'static {
     /// Performs `op` atomically and answers it; a backend that cannot answers

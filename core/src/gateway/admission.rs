@@ -13,18 +13,73 @@ pub(super) const FORWARDED_HEADERS: [HeaderName; 6] = [
     header::USER_AGENT,
 ];
 
-pub(super) fn mcp(head: &RequestHead<'_>, name: &str, config: &GatewayConfig) -> Action {
+#[allow(clippy::result_large_err)] // the challenge's refusal is the answer itself
+pub(super) fn mcp(head: &RequestHead<'_>, name: &str, config: &GatewayConfig, now: UnixTime) -> Action {
     let Some(server) = config.servers.get(name) else {
         return Action::Respond(not_found());
     };
-    let delegated = delegation(head, Some(name), config);
-    if !delegated && !admitted(head.headers, server, config) {
-        return Action::Respond(match public_origin(head, config) {
-            Ok(origin) => key_required(Some(&challenge(&origin, name))),
+    if delegation(head, Some(name), config) {
+        return Action::Forward(forward(head, name, server, true, config));
+    }
+    let challenge = || public_origin(head, config).map(|origin| challenge(&origin, name));
+    let presented = gateway_token(head.headers);
+    if interactive(config, name).is_some() {
+        // The gateway is this server's authorization server (design §4.8): its own access token
+        // admits the request as its identity; nothing else does, key or no key (a per-request
+        // credential with the key excepted, design §4.7).
+        let keys = config.settings.grants.sealing_keys.as_ref();
+        if let Some((grant, identity)) =
+            presented.zip(keys).and_then(|(token, keys)| authz::open_access_token(keys, name, now, token))
+        {
+            let mut forward = forward(head, name, server, false, config);
+            forward.headers.remove(header::AUTHORIZATION);
+            forward.credential = OutboundCredential::Grant { grant, identity };
+            forward.resolution = AuthResolution::GatewayGrant;
+            forward.challenge = challenge().ok();
+            return Action::Forward(forward);
+        }
+        let per_request = head.headers.contains_key(crate::outbound::per_request_header_name(name).as_str());
+        if presented.is_none() && per_request && admitted(head.headers, server, config) {
+            return Action::Forward(forward(head, name, server, false, config));
+        }
+        return Action::Respond(match challenge() {
+            Ok(challenge) => authorization_required(&challenge, presented.is_some()),
             Err(refusal) => refusal,
         });
     }
-    Action::Forward(forward(head, name, server, delegated, config))
+    if presented.is_some() || !admitted(head.headers, server, config) {
+        // A gateway token admits only its own interactive server; here it is refused, never forwarded.
+        return Action::Respond(match challenge() {
+            Ok(challenge) => key_required(Some(&challenge)),
+            Err(refusal) => refusal,
+        });
+    }
+    Action::Forward(forward(head, name, server, false, config))
+}
+
+/// The gateway-issued access token in `Authorization`, if it carries one (`Bearer mcpgw_…`).
+pub(super) fn gateway_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let scheme = value.get(..7)?;
+    let token = value.get(7..)?.trim();
+    (scheme.eq_ignore_ascii_case("bearer ") && crate::seal::is_gateway_token(token)).then_some(token)
+}
+
+/// 401 for a request to an interactive server without a valid gateway access token: the
+/// gateway's challenge sends an OAuth client to its metadata (design §4.8).
+pub(super) fn authorization_required(challenge: &str, token_presented: bool) -> Response<Vec<u8>> {
+    let description = if token_presented {
+        "the gateway access token is not valid for this server (expired, revoked or for another server); authorize again"
+    } else {
+        "this server needs authorization through the gateway: follow the WWW-Authenticate challenge"
+    };
+    let mut response = error_response(StatusCode::UNAUTHORIZED, "invalid_token", description);
+    let value =
+        if token_presented { format!("{challenge}, error=\"invalid_token\"") } else { challenge.to_owned() };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
 }
 
 /// Whether auth is delegated for this request (design §4.6), from the server the router resolved
@@ -83,6 +138,7 @@ pub(super) fn forward(
     if credential == OutboundCredential::ForwardAuthorization
         && let Some(value) = head.headers.get(header::AUTHORIZATION)
         && !value.to_str().is_ok_and(|text| is_gateway_key(text, &config.settings.gateway_keys))
+        && gateway_token(head.headers).is_none()
     {
         headers.insert(header::AUTHORIZATION, value.clone());
     }
@@ -94,6 +150,7 @@ pub(super) fn forward(
         resolution,
         delegated,
         debug: debug_requested(head.headers),
+        challenge: None,
     }
 }
 
@@ -198,6 +255,15 @@ pub(super) fn targets(
     let mut targets = Vec::with_capacity(servers.len());
     for (name, server) in names.iter().zip(servers) {
         let mut forward = forward(head, name, server, delegated, config);
+        if !delegated && interactive(config, name).is_some() {
+            // Its grant cannot be named here (design §4.8 wants the identity's newest grant; the
+            // store has no index for it yet): a partial failure that says where to authorize.
+            forward.headers.remove(header::AUTHORIZATION);
+            forward.credential = OutboundCredential::AuthorizationRequired;
+            if let Ok(origin) = public_origin(head, config) {
+                forward.challenge = Some(challenge(&origin, name));
+            }
+        }
         // The gateway speaks to each upstream on its own: no caller session or stream position
         // belongs to any of them, and the REST routes speak JSON-RPC on the caller's behalf.
         forward.headers.remove("mcp-session-id");

@@ -118,6 +118,19 @@ pub enum CallFailure {
     InvalidCredential,
     /// The adapter polled while the machine waited for an answer (a driver bug).
     OutOfOrder,
+    /// The grant behind the caller's gateway token has ended (revoked, expired, its key changed,
+    /// its refresh refused): 401 with the gateway's challenge, so the client authorizes again.
+    GrantEnded,
+    /// An interactive server on a route that cannot name its grant (the aggregating routes):
+    /// 401 `authorization_required`, naming where to authorize.
+    AuthorizationRequired,
+    /// The grant store could not answer (fail closed: 503).
+    StoreUnavailable {
+        /// The store's reason code.
+        reason: &'static str,
+    },
+    /// Another request holds the grant's refresh lock for longer than this one waits (503).
+    RefreshBusy,
 }
 
 impl CallFailure {
@@ -130,6 +143,10 @@ impl CallFailure {
             Self::TokenValidation { .. } => "token_validation_failed",
             Self::InvalidCredential => "invalid_request",
             Self::OutOfOrder => "server_error",
+            Self::GrantEnded => "invalid_token",
+            Self::AuthorizationRequired => "authorization_required",
+            Self::StoreUnavailable { reason } => reason,
+            Self::RefreshBusy => "refresh_in_progress",
         }
     }
 
@@ -168,6 +185,34 @@ impl CallFailure {
                 self.reason(),
                 "the gateway's driver skipped a step of the call",
             ),
+            Self::GrantEnded => error_response(
+                StatusCode::UNAUTHORIZED,
+                self.reason(),
+                &format!("the authorization for `{server}` has ended; authorize again"),
+            ),
+            Self::AuthorizationRequired => error_response(
+                StatusCode::UNAUTHORIZED,
+                self.reason(),
+                &format!("`{server}` needs you to authorize it first, at its own endpoint /{server}/mcp"),
+            ),
+            Self::StoreUnavailable { .. } => {
+                let mut response = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    self.reason(),
+                    "the gateway's grant store is unavailable; retry shortly",
+                );
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+                response
+            }
+            Self::RefreshBusy => {
+                let mut response = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    self.reason(),
+                    &format!("the upstream token for `{server}` is being refreshed; retry shortly"),
+                );
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+                response
+            }
         }
     }
 
@@ -179,6 +224,10 @@ impl CallFailure {
             Self::TokenValidation { .. } => "the upstream token failed token_validation".to_owned(),
             Self::InvalidCredential => "the credential is not a valid header value".to_owned(),
             Self::OutOfOrder => "a step was skipped".to_owned(),
+            Self::GrantEnded => "the grant has ended".to_owned(),
+            Self::AuthorizationRequired => "authorization is required".to_owned(),
+            Self::StoreUnavailable { reason } => format!("the grant store is unavailable ({reason})"),
+            Self::RefreshBusy => "a refresh is in progress".to_owned(),
         }
     }
 }
@@ -274,6 +323,10 @@ pub enum CallAction<'a> {
     /// Send this request; answer with [`Call::handle_head`] or [`Call::handle_whole`] as its
     /// [`Read`] says.
     Send(UpstreamRequest),
+    /// Apply this grant-store operation; answer with [`Call::handle_store`].
+    Store(crate::grant::StoreOp),
+    /// Sleep this long, then poll again (another request is refreshing the grant).
+    Wait(Duration),
     /// The call is over.
     Respond(CallOutcome),
 }
@@ -326,9 +379,51 @@ enum State {
     AwaitSession,
     Credential,
     AwaitToken,
+    AwaitStore(GrantStage),
     Ready,
     AwaitAnswer,
     Done,
+}
+
+/// Where the grant credential is (design §4.8: read, refresh under the grant's lock, write back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GrantStage {
+    /// Reading the grant.
+    Read,
+    /// Taking the refresh lock.
+    Lock,
+    /// Writing the refreshed (or revoked) grant.
+    Put,
+    /// Releasing the lock.
+    Unlock,
+}
+
+/// How long a request waits for another's refresh of the same grant, in steps of
+/// [`REFRESH_WAIT`].
+const REFRESH_WAITS: u32 = 40;
+/// One wait for another request's refresh.
+const REFRESH_WAIT: Duration = Duration::from_millis(250);
+/// An upstream access token this close to its expiry is refreshed first.
+pub const REFRESH_AHEAD: Duration = Duration::from_secs(60);
+
+/// The grant credential's working state.
+#[derive(Debug, Default)]
+struct GrantWork {
+    /// The grant as read.
+    grant: Option<crate::grant::Grant>,
+    /// Refresh even if the upstream token looks fresh (the upstream refused it).
+    force: bool,
+    /// A refresh ran in this call already.
+    refreshed: bool,
+    /// The lock's fencing value, while held.
+    holder: Option<crate::grant::LockHolder>,
+    /// Waits for another request's refresh so far.
+    waits: u32,
+    /// The sealed upstream token last tried (a re-read grant with another one was refreshed by
+    /// someone else).
+    tried: Option<String>,
+    /// What the call continues with once the lock is released.
+    after_unlock: Option<Result<Secret, CallFailure>>,
 }
 
 /// Which request of the call goes next.
@@ -340,6 +435,8 @@ enum Phase {
     Initialized,
     /// The caller's request.
     Request,
+    /// Refreshing the grant's upstream token.
+    Refresh,
 }
 
 /// One forwarded MCP call (see the module docs).
@@ -363,6 +460,10 @@ pub struct Call<'a> {
     reopened: bool,
     effects: VecDeque<CallAction<'a>>,
     outcome: Option<CallOutcome>,
+    unix_now: crate::seal::UnixTime,
+    random: Option<Random>,
+    work: GrantWork,
+    audit: Vec<Audit>,
 }
 
 impl<'a> Call<'a> {
@@ -432,6 +533,10 @@ impl<'a> Call<'a> {
             reopened: false,
             effects: VecDeque::new(),
             outcome: None,
+            unix_now: crate::seal::UnixTime::default(),
+            random: None,
+            work: GrantWork::default(),
+            audit: Vec::new(),
         })
     }
 
@@ -440,6 +545,25 @@ impl<'a> Call<'a> {
     pub fn with_inbound(mut self, inbound: &'a HeaderMap) -> Self {
         self.inbound = Some(inbound);
         self
+    }
+
+    /// The wall-clock time and, when [`Call::needs_random`] holds, a random seed: what a grant
+    /// credential needs (sealed expiries, the refresh lock's fencing value, new sealed tokens).
+    #[must_use]
+    pub fn with_clock(mut self, unix_now: crate::seal::UnixTime, random: Option<[u8; 32]>) -> Self {
+        self.unix_now = unix_now;
+        self.random = random.map(Random::new);
+        self
+    }
+
+    /// Whether the call may need random bytes ([`Call::with_clock`]): only a grant credential does.
+    pub fn needs_random(&self) -> bool {
+        matches!(self.forward.credential, OutboundCredential::Grant { .. })
+    }
+
+    /// The audit events so far (a grant refreshed, revoked, failed to refresh), drained.
+    pub fn take_audit(&mut self) -> Vec<Audit> {
+        std::mem::take(&mut self.audit)
     }
 
     /// The server the call goes to.
@@ -466,6 +590,11 @@ impl<'a> Call<'a> {
                         self.state = State::AwaitToken;
                         return CallAction::FetchToken(need);
                     }
+                    Ok(None) if matches!(self.state, State::AwaitStore(_)) => {
+                        if let Some(effect) = self.effects.pop_front() {
+                            return effect;
+                        }
+                    }
                     Ok(None) => self.state = State::Ready,
                     Err(failure) => self.fail(failure),
                 },
@@ -482,7 +611,7 @@ impl<'a> Call<'a> {
                     });
                     return CallAction::Respond(outcome);
                 }
-                State::AwaitSession | State::AwaitToken | State::AwaitAnswer => {
+                State::AwaitSession | State::AwaitToken | State::AwaitAnswer | State::AwaitStore(_) => {
                     self.fail(CallFailure::OutOfOrder);
                 }
             }
@@ -552,6 +681,7 @@ impl<'a> Call<'a> {
         }
         let answer = match answer {
             Ok(answer) => answer,
+            Err(failure) if self.phase == Phase::Refresh => return self.refreshed(Err(failure)),
             Err(failure) => return self.fail(CallFailure::Upstream { step: CallStep::Forward, failure }),
         };
         match self.phase {
@@ -575,6 +705,7 @@ impl<'a> Call<'a> {
                 Some(session) => self.opened(session),
                 None => self.fail(CallFailure::OutOfOrder),
             },
+            Phase::Refresh => self.refreshed(Ok(answer)),
             Phase::Request if self.whole => {
                 if !self.try_again(answer.status()) {
                     self.answer_whole(answer.map(|body| body.to_vec()));
@@ -588,6 +719,17 @@ impl<'a> Call<'a> {
     /// token the gateway obtained (the token is dropped and fetched again), and once when the
     /// upstream ended the session the call ran in (it is forgotten and opened again).
     fn try_again(&mut self, status: StatusCode) -> bool {
+        if status == StatusCode::UNAUTHORIZED
+            && !self.retried
+            && matches!(self.forward.credential, OutboundCredential::Grant { .. })
+        {
+            // The upstream refused the grant's token: refresh once, retry once.
+            self.retried = true;
+            self.work.force = true;
+            self.credential = None;
+            self.state = State::Credential;
+            return true;
+        }
         if upstream_reaction(self.forward, status, self.retried) == UpstreamReaction::RetryWithFreshToken {
             self.retried = true;
             if let Some((key, token)) = self.token.take() {
@@ -610,6 +752,262 @@ impl<'a> Call<'a> {
             return true;
         }
         false
+    }
+
+    /// The grant store's answer to the last [`CallAction::Store`].
+    pub fn handle_store(&mut self, result: crate::grant::StoreResult) {
+        use crate::grant::StoreResult;
+        let State::AwaitStore(stage) = self.state else {
+            return self.fail(CallFailure::OutOfOrder);
+        };
+        if let StoreResult::Unavailable { reason } = result {
+            // Fail closed; a lock this call holds lapses by its TTL.
+            return self.fail(CallFailure::StoreUnavailable { reason });
+        }
+        match (stage, result) {
+            (GrantStage::Read, StoreResult::Grant(grant)) => self.grant_read(grant.map(|grant| *grant)),
+            (GrantStage::Lock, StoreResult::Locked(true)) => self.start_refresh(),
+            (GrantStage::Lock, StoreResult::Locked(false)) => {
+                // Another request refreshes this grant: wait, read it again, use its result.
+                self.work.holder = None;
+                if self.work.waits >= REFRESH_WAITS {
+                    return self.fail(CallFailure::RefreshBusy);
+                }
+                self.work.waits += 1;
+                self.effects.push_back(CallAction::Wait(REFRESH_WAIT));
+                self.read_grant();
+            }
+            (GrantStage::Put, StoreResult::Stored) => self.unlock(),
+            (GrantStage::Unlock, StoreResult::Unlocked) => match self.work.after_unlock.take() {
+                Some(Ok(token)) => self.use_token(&token),
+                Some(Err(failure)) => self.fail(failure),
+                None => self.fail(CallFailure::OutOfOrder),
+            },
+            _ => self.fail(CallFailure::OutOfOrder),
+        }
+    }
+
+    fn grant_id(&self) -> Option<&'a crate::grant::GrantId> {
+        match &self.forward.credential {
+            OutboundCredential::Grant { grant, .. } => Some(grant),
+            _ => None,
+        }
+    }
+
+    fn read_grant(&mut self) {
+        match self.grant_id() {
+            Some(id) => {
+                self.effects.push_back(CallAction::Store(crate::grant::StoreOp::GetGrant { id: id.clone() }));
+                self.state = State::AwaitStore(GrantStage::Read);
+            }
+            None => self.fail(CallFailure::OutOfOrder),
+        }
+    }
+
+    /// The grant as read: live, this server's, this identity's, its key unchanged; then its
+    /// upstream token, refreshed first when it is about to expire or the upstream refused it.
+    fn grant_read(&mut self, grant: Option<crate::grant::Grant>) {
+        let (OutboundCredential::Grant { grant: id, identity }, Some(keys)) =
+            (&self.forward.credential, self.config.settings.grants.sealing_keys.as_ref())
+        else {
+            return self.fail(CallFailure::GrantEnded);
+        };
+        let now = self.unix_now;
+        let Some(grant) = grant.filter(|grant| {
+            grant.id == *id
+                && grant.server == self.server.name
+                && !grant.is_expired(now)
+                && grant.identity.name == *identity
+                && super::authz::identity_holds(self.config, keys, grant)
+        }) else {
+            return self.fail(CallFailure::GrantEnded);
+        };
+        let token = grant.upstream_access_token.open(keys, &self.server.name, id, now);
+        let refused =
+            self.work.force && self.work.tried.as_deref() == Some(grant.upstream_access_token.as_stored());
+        let expiring = grant.upstream_access_expires_at.is_some_and(|at| at <= now.plus(REFRESH_AHEAD));
+        let expired = grant.upstream_access_expires_at.is_some_and(|at| at <= now);
+        let can_refresh = grant.upstream_refresh_token.is_some() && !self.work.refreshed;
+        self.work.tried = Some(grant.upstream_access_token.as_stored().to_owned());
+        match token {
+            Ok(token) if !refused && !expiring => {
+                self.work.grant = Some(grant);
+                self.use_token(&token);
+            }
+            _ if can_refresh => self.lock(grant),
+            Ok(token) if !refused && !expired => {
+                self.work.grant = Some(grant);
+                self.use_token(&token);
+            }
+            _ => self.fail(CallFailure::GrantEnded),
+        }
+    }
+
+    fn use_token(&mut self, token: &Secret) {
+        self.credential = Some((header::AUTHORIZATION, format!("Bearer {}", token.expose())));
+        self.phase = Phase::Request;
+        self.state = State::Ready;
+    }
+
+    /// Takes the grant's refresh lock (one refresh per grant in flight, across replicas).
+    fn lock(&mut self, grant: crate::grant::Grant) {
+        let Some(random) = self.random.as_mut() else {
+            return self.fail(CallFailure::OutOfOrder);
+        };
+        let holder = crate::grant::LockHolder(random.token::<16>());
+        let ttl = self.limits.token_timeout.saturating_mul(2);
+        self.effects.push_back(CallAction::Store(crate::grant::StoreOp::TryLock {
+            grant: grant.id.clone(),
+            holder: holder.clone(),
+            ttl,
+        }));
+        self.work.holder = Some(holder);
+        self.work.grant = Some(grant);
+        self.state = State::AwaitStore(GrantStage::Lock);
+    }
+
+    /// Sends the refresh under the lock.
+    fn start_refresh(&mut self) {
+        let keys = self.config.settings.grants.sealing_keys.as_ref();
+        let request = self.work.grant.as_ref().zip(keys).and_then(|(grant, keys)| {
+            let refresh = grant
+                .upstream_refresh_token
+                .as_ref()?
+                .open(keys, &self.server.name, &grant.id, self.unix_now)
+                .ok()?;
+            let grant_type = crate::client::token::Grant::RefreshToken { refresh_token: &refresh };
+            super::authz::upstream_token_request(self.server, &grant_type, &self.limits)
+        });
+        self.work.refreshed = true;
+        match request {
+            Some(request) => {
+                self.effects.push_back(CallAction::Send(request));
+                self.phase = Phase::Refresh;
+                self.state = State::AwaitAnswer;
+            }
+            None => self.revoke_then_fail("refresh_unusable"),
+        }
+    }
+
+    /// The upstream token endpoint's answer to the refresh.
+    fn refreshed(&mut self, answer: Result<Response<Bytes>, UpstreamFailure>) {
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(failure) => {
+                // The upstream could not be asked: keep the grant, try again on a later call.
+                self.record("grant_refresh_failed", Some(failure.reason()));
+                return self.unlock_then(Err(CallFailure::Upstream { step: CallStep::FetchToken, failure }));
+            }
+        };
+        let token = match crate::client::token::parse_token_response(&answer) {
+            Ok(token) => token,
+            Err(crate::client::token::TokenError::Refused { .. }) => {
+                return self.revoke_then_fail("refresh_refused");
+            }
+            Err(_) => {
+                let failure = UpstreamFailure::TokenRefused { status: answer.status().as_u16() };
+                self.record("grant_refresh_failed", Some("upstream_token_refused"));
+                return self.unlock_then(Err(CallFailure::Upstream { step: CallStep::FetchToken, failure }));
+            }
+        };
+        if let Some(rules) = &self.server.entry.token_validation {
+            let document = serde_json::from_slice::<Value>(answer.body()).unwrap_or(Value::Null);
+            if crate::token::validate_token_response(rules, &document).is_err() {
+                return self.revoke_then_fail("token_validation_failed");
+            }
+        }
+        let (Some(mut grant), Some(keys), Some(random)) =
+            (self.work.grant.take(), self.config.settings.grants.sealing_keys.as_ref(), self.random.as_mut())
+        else {
+            return self.fail(CallFailure::OutOfOrder);
+        };
+        let server = &self.server.name;
+        let sealed = crate::grant::SealedUpstreamToken::seal(
+            keys,
+            server,
+            &grant.id,
+            grant.expires_at,
+            &token.access_token,
+            random.array(),
+        );
+        let rotated = token
+            .refresh_token
+            .as_ref()
+            .map(|refresh| {
+                crate::grant::SealedUpstreamToken::seal(
+                    keys,
+                    server,
+                    &grant.id,
+                    grant.expires_at,
+                    refresh,
+                    random.array(),
+                )
+            })
+            .transpose();
+        let (Ok(sealed), Ok(rotated)) = (sealed, rotated) else {
+            return self.unlock_then(Err(CallFailure::OutOfOrder));
+        };
+        let lifetime =
+            crate::token::user_token_ttl(token.expires_in, self.server.entry.token_storage_ttl_seconds);
+        grant.upstream_access_token = sealed;
+        if let Some(rotated) = rotated {
+            grant.upstream_refresh_token = Some(rotated);
+        }
+        grant.upstream_access_expires_at = Some(self.unix_now.plus(Duration::from_secs(lifetime)));
+        self.record("grant_refreshed", None);
+        self.work.after_unlock = Some(Ok(token.access_token));
+        self.put(grant);
+    }
+
+    /// Revokes the grant (the upstream refused its refresh token, or it cannot be used) and ends
+    /// the call with the gateway's 401 challenge.
+    fn revoke_then_fail(&mut self, reason: &'static str) {
+        self.record("grant_revoked", Some(reason));
+        match self.work.grant.take() {
+            Some(mut grant) => {
+                grant.expires_at = self.unix_now;
+                self.work.after_unlock = Some(Err(CallFailure::GrantEnded));
+                self.put(grant);
+            }
+            None => self.unlock_then(Err(CallFailure::GrantEnded)),
+        }
+    }
+
+    fn put(&mut self, grant: crate::grant::Grant) {
+        self.effects.push_back(CallAction::Store(crate::grant::StoreOp::PutGrant(Box::new(grant))));
+        self.state = State::AwaitStore(GrantStage::Put);
+    }
+
+    fn unlock_then(&mut self, then: Result<Secret, CallFailure>) {
+        self.work.after_unlock = Some(then);
+        self.unlock();
+    }
+
+    fn unlock(&mut self) {
+        match (self.grant_id(), self.work.holder.take()) {
+            (Some(grant), Some(holder)) => {
+                self.effects.push_back(CallAction::Store(crate::grant::StoreOp::Unlock {
+                    grant: grant.clone(),
+                    holder,
+                }));
+                self.state = State::AwaitStore(GrantStage::Unlock);
+            }
+            _ => self.fail(CallFailure::OutOfOrder),
+        }
+    }
+
+    fn record(&mut self, event: &'static str, reason: Option<&'static str>) {
+        let identity = match &self.forward.credential {
+            OutboundCredential::Grant { identity, .. } => Some(identity.clone()),
+            _ => None,
+        };
+        self.audit.push(Audit {
+            event,
+            server: self.server.name.clone(),
+            identity,
+            client_host: None,
+            reason,
+        });
     }
 
     /// The session is open: remember it, then send the caller's request in it.
@@ -654,7 +1052,13 @@ impl<'a> Call<'a> {
     }
 
     fn fail(&mut self, failure: CallFailure) {
-        let response = failure.response(&self.server.name);
+        let mut response = failure.response(&self.server.name);
+        if matches!(failure, CallFailure::GrantEnded | CallFailure::AuthorizationRequired)
+            && let Some(challenge) =
+                self.forward.challenge.as_deref().and_then(|value| HeaderValue::from_str(value).ok())
+        {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+        }
         let outcome = if self.whole {
             CallOutcome::Gathered(Gathered { answer: Answer::Failed(response), debug: Vec::new() })
         } else {
@@ -702,6 +1106,13 @@ impl<'a> Call<'a> {
                 return Ok(None);
             }
             OutboundCredential::ForwardAuthorization | OutboundCredential::None => return Ok(None),
+            OutboundCredential::AuthorizationRequired => return Err(CallFailure::AuthorizationRequired),
+            OutboundCredential::Grant { grant, .. } => {
+                self.effects
+                    .push_back(CallAction::Store(crate::grant::StoreOp::GetGrant { id: grant.clone() }));
+                self.state = State::AwaitStore(GrantStage::Read);
+                return Ok(None);
+            }
         };
         let key = self.token_key().ok_or(CallFailure::OutOfOrder)?;
         Ok(Some(TokenNeed {
@@ -726,6 +1137,7 @@ impl<'a> Call<'a> {
                 let body = Bytes::from(aggregate::initialized_notification());
                 (Method::POST, body, Read::Whole(self.limits.max_gathered_answer))
             }
+            Phase::Refresh => return Err(CallFailure::OutOfOrder),
             Phase::Request => {
                 let read = if self.whole { Read::Whole(self.limits.max_gathered_answer) } else { Read::Head };
                 (self.method.clone(), self.body.clone(), read)
@@ -770,7 +1182,17 @@ impl<'a> Call<'a> {
             outbound_url: Some(&self.forward.url),
             outbound_authorization: outbound,
         };
-        crate::outbound::debug_headers(inbound, &self.config.settings.gateway_keys, &context)
+        let mut headers =
+            crate::outbound::debug_headers(inbound, &self.config.settings.gateway_keys, &context);
+        if matches!(self.forward.credential, OutboundCredential::Grant { .. }) {
+            // Design §4.7: no upstream token reaches a client, not even masked.
+            for (name, value) in &mut headers {
+                if *name == "x-mcp-debug-oauth2-token" {
+                    "****".clone_into(value);
+                }
+            }
+        }
+        headers
     }
 }
 

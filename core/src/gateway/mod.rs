@@ -7,7 +7,6 @@
 //! for servers configured for the interactive flow; every other name gets the same 404 as an
 //! unknown one, so a scanner cannot tell which servers exist.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
@@ -25,9 +24,11 @@ use crate::outbound::{
     AuthResolution, OutboundCredential, debug_requested, is_gateway_key, resolve_outbound_auth,
 };
 use crate::redirect::validate_redirect_uri;
+use crate::seal::UnixTime;
 use crate::secret::Secret;
 
 mod admission;
+mod authz;
 mod call;
 mod failure;
 mod oauth;
@@ -37,14 +38,15 @@ mod tests;
 mod upstream;
 
 use self::admission::*;
+pub use self::authz::{
+    ACCESS_TOKEN_LIFETIME, Audit, Authz, AuthzStep, CODE_LIFETIME, FLOW_LIFETIME, MAX_CLIENT_NAME,
+    MAX_REDIRECT_URIS, REFRESH_GRACE, Random, display_text, open_access_token, upstream_resource,
+};
 pub use self::call::*;
 pub use self::failure::*;
 pub use self::oauth::*;
 pub use self::startup::*;
 pub use self::upstream::*;
-
-/// How long an authorization started at the gateway may take before its `state` expires.
-pub const FLOW_LIFETIME_MILLIS: u64 = 10 * 60 * 1000;
 
 /// The parts of a request the gateway decides on.
 #[derive(Clone, Copy, Debug)]
@@ -78,22 +80,19 @@ pub enum Action {
     /// Read the body (up to the MCP limit), [`Aggregate::plan`] it and carry out the plan: the
     /// request concerns several servers (`POST /mcp`, `/mcp-rest/tools/*`).
     Aggregate(Aggregate),
-    /// Read the form body, build the upstream request with [`build_token_request`], send it, and
-    /// answer with [`finish_token_response`].
-    ProxyToken {
-        /// The server's name.
-        server: String,
-        /// The gateway's public origin for this request (its callback URL is derived from it).
-        origin: Origin,
-    },
-    /// Forward the client's registration body to this upstream registration endpoint and relay the
-    /// answer (status and JSON body).
-    ProxyRegister {
-        /// The server's name.
-        server: String,
-        /// The upstream registration endpoint.
-        url: Url,
-    },
+    /// Read the form or JSON body (up to the form limit, within the OAuth body deadline), then
+    /// hand it to [`decide_form`].
+    ReadForm(FormRequest),
+    /// Run this authorization-server machine (callback, token, revocation) to its answer.
+    Authz(Box<Authz>),
+}
+
+/// An OAuth request whose body must be read before core can decide (`register`, `consent`,
+/// `token`, `revoke`).
+#[derive(Debug)]
+pub struct FormRequest {
+    route: Route,
+    origin: Origin,
 }
 
 /// What to do when the upstream MCP server answers a forwarded request.
@@ -139,6 +138,9 @@ pub struct Forward {
     pub delegated: bool,
     /// The caller asked for debug headers.
     pub debug: bool,
+    /// The gateway's `WWW-Authenticate` challenge for this server, sent when the grant behind the
+    /// caller's gateway token has ended (interactive servers).
+    pub challenge: Option<String>,
 }
 
 /// A request to the aggregating endpoints, with one [`Forward`] per target server: each carries
@@ -185,10 +187,12 @@ pub struct Context<'a> {
     pub oauth: Option<&'a mut OAuthState>,
     /// The time.
     pub now: Instant,
-    /// 16 fresh random bytes for the upstream `state` when this request starts a flow. Only
-    /// routes for which [`Route::needs_random`] holds use them, so a server can skip the system
-    /// call on every other request; an authorization without them is refused (503).
-    pub random: Option<[u8; 16]>,
+    /// The wall-clock time (sealed values expire by it, across processes).
+    pub unix_now: UnixTime,
+    /// 32 fresh random bytes (a seed for [`Random`]) when the route needs any. Only routes for
+    /// which [`Route::needs_random`] holds use them, so a server can skip the system call on every
+    /// other request; such a request without them is refused (503).
+    pub random: Option<[u8; 32]>,
 }
 
 pub use crate::reply::error_response;
@@ -223,7 +227,7 @@ pub fn decide_routed(route: Route, head: &RequestHead<'_>, context: &mut Context
     // MCP routes need the public origin only to point a refused caller at the metadata; resolving
     // it (a strict parse of `Host`) on every forwarded call would be wasted work.
     match &route {
-        Route::ServerMcp(name) => return mcp(head, name, config),
+        Route::ServerMcp(name) => return mcp(head, name, config, context.unix_now),
         Route::Mcp => return aggregate_mcp(head, config),
         Route::RestToolsList | Route::RestToolsCall => return rest_tools(head, &route, config),
         _ => {}
@@ -249,44 +253,79 @@ pub fn decide_routed(route: Route, head: &RequestHead<'_>, context: &mut Context
             return Action::Respond(refusal);
         }
     }
-    let (now, random) = (context.now, context.random);
-    let oauth = context.oauth.as_deref_mut();
-    match (route, oauth) {
-        (Route::ProtectedResourceMetadata(name), _) => match interactive(config, &name) {
-            Some(_) => Action::Respond(json_response(
-                StatusCode::OK,
-                &json!({
+    let random = context.random;
+    let served = |server| authz::Served { head, origin: &origin, server, config, now: context.unix_now };
+    match route {
+        Route::ProtectedResourceMetadata(name) => match interactive(config, &name) {
+            Some(server) => {
+                let mut document = json!({
                     "resource": format!("{origin}/{name}/mcp"),
                     "authorization_servers": [format!("{origin}/{name}")],
                     "bearer_methods_supported": ["header"],
-                }),
-            )),
-            None => Action::Respond(not_found()),
-        },
-        (Route::AuthorizationServerMetadata(name), _) => match interactive(config, &name) {
-            Some(server) => Action::Respond(json_response(
-                StatusCode::OK,
-                &authorization_server_metadata(&origin, server),
-            )),
-            None => Action::Respond(not_found()),
-        },
-        (Route::Authorize(name), Some(oauth)) => match interactive(config, &name) {
-            Some(server) => {
-                Action::Respond(authorize(head, &origin, server, config, &mut oauth.flows, now, random))
+                });
+                if let Some(scopes) = &server.entry.scopes {
+                    document["scopes_supported"] = json!(scopes);
+                }
+                Action::Respond(json_response(StatusCode::OK, &document))
             }
             None => Action::Respond(not_found()),
         },
-        (Route::Callback, Some(oauth)) => {
-            Action::Respond(callback(head, &origin, config, &mut oauth.flows, now))
+        Route::AuthorizationServerMetadata(name) => match interactive(config, &name) {
+            Some(server) => Action::Respond(json_response(
+                StatusCode::OK,
+                &authz::authorization_server_metadata(&origin, server),
+            )),
+            None => Action::Respond(not_found()),
+        },
+        Route::Authorize(name) => match interactive(config, &name) {
+            Some(server) => Action::Respond(authz::authorize(&served(server), random)),
+            None => Action::Respond(not_found()),
+        },
+        Route::Callback => authz::callback(head, &origin, config, context.unix_now, random),
+        Route::Token(ref name)
+        | Route::Register(ref name)
+        | Route::Consent(ref name)
+        | Route::Revoke(ref name) => match interactive(config, name) {
+            Some(_) => Action::ReadForm(FormRequest { route, origin }),
+            None => Action::Respond(not_found()),
+        },
+        _ => Action::Respond(not_found()),
+    }
+}
+
+/// Decides an OAuth request whose body the server has read ([`Action::ReadForm`]).
+pub fn decide_form(
+    form: FormRequest,
+    head: &RequestHead<'_>,
+    body: &[u8],
+    context: &mut Context<'_>,
+) -> Action {
+    let config = context.config;
+    let Some(server) = form.route.server().and_then(|name| interactive(config, name)) else {
+        return Action::Respond(not_found());
+    };
+    let served = authz::Served { head, origin: &form.origin, server, config, now: context.unix_now };
+    let random = context.random;
+    match &form.route {
+        Route::Register(_) => Action::Respond(authz::register(&served, body, random)),
+        Route::Token(_) => authz::token(&served, body, random),
+        Route::Revoke(_) => authz::revoke(&served, body, random),
+        Route::Consent(_) => {
+            let Some(oauth) = context.oauth.as_deref_mut() else {
+                return Action::Respond(error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "the gateway's OAuth state is not available to this request",
+                ));
+            };
+            let inputs = authz::ConsentInputs {
+                body,
+                random,
+                failures: &mut oauth.consent_failures,
+                now: context.now,
+            };
+            Action::Respond(authz::consent(&served, inputs))
         }
-        (Route::Token(name), Some(_)) => match interactive(config, &name) {
-            Some(server) => proxy_token(head, origin, server),
-            None => Action::Respond(not_found()),
-        },
-        (Route::Register(name), Some(_)) => match interactive(config, &name) {
-            Some(server) => register(server),
-            None => Action::Respond(not_found()),
-        },
         _ => Action::Respond(not_found()),
     }
 }

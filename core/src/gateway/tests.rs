@@ -3,6 +3,8 @@
 //! Compiled only under `#[cfg(test)]` (see `gateway/mod.rs`), so the unwraps here never meet
 //! outside input.
 
+use std::collections::HashMap;
+
 use super::*;
 use crate::config::load_yaml;
 
@@ -63,8 +65,13 @@ fn run(
         scheme: Scheme::Http,
         peer: None,
     };
-    let mut context =
-        Context { config, oauth: Some(flows), now: Instant::from_millis(1_000), random: Some([7; 16]) };
+    let mut context = Context {
+        config,
+        oauth: Some(flows),
+        now: Instant::from_millis(1_000),
+        unix_now: crate::seal::UnixTime::from_secs(1_800_000_000),
+        random: Some([7; 32]),
+    };
     decide(&head, &mut context)
 }
 
@@ -115,16 +122,6 @@ fn oauth_endpoints_answer_only_for_interactive_servers() {
         let register = respond(run(&config, &mut flows, Method::POST, &format!("/{name}/register"), &[]));
         assert_eq!(register.status(), StatusCode::NOT_FOUND);
     }
-}
-
-#[test]
-fn register_hands_out_the_client_id_never_the_secret() {
-    let config = config();
-    let response = respond(run(&config, &mut OAuthState::default(), Method::POST, "/github/register", &[]));
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let text = String::from_utf8_lossy(response.body()).into_owned();
-    assert!(text.contains("gh-client"));
-    assert!(!text.contains("gh-secret-value-0001"));
 }
 
 fn as_metadata(
@@ -248,8 +245,13 @@ fn the_public_origin_is_resolved_only_where_it_is_used() {
             scheme: Scheme::Http,
             peer: None,
         };
-        let mut context =
-            Context { config: &config, oauth: Some(&mut flows), now: Instant::from_millis(1), random: None };
+        let mut context = Context {
+            config: &config,
+            oauth: Some(&mut flows),
+            now: Instant::from_millis(1),
+            unix_now: crate::seal::UnixTime::from_secs(1_800_000_000),
+            random: None,
+        };
         decide(&head, &mut context)
     };
     let refused = respond(decide_with(Method::POST, "/reports/mcp", false));
@@ -261,142 +263,6 @@ fn the_public_origin_is_resolved_only_where_it_is_used() {
     let metadata =
         respond(decide_with(Method::GET, "/.well-known/oauth-protected-resource/github/mcp", true));
     assert_eq!(metadata.status(), StatusCode::BAD_REQUEST, "metadata needs the origin");
-}
-
-#[test]
-fn only_authorize_needs_randomness_and_fails_closed_without_it() {
-    assert!(route(&Method::GET, "/github/authorize?x=1").needs_random());
-    assert!(!route(&Method::POST, "/github/mcp").needs_random());
-    assert!(!route(&Method::POST, "/github/token").needs_random());
-    let config = config();
-    let mut flows = OAuthState::default();
-    let mut headers = HeaderMap::new();
-    headers.insert(header::HOST, HeaderValue::from_static("internal:4000"));
-    let path = "/github/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A9999%2Fcb&code_challenge=abc&code_challenge_method=S256";
-    let head = RequestHead {
-        method: &Method::GET,
-        path_and_query: path,
-        headers: &headers,
-        scheme: Scheme::Http,
-        peer: None,
-    };
-    let mut context =
-        Context { config: &config, oauth: Some(&mut flows), now: Instant::from_millis(1), random: None };
-    let refused = respond(decide(&head, &mut context));
-    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(flows.flows.is_empty(), "no flow starts without a fresh state");
-}
-
-#[test]
-fn authorize_validates_redirect_uri_and_binds_state_through_the_callback() {
-    let config = config();
-    let mut flows = OAuthState::default();
-    let bad = respond(run(
-        &config,
-        &mut flows,
-        Method::GET,
-        "/github/authorize?redirect_uri=https%3A%2F%2Fevil.example%2Fcb&state=s&code_challenge=c&code_challenge_method=S256",
-        &[],
-    ));
-    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
-    assert!(bad.headers().get(header::LOCATION).is_none());
-    assert_eq!(body(&bad)["error"], "invalid_request");
-    assert!(flows.flows.is_empty());
-
-    let ok = respond(run(
-        &config,
-        &mut flows,
-        Method::GET,
-        "/github/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A9999%2Fcb&state=client-state&code_challenge=abc&code_challenge_method=S256",
-        &[],
-    ));
-    assert_eq!(ok.status(), StatusCode::FOUND);
-    let upstream = Url::parse(ok.headers()[header::LOCATION].to_str().unwrap()).unwrap();
-    assert!(upstream.as_str().starts_with("https://github.example/login/oauth/authorize?"));
-    let query: HashMap<String, String> = upstream.query_pairs().into_owned().collect();
-    assert_eq!(query["redirect_uri"], "https://gw.example.com/callback");
-    assert_eq!(query["code_challenge"], "abc");
-    assert_eq!(query["client_id"], "gh-client");
-    assert_ne!(query["state"], "client-state", "the upstream sees the gateway's own state");
-
-    let callback = format!("/callback?code=up-code&state={}", query["state"]);
-    let back = respond(run(&config, &mut flows, Method::GET, &callback, &[]));
-    let client = Url::parse(back.headers()[header::LOCATION].to_str().unwrap()).unwrap();
-    assert_eq!(client.host_str(), Some("127.0.0.1"));
-    let returned: HashMap<String, String> = client.query_pairs().into_owned().collect();
-    assert_eq!(returned["code"], "up-code");
-    assert_eq!(returned["state"], "client-state");
-    let replay = respond(run(&config, &mut flows, Method::GET, &callback, &[]));
-    assert_eq!(replay.status(), StatusCode::BAD_REQUEST, "a state is used once");
-
-    let server = &config.servers["github"];
-    let origin = Origin::parse("https://gw.example.com").unwrap();
-    let foreign = build_token_request(
-        server,
-        &origin,
-        b"grant_type=authorization_code&code=other&code_verifier=v",
-        &mut flows.flows,
-        Instant::from_millis(2_000),
-    );
-    assert!(foreign.is_err());
-    let request = build_token_request(
-        server,
-        &origin,
-        b"grant_type=authorization_code&code=up-code&code_verifier=v",
-        &mut flows.flows,
-        Instant::from_millis(2_000),
-    )
-    .unwrap();
-    let form: HashMap<String, String> = url::form_urlencoded::parse(request.body()).into_owned().collect();
-    assert_eq!(form["client_secret"], "gh-secret-value-0001");
-    assert_eq!(form["redirect_uri"], "https://gw.example.com/callback");
-    assert!(
-        build_token_request(
-            server,
-            &origin,
-            b"grant_type=authorization_code&code=up-code&code_verifier=v",
-            &mut flows.flows,
-            Instant::from_millis(3_000)
-        )
-        .is_err(),
-        "a code is used once"
-    );
-}
-
-#[test]
-fn flows_expire() {
-    let config = config();
-    let mut flows = OAuthState::default();
-    let ok = respond(run(
-        &config,
-        &mut flows,
-        Method::GET,
-        "/github/authorize?redirect_uri=http%3A%2F%2Flocalhost%2Fcb&code_challenge=abc&code_challenge_method=S256",
-        &[],
-    ));
-    assert_eq!(ok.status(), StatusCode::FOUND);
-    flows.flows.expire(Instant::from_millis(1_000 + FLOW_LIFETIME_MILLIS));
-    assert!(flows.flows.is_empty());
-}
-
-#[test]
-fn token_validation_gates_the_token_response() {
-    let config = config();
-    let server = &config.servers["github"];
-    let upstream = |body: &str| Response::builder().status(200).body(body.as_bytes().to_vec()).unwrap();
-    let ok = finish_token_response(
-        server,
-        upstream(r#"{"access_token":"at-secret","team":{"enterprise_id":"E1"}}"#),
-    );
-    assert_eq!(ok.status(), StatusCode::OK);
-    let refused = finish_token_response(
-        server,
-        upstream(r#"{"access_token":"at-secret","team":{"enterprise_id":"E2"}}"#),
-    );
-    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
-    let text = String::from_utf8_lossy(refused.body()).into_owned();
-    assert!(text.contains("token_validation_failed") && text.contains("team.enterprise_id"));
-    assert!(!text.contains("at-secret") && !text.contains("E2"));
 }
 
 #[test]
@@ -467,17 +333,23 @@ fn mcp_admission_and_outbound_credentials() {
     ));
     assert_eq!(github.status(), StatusCode::UNAUTHORIZED, "for oauth2 servers Authorization is not the key");
 
-    let Action::Forward(passthrough) = run(
+    // An interactive server is reached with the gateway's own access token only (design §4.8):
+    // the key and an upstream token together are refused with the gateway's challenge, and the
+    // upstream token is never passed through.
+    let refused = respond(run(
         &config,
         &mut flows,
         Method::POST,
         "/github/mcp",
         &[("x-mcp-gateway-key", "sk-gateway-key-0001"), ("authorization", "Bearer user-token")],
-    ) else {
-        panic!("expected a forward")
-    };
-    assert_eq!(passthrough.credential, OutboundCredential::ForwardAuthorization);
-    assert_eq!(passthrough.headers[header::AUTHORIZATION], "Bearer user-token");
+    ));
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        refused.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .contains("oauth-protected-resource/github/mcp")
+    );
 }
 
 #[test]
@@ -623,237 +495,6 @@ fn routes_and_static_headers() {
     let token = Secret::new("t");
     assert_eq!(static_credential_header(AuthType::ApiKey, &token).0, "x-api-key");
     assert_eq!(static_credential_header(AuthType::BearerToken, &token).1, "Bearer t");
-}
-
-/// Runs one request with every input the OAuth routes read: headers, peer, time, randomness.
-struct Call<'c> {
-    config: &'c GatewayConfig,
-    method: Method,
-    path: String,
-    headers: Vec<(&'static str, String)>,
-    peer: Option<std::net::IpAddr>,
-    now: u64,
-}
-
-impl Call<'_> {
-    fn get<'c>(config: &'c GatewayConfig, path: &str) -> Call<'c> {
-        Call {
-            config,
-            method: Method::GET,
-            path: path.to_owned(),
-            headers: Vec::new(),
-            peer: None,
-            now: 1_000,
-        }
-    }
-
-    fn header(mut self, name: &'static str, value: &str) -> Self {
-        self.headers.push((name, value.to_owned()));
-        self
-    }
-
-    fn run(&self, oauth: Option<&mut OAuthState>) -> Response<Vec<u8>> {
-        let mut headers = HeaderMap::new();
-        for (name, value) in &self.headers {
-            headers.append(*name, HeaderValue::from_str(value).unwrap());
-        }
-        let head = RequestHead {
-            method: &self.method,
-            path_and_query: &self.path,
-            headers: &headers,
-            scheme: Scheme::Http,
-            peer: self.peer,
-        };
-        // Fresh randomness per call, as a server draws it: every flow gets its own state.
-        static DRAWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let drawn = DRAWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_le_bytes();
-        let mut random = [0u8; 16];
-        random[..8].copy_from_slice(&drawn);
-        let mut context =
-            Context { config: self.config, oauth, now: Instant::from_millis(self.now), random: Some(random) };
-        respond(decide(&head, &mut context))
-    }
-}
-
-const AUTHORIZE: &str = "/github/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A9999%2Fcb&code_challenge=abc&code_challenge_method=S256";
-
-fn upstream_state(response: &Response<Vec<u8>>) -> String {
-    let location = Url::parse(response.headers()[header::LOCATION].to_str().unwrap()).unwrap();
-    location.query_pairs().find(|(name, _)| name == "state").unwrap().1.into_owned()
-}
-
-fn forwarding_config() -> GatewayConfig {
-    let yaml = format!(
-            "{CONFIG}  notes:\n    url: https://notes.example/mcp\n    auth_type: oauth2\n    authorization_url: https://notes-auth.example/authorize\n    token_url: https://notes-auth.example/token\n    issuer: https://notes-auth.example\n    client_id: notes-client\n"
-        )
-        .replace("general_settings:\n", "general_settings:\n  use_x_forwarded_for: true\n  mcp_trusted_proxy_ranges: [10.0.0.0/8]\n");
-    load_yaml(&yaml, &|_| None).unwrap().config
-}
-
-#[test]
-fn without_a_pinned_origin_no_authorization_starts() {
-    // The review's theft: no PROXY_BASE_URL, so the origin followed the attacker's Host and
-    // his redirect_uri passed as "same origin".
-    let config = load_yaml(CONFIG, &|_| None).unwrap().config;
-    assert_eq!(
-        check_startup(&config).map_err(|error| error.reason()),
-        Err("origin_not_pinned"),
-        "serve refuses the configuration"
-    );
-    let mut oauth = OAuthState::default();
-    let attack = Call::get(
-            &config,
-            "/github/authorize?redirect_uri=http%3A%2F%2Fevil.example%2Fx&code_challenge=abc&code_challenge_method=S256",
-        )
-        .header("host", "evil.example")
-        .run(Some(&mut oauth));
-    assert_eq!(attack.status(), StatusCode::SERVICE_UNAVAILABLE, "and an embedder that skipped it");
-    assert_eq!(body(&attack)["error"], "origin_not_pinned");
-    assert!(oauth.flows.is_empty());
-
-    // A loopback listen address pins the origin: the attacker's Host no longer counts.
-    let mut pinned = config.clone();
-    assert!(pinned.settings.origin.pin_listen_address("127.0.0.1:4000".parse().unwrap()));
-    assert!(check_startup(&pinned).unwrap()[0].contains("http://127.0.0.1:4000"));
-    let refused = Call::get(
-            &pinned,
-            "/github/authorize?redirect_uri=http%3A%2F%2Fevil.example%2Fx&code_challenge=abc&code_challenge_method=S256",
-        )
-        .header("host", "evil.example")
-        .run(Some(&mut oauth));
-    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
-    assert!(refused.headers().get(header::LOCATION).is_none());
-    assert!(oauth.flows.is_empty());
-    let mut elsewhere = config.clone();
-    assert!(!elsewhere.settings.origin.pin_listen_address("0.0.0.0:4000".parse().unwrap()));
-    assert!(check_startup(&elsewhere).is_err());
-}
-
-#[test]
-fn oauth_needs_https_off_loopback() {
-    let env = |name: &str| (name == "PROXY_BASE_URL").then(|| "http://gw.example.com".to_owned());
-    let config = load_yaml(CONFIG, &env).unwrap().config;
-    assert_eq!(check_startup(&config).map_err(|error| error.reason()), Err("insecure_origin"));
-    let refused = Call::get(&config, AUTHORIZE).run(Some(&mut OAuthState::default()));
-    assert_eq!(body(&refused)["error"], "insecure_origin");
-    let env = |name: &str| (name == "PROXY_BASE_URL").then(|| "http://localhost:4000".to_owned());
-    assert!(check_startup(&load_yaml(CONFIG, &env).unwrap().config).unwrap().is_empty());
-    // No interactive server, nothing to pin: a warning only.
-    let plain = load_yaml("mcp_servers:\n  w:\n    url: https://w.example/mcp\n", &|_| None).unwrap().config;
-    assert!(check_startup(&plain).unwrap()[0].contains("Host"));
-}
-
-#[test]
-fn each_step_of_a_flow_must_come_under_the_origin_it_began_under() {
-    let config = forwarding_config();
-    let mut oauth = OAuthState::default();
-    let proxy = Some("10.0.0.1".parse().unwrap());
-    let via = |host: &str, path: &str| {
-        let mut call = Call::get(&config, path).header("host", "internal:4000");
-        call.headers.push(("x-forwarded-proto", "https".into()));
-        call.headers.push(("x-forwarded-host", host.into()));
-        call.peer = proxy;
-        call
-    };
-    let started = via("gw.example.com", AUTHORIZE).run(Some(&mut oauth));
-    assert_eq!(started.status(), StatusCode::FOUND);
-    let state = upstream_state(&started);
-    let callback = format!("/callback?code=c1&state={state}&iss=https%3A%2F%2Fgithub.example");
-    // The configured github server names no issuer, so a returned `iss` cannot be checked.
-    let unknown = via("gw.example.com", &callback).run(Some(&mut oauth));
-    assert_eq!(body(&unknown)["error"], "issuer_unknown");
-
-    let notes = "/notes/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A9999%2Fcb&code_challenge=abc&code_challenge_method=S256";
-    let state = upstream_state(&via("gw.example.com", notes).run(Some(&mut oauth)));
-    let other_origin =
-        via("other.example.com", &format!("/callback?code=c2&state={state}")).run(Some(&mut oauth));
-    assert_eq!(body(&other_origin)["error"], "origin_mismatch");
-    let state = upstream_state(&via("gw.example.com", notes).run(Some(&mut oauth)));
-    let mixed_up =
-        via("gw.example.com", &format!("/callback?code=c3&state={state}&iss=https%3A%2F%2Fevil.example"))
-            .run(Some(&mut oauth));
-    assert_eq!(body(&mixed_up)["error"], "issuer_mismatch");
-    let state = upstream_state(&via("gw.example.com", notes).run(Some(&mut oauth)));
-    let back = via(
-        "gw.example.com",
-        &format!("/callback?code=c4&state={state}&iss=https%3A%2F%2Fnotes-auth.example%2F"),
-    )
-    .run(Some(&mut oauth));
-    assert_eq!(back.status(), StatusCode::FOUND);
-
-    let server = &config.servers["notes"];
-    let form = b"grant_type=authorization_code&code=c4&code_verifier=v";
-    let elsewhere = Origin::parse("https://other.example.com").unwrap();
-    let here = Origin::parse("https://gw.example.com").unwrap();
-    let now = Instant::from_millis(2_000);
-    assert!(build_token_request(server, &elsewhere, form, &mut oauth.flows, now).is_err());
-    // The mismatch spent the code: single use holds whatever the outcome.
-    assert!(build_token_request(server, &here, form, &mut oauth.flows, now).is_err());
-}
-
-#[test]
-fn authorize_parameters_are_bounded() {
-    let config = config();
-    let mut oauth = OAuthState::default();
-    let long_state = format!("{AUTHORIZE}&state={}", "s".repeat(MAX_CLIENT_STATE + 1));
-    let refused = Call::get(&config, &long_state).run(Some(&mut oauth));
-    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
-    assert!(body(&refused)["error_description"].as_str().unwrap().contains("state"));
-    let ok_state = format!("{AUTHORIZE}&state={}", "s".repeat(MAX_CLIENT_STATE));
-    assert_eq!(Call::get(&config, &ok_state).run(Some(&mut oauth)).status(), StatusCode::FOUND);
-    let long_scope = format!("{AUTHORIZE}&scope={}", "a".repeat(MAX_AUTHORIZE_PARAMETER + 1));
-    assert_eq!(Call::get(&config, &long_scope).run(Some(&mut oauth)).status(), StatusCode::BAD_REQUEST);
-    let many = format!("{AUTHORIZE}{}", "&x=1".repeat(MAX_AUTHORIZE_PARAMETERS));
-    assert_eq!(Call::get(&config, &many).run(Some(&mut oauth)).status(), StatusCode::BAD_REQUEST);
-    assert_eq!(oauth.flows.len(), 1, "only the acceptable request started a flow");
-}
-
-#[test]
-fn a_peer_past_its_budget_gets_429_and_the_store_stays_bounded() {
-    let config = config();
-    let mut oauth = OAuthState::default();
-    let mut call = Call::get(&config, AUTHORIZE);
-    call.peer = Some("198.51.100.7".parse().unwrap());
-    let burst = BudgetConfig::OAUTH_ENDPOINTS.burst;
-    for _ in 0..burst {
-        assert_eq!(call.run(Some(&mut oauth)).status(), StatusCode::FOUND);
-    }
-    let limited = call.run(Some(&mut oauth));
-    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(limited.headers()[header::RETRY_AFTER], "2");
-    assert_eq!(oauth.flows.len(), burst as usize);
-    // The budget covers every OAuth route, the callback and token included.
-    for (method, path) in [(Method::GET, "/callback?state=x"), (Method::POST, "/github/token")] {
-        let mut other = Call::get(&config, path);
-        other.method = method;
-        other.peer = call.peer;
-        assert_eq!(other.run(Some(&mut oauth)).status(), StatusCode::TOO_MANY_REQUESTS, "{path}");
-    }
-    // Another peer is unaffected; an OAuth route without the state fails closed.
-    call.peer = Some("198.51.100.8".parse().unwrap());
-    assert_eq!(call.run(Some(&mut oauth)).status(), StatusCode::FOUND);
-    assert_eq!(call.run(None).status(), StatusCode::SERVICE_UNAVAILABLE);
-}
-
-#[test]
-fn the_flow_store_is_capped_and_expires_in_order() {
-    let config = config();
-    let mut oauth = OAuthState {
-        budget: PeerBudget::new(BudgetConfig { burst: u32::MAX, ..BudgetConfig::OAUTH_ENDPOINTS }),
-        ..OAuthState::default()
-    };
-    let mut call = Call::get(&config, AUTHORIZE);
-    for index in 0..MAX_PENDING_FLOWS as u64 {
-        call.now = 1_000 + index;
-        assert_eq!(call.run(Some(&mut oauth)).status(), StatusCode::FOUND);
-    }
-    let full = call.run(Some(&mut oauth));
-    assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body(&full)["error"], "too_many_pending_authorizations");
-    // Once the first flows have lived their 10 minutes, they make room.
-    call.now = 1_000 + FLOW_LIFETIME_MILLIS + 10;
-    assert_eq!(call.run(Some(&mut oauth)).status(), StatusCode::FOUND);
-    assert_eq!(oauth.flows.len(), MAX_PENDING_FLOWS - 11 + 1);
 }
 
 #[test]

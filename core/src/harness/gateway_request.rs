@@ -72,7 +72,13 @@ pub fn gateway_request(data: &[u8]) {
         scheme: Scheme::Https,
         peer: None,
     };
-    let mut context = Context { config, oauth: Some(&mut oauth), now: Instant::ZERO, random: Some([3; 16]) };
+    let mut context = Context {
+        config,
+        oauth: Some(&mut oauth),
+        now: Instant::ZERO,
+        unix_now: crate::seal::UnixTime::from_secs(1_800_000_000),
+        random: Some([3; 32]),
+    };
     let keys = [Secret::new(KEY)];
     let admitted = ["x-mcp-gateway-key", "x-litellm-api-key"].iter().any(|name| {
         headers.get_all(*name).iter().filter_map(|v| v.to_str().ok()).any(|v| is_gateway_key(v, &keys))
@@ -101,7 +107,7 @@ pub fn gateway_request(data: &[u8]) {
                 assert!(response.headers().contains_key("location"), "a redirect without Location");
             }
         }
-        Action::ProxyToken { .. } | Action::ProxyRegister { .. } => {}
+        Action::ReadForm(_) | Action::Authz(_) => {}
     }
 }
 

@@ -1,5 +1,10 @@
 //! The forwarded-call machine driven with scripted answers, as the client machines are: every
 //! step the adapter would perform is asserted, then answered by hand.
+//!
+//! Compiled only under `#[cfg(test)]` (see the parent module), so the unwraps here never meet
+//! outside input.
+
+use std::collections::HashMap;
 
 use super::*;
 use crate::config::load_yaml;
@@ -53,6 +58,7 @@ fn forward(server: &str, credential: OutboundCredential) -> Forward {
         resolution: AuthResolution::M2mClientCredentials,
         delegated: false,
         debug: false,
+        challenge: None,
     }
 }
 

@@ -1,0 +1,899 @@
+//! The authorization-server facade driven through `decide` with scripted answers: a whole flow
+//! (register, authorize, consent, callback, token, refresh, revoke, a call with the gateway's
+//! token) against an in-test grant store, and each refusal design §4.8 pins.
+//!
+//! Compiled only under `#[cfg(test)]` (see the parent module), so the unwraps here never meet
+//! outside input.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::config::load_yaml;
+use crate::grant::{LockHolder, StoreResult};
+
+const KEY: &str = "sk-gateway-key-0001";
+const T0: u64 = 1_800_000_000;
+
+const CONFIG: &str = "
+general_settings:
+  master_key: sk-gateway-key-0001
+  sealing_keys: [AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8]
+mcp_servers:
+  notes:
+    url: https://notes.example/mcp
+    auth_type: oauth2
+    oauth2_flow: authorization_code
+    client_id: gw-client
+    client_secret: gw-secret-value-0001
+    issuer: https://auth.example
+    authorization_url: https://auth.example/authorize
+    token_url: https://auth.example/token
+    scopes: [notes.read, offline_access]
+  other:
+    url: https://other.example/mcp
+    auth_type: oauth2
+    oauth2_flow: authorization_code
+    client_id: gw-client
+    authorization_url: https://auth.example/authorize
+    token_url: https://auth.example/token
+  reports:
+    url: https://reports.example/mcp
+    auth_type: oauth2
+    oauth2_flow: client_credentials
+    client_id: r
+    client_secret: r-secret-value-0001
+    token_url: https://auth.example/token
+";
+
+fn config() -> GatewayConfig {
+    let env = |name: &str| (name == "PROXY_BASE_URL").then(|| "https://gw.example.com".to_owned());
+    load_yaml(CONFIG, &env).unwrap().config
+}
+
+/// A grant store in a map, exactly the five primitives.
+#[derive(Default)]
+struct Store {
+    grants: HashMap<String, Grant>,
+    marks: HashMap<String, UnixTime>,
+    locks: HashMap<String, String>,
+    now: u64,
+}
+
+impl Store {
+    fn apply(&mut self, op: StoreOp) -> StoreResult {
+        let now = UnixTime::from_secs(self.now);
+        match op {
+            StoreOp::GetGrant { id } => StoreResult::Grant(
+                self.grants.get(id.as_str()).filter(|grant| !grant.is_expired(now)).cloned().map(Box::new),
+            ),
+            StoreOp::PutGrant(grant) => {
+                self.grants.insert(grant.id.as_str().to_owned(), *grant);
+                StoreResult::Stored
+            }
+            StoreOp::TakeOnce { key, until } => {
+                StoreResult::Taken(until > now && self.marks.insert(key.0, until).is_none())
+            }
+            StoreOp::AdvanceGeneration { grant, expected, now } => {
+                match self.grants.get_mut(grant.as_str()) {
+                    Some(grant) if grant.generation == expected => {
+                        grant.generation += 1;
+                        grant.rotated_at = now;
+                        StoreResult::Advanced(true)
+                    }
+                    _ => StoreResult::Advanced(false),
+                }
+            }
+            StoreOp::TryLock { grant, holder, .. } => {
+                let free = !self.locks.contains_key(grant.as_str());
+                if free {
+                    self.locks.insert(grant.as_str().to_owned(), holder.0);
+                }
+                StoreResult::Locked(free)
+            }
+            StoreOp::Unlock { grant, holder } => {
+                if self.locks.get(grant.as_str()) == Some(&holder.0) {
+                    self.locks.remove(grant.as_str());
+                }
+                StoreResult::Unlocked
+            }
+        }
+    }
+}
+
+/// One browser or client, with its cookie jar.
+struct Agent {
+    config: GatewayConfig,
+    oauth: OAuthState,
+    store: Store,
+    cookies: HashMap<String, String>,
+    seed: u8,
+    /// The upstream token endpoint's scripted answer.
+    upstream: Option<Response<Bytes>>,
+    /// Upstream requests seen.
+    sent: Vec<http::Request<Bytes>>,
+}
+
+impl Agent {
+    fn new() -> Self {
+        Self {
+            config: config(),
+            oauth: OAuthState::default(),
+            store: Store { now: T0, ..Store::default() },
+            cookies: HashMap::new(),
+            seed: 0,
+            upstream: None,
+            sent: Vec::new(),
+        }
+    }
+
+    fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: &[u8],
+        extra: &[(&str, &str)],
+    ) -> Response<Vec<u8>> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("gw.example.com"));
+        if !self.cookies.is_empty() {
+            let jar: Vec<String> =
+                self.cookies.iter().map(|(name, value)| format!("{name}={value}")).collect();
+            headers.insert(header::COOKIE, HeaderValue::from_str(&jar.join("; ")).unwrap());
+        }
+        for (name, value) in extra {
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let head = RequestHead {
+            method: &method,
+            path_and_query: path,
+            headers: &headers,
+            scheme: Scheme::Https,
+            peer: None,
+        };
+        self.seed = self.seed.wrapping_add(1);
+        let random = Some([self.seed; 32]);
+        let unix_now = UnixTime::from_secs(self.store.now);
+        let config = self.config.clone();
+        let mut context = Context {
+            config: &config,
+            oauth: Some(&mut self.oauth),
+            now: Instant::from_millis(1_000),
+            unix_now,
+            random,
+        };
+        let action = match decide(&head, &mut context) {
+            Action::ReadForm(form) => decide_form(form, &head, body, &mut context),
+            other => other,
+        };
+        let response = match action {
+            Action::Respond(response) => response,
+            Action::Authz(machine) => self.drive(*machine),
+            other => panic!("unexpected action {other:?}"),
+        };
+        for value in response.headers().get_all(header::SET_COOKIE) {
+            let text = value.to_str().unwrap();
+            let (pair, attributes) = text.split_once(';').unwrap_or((text, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if attributes.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        response
+    }
+
+    fn drive(&mut self, mut machine: Authz) -> Response<Vec<u8>> {
+        for _ in 0..20 {
+            match machine.poll() {
+                AuthzStep::Store(op) => machine.handle_store(self.store.apply(op)),
+                AuthzStep::Send(request) => {
+                    self.sent.push(request.request);
+                    machine.handle_answer(self.upstream.clone().ok_or(UpstreamFailure::Unreachable));
+                }
+                AuthzStep::Respond(response) => return response,
+            }
+        }
+        panic!("the machine did not finish");
+    }
+
+    fn register(&mut self) -> (String, Value) {
+        let body = br#"{"redirect_uris":["http://127.0.0.1:33418/callback"],"client_name":"Claude <b>Code</b>","token_endpoint_auth_method":"none"}"#;
+        let response = self.request(Method::POST, "/notes/register", body, &[]);
+        assert_eq!(response.status(), StatusCode::CREATED, "{}", String::from_utf8_lossy(response.body()));
+        let document: Value = serde_json::from_slice(response.body()).unwrap();
+        (document["client_id"].as_str().unwrap().to_owned(), document)
+    }
+
+    /// The consent page for a fresh authorization request; returns (sealed request, csrf).
+    fn authorize(&mut self, client_id: &str, challenge: &str) -> (Response<Vec<u8>>, String, String) {
+        let mut url = Url::parse("https://gw.example.com/notes/authorize").unwrap();
+        url.query_pairs_mut()
+            .append_pair("client_id", client_id)
+            .append_pair("redirect_uri", "http://127.0.0.1:40000/callback")
+            .append_pair("response_type", "code")
+            .append_pair("code_challenge", challenge)
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("state", "client-state-1")
+            .append_pair("resource", "https://gw.example.com/notes/mcp");
+        let path = format!("{}?{}", url.path(), url.query().unwrap());
+        let page = self.request(Method::GET, &path, b"", &[]);
+        let html = String::from_utf8_lossy(page.body()).into_owned();
+        let field = |name: &str| {
+            let marker = format!("name=\"{name}\" value=\"");
+            html.split(&marker).nth(1).and_then(|rest| rest.split('"').next()).unwrap_or_default().to_owned()
+        };
+        let (request, csrf) = (field("request"), field("csrf"));
+        (page, request, csrf)
+    }
+
+    fn consent(&mut self, request: &str, csrf: &str, key: &str, decision: &str) -> Response<Vec<u8>> {
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("request", request)
+            .append_pair("csrf", csrf)
+            .append_pair("gateway_key", key)
+            .append_pair("decision", decision)
+            .finish();
+        self.request(Method::POST, "/notes/consent", form.as_bytes(), &[])
+    }
+
+    fn token(&mut self, pairs: &[(&str, &str)]) -> Response<Vec<u8>> {
+        let form = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+        self.request(Method::POST, "/notes/token", form.as_bytes(), &[])
+    }
+}
+
+fn location(response: &Response<Vec<u8>>) -> Url {
+    assert_eq!(response.status(), StatusCode::FOUND, "{}", String::from_utf8_lossy(response.body()));
+    Url::parse(response.headers()[header::LOCATION].to_str().unwrap()).unwrap()
+}
+
+fn query(url: &Url, name: &str) -> Option<String> {
+    url.query_pairs().find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
+}
+
+fn upstream_tokens(access: &str, refresh: Option<&str>) -> Response<Bytes> {
+    let mut document =
+        json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600, "scope": "notes.read"});
+    if let Some(refresh) = refresh {
+        document["refresh_token"] = json!(refresh);
+    }
+    Response::new(Bytes::from(document.to_string()))
+}
+
+const VERIFIER: &str = "client-verifier-0123456789-0123456789-0123456789";
+
+/// Runs register → authorize → consent → callback → token; returns the token answer.
+fn signed_in(agent: &mut Agent) -> (String, Value) {
+    let (client_id, _) = agent.register();
+    let (_, request, csrf) = agent.authorize(&client_id, &crate::pkce::challenge_for(VERIFIER));
+    let upstream = location(&agent.consent(&request, &csrf, KEY, "approve"));
+    let state = query(&upstream, "state").unwrap();
+    agent.upstream = Some(upstream_tokens("upstream-at-0001", Some("upstream-rt-0001")));
+    let callback =
+        format!("/callback?code=up-code&state={}&iss=https%3A%2F%2Fauth.example", urlencode(&state));
+    let back = location(&agent.request(Method::GET, &callback, b"", &[]));
+    let code = query(&back, "code").unwrap();
+    let answer = agent.token(&[
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("redirect_uri", "http://127.0.0.1:40000/callback"),
+        ("client_id", &client_id),
+        ("code_verifier", VERIFIER),
+    ]);
+    assert_eq!(answer.status(), StatusCode::OK, "{}", String::from_utf8_lossy(answer.body()));
+    (client_id, serde_json::from_slice(answer.body()).unwrap())
+}
+
+fn urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[test]
+fn metadata_names_every_endpoint_design_4_8_pins() {
+    let mut agent = Agent::new();
+    let response = agent.request(Method::GET, "/.well-known/oauth-authorization-server/notes", b"", &[]);
+    let document: Value = serde_json::from_slice(response.body()).unwrap();
+    assert_eq!(document["issuer"], "https://gw.example.com/notes");
+    assert_eq!(document["revocation_endpoint"], "https://gw.example.com/notes/revoke");
+    assert_eq!(document["client_id_metadata_document_supported"], true);
+    assert_eq!(document["authorization_response_iss_parameter_supported"], true);
+    assert_eq!(document["token_endpoint_auth_methods_supported"], json!(["none"]));
+    let prm = agent.request(Method::GET, "/.well-known/oauth-protected-resource/notes/mcp", b"", &[]);
+    let prm: Value = serde_json::from_slice(prm.body()).unwrap();
+    assert_eq!(prm["authorization_servers"], json!(["https://gw.example.com/notes"]));
+    assert_eq!(prm["scopes_supported"], json!(["notes.read", "offline_access"]));
+}
+
+#[test]
+fn registration_is_sealed_and_repeated_whole_and_refuses_what_design_4_5_refuses() {
+    let mut agent = Agent::new();
+    let (client_id, document) = agent.register();
+    assert_eq!(document["redirect_uris"], json!(["http://127.0.0.1:33418/callback"]));
+    assert_eq!(document["token_endpoint_auth_method"], "none");
+    assert_eq!(document["client_id_issued_at"], T0);
+    assert!(!client_id.contains("127.0.0.1"), "the registration is sealed, not readable");
+    assert!(agent.store.grants.is_empty() && agent.store.marks.is_empty(), "nothing is stored");
+    for body in [
+        r#"{"redirect_uris":["https://evil.example/cb"]}"#.to_owned(),
+        r#"{"client_name":"x"}"#.to_owned(),
+        format!(r#"{{"redirect_uris":{}}}"#, json!(vec!["http://127.0.0.1/cb"; 6])),
+        format!(r#"{{"redirect_uris":["http://127.0.0.1/cb"],"client_name":"{}"}}"#, "n".repeat(101)),
+        r#"{"redirect_uris":["http://127.0.0.1/cb"],"token_endpoint_auth_method":"client_secret_basic"}"#
+            .to_owned(),
+    ] {
+        let response = agent.request(Method::POST, "/notes/register", body.as_bytes(), &[]);
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+    }
+    // A registration for one server does not open at another's endpoints.
+    let mut url = Url::parse("https://gw.example.com/other/authorize").unwrap();
+    url.query_pairs_mut()
+        .append_pair("client_id", &client_id)
+        .append_pair("redirect_uri", "http://127.0.0.1:33418/callback");
+    let page = agent.request(Method::GET, &format!("/other/authorize?{}", url.query().unwrap()), b"", &[]);
+    assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(page.body()).contains("Remove the server"), "the 400 page names the fix");
+}
+
+#[test]
+fn the_consent_page_follows_the_contract() {
+    let mut agent = Agent::new();
+    let (client_id, _) = agent.register();
+    let (page, request, csrf) = agent.authorize(&client_id, &crate::pkce::challenge_for(VERIFIER));
+    assert_eq!(page.status(), StatusCode::OK);
+    let headers = page.headers();
+    assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(
+        headers["content-security-policy"],
+        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'; form-action 'self' https://auth.example http://127.0.0.1:40000"
+    );
+    let cookie = headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        cookie.starts_with("__Host-mcp_csrf=")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Secure")
+            && cookie.contains("Max-Age=600"),
+        "{cookie}"
+    );
+    let html = String::from_utf8_lossy(page.body()).into_owned();
+    assert!(html.contains("<form method=\"post\" action=\"/notes/consent\">"));
+    assert!(html.contains("name=\"gateway_key\"") && html.contains("type=\"password\""));
+    assert!(html.contains("value=\"approve\"") && html.contains("value=\"deny\""));
+    assert!(html.contains("Claude &lt;b&gt;Code&lt;/b&gt;"), "client text is escaped");
+    assert!(html.contains("an application on this computer"));
+    assert!(!request.is_empty() && !csrf.is_empty());
+    // A second tab reuses the cookie.
+    let (second, _, csrf_again) = agent.authorize(&client_id, &crate::pkce::challenge_for(VERIFIER));
+    assert!(second.headers().get(header::SET_COOKIE).is_none());
+    assert_eq!(csrf_again, csrf);
+}
+
+#[test]
+fn authorize_refuses_requests_design_4_8_refuses() {
+    let mut agent = Agent::new();
+    let (client_id, _) = agent.register();
+    let challenge = crate::pkce::challenge_for(VERIFIER);
+    let cases = [
+        format!(
+            "client_id={}&redirect_uri=http%3A%2F%2F127.0.0.1%3A1%2Fother&response_type=code&code_challenge={challenge}&code_challenge_method=S256",
+            urlencode(&client_id)
+        ),
+        format!(
+            "client_id={}&redirect_uri=http%3A%2F%2F127.0.0.1%3A1%2Fcallback&response_type=token&code_challenge={challenge}&code_challenge_method=S256",
+            urlencode(&client_id)
+        ),
+        format!(
+            "client_id={}&redirect_uri=http%3A%2F%2F127.0.0.1%3A1%2Fcallback&response_type=code&code_challenge={challenge}&code_challenge_method=plain",
+            urlencode(&client_id)
+        ),
+        format!(
+            "client_id={}&redirect_uri=http%3A%2F%2F127.0.0.1%3A1%2Fcallback&response_type=code&code_challenge={challenge}&code_challenge_method=S256&resource=https%3A%2F%2Fother.example%2Fmcp",
+            urlencode(&client_id)
+        ),
+        format!(
+            "client_id=forged&redirect_uri=http%3A%2F%2F127.0.0.1%3A1%2Fcallback&response_type=code&code_challenge={challenge}&code_challenge_method=S256"
+        ),
+    ];
+    for query in cases {
+        let response = agent.request(Method::GET, &format!("/notes/authorize?{query}"), b"", &[]);
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+        assert!(response.headers().get(header::LOCATION).is_none());
+    }
+}
+
+#[test]
+fn consent_checks_csrf_and_the_key_and_counts_failures() {
+    let mut agent = Agent::new();
+    let (client_id, _) = agent.register();
+    let (_, request, csrf) = agent.authorize(&client_id, &crate::pkce::challenge_for(VERIFIER));
+    let forged = agent.consent(&request, "A".repeat(22).as_str(), KEY, "approve");
+    assert_eq!(forged.status(), StatusCode::BAD_REQUEST, "CSRF mismatch");
+    let wrong = agent.consent(&request, &csrf, "sk-wrong", "approve");
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(String::from_utf8_lossy(wrong.body()).contains("name=\"request\""), "the page is shown again");
+    for _ in 0..4 {
+        agent.consent(&request, &csrf, "sk-wrong", "approve");
+    }
+    assert_eq!(agent.consent(&request, &csrf, "sk-wrong", "approve").status(), StatusCode::TOO_MANY_REQUESTS);
+    let deny = location(&agent.consent(&request, &csrf, KEY, "deny"));
+    assert_eq!(query(&deny, "error").as_deref(), Some("access_denied"));
+    assert_eq!(query(&deny, "state").as_deref(), Some("client-state-1"));
+    assert_eq!(query(&deny, "iss").as_deref(), Some("https://gw.example.com/notes"));
+}
+
+#[test]
+fn approving_sends_the_gateways_own_pkce_and_resource_upstream() {
+    let mut agent = Agent::new();
+    let (client_id, _) = agent.register();
+    let client_challenge = crate::pkce::challenge_for(VERIFIER);
+    let (_, request, csrf) = agent.authorize(&client_id, &client_challenge);
+    let approved = agent.consent(&request, &format!("Bearer {csrf}"), KEY, "approve");
+    assert_eq!(approved.status(), StatusCode::BAD_REQUEST, "the csrf field is compared exactly");
+    let approved = agent.consent(&request, &csrf, &format!("Bearer {KEY}"), "approve");
+    let upstream = location(&approved);
+    assert_eq!(upstream.origin().ascii_serialization(), "https://auth.example");
+    assert_eq!(query(&upstream, "client_id").as_deref(), Some("gw-client"));
+    assert_eq!(query(&upstream, "redirect_uri").as_deref(), Some("https://gw.example.com/callback"));
+    assert_eq!(
+        query(&upstream, "resource").as_deref(),
+        Some("https://notes.example/mcp"),
+        "§4.3: the upstream's audience"
+    );
+    assert_eq!(query(&upstream, "scope").as_deref(), Some("notes.read offline_access"));
+    let challenge = query(&upstream, "code_challenge").unwrap();
+    assert_ne!(challenge, client_challenge, "the client's challenge never goes upstream");
+    let state = query(&upstream, "state").unwrap();
+    assert!(state.starts_with("notes.") && state.len() < 1024, "{} bytes", state.len());
+    let cookie = approved.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(cookie.starts_with("__Host-mcp_flow_") && cookie.contains("SameSite=Lax"), "{cookie}");
+}
+
+#[test]
+fn a_whole_flow_ends_with_gateway_tokens_only_and_a_stored_grant() {
+    let mut agent = Agent::new();
+    let (_, tokens) = signed_in(&mut agent);
+    let access = tokens["access_token"].as_str().unwrap();
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    assert!(access.starts_with("mcpgw_") && refresh.starts_with("mcpgw_"));
+    assert!(
+        !tokens.to_string().contains("upstream-at-0001") && !tokens.to_string().contains("upstream-rt-0001")
+    );
+    assert_eq!(tokens["scope"], "notes.read");
+    assert_eq!(tokens["expires_in"], 3600);
+    let redeem = &agent.sent[0];
+    let form: HashMap<String, String> = url::form_urlencoded::parse(redeem.body()).into_owned().collect();
+    assert_eq!(form["grant_type"], "authorization_code");
+    assert_eq!(form["redirect_uri"], "https://gw.example.com/callback");
+    assert_eq!(form["resource"], "https://notes.example/mcp");
+    assert!(form["code_verifier"].len() >= 43 && form["code_verifier"] != VERIFIER);
+    let grant = agent.store.grants.values().next().unwrap();
+    assert_eq!(grant.identity.name, "master");
+    assert!(!format!("{grant:?}").contains("upstream-at-0001"), "the stored upstream token is sealed");
+    assert!(
+        agent.cookies.keys().all(|name| !name.starts_with("__Host-mcp_flow_")),
+        "the flow cookie is cleared"
+    );
+    let (id, identity) = open_access_token(
+        agent.config.settings.grants.sealing_keys.as_ref().unwrap(),
+        "notes",
+        UnixTime::from_secs(T0),
+        access,
+    )
+    .unwrap();
+    assert_eq!((id.as_str(), identity.as_str()), (grant.id.as_str(), "master"));
+    assert!(
+        open_access_token(
+            agent.config.settings.grants.sealing_keys.as_ref().unwrap(),
+            "other",
+            UnixTime::from_secs(T0),
+            access
+        )
+        .is_none()
+    );
+}
+
+#[test]
+fn the_callback_is_single_use_bound_to_the_browser_and_checks_iss() {
+    let mut agent = Agent::new();
+    let (client_id, _) = agent.register();
+    let (_, request, csrf) = agent.authorize(&client_id, &crate::pkce::challenge_for(VERIFIER));
+    let upstream = location(&agent.consent(&request, &csrf, KEY, "approve"));
+    let state = urlencode(&query(&upstream, "state").unwrap());
+    agent.upstream = Some(upstream_tokens("upstream-at-0001", None));
+    // Another browser (no flow cookie) gets a page, never a redirect.
+    let cookies = std::mem::take(&mut agent.cookies);
+    let stranger = agent.request(Method::GET, &format!("/callback?code=c&state={state}"), b"", &[]);
+    assert_eq!(stranger.status(), StatusCode::BAD_REQUEST);
+    agent.cookies = cookies;
+    let wrong_iss = agent.request(
+        Method::GET,
+        &format!("/callback?code=c&state={state}&iss=https%3A%2F%2Fevil.example"),
+        b"",
+        &[],
+    );
+    assert_eq!(wrong_iss.status(), StatusCode::BAD_REQUEST);
+    let tampered = agent.request(Method::GET, &format!("/callback?code=c&state={state}x"), b"", &[]);
+    assert_eq!(tampered.status(), StatusCode::BAD_REQUEST);
+    assert!(agent.sent.is_empty(), "no code was redeemed for a refused callback");
+    let first = agent.request(Method::GET, &format!("/callback?code=c&state={state}"), b"", &[]);
+    assert_eq!(first.status(), StatusCode::FOUND);
+    // The flow cookie is gone now; a replay with the cookie put back is refused by the mark.
+    let flow_cookie = agent.cookies.clone();
+    let _ = flow_cookie;
+    let replay = agent.request(Method::GET, &format!("/callback?code=c&state={state}"), b"", &[]);
+    assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(agent.sent.len(), 1, "the code was redeemed once");
+}
+
+#[test]
+fn an_upstream_error_and_a_failed_validation_go_back_to_the_client() {
+    let mut agent = Agent::new();
+    let (client_id, _) = agent.register();
+    let (_, request, csrf) = agent.authorize(&client_id, &crate::pkce::challenge_for(VERIFIER));
+    let upstream = location(&agent.consent(&request, &csrf, KEY, "approve"));
+    let state = urlencode(&query(&upstream, "state").unwrap());
+    let back = location(&agent.request(
+        Method::GET,
+        &format!("/callback?error=access_denied&state={state}"),
+        b"",
+        &[],
+    ));
+    assert_eq!(query(&back, "error").as_deref(), Some("access_denied"));
+    assert_eq!(query(&back, "state").as_deref(), Some("client-state-1"));
+    assert!(agent.store.grants.is_empty());
+
+    let mut agent = Agent::new();
+    agent.config.servers.get_mut("notes").unwrap().entry.token_validation =
+        Some(serde_json::from_value(json!({"team.id": "T1"})).unwrap());
+    let (client_id, _) = agent.register();
+    let (_, request, csrf) = agent.authorize(&client_id, &crate::pkce::challenge_for(VERIFIER));
+    let upstream = location(&agent.consent(&request, &csrf, KEY, "approve"));
+    let state = urlencode(&query(&upstream, "state").unwrap());
+    agent.upstream = Some(upstream_tokens("upstream-at-0001", None));
+    let back = location(&agent.request(Method::GET, &format!("/callback?code=c&state={state}"), b"", &[]));
+    assert_eq!(query(&back, "error").as_deref(), Some("server_error"));
+    assert_eq!(query(&back, "error_description").as_deref(), Some("token_validation_failed"));
+    assert!(agent.store.grants.is_empty());
+}
+
+#[test]
+fn a_code_works_once_and_a_second_use_revokes_the_grant() {
+    let mut agent = Agent::new();
+    let (client_id, _) = agent.register();
+    let (_, request, csrf) = agent.authorize(&client_id, &crate::pkce::challenge_for(VERIFIER));
+    let upstream = location(&agent.consent(&request, &csrf, KEY, "approve"));
+    let state = urlencode(&query(&upstream, "state").unwrap());
+    agent.upstream = Some(upstream_tokens("upstream-at-0001", Some("rt")));
+    let back = location(&agent.request(Method::GET, &format!("/callback?code=c&state={state}"), b"", &[]));
+    let code = query(&back, "code").unwrap();
+    let redeem = |agent: &mut Agent, verifier: &str, redirect: &str| {
+        agent.token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", redirect),
+            ("client_id", &client_id),
+            ("code_verifier", verifier),
+        ])
+    };
+    let wrong_verifier = redeem(
+        &mut agent,
+        "another-verifier-0123456789-0123456789-012345678",
+        "http://127.0.0.1:40000/callback",
+    );
+    assert_eq!(wrong_verifier.status(), StatusCode::BAD_REQUEST);
+    let wrong_redirect = redeem(&mut agent, VERIFIER, "http://127.0.0.1:40000/elsewhere");
+    assert_eq!(wrong_redirect.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(redeem(&mut agent, VERIFIER, "http://127.0.0.1:40000/callback").status(), StatusCode::OK);
+    let replay = redeem(&mut agent, VERIFIER, "http://127.0.0.1:40000/callback");
+    assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+    let grant = agent.store.grants.values().next().unwrap();
+    assert!(grant.is_expired(UnixTime::from_secs(T0)), "the replay revoked the grant");
+    let unknown = agent.token(&[("grant_type", "authorization_code"), ("client_id", "forged")]);
+    assert_eq!(
+        unknown.status(),
+        StatusCode::UNAUTHORIZED,
+        "a client_id that does not open is invalid_client"
+    );
+}
+
+#[test]
+fn refresh_rotates_honours_the_previous_token_for_60_s_and_revokes_on_other_reuse() {
+    let mut agent = Agent::new();
+    let (client_id, tokens) = signed_in(&mut agent);
+    let first = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let refresh = |agent: &mut Agent, token: &str| {
+        agent.token(&[("grant_type", "refresh_token"), ("refresh_token", token), ("client_id", &client_id)])
+    };
+    let rotated = refresh(&mut agent, &first);
+    assert_eq!(rotated.status(), StatusCode::OK);
+    let second: Value = serde_json::from_slice(rotated.body()).unwrap();
+    let second = second["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    // The client lost the answer and retries within 60 s: a fresh pair, the grant lives.
+    agent.store.now += 30;
+    assert_eq!(refresh(&mut agent, &first).status(), StatusCode::OK);
+    // The same token after the grace: reuse, the grant is revoked.
+    agent.store.now += 60;
+    assert_eq!(refresh(&mut agent, &first).status(), StatusCode::BAD_REQUEST);
+    assert_eq!(refresh(&mut agent, &second).status(), StatusCode::BAD_REQUEST, "the whole grant ended");
+}
+
+#[test]
+fn revoke_ends_the_grant_and_always_answers_200() {
+    let mut agent = Agent::new();
+    let (_, tokens) = signed_in(&mut agent);
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let form = format!("token={}", urlencode(&access));
+    assert_eq!(agent.request(Method::POST, "/notes/revoke", form.as_bytes(), &[]).status(), StatusCode::OK);
+    assert!(agent.store.grants.values().all(|grant| grant.is_expired(UnixTime::from_secs(T0))));
+    assert_eq!(agent.request(Method::POST, "/notes/revoke", b"token=nonsense", &[]).status(), StatusCode::OK);
+}
+
+fn forward_of(action: Action) -> Forward {
+    match action {
+        Action::Forward(forward) => forward,
+        other => panic!("expected a forward, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_gateway_token_admits_its_own_server_only_and_never_goes_upstream() {
+    let mut agent = Agent::new();
+    let (_, tokens) = signed_in(&mut agent);
+    let bearer = format!("Bearer {}", tokens["access_token"].as_str().unwrap());
+    let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
+    let mut headers_map = HeaderMap::new();
+    headers_map.insert(header::HOST, HeaderValue::from_static("gw.example.com"));
+    for (name, value) in headers {
+        headers_map.insert(name, HeaderValue::from_str(value).unwrap());
+    }
+    let decide_for = |config: &GatewayConfig, path: &str, headers: &HeaderMap| {
+        let head = RequestHead {
+            method: &Method::POST,
+            path_and_query: path,
+            headers,
+            scheme: Scheme::Https,
+            peer: None,
+        };
+        let mut context = Context {
+            config,
+            oauth: None,
+            now: Instant::from_millis(1),
+            unix_now: UnixTime::from_secs(T0),
+            random: None,
+        };
+        decide(&head, &mut context)
+    };
+    let forward = forward_of(decide_for(&agent.config, "/notes/mcp", &headers_map));
+    assert!(matches!(forward.credential, OutboundCredential::Grant { .. }));
+    assert_eq!(forward.resolution, AuthResolution::GatewayGrant);
+    assert!(forward.headers.get(header::AUTHORIZATION).is_none(), "the gateway token is not forwarded");
+    let elsewhere = decide_for(&agent.config, "/other/mcp", &headers_map);
+    let Action::Respond(refused) = elsewhere else { panic!("expected a refusal") };
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        refused.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .contains("/.well-known/oauth-protected-resource/other/mcp")
+    );
+    let m2m = decide_for(&agent.config, "/reports/mcp", &headers_map);
+    assert!(
+        matches!(m2m, Action::Respond(ref response) if response.status() == StatusCode::UNAUTHORIZED),
+        "never on another route"
+    );
+    // The key alone does not admit an interactive server: the gateway's challenge.
+    let mut keyed = HeaderMap::new();
+    keyed.insert(header::HOST, HeaderValue::from_static("gw.example.com"));
+    keyed.insert("x-mcp-gateway-key", HeaderValue::from_static(KEY));
+    let Action::Respond(challenge) = decide_for(&agent.config, "/notes/mcp", &keyed) else {
+        panic!("expected a challenge")
+    };
+    assert_eq!(challenge.status(), StatusCode::UNAUTHORIZED);
+
+    // The forward runs as a call: the grant is read from the store, its upstream token attached.
+    let mut call =
+        Call::forward(&agent.config, &forward, Method::POST, Bytes::from_static(call), CallLimits::default())
+            .unwrap()
+            .with_clock(UnixTime::from_secs(T0), Some([9; 32]));
+    let request = loop {
+        match call.poll() {
+            CallAction::Store(op) => call.handle_store(agent.store.apply(op)),
+            CallAction::Send(request) => break request,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(request.request.headers()[header::AUTHORIZATION], "Bearer upstream-at-0001");
+}
+
+/// Drives a grant call: every store step against `store`, each upstream request answered by
+/// `answer`; returns the final outcome and the requests sent.
+fn drive_call(
+    call: &mut Call<'_>,
+    store: &mut Store,
+    mut answer: impl FnMut(&UpstreamRequest) -> Response<Bytes>,
+) -> (CallOutcome, Vec<String>) {
+    let mut sent = Vec::new();
+    for _ in 0..40 {
+        match call.poll() {
+            CallAction::Store(op) => call.handle_store(store.apply(op)),
+            CallAction::Send(request) => {
+                let response = answer(&request);
+                sent.push(
+                    String::from_utf8_lossy(request.request.body()).into_owned()
+                        + " "
+                        + request
+                            .request
+                            .headers()
+                            .get(header::AUTHORIZATION)
+                            .map_or("", |value| value.to_str().unwrap()),
+                );
+                match request.read {
+                    Read::Head => call.handle_head(Ok(&response)),
+                    Read::Whole(_) => call.handle_whole(Ok(response)),
+                }
+            }
+            CallAction::Wait(_) => {}
+            CallAction::Respond(outcome) => return (outcome, sent),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    panic!("the call did not finish");
+}
+
+#[test]
+fn an_upstream_401_refreshes_once_under_the_lock_and_retries_once() {
+    let mut agent = Agent::new();
+    let (_, tokens) = signed_in(&mut agent);
+    let access = tokens["access_token"].as_str().unwrap();
+    let keys = agent.config.settings.grants.sealing_keys.clone().unwrap();
+    let (grant, identity) = open_access_token(&keys, "notes", UnixTime::from_secs(T0), access).unwrap();
+    let mut forward = Forward {
+        server: "notes".to_owned(),
+        url: Url::parse("https://notes.example/mcp").unwrap(),
+        headers: HeaderMap::new(),
+        credential: OutboundCredential::Grant { grant, identity },
+        resolution: AuthResolution::GatewayGrant,
+        delegated: false,
+        debug: false,
+        challenge: Some("Bearer resource_metadata=\"https://gw.example.com/.well-known/oauth-protected-resource/notes/mcp\"".to_owned()),
+    };
+    forward.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let body = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    let config = agent.config.clone();
+    let mut call = Call::forward(&config, &forward, Method::POST, body.clone(), CallLimits::default())
+        .unwrap()
+        .with_clock(UnixTime::from_secs(T0), Some([9; 32]));
+    let mut mcp_calls = 0;
+    let (outcome, sent) = drive_call(&mut call, &mut agent.store, |request| {
+        if request.request.uri().path() == "/token" {
+            upstream_tokens("upstream-at-0002", Some("upstream-rt-0002"))
+        } else {
+            mcp_calls += 1;
+            let mut response = Response::new(Bytes::new());
+            if mcp_calls == 1 {
+                *response.status_mut() = StatusCode::UNAUTHORIZED;
+            }
+            response
+        }
+    });
+    assert!(
+        matches!(outcome, CallOutcome::Relay(ref head) if head.status() == StatusCode::OK),
+        "{outcome:?}"
+    );
+    assert_eq!(sent.len(), 3, "call, refresh, retry: {sent:?}");
+    assert!(sent[0].ends_with("Bearer upstream-at-0001"));
+    assert!(sent[1].contains("grant_type=refresh_token") && sent[1].contains("upstream-rt-0001"));
+    assert!(sent[2].ends_with("Bearer upstream-at-0002"));
+    assert!(agent.store.locks.is_empty(), "the lock is released");
+    assert!(call.take_audit().iter().any(|audit| audit.event == "grant_refreshed"));
+
+    // A second 401 after the refresh is the answer; no second refresh.
+    let mut call = Call::forward(&config, &forward, Method::POST, body.clone(), CallLimits::default())
+        .unwrap()
+        .with_clock(UnixTime::from_secs(T0), Some([8; 32]));
+    let (outcome, sent) = drive_call(&mut call, &mut agent.store, |request| {
+        let mut response = if request.request.uri().path() == "/token" {
+            upstream_tokens("upstream-at-0003", None)
+        } else {
+            Response::new(Bytes::new())
+        };
+        if request.request.uri().path() != "/token" {
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+        }
+        response
+    });
+    assert_eq!(sent.len(), 3);
+    assert!(matches!(outcome, CallOutcome::Relay(ref head) if head.status() == StatusCode::UNAUTHORIZED));
+
+    // Someone else holds the lock: the call waits and re-reads, and fails with a 503 in the end.
+    agent.store.locks.insert(forward_grant(&forward), LockHolder("other".to_owned()).0);
+    let mut call = Call::forward(&config, &forward, Method::POST, body.clone(), CallLimits::default())
+        .unwrap()
+        .with_clock(UnixTime::from_secs(T0 + 7200), Some([7; 32]));
+    let mut waits = 0;
+    let outcome = loop {
+        match call.poll() {
+            CallAction::Store(op) => call.handle_store(agent.store.apply(op)),
+            CallAction::Wait(_) => waits += 1,
+            CallAction::Respond(outcome) => break outcome,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(waits > 0);
+    assert!(
+        matches!(outcome, CallOutcome::Answer(ref response) if response.status() == StatusCode::SERVICE_UNAVAILABLE)
+    );
+}
+
+fn forward_grant(forward: &Forward) -> String {
+    match &forward.credential {
+        OutboundCredential::Grant { grant, .. } => grant.as_str().to_owned(),
+        _ => String::new(),
+    }
+}
+
+#[test]
+fn a_refused_refresh_revokes_the_grant_and_answers_the_gateways_challenge() {
+    let mut agent = Agent::new();
+    let (_, tokens) = signed_in(&mut agent);
+    let keys = agent.config.settings.grants.sealing_keys.clone().unwrap();
+    let (grant, identity) =
+        open_access_token(&keys, "notes", UnixTime::from_secs(T0), tokens["access_token"].as_str().unwrap())
+            .unwrap();
+    let forward = Forward {
+        server: "notes".to_owned(),
+        url: Url::parse("https://notes.example/mcp").unwrap(),
+        headers: HeaderMap::new(),
+        credential: OutboundCredential::Grant { grant, identity },
+        resolution: AuthResolution::GatewayGrant,
+        delegated: false,
+        debug: false,
+        challenge: Some("Bearer resource_metadata=\"x\"".to_owned()),
+    };
+    let config = agent.config.clone();
+    // Two hours on: the upstream token has expired, so the refresh comes first.
+    agent.store.now = T0 + 7200;
+    let mut call = Call::forward(&config, &forward, Method::GET, Bytes::new(), CallLimits::default())
+        .unwrap()
+        .with_clock(UnixTime::from_secs(T0 + 7200), Some([9; 32]));
+    let (outcome, sent) = drive_call(&mut call, &mut agent.store, |_| {
+        let mut response = Response::new(Bytes::from_static(br#"{"error":"invalid_grant"}"#));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        response
+    });
+    assert_eq!(sent.len(), 1, "only the refresh was sent: {sent:?}");
+    let CallOutcome::Answer(response) = outcome else { panic!("expected an answer") };
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer resource_metadata=\"x\"");
+    assert!(
+        agent.store.grants.values().all(|grant| grant.is_expired(UnixTime::from_secs(T0 + 7200))),
+        "revoked"
+    );
+    assert!(call.take_audit().iter().any(|audit| audit.event == "grant_revoked"));
+    // Removing the key that signed in ends the grant too.
+    let mut agent = Agent::new();
+    let (_, tokens) = signed_in(&mut agent);
+    let (grant, identity) =
+        open_access_token(&keys, "notes", UnixTime::from_secs(T0), tokens["access_token"].as_str().unwrap())
+            .unwrap();
+    let forward = Forward { credential: OutboundCredential::Grant { grant, identity }, ..forward };
+    let mut changed = agent.config.clone();
+    changed.settings.gateway_keys = vec![Secret::new("sk-new-key-0002")];
+    let mut call = Call::forward(&changed, &forward, Method::GET, Bytes::new(), CallLimits::default())
+        .unwrap()
+        .with_clock(UnixTime::from_secs(T0), Some([9; 32]));
+    let (outcome, sent) = drive_call(&mut call, &mut agent.store, |_| Response::new(Bytes::new()));
+    assert!(sent.is_empty());
+    assert!(
+        matches!(outcome, CallOutcome::Answer(ref response) if response.status() == StatusCode::UNAUTHORIZED)
+    );
+}
