@@ -48,7 +48,7 @@ class StepFailure extends Error {}
 const trace = [];
 function record(line) {
   trace.push(line);
-  if (trace.length > 40) trace.shift();
+  if (trace.length > 60) trace.shift();
 }
 async function excerpt(response) {
   const body = await response.text().catch(() => '');
@@ -419,6 +419,8 @@ const deadline = setTimeout(() => {
 try {
   await main();
   clearTimeout(deadline);
+  // E2E_VERBOSE=1: the whole exchange, also on success (stderr, so the result stays the last line).
+  if (process.env.E2E_VERBOSE) for (const line of trace) console.error(`  trace: ${line}`);
   process.exit(0);
 } catch (e) {
   clearTimeout(deadline);

@@ -123,7 +123,7 @@ fi
 
 # ---------------------------------------------------------------- 2. control: SDK clients, no gateway
 if (cd "$tools" && timeout 90 "$node" client.mjs --mode direct --mcp "$mcp_url" --upstream-issuer "$issuer") >"$work/direct.out" 2>&1; then
-  pass "control: TS SDK client directly against oidc-provider + MCP server ($(tail -1 "$work/direct.out"))"
+  pass "control: TS SDK client directly against oidc-provider + MCP server ($(grep "^{" "$work/direct.out" | tail -1))"
 else
   failure "control: TS SDK client directly against the upstream (the harness itself is broken)"
   sed 's/^/      /' "$work/direct.out"
@@ -133,7 +133,7 @@ fi
 if [ -z "$python" ]; then
   skipped=$((skipped + 1)); echo "SKIP  control: Python SDK client (not installed)"
 elif (cd "$tools" && timeout 90 "$python" client.py --mode direct --mcp "$mcp_url" --upstream-issuer "$issuer") >"$work/direct-py.out" 2>&1; then
-  pass "control: Python SDK client directly against oidc-provider + MCP server ($(tail -1 "$work/direct-py.out"))"
+  pass "control: Python SDK client directly against oidc-provider + MCP server ($(grep "^{" "$work/direct-py.out" | tail -1))"
 else
   failure "control: Python SDK client directly against the upstream (the harness itself is broken)"
   sed 's/^/      /' "$work/direct-py.out"
@@ -159,7 +159,8 @@ EOF
 # The loopback listen address pins the public origin (design §4.4); nothing from the environment.
 env -u PROXY_BASE_URL -u MCP_TRUSTED_REDIRECT_ORIGINS -u MCP_OAUTH_SEALING_KEYS \
   "$gateway_bin" serve --config "$work/gateway.yaml" --listen "127.0.0.1:$gateway_port" >"$work/gateway.log" 2>&1 &
-pids+=($!)
+gateway_pid=$!
+pids+=("$gateway_pid")
 for _ in $(seq 100); do
   curl -s --max-time 2 -o /dev/null "$gateway/health" && break
   sleep 0.2
@@ -174,7 +175,8 @@ fi
 # non-HTML 4xx (an implementation answers a bad request with an HTML page, design §4.8).
 probe=$(curl -s --max-time 10 -o /dev/null -w '%{http_code} %{content_type}' "$gateway/notes/authorize")
 read -r probe_status probe_type <<<"$probe"
-# MCP_E2E_FORCE=1 runs the client anyway (to see how far it gets).
+# MCP_E2E_FORCE=1 runs the clients anyway (to see how far they get); E2E_VERBOSE=1 also prints the
+# TS client's whole exchange when it passes.
 if [ -z "${MCP_E2E_FORCE:-}" ] && { [ "$probe_status" = 404 ] || { [[ "$probe_status" == 4* ]] && [[ "$probe_type" != text/html* ]]; }; }; then
   skipped=$((skipped + 2)) # the TS and the Python client
   echo "SKIPPED: the gateway has no /{s}/consent yet (GET /notes/authorize answered $probe_status $probe_type)"
@@ -191,7 +193,8 @@ else
     if (cd "$tools" && timeout 90 "${run[@]}" --mode gateway --mcp "$gateway/notes/mcp" \
           --gateway-key "$gateway_key" --upstream-issuer "$issuer" --upstream-client-id "$(field client_id)" \
           --upstream-resource "$mcp_url") >"$work/gateway-$sdk.out" 2>&1; then
-      pass "$name client through the gateway to oidc-provider + MCP server ($(tail -1 "$work/gateway-$sdk.out"))"
+      pass "$name client through the gateway to oidc-provider + MCP server ($(grep "^{" "$work/gateway-$sdk.out" | tail -1))"
+      [ -n "${E2E_VERBOSE:-}" ] && sed 's/^/      /' "$work/gateway-$sdk.out"
     else
       failure "$name client through the gateway (design §4.8)"
       sed 's/^/      /' "$work/gateway-$sdk.out"
@@ -202,6 +205,24 @@ else
       tail -10 "$work/upstream.log" | sed 's/^/      /'
     fi
   done
+
+  # What the gateway wrote while real clients used it. Stop it first: SIGTERM flushes its
+  # batched log.
+  kill "$gateway_pid" 2>/dev/null
+  for _ in $(seq 50); do kill -0 "$gateway_pid" 2>/dev/null || break; sleep 0.2; done
+  # Design §4.8/§4.7: never a token in the log: no gateway token, no upstream JWT.
+  if grep -qE 'mcpgw_[A-Za-z0-9_-]|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]' "$work/gateway.log"; then
+    failure "the gateway log holds token material (design §4.8 Audit: never a token)"
+    grep -nE 'mcpgw_[A-Za-z0-9_-]|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]' "$work/gateway.log" | head -5 | cut -c1-200 | sed 's/^/      /'
+  else
+    pass "the gateway log holds no token (no mcpgw_ value, no upstream JWT)"
+  fi
+  # Design §4.8 Audit: one info line per consent approve or deny. Reported, not counted: a log
+  # line is not what real clients depend on.
+  if ! grep -q 'audit.*consent_appro' "$work/gateway.log"; then
+    echo "WARN  design §4.8 Audit: the gateway logged no consent-approve audit line; its audit events were:" \
+      "$(grep -o 'event="[a-z_]*"' "$work/gateway.log" | sort | uniq -c | tr -s ' \n' ' ')"
+  fi
 fi
 
 summary
