@@ -304,6 +304,7 @@ function codeFrom(url, expectedIss) {
 
 // An in-memory OAuthClientProvider: what a desktop MCP client keeps between runs.
 let pendingCode;
+let lastAuthorizationUrl;
 const store = {};
 const oauthProvider = {
   get redirectUrl() { return REDIRECT_URL; },
@@ -328,6 +329,7 @@ const oauthProvider = {
   // The SDK hands us the authorization URL; the "user" completes it in the headless browser.
   async redirectToAuthorization(authorizationUrl) {
     record(`sdk redirectToAuthorization ${authorizationUrl.origin}${authorizationUrl.pathname}`);
+    lastAuthorizationUrl = authorizationUrl;
     pendingCode = await authorizeAsUser(authorizationUrl);
   },
 };
@@ -381,6 +383,29 @@ async function main() {
   const { tools } = await client.listTools();
   check(tools.some((t) => t.name === 'echo'), `tools/list has no echo: ${JSON.stringify(tools.map((t) => t.name))}`);
   const echoed = await callEcho(client, viaGateway ? 'hello through the gateway' : 'hello, directly');
+
+  // 3b. The user may also say no: deny sends the client error=access_denied with its state and
+  // the gateway's iss, and no code. (The same authorization URL again: nothing is stored per
+  // request, the page seals it.)
+  if (viaGateway) {
+    currentStep = 'gateway consent (deny)';
+    const page = await browse(lastAuthorizationUrl);
+    if (page.status !== 200) await fail('GET authorize for the deny check should answer the consent page', page);
+    const [form] = formsOf(await page.text());
+    const value = (name) => form?.controls.find((c) => c.name === name)?.value;
+    const denied = await browse(new URL(form.action, lastAuthorizationUrl), {
+      method: 'POST', form: { request: value('request'), csrf: value('csrf'), gateway_key: '', decision: 'deny' },
+    });
+    const location = denied.headers.get('location');
+    if (denied.status !== 302 || !location) await fail('denying consent should 302 to the client', denied);
+    const back = new URL(location);
+    const serverName = mcpUrl.pathname.split('/')[1];
+    check(back.origin + back.pathname === REDIRECT_URL, `deny redirected to ${back.origin}${back.pathname}, not ${REDIRECT_URL}`);
+    check(back.searchParams.get('error') === 'access_denied' && !back.searchParams.get('code'),
+      `deny answered ${back.search}, expected error=access_denied and no code`);
+    check(back.searchParams.get('state') === lastAuthorizationUrl.searchParams.get('state'), `deny lost the client's state: ${back.search}`);
+    check(back.searchParams.get('iss') === `${mcpUrl.origin}/${serverName}`, `deny iss=${back.searchParams.get('iss')}`);
+  }
 
   // 4. Refresh through the SDK's own refresh path (auth() with a stored refresh token).
   currentStep = 'refresh (SDK auth() with the stored refresh token)';
