@@ -11,6 +11,14 @@
 # Ends with "e2e: N passed, N failed, N skipped"; exits 0 only if nothing failed.
 set -uo pipefail
 
+# One overall bound on top of the per-step ones: the whole run, installs and build included.
+if [ -z "${MCP_E2E_BOUNDED:-}" ]; then
+  MCP_E2E_BOUNDED=1 timeout --kill-after=15 "${MCP_E2E_TIMEOUT:-1200}" bash "$0" "$@"
+  rc=$?
+  [ "$rc" -eq 124 ] && echo "e2e: timed out after ${MCP_E2E_TIMEOUT:-1200} s"
+  exit "$rc"
+fi
+
 root=$(cd "$(dirname "$0")/../.." && pwd)
 src=$root/tests/e2e
 tools=${MCP_E2E_TOOLS:-$root/target/e2e-tools}
@@ -74,6 +82,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 124' TERM INT # so that a timeout still runs cleanup
 
 free_port() {
   "$node" -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"
