@@ -533,7 +533,10 @@ fn check_config(file: &PathBuf, env: &dyn Fn(&str) -> Option<String>) -> ExitCod
         }
     };
     let (diagnostics, servers) = match load_yaml(&text, env) {
-        Ok(loaded) => (loaded.warnings, Some(loaded.config.servers)),
+        Ok(loaded) => {
+            let origin = loaded.config.settings.origin.proxy_base_url.clone();
+            (loaded.warnings, Some((loaded.config.servers, origin)))
+        }
         Err(failed) => {
             let mut all = failed.errors;
             all.extend(failed.warnings);
@@ -552,7 +555,7 @@ fn check_config(file: &PathBuf, env: &dyn Fn(&str) -> Option<String>) -> ExitCod
     let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
     let warnings = diagnostics.len() - errors;
     match servers {
-        Some(servers) => {
+        Some((servers, origin)) => {
             for (name, server) in &servers {
                 println!(
                     "server {name}: {} auth_type={} flow={}",
@@ -560,6 +563,9 @@ fn check_config(file: &PathBuf, env: &dyn Fn(&str) -> Option<String>) -> ExitCod
                     server.policy.auth_type.as_str(),
                     server.policy.flow.as_str()
                 );
+                if let Some(callback) = mcp_oauth_core::gateway::upstream_callback(server, origin.as_ref()) {
+                    println!("  register at the upstream authorization server: redirect URI {callback}");
+                }
             }
             println!("valid: {} server(s), {warnings} warning(s)", servers.len());
             ExitCode::SUCCESS

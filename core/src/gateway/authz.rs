@@ -595,15 +595,23 @@ fn registered_redirect(client: &Client, requested: &Url) -> bool {
 
 /// `GET /{s}/authorize`: checks the request and answers with the consent page, the request sealed
 /// into it.
-pub(super) fn authorize(served: &Served<'_>, random: Option<[u8; 32]>) -> Response<Vec<u8>> {
+pub(super) fn authorize(served: &Served<'_>, random: Option<[u8; 32]>) -> Action {
     let bad = |reason: &str, message: &str| stop_page(StatusCode::BAD_REQUEST, reason, message);
     let keys = match served.keys() {
         Ok(keys) => keys,
-        Err(refusal) => return refusal,
+        Err(refusal) => return Action::Respond(refusal),
     };
+    let entry = &served.server.entry;
+    if entry.authorization_url.is_none() || entry.client_id.is_none() {
+        return Action::Respond(stop_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_client_missing",
+            "The gateway has no client at this server's authorization server: set client_id (and authorization_url) for it in the gateway's configuration, registering the gateway's callback URL there (mcp-oauth check config prints it).",
+        ));
+    }
     let pairs = query_pairs(served.head.path_and_query);
     if let Err(refusal) = check_authorize_sizes(&pairs) {
-        return refusal;
+        return Action::Respond(refusal);
     }
     let mut values = std::collections::HashMap::new();
     for name in [
@@ -620,78 +628,213 @@ pub(super) fn authorize(served: &Served<'_>, random: Option<[u8; 32]>) -> Respon
             Ok(value) => {
                 values.insert(name, value);
             }
-            Err(message) => return bad("invalid_request", &message),
+            Err(message) => return Action::Respond(bad("invalid_request", &message)),
         }
     }
     let value = |name: &str| values.get(name).cloned().flatten();
-    let Some(client) =
-        value("client_id").and_then(|id| open_client(keys, served.name(), served.now, &id).map(|c| (id, c)))
-    else {
-        return bad(
-            "invalid_client",
-            "This application's registration is not valid here (the gateway's keys may have changed). Remove the server from your MCP client and add it again.",
-        );
+    let Some(client_id) = value("client_id") else {
+        return Action::Respond(bad("invalid_request", "client_id is required"));
     };
-    let (_, client) = client;
-    let Some(requested) = value("redirect_uri") else {
-        return bad("invalid_request", "redirect_uri is required");
-    };
-    let decision = validate_redirect_uri(
-        &requested,
-        Some(served.origin),
-        &served.config.settings.trusted_redirect_origins,
-    );
-    let Some(redirect) = decision.uri().cloned() else {
-        return bad("invalid_redirect_uri", "the redirect_uri is not allowed");
-    };
-    if !registered_redirect(&client, &redirect) {
-        return bad("invalid_redirect_uri", "the redirect_uri is not one this application registered");
-    }
-    if value("response_type").as_deref() != Some("code") {
-        return bad("unsupported_response_type", "response_type must be code");
-    }
-    let challenge = value("code_challenge").filter(|challenge| (43..=128).contains(&challenge.len()));
-    let (Some(challenge), Some("S256")) = (challenge, value("code_challenge_method").as_deref()) else {
-        return bad("invalid_request", "PKCE with code_challenge_method=S256 is required");
-    };
-    if let Some(resource) = value("resource")
-        && resource != served.resource()
-    {
-        return bad("invalid_target", "resource must name this server's MCP endpoint");
-    }
-    let mut random = match random_or_refuse(random) {
-        Ok(random) => random,
-        Err(refusal) => return refusal,
-    };
-    let request = ConsentRequest {
-        client: client.digest.clone(),
-        client_name: client.name.clone(),
-        redirect_uri: redirect.as_str().to_owned(),
+    let client = (client_id.clone(), open_client(keys, served.name(), served.now, &client_id));
+    let (client_id, client) = client;
+    let params = AuthorizeParams {
+        redirect_uri: value("redirect_uri"),
+        response_type: value("response_type"),
+        challenge: value("code_challenge"),
+        method: value("code_challenge_method"),
         state: value("state"),
-        challenge,
         scope: value("scope"),
-        origin: served.origin.to_string(),
+        resource: value("resource"),
     };
-    let expires = served.now.plus(FLOW_LIFETIME);
-    let Some(sealed) =
-        seal_json(keys, Purpose::ConsentRequest, served.name(), Some(expires), &request, &mut random)
-    else {
-        return bad("invalid_request", "the authorization request is too large");
-    };
-    // An existing valid CSRF cookie is reused, so two open consent tabs both work.
     let csrf_name = cookie_name(served.origin, "mcp_csrf");
-    let (csrf, fresh) = match cookie(served.head.headers, &csrf_name).filter(|value| is_token_text(value)) {
-        Some(existing) => (existing, false),
-        None => (random.token::<16>(), true),
+    let inputs = AuthorizeInputs {
+        server: served.server.clone(),
+        origin: served.origin.clone(),
+        keys: keys.clone(),
+        now: served.now,
+        trusted: served.config.settings.trusted_redirect_origins.clone(),
+        csrf: cookie(served.head.headers, &csrf_name).filter(|value| is_token_text(value)),
+        params,
     };
-    let mut response = consent_page(served, &request, &sealed, &csrf, StatusCode::OK, None);
-    if fresh {
-        let set = set_cookie(served.origin, &csrf_name, &csrf, "Strict", FLOW_LIFETIME.as_secs());
-        if let Ok(value) = HeaderValue::from_str(&set) {
-            response.headers_mut().append(header::SET_COOKIE, value);
-        }
+    let Some(random) = random.map(Random::new) else {
+        return Action::Respond(error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the gateway has no random source",
+        ));
+    };
+    match client {
+        Some(client) => Action::Respond(inputs.answer(&client, random)),
+        None => match cimd_request(&client_id) {
+            Some(request) => {
+                let mut machine = Authz::new(served, keys, random, Stage::Taken);
+                machine.pending = Some(AuthzStep::Send(request));
+                machine.stage = Stage::ClientDocument { url: client_id, inputs: Box::new(inputs) };
+                Action::Authz(Box::new(machine))
+            }
+            None => Action::Respond(bad(
+                "invalid_client",
+                "This application's registration is not valid here (the gateway's keys may have changed). Remove the server from your MCP client and add it again.",
+            )),
+        },
     }
-    response
+}
+
+/// The parameters of an authorization request.
+#[derive(Debug)]
+struct AuthorizeParams {
+    redirect_uri: Option<String>,
+    response_type: Option<String>,
+    challenge: Option<String>,
+    method: Option<String>,
+    state: Option<String>,
+    scope: Option<String>,
+    resource: Option<String>,
+}
+
+/// Everything the consent page needs once the client is known (after a Client ID Metadata
+/// Document was fetched, the request's head is gone).
+#[derive(Debug)]
+struct AuthorizeInputs {
+    server: ServerConfig,
+    origin: Origin,
+    keys: SealingKeys,
+    now: UnixTime,
+    trusted: crate::redirect::TrustedRedirectOrigins,
+    csrf: Option<String>,
+    params: AuthorizeParams,
+}
+
+impl AuthorizeInputs {
+    /// The consent page for `client`, or the 400 page saying what is wrong with the request.
+    fn answer(self, client: &Client, mut random: Random) -> Response<Vec<u8>> {
+        let bad = |reason: &str, message: &str| stop_page(StatusCode::BAD_REQUEST, reason, message);
+        let params = self.params;
+        let Some(requested) = params.redirect_uri else {
+            return bad("invalid_request", "redirect_uri is required");
+        };
+        let decision = validate_redirect_uri(&requested, Some(&self.origin), &self.trusted);
+        let Some(redirect) = decision.uri().cloned() else {
+            return bad("invalid_redirect_uri", "the redirect_uri is not allowed");
+        };
+        if !registered_redirect(client, &redirect) {
+            return bad("invalid_redirect_uri", "the redirect_uri is not one this application registered");
+        }
+        if params.response_type.as_deref() != Some("code") {
+            return bad("unsupported_response_type", "response_type must be code");
+        }
+        let challenge = params.challenge.filter(|challenge| (43..=128).contains(&challenge.len()));
+        let (Some(challenge), Some("S256")) = (challenge, params.method.as_deref()) else {
+            return bad("invalid_request", "PKCE with code_challenge_method=S256 is required");
+        };
+        let resource = format!("{}/{}/mcp", self.origin, self.server.name);
+        if params.resource.as_deref().is_some_and(|sent| sent != resource) {
+            return bad("invalid_target", "resource must name this server's MCP endpoint");
+        }
+        let request = ConsentRequest {
+            client: client.digest.clone(),
+            client_name: client.name.clone(),
+            redirect_uri: redirect.as_str().to_owned(),
+            state: params.state,
+            challenge,
+            scope: params.scope,
+            origin: self.origin.to_string(),
+        };
+        let expires = self.now.plus(FLOW_LIFETIME);
+        let Some(sealed) = seal_json(
+            &self.keys,
+            Purpose::ConsentRequest,
+            &self.server.name,
+            Some(expires),
+            &request,
+            &mut random,
+        ) else {
+            return bad("invalid_request", "the authorization request is too large");
+        };
+        // An existing valid CSRF cookie is reused, so two open consent tabs both work.
+        let (csrf, fresh) = match self.csrf {
+            Some(existing) => (existing, false),
+            None => (random.token::<16>(), true),
+        };
+        let mut response = consent_page(&self.server, &request, &sealed, &csrf, StatusCode::OK, None);
+        if fresh {
+            let name = cookie_name(&self.origin, "mcp_csrf");
+            let set = set_cookie(&self.origin, &name, &csrf, "Strict", FLOW_LIFETIME.as_secs());
+            if let Ok(value) = HeaderValue::from_str(&set) {
+                response.headers_mut().append(header::SET_COOKIE, value);
+            }
+        }
+        response
+    }
+}
+
+/// The largest Client ID Metadata Document read.
+pub const MAX_CLIENT_DOCUMENT: usize = 5 * 1024;
+
+/// The fetch of a Client ID Metadata Document, when `client_id` is one: an https URL with a path,
+/// port 443, no userinfo or fragment, fetched in the strict mode (public addresses only), 10 s,
+/// at most 5 KiB, redirects not followed.
+fn cimd_request(client_id: &str) -> Option<UpstreamRequest> {
+    let url = Url::parse(client_id).ok()?;
+    let strict = url.scheme() == "https"
+        && url.port_or_known_default() == Some(443)
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.fragment().is_none()
+        && url.path() != "/"
+        && url.host_str().is_some_and(|host| !host.is_empty());
+    if !strict || url.as_str() != client_id {
+        return None;
+    }
+    let uri = client_id.parse::<http::Uri>().ok()?;
+    let mut request = http::Request::new(Bytes::new());
+    *request.uri_mut() = uri;
+    request.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    Some(UpstreamRequest {
+        request,
+        allow_private: false,
+        timeout: Duration::from_secs(10),
+        read: Read::Whole(MAX_CLIENT_DOCUMENT),
+    })
+}
+
+/// A Client ID Metadata Document read as a client: its `client_id` must equal the URL it came
+/// from, it must be a public client, and it must list redirect URIs.
+fn client_from_document(url: &str, answer: &Response<Bytes>) -> Option<Client> {
+    if !answer.status().is_success() {
+        return None;
+    }
+    let Ok(Value::Object(document)) = serde_json::from_slice::<Value>(answer.body()) else {
+        return None;
+    };
+    if document.get("client_id").and_then(Value::as_str) != Some(url) {
+        return None;
+    }
+    if !matches!(document.get("token_endpoint_auth_method").and_then(Value::as_str), None | Some("none")) {
+        return None;
+    }
+    let redirect_uris: Vec<String> = document
+        .get("redirect_uris")?
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .take(MAX_REDIRECT_URIS)
+        .map(str::to_owned)
+        .collect();
+    if redirect_uris.is_empty() {
+        return None;
+    }
+    // The document's host is the part of its name the gateway can vouch for.
+    let host = Url::parse(url).ok().and_then(|url| url.host_str().map(str::to_owned)).unwrap_or_default();
+    let claimed = document
+        .get("client_name")
+        .and_then(Value::as_str)
+        .map(|name| name.chars().take(MAX_CLIENT_NAME).collect::<String>());
+    let name = Some(match claimed {
+        Some(claimed) => format!("{claimed} ({host})"),
+        None => host,
+    });
+    Some(Client { digest: client_digest(url), redirect_uris, name })
 }
 
 /// The origin of a URL, for `form-action`.
@@ -701,7 +844,7 @@ fn origin_of(url: &str) -> Option<String> {
 
 /// The consent page (design §4.8: the form and its fields are a contract).
 fn consent_page(
-    served: &Served<'_>,
+    server: &ServerConfig,
     request: &ConsentRequest,
     sealed: &str,
     csrf: &str,
@@ -723,7 +866,7 @@ fn consent_page(
         (None, true) => "An application on this computer".to_owned(),
         (None, false) => "An application".to_owned(),
     };
-    let scopes = served.server.entry.scopes.as_ref().map(|scopes| scopes.join(" ")).unwrap_or_default();
+    let scopes = server.entry.scopes.as_ref().map(|scopes| scopes.join(" ")).unwrap_or_default();
     let notice = notice.map(|text| format!("<p><strong>{}</strong></p>", escape(text))).unwrap_or_default();
     let body = format!(
         "{notice}<p>{who} asks to use <span class=\"who\">{server}</span> through this gateway, as you.</p>\
@@ -734,8 +877,8 @@ fn consent_page(
          <p><label>Gateway key<br><input type=\"password\" name=\"gateway_key\" autocomplete=\"current-password\"></label></p>\
          <p><button type=\"submit\" name=\"decision\" value=\"approve\">Approve</button>\
          <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></p></form>",
-        server = escape(served.name()),
-        server_path = escape(served.name()),
+        server = escape(server.name.as_str()),
+        server_path = escape(server.name.as_str()),
         host = display_text(&redirect_host),
         scopes = if scopes.is_empty() {
             String::new()
@@ -745,10 +888,10 @@ fn consent_page(
         sealed = escape(sealed),
         csrf = escape(csrf),
     );
-    let upstream = served.server.entry.authorization_url.as_deref().and_then(origin_of);
+    let upstream = server.entry.authorization_url.as_deref().and_then(origin_of);
     let client = origin_of(&request.redirect_uri);
     let extra: Vec<String> = [upstream, client].into_iter().flatten().collect();
-    page(status, &format!("Sign in to {}", served.name()), &body, Some(&extra.join(" ")))
+    page(status, &format!("Sign in to {}", server.name.as_str()), &body, Some(&extra.join(" ")))
 }
 
 /// What `POST /{s}/consent` needs besides the request.
@@ -825,7 +968,7 @@ pub(super) fn consent(served: &Served<'_>, inputs: ConsentInputs<'_>) -> Respons
             return over_budget(&over);
         }
         return consent_page(
-            served,
+            served.server,
             &request,
             sealed,
             csrf,
@@ -896,6 +1039,19 @@ pub(super) fn consent(served: &Served<'_>, inputs: ConsentInputs<'_>) -> Respons
         FLOW_LIFETIME.as_secs(),
     );
     found(&location, &[binding])
+}
+
+/// The redirect URI to register for the gateway at `server`'s upstream authorization server
+/// (interactive servers that do not delegate): `{origin}/callback`, or a template naming the
+/// missing `PROXY_BASE_URL` when no origin is configured.
+pub fn upstream_callback(server: &ServerConfig, origin: Option<&Origin>) -> Option<String> {
+    let interactive = server.policy.auth_type == AuthType::OAuth2
+        && server.policy.flow == Flow::AuthorizationCode
+        && !server.policy.delegate_auth_to_upstream;
+    interactive.then(|| match origin {
+        Some(origin) => format!("{origin}/callback"),
+        None => "{PROXY_BASE_URL}/callback (set PROXY_BASE_URL to the gateway's public origin)".to_owned(),
+    })
 }
 
 /// A token request to `server`'s upstream token endpoint as the gateway's own client (the
@@ -975,6 +1131,8 @@ pub struct Audit {
 enum Stage {
     /// Callback: the single-use mark is being taken.
     CallbackMark { flow: FlowState, code: Option<String>, error: Option<(String, Option<String>)> },
+    /// Authorize: the client's metadata document is being fetched.
+    ClientDocument { url: String, inputs: Box<AuthorizeInputs> },
     /// Callback: the upstream token endpoint is redeeming the code.
     CallbackRedeem { flow: FlowState },
     /// Callback: the grant is being written.
@@ -1341,7 +1499,23 @@ impl Authz {
 
     /// The upstream token endpoint's answer to the redemption.
     pub fn handle_answer(&mut self, answer: Result<Response<Bytes>, UpstreamFailure>) {
-        let Stage::CallbackRedeem { flow } = std::mem::replace(&mut self.stage, Stage::Taken) else {
+        let stage = std::mem::replace(&mut self.stage, Stage::Taken);
+        if let Stage::ClientDocument { url, inputs } = stage {
+            let client = answer.ok().and_then(|answer| client_from_document(&url, &answer));
+            let response = match client {
+                Some(client) => {
+                    let random = Random::new(self.random.array());
+                    inputs.answer(&client, random)
+                }
+                None => stop_page(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_client",
+                    "This application's metadata document could not be fetched or is not valid (its client_id must be its own URL, and it must list redirect_uris).",
+                ),
+            };
+            return self.finish(response);
+        }
+        let Stage::CallbackRedeem { flow } = stage else {
             return self.finish(error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -1555,7 +1729,16 @@ pub(super) fn token(served: &Served<'_>, body: &[u8], random: Option<[u8; 32]>) 
     let Some(client_id) = field("client_id") else {
         return refuse(StatusCode::UNAUTHORIZED, "invalid_client", "client_id is required (public client)");
     };
-    let Some(client) = open_client(keys, served.name(), served.now, client_id) else {
+    // A sealed registration, or a Client ID Metadata Document URL: the code already binds the
+    // redirect URI the document listed, so the token endpoint needs only the client's digest.
+    let client = open_client(keys, served.name(), served.now, client_id).or_else(|| {
+        cimd_request(client_id).map(|_| Client {
+            digest: client_digest(client_id),
+            redirect_uris: Vec::new(),
+            name: None,
+        })
+    });
+    let Some(client) = client else {
         return refuse(
             StatusCode::UNAUTHORIZED,
             "invalid_client",

@@ -39,8 +39,9 @@ mod upstream;
 
 use self::admission::*;
 pub use self::authz::{
-    ACCESS_TOKEN_LIFETIME, Audit, Authz, AuthzStep, CODE_LIFETIME, FLOW_LIFETIME, MAX_CLIENT_NAME,
-    MAX_REDIRECT_URIS, REFRESH_GRACE, Random, display_text, open_access_token, upstream_resource,
+    ACCESS_TOKEN_LIFETIME, Audit, Authz, AuthzStep, CODE_LIFETIME, FLOW_LIFETIME, MAX_CLIENT_DOCUMENT,
+    MAX_CLIENT_NAME, MAX_REDIRECT_URIS, REFRESH_GRACE, Random, display_text, open_access_token,
+    upstream_callback, upstream_resource,
 };
 pub use self::call::*;
 pub use self::failure::*;
@@ -278,7 +279,7 @@ pub fn decide_routed(route: Route, head: &RequestHead<'_>, context: &mut Context
             None => Action::Respond(not_found()),
         },
         Route::Authorize(name) => match interactive(config, &name) {
-            Some(server) => Action::Respond(authz::authorize(&served(server), random)),
+            Some(server) => authz::authorize(&served(server), random),
             None => Action::Respond(not_found()),
         },
         Route::Callback => authz::callback(head, &origin, config, context.unix_now, random),

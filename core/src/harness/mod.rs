@@ -6,6 +6,7 @@
 //! crash found once stays fixed.
 
 pub mod aggregate;
+pub mod authz_request;
 pub mod client_machines;
 pub mod config;
 pub mod fetch_target;
@@ -17,6 +18,7 @@ pub mod trusted_redirect_origins;
 pub mod www_authenticate;
 
 pub use aggregate::aggregate;
+pub use authz_request::authz_request;
 pub use client_machines::{discovery_machine, session_machine};
 pub use config::config;
 pub use fetch_target::fetch_target;
@@ -46,6 +48,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("fetch_target", fetch_target),
     ("discovery_machine", discovery_machine),
     ("session_machine", session_machine),
+    ("authz_request", authz_request),
 ];
 
 #[cfg(test)]

@@ -897,3 +897,51 @@ fn a_refused_refresh_revokes_the_grant_and_answers_the_gateways_challenge() {
         matches!(outcome, CallOutcome::Answer(ref response) if response.status() == StatusCode::UNAUTHORIZED)
     );
 }
+
+#[test]
+fn a_client_id_metadata_document_is_fetched_strictly_and_must_name_itself() {
+    const DOCUMENT_URL: &str = "https://client.example/oauth/client.json";
+    let challenge = crate::pkce::challenge_for(VERIFIER);
+    let path = |client_id: &str| {
+        format!(
+            "/notes/authorize?client_id={}&redirect_uri=http%3A%2F%2F127.0.0.1%3A40000%2Fcallback&response_type=code&code_challenge={challenge}&code_challenge_method=S256&state=s",
+            urlencode(client_id)
+        )
+    };
+    let document = |client_id: &str| {
+        Response::new(Bytes::from(
+            json!({"client_id": client_id, "client_name": "Doc Client", "redirect_uris": ["http://127.0.0.1/callback"], "token_endpoint_auth_method": "none"})
+                .to_string(),
+        ))
+    };
+    let mut agent = Agent::new();
+    agent.upstream = Some(document(DOCUMENT_URL));
+    let page = agent.request(Method::GET, &path(DOCUMENT_URL), b"", &[]);
+    assert_eq!(page.status(), StatusCode::OK, "{}", String::from_utf8_lossy(page.body()));
+    let fetched = &agent.sent[0];
+    assert_eq!(fetched.uri(), DOCUMENT_URL);
+    assert!(
+        String::from_utf8_lossy(page.body()).contains("Doc Client (client.example)"),
+        "the verified host is shown"
+    );
+
+    // A document that names another client_id is refused; so is a URL the strict mode refuses.
+    let mut agent = Agent::new();
+    agent.upstream = Some(document("https://elsewhere.example/client.json"));
+    assert_eq!(agent.request(Method::GET, &path(DOCUMENT_URL), b"", &[]).status(), StatusCode::BAD_REQUEST);
+    for refused in [
+        "http://client.example/c.json",
+        "https://client.example:8443/c.json",
+        "https://client.example/",
+        "https://u:p@client.example/c.json",
+    ] {
+        let mut agent = Agent::new();
+        agent.upstream = Some(document(refused));
+        assert_eq!(
+            agent.request(Method::GET, &path(refused), b"", &[]).status(),
+            StatusCode::BAD_REQUEST,
+            "{refused}"
+        );
+        assert!(agent.sent.is_empty(), "{refused} was not fetched");
+    }
+}
