@@ -28,6 +28,9 @@ const { values: opts } = parseArgs({
     'upstream-issuer': { type: 'string' },
     'upstream-client-id': { type: 'string' },
     'upstream-resource': { type: 'string' },
+    // Calls spaced 2.2 s apart, so a gateway whose upstream token lives 1 s
+    // (token_storage_ttl_seconds: 1) refreshes it upstream before each.
+    'spaced-calls': { type: 'string', default: '0' },
   },
 });
 if (!opts.mcp || !['gateway', 'direct'].includes(opts.mode)) {
@@ -383,6 +386,14 @@ async function main() {
   const { tools } = await client.listTools();
   check(tools.some((t) => t.name === 'echo'), `tools/list has no echo: ${JSON.stringify(tools.map((t) => t.name))}`);
   const echoed = await callEcho(client, viaGateway ? 'hello through the gateway' : 'hello, directly');
+
+  // 3a. Spaced calls: each one makes the gateway refresh its upstream token (run.sh counts the
+  // refreshes at the provider). The client sees nothing of it.
+  for (let i = 1; i <= Number(opts['spaced-calls']); i++) {
+    currentStep = `spaced call ${i} (the gateway refreshes upstream first)`;
+    await new Promise((resolve) => setTimeout(resolve, 2200));
+    await callEcho(client, `spaced call ${i}`);
+  }
 
   // 3b. The user may also say no: deny sends the client error=access_denied with its state and
   // the gateway's iss, and no code. (The same authorization URL again: nothing is stored per

@@ -164,6 +164,9 @@ mcp_servers:
     authorization_url: "$(field authorization_endpoint)"
     token_url: "$(field token_endpoint)"
     scopes: [openid, offline_access, "mcp:tools"]
+    # Use an upstream access token 1 s at most, so spaced calls make the gateway refresh upstream
+    # (design §4.3, §4.8) against oidc-provider's rotating refresh tokens.
+    token_storage_ttl_seconds: 1
 EOF
 # The loopback listen address pins the public origin (design §4.4); nothing from the environment.
 env -u PROXY_BASE_URL -u MCP_TRUSTED_REDIRECT_ORIGINS -u MCP_OAUTH_SEALING_KEYS \
@@ -193,7 +196,7 @@ else
   # One client after the other, each with its own registration, consent and grant.
   for sdk in ts python; do
     if [ "$sdk" = ts ]; then
-      name="TS SDK"; run=("$node" client.mjs)
+      name="TS SDK"; run=("$node" client.mjs --spaced-calls 2)
     elif [ -n "$python" ]; then
       name="Python SDK"; run=("$python" client.py)
     else
@@ -214,6 +217,18 @@ else
       tail -10 "$work/upstream.log" | sed 's/^/      /'
     fi
   done
+
+  # Upstream refresh (design §4.8): the spaced calls made the gateway refresh its upstream token
+  # at oidc-provider, each time with the newest rotated refresh token (a consumed one would be an
+  # error there and revoke the grant).
+  stats=$(curl -s --max-time 5 "${mcp_url%/mcp}/e2e/stats")
+  gateway_stats=$("$node" -p "JSON.stringify(JSON.parse(process.argv[1])['$(field client_id)'] || {})" "$stats")
+  refreshes=$("$node" -p "JSON.parse(process.argv[1]).refresh_token || 0" "$gateway_stats")
+  if [ "$refreshes" -ge 2 ] && [[ "$gateway_stats" != *error* ]] && [[ "$gateway_stats" != *revoked* ]]; then
+    pass "the gateway refreshed its upstream token $refreshes times at oidc-provider, rotation followed ($gateway_stats)"
+  else
+    failure "upstream refresh: expected at least 2 refresh_token grants and no error for the gateway's client at oidc-provider; saw $gateway_stats"
+  fi
 
   # What the gateway wrote while real clients used it. Stop it first: SIGTERM flushes its
   # batched log.

@@ -167,6 +167,18 @@ provider.use(async (ctx, next) => {
 });
 asServer.on('request', provider.callback());
 
+// What the provider saw, per client: token grants by type, token errors, revoked grants. run.sh
+// reads it (GET {MCP origin}/e2e/stats) to prove the gateway refreshed upstream with the newest
+// rotated refresh token (reusing a consumed one is an error here, and revokes the grant).
+const stats = {};
+const count = (clientId, key) => {
+  stats[clientId] ??= {};
+  stats[clientId][key] = (stats[clientId][key] || 0) + 1;
+};
+provider.on('grant.success', (ctx) => count(ctx.oidc.client?.clientId, ctx.oidc.params.grant_type));
+provider.on('grant.error', (ctx, err) => count(ctx.oidc.client?.clientId || '-', `error:${err.error || err.message}`));
+provider.on('grant.revoked', (ctx) => count(ctx.oidc.client?.clientId || '-', 'grant_revoked'));
+
 // ---------------------------------------------------------------- the MCP server
 
 // Verify with the keys the provider publishes, as any resource server would.
@@ -209,6 +221,8 @@ const protectedResourceMetadata = {
 app.get(['/.well-known/oauth-protected-resource/mcp', '/.well-known/oauth-protected-resource'], (_req, res) => {
   res.json(protectedResourceMetadata);
 });
+
+app.get('/e2e/stats', (_req, res) => res.json(stats));
 
 // Stateless Streamable HTTP: a fresh McpServer and transport per request.
 function newMcpServer() {
