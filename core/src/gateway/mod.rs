@@ -203,10 +203,13 @@ fn not_found() -> Response<Vec<u8>> {
     error_response(StatusCode::NOT_FOUND, "not_found", "no such route or server")
 }
 
-/// A server that serves the browser-facing OAuth endpoints (interactive oauth2 only).
+/// A server for which the gateway is the authorization server (design §4.8): interactive oauth2
+/// that does not delegate (a delegating server has none of these endpoints: 404 as an unknown name).
 fn interactive<'c>(config: &'c GatewayConfig, name: &str) -> Option<&'c ServerConfig> {
     config.servers.get(name).filter(|server| {
-        server.policy.auth_type == AuthType::OAuth2 && server.policy.flow == Flow::AuthorizationCode
+        server.policy.auth_type == AuthType::OAuth2
+            && server.policy.flow == Flow::AuthorizationCode
+            && !server.policy.delegate_auth_to_upstream
     })
 }
 

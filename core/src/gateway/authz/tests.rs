@@ -36,6 +36,12 @@ mcp_servers:
     client_id: gw-client
     authorization_url: https://auth.example/authorize
     token_url: https://auth.example/token
+  delegated:
+    url: https://delegated.example/mcp
+    auth_type: oauth2
+    oauth2_flow: authorization_code
+    authorization_url: https://auth.example/authorize
+    delegate_auth_to_upstream: true
   reports:
     url: https://reports.example/mcp
     auth_type: oauth2
@@ -306,6 +312,21 @@ fn metadata_names_every_endpoint_design_4_8_pins() {
     let prm: Value = serde_json::from_slice(prm.body()).unwrap();
     assert_eq!(prm["authorization_servers"], json!(["https://gw.example.com/notes"]));
     assert_eq!(prm["scopes_supported"], json!(["notes.read", "offline_access"]));
+}
+
+#[test]
+fn a_delegating_server_has_no_authorization_server_endpoints() {
+    let mut agent = Agent::new();
+    for (method, path) in [
+        (Method::GET, "/.well-known/oauth-authorization-server/delegated"),
+        (Method::GET, "/.well-known/oauth-protected-resource/delegated/mcp"),
+        (Method::GET, "/delegated/authorize?client_id=x"),
+        (Method::POST, "/delegated/register"),
+        (Method::POST, "/delegated/token"),
+    ] {
+        let response = agent.request(method, path, b"{}", &[]);
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
 }
 
 #[test]
