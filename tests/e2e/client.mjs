@@ -433,6 +433,32 @@ async function main() {
   const refreshed = await connect();
   await callEcho(refreshed, 'after refresh');
 
+  // 5. Sign out (RFC 7009): revoking the refresh token ends the grant, so the access token that
+  // came with it stops working too (every use checks that the grant is live, design §4.8).
+  if (viaGateway) {
+    currentStep = 'revoke (POST /{s}/revoke with the refresh token)';
+    const serverName = mcpUrl.pathname.split('/')[1];
+    const revoked = await tracingFetch(`${mcpUrl.origin}/${serverName}/revoke`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ token: second.refresh_token, token_type_hint: 'refresh_token', client_id: store.client.client_id }),
+    });
+    if (revoked.status !== 200) await fail('revocation should answer 200', revoked);
+    currentStep = 'an MCP call after revocation (expect the 401 challenge)';
+    const after = await tracingFetch(mcpUrl, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${second.access_token}`,
+        'content-type': 'application/json',
+        accept: 'application/json, text/event-stream',
+      },
+      body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/list' }),
+    });
+    if (after.status !== 401 || !/^Bearer /i.test(after.headers.get('www-authenticate') || '')) {
+      await fail('the access token of a revoked grant should get 401 with a Bearer challenge', after);
+    }
+  }
+
   await client.close();
   await refreshed.close();
   console.log(JSON.stringify({

@@ -224,10 +224,17 @@ else
   stats=$(curl -s --max-time 5 "${mcp_url%/mcp}/e2e/stats")
   gateway_stats=$("$node" -p "JSON.stringify(JSON.parse(process.argv[1])['$(field client_id)'] || {})" "$stats")
   refreshes=$("$node" -p "JSON.parse(process.argv[1]).refresh_token || 0" "$gateway_stats")
-  if [ "$refreshes" -ge 2 ] && [[ "$gateway_stats" != *error* ]] && [[ "$gateway_stats" != *revoked* ]]; then
+  if [ "$refreshes" -ge 2 ] && [[ "$gateway_stats" != *error* ]]; then
     pass "the gateway refreshed its upstream token $refreshes times at oidc-provider, rotation followed ($gateway_stats)"
   else
     failure "upstream refresh: expected at least 2 refresh_token grants and no error for the gateway's client at oidc-provider; saw $gateway_stats"
+  fi
+  # Design §4.8: revoking a grant also revokes its upstream refresh token when the upstream names a
+  # revocation endpoint (oidc-provider does), best effort. The TS client revoked its grant.
+  # Reported, not counted: best effort by design, and the token never leaves the gateway.
+  if [[ "$gateway_stats" != *revocation_200* ]]; then
+    echo "WARN  design §4.8 revoke: the TS client revoked its grant at /notes/revoke (200, and its access token" \
+      "then got 401), but no revocation request reached oidc-provider's revocation endpoint (provider saw: $gateway_stats)"
   fi
 
   # What the gateway wrote while real clients used it. Stop it first: SIGTERM flushes its

@@ -165,9 +165,9 @@ provider.use(async (ctx, next) => {
   ctx.respond = false; // interactionFinished wrote the 303 itself
   return undefined;
 });
-asServer.on('request', provider.callback());
 
-// What the provider saw, per client: token grants by type, token errors, revoked grants. run.sh
+// What the provider saw, per client: token grants by type, token errors, revoked grants and
+// revocation requests. run.sh
 // reads it (GET {MCP origin}/e2e/stats) to prove the gateway refreshed upstream with the newest
 // rotated refresh token (reusing a consumed one is an error here, and revokes the grant).
 const stats = {};
@@ -175,9 +175,16 @@ const count = (clientId, key) => {
   stats[clientId] ??= {};
   stats[clientId][key] = (stats[clientId][key] || 0) + 1;
 };
+// Requests to the revocation endpoint (RFC 7009), by client and status.
+provider.use(async (ctx, next) => {
+  await next();
+  if (ctx.path === '/token/revocation') count(ctx.oidc?.client?.clientId || '-', `revocation_${ctx.status}`);
+});
 provider.on('grant.success', (ctx) => count(ctx.oidc.client?.clientId, ctx.oidc.params.grant_type));
 provider.on('grant.error', (ctx, err) => count(ctx.oidc.client?.clientId || '-', `error:${err.error || err.message}`));
 provider.on('grant.revoked', (ctx) => count(ctx.oidc.client?.clientId || '-', 'grant_revoked'));
+// Last: Koa composes the middleware above when the callback is made.
+asServer.on('request', provider.callback());
 
 // ---------------------------------------------------------------- the MCP server
 
