@@ -903,7 +903,25 @@ pub(super) struct ConsentInputs<'a> {
 }
 
 /// `POST /{s}/consent`: the user's decision, signed in with a gateway key.
-pub(super) fn consent(served: &Served<'_>, inputs: ConsentInputs<'_>) -> Response<Vec<u8>> {
+pub(super) fn consent(served: &Served<'_>, inputs: ConsentInputs<'_>) -> Action {
+    let mut audit = None;
+    let response = consent_answer(served, inputs, &mut audit);
+    match (audit, served.keys()) {
+        // The audit line travels with the answer (design §4.8: one line per approve or deny).
+        (Some(event), Ok(keys)) => {
+            let mut machine = Authz::new(served, keys, Random::new([0; 32]), Stage::Done(Box::new(response)));
+            machine.audit.push(event);
+            Action::Authz(Box::new(machine))
+        }
+        _ => Action::Respond(response),
+    }
+}
+
+fn consent_answer(
+    served: &Served<'_>,
+    inputs: ConsentInputs<'_>,
+    audit: &mut Option<Audit>,
+) -> Response<Vec<u8>> {
     let bad = |reason: &str, message: &str| stop_page(StatusCode::BAD_REQUEST, reason, message);
     let keys = match served.keys() {
         Ok(keys) => keys,
@@ -944,8 +962,16 @@ pub(super) fn consent(served: &Served<'_>, inputs: ConsentInputs<'_>) -> Respons
         let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(name, value)| (*name, value.as_str())).collect();
         with_query(&request.redirect_uri, &borrowed)
     };
+    let event = |event: &'static str, identity: Option<String>, reason: Option<&'static str>| Audit {
+        event,
+        server: served.name().to_owned(),
+        identity,
+        client_host: Authz::client_host(&request.redirect_uri),
+        reason,
+    };
     match field("decision") {
         Some("deny") => {
+            *audit = Some(event("consent_denied", None, Some("access_denied")));
             return match back(&mut vec![("error", "access_denied".to_owned())]) {
                 Some(location) => found(&location, &[]),
                 None => bad("invalid_request", "the redirect_uri is not a URL"),
@@ -964,6 +990,7 @@ pub(super) fn consent(served: &Served<'_>, inputs: ConsentInputs<'_>) -> Respons
         .find(|(_, key)| key.constant_time_eq(offered))
         .map(|(name, key)| Identity::new(name.into_owned(), key, keys));
     let Some(identity) = identity else {
+        *audit = Some(event("consent_refused", None, Some("invalid_gateway_key")));
         if let Err(over) = inputs.failures.spend(served.head.peer, inputs.now) {
             return over_budget(&over);
         }
@@ -990,6 +1017,7 @@ pub(super) fn consent(served: &Served<'_>, inputs: ConsentInputs<'_>) -> Respons
         Ok(random) => random,
         Err(refusal) => return refusal,
     };
+    *audit = Some(event("consent_approved", Some(identity.name.clone()), None));
     let pkce = crate::pkce::Pkce::from_random(random.array());
     let expires = served.now.plus(FLOW_LIFETIME);
     let flow = FlowState {

@@ -328,7 +328,7 @@ pub fn decide_form(
                 failures: &mut oauth.consent_failures,
                 now: context.now,
             };
-            Action::Respond(authz::consent(&served, inputs))
+            authz::consent(&served, inputs)
         }
         _ => Action::Respond(not_found()),
     }

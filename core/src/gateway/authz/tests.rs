@@ -117,6 +117,8 @@ struct Agent {
     upstream: Option<Response<Bytes>>,
     /// Upstream requests seen.
     sent: Vec<http::Request<Bytes>>,
+    /// Audit events the machines reported.
+    audit: Vec<Audit>,
 }
 
 impl Agent {
@@ -129,6 +131,7 @@ impl Agent {
             seed: 0,
             upstream: None,
             sent: Vec::new(),
+            audit: Vec::new(),
         }
     }
 
@@ -200,7 +203,10 @@ impl Agent {
                     self.sent.push(request.request);
                     machine.handle_answer(self.upstream.clone().ok_or(UpstreamFailure::Unreachable));
                 }
-                AuthzStep::Respond(response) => return response,
+                AuthzStep::Respond(response) => {
+                    self.audit.extend(machine.take_audit());
+                    return response;
+                }
             }
         }
         panic!("the machine did not finish");
@@ -444,6 +450,8 @@ fn consent_checks_csrf_and_the_key_and_counts_failures() {
     }
     assert_eq!(agent.consent(&request, &csrf, "sk-wrong", "approve").status(), StatusCode::TOO_MANY_REQUESTS);
     let deny = location(&agent.consent(&request, &csrf, KEY, "deny"));
+    assert!(agent.audit.iter().any(|audit| audit.event == "consent_denied" && audit.client_host.as_deref() == Some("127.0.0.1")));
+    assert!(agent.audit.iter().any(|audit| audit.event == "consent_refused"));
     assert_eq!(query(&deny, "error").as_deref(), Some("access_denied"));
     assert_eq!(query(&deny, "state").as_deref(), Some("client-state-1"));
     assert_eq!(query(&deny, "iss").as_deref(), Some("https://gw.example.com/notes"));
