@@ -248,10 +248,14 @@ else
   else
     pass "the gateway log holds no token (no mcpgw_ value, no upstream JWT)"
   fi
-  # Design §4.8 Audit: one info line per consent approve or deny. Reported, not counted: a log
-  # line is not what real clients depend on.
-  if ! grep -q 'audit.*consent_appro' "$work/gateway.log"; then
-    echo "WARN  design §4.8 Audit: the gateway logged no consent-approve audit line; its audit events were:" \
+  # Design §4.8 Audit: one info line per consent approve or deny. The TS client approved once,
+  # denied once and offered a wrong key once; the Python client approved once.
+  audit_count() { grep -c "audit.*event=\"$1\"" "$work/gateway.log"; }
+  if [ -n "$python" ]; then approvals=2; else approvals=1; fi
+  if [ "$(audit_count consent_approved)" -eq "$approvals" ] && [ "$(audit_count consent_denied)" -eq 1 ]; then
+    pass "the gateway audited each consent decision ($approvals approved, 1 denied)"
+  else
+    failure "design §4.8 Audit: expected $approvals consent_approved and 1 consent_denied audit lines; the gateway's audit events were:" \
       "$(grep -o 'event="[a-z_]*"' "$work/gateway.log" | sort | uniq -c | tr -s ' \n' ' ')"
   fi
 fi
