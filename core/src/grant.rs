@@ -187,6 +187,18 @@ pub struct Grant {
     pub rotated_at: UnixTime,
     /// The scope the upstream granted.
     pub scope: String,
+    /// The gateway's client at the upstream when the gateway registered itself there (RFC 7591):
+    /// its refreshes need the same client. `None` when the configured `client_id` is used.
+    pub upstream_client: Option<UpstreamClient>,
+}
+
+/// A client the gateway registered for itself at an upstream authorization server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamClient {
+    /// The `client_id` the upstream issued.
+    pub client_id: String,
+    /// Its secret, sealed to the grant, when the upstream issued one.
+    pub client_secret: Option<SealedUpstreamToken>,
 }
 
 impl Grant {

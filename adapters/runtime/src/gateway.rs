@@ -496,6 +496,9 @@ async fn run_authz<R: Runtime, U: Upstream>(
             }
             gateway::AuthzStep::Respond(response) => {
                 log_audit(machine.take_audit());
+                if let Some((server, origin, client)) = machine.take_registered_client() {
+                    lock(&state.oauth).remember_upstream_client(server, &origin, client);
+                }
                 return full(response);
             }
         }

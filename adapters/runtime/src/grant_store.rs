@@ -340,6 +340,7 @@ mod tests {
             generation: 0,
             rotated_at: UnixTime::from_secs(START),
             scope: String::new(),
+            upstream_client: None,
         }
     }
 

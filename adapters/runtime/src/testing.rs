@@ -552,6 +552,7 @@ fn suite_grant(n: u8, expires_at: UnixTime) -> Grant {
         generation: 0,
         rotated_at: unix_now(),
         scope: "read".into(),
+        upstream_client: None,
     }
 }
 

@@ -738,6 +738,35 @@ pub async fn interactive_flow_through_the_gateway_then_passthrough<H: GatewayHos
     .await;
 }
 
+/// Without a configured client_id the gateway registers itself at the upstream (RFC 7591) once
+/// per process and origin, and uses that client for the code and every refresh.
+pub async fn the_gateway_registers_itself_upstream_without_a_client_id<H: GatewayHost>() {
+    bounded(async {
+        let gateway = start::<H>(Setup {
+            yaml: Some(Box::new(|upstream| {
+                format!(
+                    "{}  selfreg:\n    url: {upstream}/mcp\n    auth_type: oauth2\n    oauth2_flow: authorization_code\n    issuer: {upstream}\n    authorization_url: {upstream}/authorize\n    token_url: {upstream}/token\n    registration_url: {upstream}/register\n",
+                    servers_yaml(upstream)
+                )
+            })),
+            ..Setup::default()
+        })
+        .await;
+        let first = gateway.sign_in_at("selfreg", "http://127.0.0.1:9/cb").await;
+        let bearer = format!("Bearer {}", first.access);
+        assert_eq!(gateway.echo("selfreg", &[("authorization", bearer.as_str())]).await.status, StatusCode::OK);
+        let registrations = gateway.mock.handle().counters().registrations;
+        assert_eq!(registrations, 1, "the gateway registered itself once");
+        // A refresh runs with the registered client too.
+        gateway.mock.handle().revoke_access_tokens();
+        assert_eq!(gateway.echo("selfreg", &[("authorization", bearer.as_str())]).await.status, StatusCode::OK);
+        // A second user reuses the registration.
+        let _second = gateway.sign_in_at("selfreg", "http://127.0.0.1:9/cb").await;
+        assert_eq!(gateway.mock.handle().counters().registrations, registrations);
+    })
+    .await;
+}
+
 /// What a finished sign-in gave the client.
 struct SignedIn {
     client_id: String,
@@ -751,7 +780,11 @@ fn urlencode(text: &str) -> String {
 }
 
 fn authorize_path(client_id: &str, redirect_uri: &str, pkce: &Pkce) -> String {
-    let mut url = Url::parse("http://x/notes/authorize").expect("url");
+    authorize_path_at("notes", client_id, redirect_uri, pkce)
+}
+
+fn authorize_path_at(server: &str, client_id: &str, redirect_uri: &str, pkce: &Pkce) -> String {
+    let mut url = Url::parse(&format!("http://x/{server}/authorize")).expect("url");
     url.query_pairs_mut()
         .append_pair("client_id", client_id)
         .append_pair("redirect_uri", redirect_uri)
@@ -759,7 +792,7 @@ fn authorize_path(client_id: &str, redirect_uri: &str, pkce: &Pkce) -> String {
         .append_pair("state", "client-state")
         .append_pair("code_challenge", pkce.challenge())
         .append_pair("code_challenge_method", "S256");
-    format!("/notes/authorize?{}", url.query().unwrap_or_default())
+    format!("/{server}/authorize?{}", url.query().unwrap_or_default())
 }
 
 /// The `name=value` pairs of an answer's `Set-Cookie` headers, as a `Cookie` header.
@@ -782,10 +815,14 @@ fn form_field(html: &str, name: &str) -> String {
 
 impl Gateway {
     async fn register(&self, redirect_uri: &str) -> String {
+        self.register_at("notes", redirect_uri).await
+    }
+
+    async fn register_at(&self, server: &str, redirect_uri: &str) -> String {
         let answer = self
             .request(
                 Method::POST,
-                "/notes/register",
+                &format!("/{server}/register"),
                 &[("content-type", "application/json")],
                 &json!({"redirect_uris": [redirect_uri], "client_name": "suite"}).to_string(),
             )
@@ -795,22 +832,28 @@ impl Gateway {
     }
 
     async fn token(&self, form: &str) -> Answer {
-        self.request(
-            Method::POST,
-            "/notes/token",
-            &[("content-type", "application/x-www-form-urlencoded")],
-            form,
-        )
-        .await
+        self.token_at("notes", form).await
+    }
+
+    async fn token_at(&self, server: &str, form: &str) -> Answer {
+        let path = format!("/{server}/token");
+        self.request(Method::POST, &path, &[("content-type", "application/x-www-form-urlencoded")], form)
+            .await
     }
 
     /// Register, authorize, approve with the key, pass the mock upstream, come back through the
     /// callback and redeem the gateway's code: what an MCP client and its user do.
     async fn sign_in(&self, redirect_uri: &str) -> SignedIn {
-        let client_id = self.register(redirect_uri).await;
+        self.sign_in_at("notes", redirect_uri).await
+    }
+
+    async fn sign_in_at(&self, server: &str, redirect_uri: &str) -> SignedIn {
+        let client_id = self.register_at(server, redirect_uri).await;
         let pkce = Pkce::from_random([9; 32]);
         let mut jar = Vec::new();
-        let page = self.request(Method::GET, &authorize_path(&client_id, redirect_uri, &pkce), &[], "").await;
+        let page = self
+            .request(Method::GET, &authorize_path_at(server, &client_id, redirect_uri, &pkce), &[], "")
+            .await;
         assert_eq!(page.status, StatusCode::OK, "{}", page.body);
         cookies_of(&page, &mut jar);
         let form = format!(
@@ -819,10 +862,11 @@ impl Gateway {
             urlencode(&form_field(&page.body, "csrf"))
         );
         let cookie = jar.join("; ");
+        let consent = format!("/{server}/consent");
         let approved = self
             .request(
                 Method::POST,
-                "/notes/consent",
+                &consent,
                 &[("content-type", "application/x-www-form-urlencoded"), ("cookie", cookie.as_str())],
                 &form,
             )
@@ -840,7 +884,7 @@ impl Gateway {
         let back = Url::parse(back.header("location").expect("location")).expect("url");
         let query: std::collections::HashMap<String, String> = back.query_pairs().into_owned().collect();
         assert_eq!(query["state"], "client-state");
-        assert_eq!(query["iss"], format!("{}/notes", self.origin));
+        assert_eq!(query["iss"], format!("{}/{server}", self.origin));
         let code_form = format!(
             "grant_type=authorization_code&code={}&code_verifier={}&client_id={}&redirect_uri={}",
             urlencode(&query["code"]),
@@ -848,7 +892,7 @@ impl Gateway {
             urlencode(&client_id),
             urlencode(redirect_uri)
         );
-        let token = self.token(&code_form).await;
+        let token = self.token_at(server, &code_form).await;
         assert_eq!(token.status, StatusCode::OK, "{}", token.body);
         let json = token.json();
         SignedIn {
@@ -1621,6 +1665,10 @@ macro_rules! gateway_suite {
             #[tokio::test]
             async fn delegation_fails_closed() {
                 $crate::gateway_suite::delegation_fails_closed::<$host>().await;
+            }
+            #[tokio::test]
+            async fn the_gateway_registers_itself_upstream_without_a_client_id() {
+                $crate::gateway_suite::the_gateway_registers_itself_upstream_without_a_client_id::<$host>().await;
             }
             #[tokio::test]
             async fn interactive_flow_through_the_gateway_then_passthrough() {

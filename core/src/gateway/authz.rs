@@ -164,6 +164,12 @@ struct FlowState {
     /// When the state expires (the single-use mark is kept until then).
     #[serde(rename = "e")]
     expires: u64,
+    /// The upstream client the gateway registered for itself, when it did (sealed with the flow,
+    /// so any replica can redeem the code).
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    upstream_client: Option<String>,
+    #[serde(rename = "z", default, skip_serializing_if = "Option::is_none")]
+    upstream_secret: Option<String>,
 }
 
 /// A gateway authorization code.
@@ -602,11 +608,11 @@ pub(super) fn authorize(served: &Served<'_>, random: Option<[u8; 32]>) -> Action
         Err(refusal) => return Action::Respond(refusal),
     };
     let entry = &served.server.entry;
-    if entry.authorization_url.is_none() || entry.client_id.is_none() {
+    if entry.authorization_url.is_none() || (entry.client_id.is_none() && entry.registration_url.is_none()) {
         return Action::Respond(stop_page(
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream_client_missing",
-            "The gateway has no client at this server's authorization server: set client_id (and authorization_url) for it in the gateway's configuration, registering the gateway's callback URL there (mcp-oauth check config prints it).",
+            "The gateway has no client at this server's authorization server: set client_id (or registration_url, and authorization_url) for it in the gateway's configuration, registering the gateway's callback URL there (mcp-oauth check config prints it).",
         ));
     }
     let pairs = query_pairs(served.head.path_and_query);
@@ -900,12 +906,18 @@ pub(super) struct ConsentInputs<'a> {
     pub(super) random: Option<[u8; 32]>,
     pub(super) failures: &'a mut crate::budget::PeerBudget,
     pub(super) now: Instant,
+    /// The upstream client the gateway registered for this server and origin, if it has.
+    pub(super) registered: Option<UpstreamClientInfo>,
 }
 
 /// `POST /{s}/consent`: the user's decision, signed in with a gateway key.
 pub(super) fn consent(served: &Served<'_>, inputs: ConsentInputs<'_>) -> Action {
     let mut audit = None;
-    let response = consent_answer(served, inputs, &mut audit);
+    let random = inputs.random;
+    let response = match consent_answer(served, inputs, &mut audit) {
+        Ok(response) => response,
+        Err(approved) => return register_first(served, *approved, random, audit),
+    };
     match (audit, served.keys()) {
         // The audit line travels with the answer (design §4.8: one line per approve or deny).
         (Some(event), Ok(keys)) => {
@@ -917,41 +929,72 @@ pub(super) fn consent(served: &Served<'_>, inputs: ConsentInputs<'_>) -> Action 
     }
 }
 
+/// An approved consent for a server whose upstream client the gateway must register first.
+fn register_first(
+    served: &Served<'_>,
+    approved: Approved,
+    random: Option<[u8; 32]>,
+    audit: Option<Audit>,
+) -> Action {
+    if let (Ok(keys), Some(random)) = (served.keys(), random) {
+        let mut machine = Authz::new(served, keys, Random::new(random), Stage::Taken);
+        machine.audit.extend(audit);
+        let limits = machine.limits;
+        match approved.registration_request(&limits) {
+            Some(request) => {
+                machine.pending = Some(AuthzStep::Send(request));
+                machine.stage = Stage::RegisterUpstream { approved: Box::new(approved) };
+            }
+            None => machine.finish(stop_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_misconfigured",
+                "The server's registration_url is not a URL.",
+            )),
+        }
+        return Action::Authz(Box::new(machine));
+    }
+    Action::Respond(error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "the gateway has no random source",
+    ))
+}
+
 fn consent_answer(
     served: &Served<'_>,
     inputs: ConsentInputs<'_>,
     audit: &mut Option<Audit>,
-) -> Response<Vec<u8>> {
+) -> Result<Response<Vec<u8>>, Box<Approved>> {
     let bad = |reason: &str, message: &str| stop_page(StatusCode::BAD_REQUEST, reason, message);
     let keys = match served.keys() {
         Ok(keys) => keys,
-        Err(refusal) => return refusal,
+        Err(refusal) => return Ok(refusal),
     };
     let Ok(form) = parse_form(inputs.body) else {
-        return bad("invalid_request", "the form is malformed");
+        return Ok(bad("invalid_request", "the form is malformed"));
     };
     let field = |name: &str| form.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str());
     let csrf_name = cookie_name(served.origin, "mcp_csrf");
     let (Some(csrf), Some(cookie_value)) = (field("csrf"), cookie(served.head.headers, &csrf_name)) else {
-        return bad(
+        return Ok(bad(
             "csrf_mismatch",
             "This page expired or came from elsewhere. Start the sign-in again from your MCP client.",
-        );
+        ));
     };
     if !is_token_text(csrf) || !equal(csrf, &cookie_value) {
-        return bad(
+        return Ok(bad(
             "csrf_mismatch",
             "This page expired or came from elsewhere. Start the sign-in again from your MCP client.",
-        );
+        ));
     }
     let sealed = field("request").unwrap_or_default();
     let Some(request) =
         open_json::<ConsentRequest>(keys, Purpose::ConsentRequest, served.name(), served.now, sealed)
     else {
-        return bad("invalid_request", "This sign-in expired. Start it again from your MCP client.");
+        return Ok(bad("invalid_request", "This sign-in expired. Start it again from your MCP client."));
     };
     if request.origin != served.origin.to_string() {
-        return bad("origin_mismatch", "This sign-in began under another address of the gateway.");
+        return Ok(bad("origin_mismatch", "This sign-in began under another address of the gateway."));
     }
     let iss = issuer(served.origin, served.name());
     let back = |pairs: &mut Vec<(&str, String)>| {
@@ -972,13 +1015,13 @@ fn consent_answer(
     match field("decision") {
         Some("deny") => {
             *audit = Some(event("consent_denied", None, Some("access_denied")));
-            return match back(&mut vec![("error", "access_denied".to_owned())]) {
+            return Ok(match back(&mut vec![("error", "access_denied".to_owned())]) {
                 Some(location) => found(&location, &[]),
                 None => bad("invalid_request", "the redirect_uri is not a URL"),
-            };
+            });
         }
         Some("approve") => {}
-        _ => return bad("invalid_request", "decision must be approve or deny"),
+        _ => return Ok(bad("invalid_request", "decision must be approve or deny")),
     }
     let offered = field("gateway_key").unwrap_or_default().trim();
     let offered = offered.strip_prefix("Bearer ").map_or(offered, str::trim);
@@ -992,81 +1035,212 @@ fn consent_answer(
     let Some(identity) = identity else {
         *audit = Some(event("consent_refused", None, Some("invalid_gateway_key")));
         if let Err(over) = inputs.failures.spend(served.head.peer, inputs.now) {
-            return over_budget(&over);
+            return Ok(over_budget(&over));
         }
-        return consent_page(
+        return Ok(consent_page(
             served.server,
             &request,
             sealed,
             csrf,
             StatusCode::UNAUTHORIZED,
             Some("That gateway key is not valid."),
-        );
+        ));
     };
     let entry = &served.server.entry;
-    let (Some(authorization_url), Some(client_id)) =
-        (entry.authorization_url.as_deref(), entry.client_id.as_deref())
-    else {
-        return stop_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream_client_missing",
-            "The gateway has no client at this server's authorization server: set client_id (and authorization_url) for it in the gateway's configuration.",
-        );
-    };
-    let mut random = match random_or_refuse(inputs.random) {
+    let random = match random_or_refuse(inputs.random) {
         Ok(random) => random,
-        Err(refusal) => return refusal,
+        Err(refusal) => return Ok(refusal),
     };
     *audit = Some(event("consent_approved", Some(identity.name.clone()), None));
-    let pkce = crate::pkce::Pkce::from_random(random.array());
-    let expires = served.now.plus(FLOW_LIFETIME);
-    let flow = FlowState {
-        client: request.client.clone(),
-        redirect_uri: request.redirect_uri.clone(),
-        state: request.state.clone(),
-        challenge: request.challenge.clone(),
-        verifier: pkce.verifier().expose().to_owned(),
-        identity: identity.name.clone(),
-        fingerprint: URL_SAFE_NO_PAD.encode(identity.fingerprint),
-        origin: request.origin.clone(),
-        flow: random.token::<6>(),
-        binding: random.token::<16>(),
-        expires: expires.as_secs(),
+    let approved = Approved {
+        server: served.server.clone(),
+        origin: served.origin.clone(),
+        keys: keys.clone(),
+        now: served.now,
+        request,
+        identity,
     };
-    let Some(sealed_flow) = seal_json(keys, Purpose::State, served.name(), Some(expires), &flow, &mut random)
-    else {
-        return bad("invalid_request", "the authorization request is too large");
-    };
-    let mut pairs = vec![
-        ("response_type", "code".to_owned()),
-        ("client_id", client_id.to_owned()),
-        ("redirect_uri", format!("{}/callback", served.origin)),
-        ("state", format!("{}.{sealed_flow}", served.name())),
-        ("code_challenge", pkce.challenge().to_owned()),
-        ("code_challenge_method", "S256".to_owned()),
-    ];
-    if let Some(scopes) = entry.scopes.as_ref().filter(|scopes| !scopes.is_empty()) {
-        pairs.push(("scope", scopes.join(" ")));
-    }
-    if let Some(resource) = upstream_resource(served.server) {
-        pairs.push(("resource", resource));
-    }
-    let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(name, value)| (*name, value.as_str())).collect();
-    let Some(location) = with_query(authorization_url, &borrowed) else {
-        return stop_page(
+    match configured_client(served.server).or(inputs.registered) {
+        Some(client) => Ok(approved.redirect_upstream(&client, random)),
+        // The gateway registers itself at the upstream first (RFC 7591): a machine step.
+        None if entry.registration_url.is_some() => Err(Box::new(approved)),
+        None => Ok(stop_page(
             StatusCode::SERVICE_UNAVAILABLE,
-            "upstream_misconfigured",
-            "The server's authorization_url is not a URL.",
+            "upstream_client_missing",
+            "The gateway has no client at this server's authorization server: set client_id (or registration_url) for it in the gateway's configuration.",
+        )),
+    }
+}
+
+/// The gateway's own client at a server's upstream authorization server: the configured
+/// `client_id` (and secret), or one the gateway registered for itself (RFC 7591).
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpstreamClientInfo {
+    /// The `client_id`.
+    pub client_id: String,
+    /// The secret, when there is one.
+    pub client_secret: Option<Secret>,
+    /// Whether the gateway registered it (it then travels sealed with the flow and the grant).
+    pub registered: bool,
+}
+
+impl std::fmt::Debug for UpstreamClientInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClientInfo")
+            .field("client_id", &self.client_id)
+            .field("registered", &self.registered)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The configured upstream client of `server`, if any.
+pub(super) fn configured_client(server: &ServerConfig) -> Option<UpstreamClientInfo> {
+    let client_id = server.entry.client_id.clone()?;
+    Some(UpstreamClientInfo {
+        client_id,
+        client_secret: server.entry.client_secret.clone(),
+        registered: false,
+    })
+}
+
+/// An approved consent, waiting for the upstream client to send the browser upstream.
+#[derive(Debug)]
+pub(super) struct Approved {
+    server: ServerConfig,
+    origin: Origin,
+    keys: SealingKeys,
+    now: UnixTime,
+    request: ConsentRequest,
+    identity: Identity,
+}
+
+impl Approved {
+    /// The 302 to the upstream authorization endpoint with the gateway's own PKCE and
+    /// `resource`, the flow sealed into `state`, and the flow-binding cookie.
+    fn redirect_upstream(self, client: &UpstreamClientInfo, mut random: Random) -> Response<Vec<u8>> {
+        let entry = &self.server.entry;
+        let Some(authorization_url) = entry.authorization_url.as_deref() else {
+            return stop_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_client_missing",
+                "The server has no authorization_url: set it in the gateway's configuration.",
+            );
+        };
+        let pkce = crate::pkce::Pkce::from_random(random.array());
+        let expires = self.now.plus(FLOW_LIFETIME);
+        let request = &self.request;
+        let flow = FlowState {
+            client: request.client.clone(),
+            redirect_uri: request.redirect_uri.clone(),
+            state: request.state.clone(),
+            challenge: request.challenge.clone(),
+            verifier: pkce.verifier().expose().to_owned(),
+            identity: self.identity.name.clone(),
+            fingerprint: URL_SAFE_NO_PAD.encode(self.identity.fingerprint),
+            origin: request.origin.clone(),
+            flow: random.token::<6>(),
+            binding: random.token::<16>(),
+            expires: expires.as_secs(),
+            upstream_client: client.registered.then(|| client.client_id.clone()),
+            upstream_secret: client
+                .registered
+                .then(|| client.client_secret.as_ref().map(|secret| secret.expose().to_owned()))
+                .flatten(),
+        };
+        let name = self.server.name.as_str();
+        let Some(sealed_flow) =
+            seal_json(&self.keys, Purpose::State, name, Some(expires), &flow, &mut random)
+        else {
+            return stop_page(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the authorization request is too large",
+            );
+        };
+        let mut pairs = vec![
+            ("response_type", "code".to_owned()),
+            ("client_id", client.client_id.clone()),
+            ("redirect_uri", format!("{}/callback", self.origin)),
+            ("state", format!("{name}.{sealed_flow}")),
+            ("code_challenge", pkce.challenge().to_owned()),
+            ("code_challenge_method", "S256".to_owned()),
+        ];
+        if let Some(scopes) = entry.scopes.as_ref().filter(|scopes| !scopes.is_empty()) {
+            pairs.push(("scope", scopes.join(" ")));
+        }
+        if let Some(resource) = upstream_resource(&self.server) {
+            pairs.push(("resource", resource));
+        }
+        let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        let Some(location) = with_query(authorization_url, &borrowed) else {
+            return stop_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_misconfigured",
+                "The server's authorization_url is not a URL.",
+            );
+        };
+        let binding = set_cookie(
+            &self.origin,
+            &cookie_name(&self.origin, &format!("mcp_flow_{}", flow.flow)),
+            &flow.binding,
+            "Lax",
+            FLOW_LIFETIME.as_secs(),
         );
-    };
-    let binding = set_cookie(
-        served.origin,
-        &cookie_name(served.origin, &format!("mcp_flow_{}", flow.flow)),
-        &flow.binding,
-        "Lax",
-        FLOW_LIFETIME.as_secs(),
-    );
-    found(&location, &[binding])
+        found(&location, &[binding])
+    }
+
+    /// The gateway's registration at the upstream (RFC 7591): its callback as the one redirect
+    /// URI, the authorization-code and refresh grants, a confidential client.
+    fn registration_request(&self, limits: &CallLimits) -> Option<UpstreamRequest> {
+        let url = self.server.entry.registration_url.as_deref()?;
+        let uri = url.parse::<http::Uri>().ok()?;
+        let body = json!({
+            "client_name": format!("mcp-oauth gateway ({})", self.server.name),
+            "redirect_uris": [format!("{}/callback", self.origin)],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "client_secret_basic",
+        });
+        let mut request = http::Request::new(Bytes::from(body.to_string()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        request.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        request.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        Some(UpstreamRequest {
+            request,
+            allow_private: crate::fetch_policy::is_local_server(&self.server.url),
+            timeout: limits.token_timeout,
+            read: Read::Whole(limits.max_token_response),
+        })
+    }
+}
+
+/// The client an upstream registration answer issued, if it is usable.
+fn registered_client(answer: &Response<Bytes>) -> Option<UpstreamClientInfo> {
+    if !answer.status().is_success() {
+        return None;
+    }
+    let document: Value = serde_json::from_slice(answer.body()).ok()?;
+    let client_id = document.get("client_id")?.as_str().filter(|id| !id.is_empty() && id.len() <= 512)?;
+    let client_secret = document
+        .get("client_secret")
+        .and_then(Value::as_str)
+        .filter(|secret| secret.len() <= 1024)
+        .map(Secret::new);
+    Some(UpstreamClientInfo { client_id: client_id.to_owned(), client_secret, registered: true })
+}
+
+/// The upstream client a flow runs with: the one the gateway registered (sealed in the flow), else
+/// the configured one.
+fn flow_client(server: &ServerConfig, flow: &FlowState) -> Option<UpstreamClientInfo> {
+    match &flow.upstream_client {
+        Some(client_id) => Some(UpstreamClientInfo {
+            client_id: client_id.clone(),
+            client_secret: flow.upstream_secret.as_deref().map(Secret::new),
+            registered: true,
+        }),
+        None => configured_client(server),
+    }
 }
 
 /// The redirect URI to register for the gateway at `server`'s upstream authorization server
@@ -1087,20 +1261,25 @@ pub fn upstream_callback(server: &ServerConfig, origin: Option<&Origin>) -> Opti
 /// the token limits and the server's fetch policy.
 pub(super) fn upstream_token_request(
     server: &ServerConfig,
+    client: &UpstreamClientInfo,
     grant: &crate::client::token::Grant<'_>,
     limits: &CallLimits,
 ) -> Option<UpstreamRequest> {
-    use crate::client::token::{Client as TokenClient, choose_token_endpoint_auth, token_request};
+    use crate::client::token::{
+        Client as TokenClient, TokenEndpointAuth, choose_token_endpoint_auth, token_request,
+    };
     let entry = &server.entry;
     let endpoint = Url::parse(entry.token_url.as_deref()?).ok()?;
+    // A registered client asked for client_secret_basic; a configured one uses its setting.
+    let configured = if client.registered {
+        Some(TokenEndpointAuth::ClientSecretBasic)
+    } else {
+        entry.token_endpoint_auth_method
+    };
     let client = TokenClient {
-        client_id: entry.client_id.as_deref()?,
-        client_secret: entry.client_secret.as_ref(),
-        auth: choose_token_endpoint_auth(
-            None,
-            entry.client_secret.is_some(),
-            entry.token_endpoint_auth_method,
-        ),
+        client_id: &client.client_id,
+        client_secret: client.client_secret.as_ref(),
+        auth: choose_token_endpoint_auth(None, client.client_secret.is_some(), configured),
     };
     let resource = upstream_resource(server);
     let request = token_request(&endpoint, &client, grant, &[], resource.as_deref()).ok()?;
@@ -1159,6 +1338,8 @@ pub struct Audit {
 enum Stage {
     /// Callback: the single-use mark is being taken.
     CallbackMark { flow: FlowState, code: Option<String>, error: Option<(String, Option<String>)> },
+    /// Consent: the gateway is registering itself at the upstream.
+    RegisterUpstream { approved: Box<Approved> },
     /// Authorize: the client's metadata document is being fetched.
     ClientDocument { url: String, inputs: Box<AuthorizeInputs> },
     /// Callback: the upstream token endpoint is redeeming the code.
@@ -1199,6 +1380,7 @@ pub struct Authz {
     pending: Option<AuthzStep>,
     stage: Stage,
     audit: Vec<Audit>,
+    remembered: Option<UpstreamClientInfo>,
     config_keys: Vec<(String, Secret)>,
 }
 
@@ -1215,6 +1397,7 @@ impl Authz {
             pending: None,
             stage,
             audit: Vec::new(),
+            remembered: None,
             config_keys: served
                 .config
                 .settings
@@ -1229,6 +1412,13 @@ impl Authz {
     pub fn with_limits(mut self, limits: CallLimits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// The upstream client the gateway registered for itself in this request, for the adapter
+    /// to keep for the server and origin (see [`OAuthState::remember_upstream_client`]).
+    pub fn take_registered_client(&mut self) -> Option<(String, Origin, UpstreamClientInfo)> {
+        let client = self.remembered.take()?;
+        Some((self.server.name.clone(), self.origin.clone(), client))
     }
 
     /// The audit events so far (drained).
@@ -1497,7 +1687,7 @@ impl Authz {
             redirect_uri: &redirect_uri,
             verifier: &verifier,
         };
-        upstream_token_request(&self.server, &grant, &self.limits)
+        upstream_token_request(&self.server, &flow_client(&self.server, flow)?, &grant, &self.limits)
     }
 
     /// Redirects the browser back to the client with `pairs`, the client's `state` and `iss`, and
@@ -1528,6 +1718,21 @@ impl Authz {
     /// The upstream token endpoint's answer to the redemption.
     pub fn handle_answer(&mut self, answer: Result<Response<Bytes>, UpstreamFailure>) {
         let stage = std::mem::replace(&mut self.stage, Stage::Taken);
+        if let Stage::RegisterUpstream { approved } = stage {
+            let Some(client) = answer.ok().and_then(|answer| registered_client(&answer)) else {
+                self.record("upstream_registration_failed", None, None, Some("registration_refused"));
+                return self.finish(stop_page(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_registration_failed",
+                    "The gateway could not register itself at this server's authorization server; set client_id in the gateway's configuration.",
+                ));
+            };
+            self.record("upstream_registered", None, None, None);
+            let random = Random::new(self.random.array());
+            let response = approved.redirect_upstream(&client, random);
+            self.remembered = Some(client);
+            return self.finish(response);
+        }
         if let Stage::ClientDocument { url, inputs } = stage {
             let client = answer.ok().and_then(|answer| client_from_document(&url, &answer));
             let response = match client {
@@ -1637,7 +1842,28 @@ impl Authz {
             generation: 0,
             rotated_at: self.now,
             scope,
+            upstream_client: None,
         };
+        let mut grant = grant;
+        if let Some(client_id) = &flow.upstream_client {
+            let secret = flow.upstream_secret.as_deref().map(|secret| {
+                SealedUpstreamToken::seal(
+                    &self.keys,
+                    &grant.server,
+                    &grant.id,
+                    expires_at,
+                    &Secret::new(secret),
+                    self.random.array(),
+                )
+            });
+            match secret.transpose() {
+                Ok(client_secret) => {
+                    grant.upstream_client =
+                        Some(crate::grant::UpstreamClient { client_id: client_id.clone(), client_secret });
+                }
+                Err(_) => return self.back_to_client(&flow, failed("server_error")),
+            }
+        }
         self.ask(
             StoreOp::PutGrant(Box::new(grant.clone())),
             Stage::CallbackStore { flow, grant: Box::new(grant) },

@@ -876,7 +876,20 @@ impl<'a> Call<'a> {
                 .open(keys, &self.server.name, &grant.id, self.unix_now)
                 .ok()?;
             let grant_type = crate::client::token::Grant::RefreshToken { refresh_token: &refresh };
-            super::authz::upstream_token_request(self.server, &grant_type, &self.limits)
+            let client = match &grant.upstream_client {
+                Some(registered) => super::authz::UpstreamClientInfo {
+                    client_id: registered.client_id.clone(),
+                    client_secret: match &registered.client_secret {
+                        Some(sealed) => {
+                            Some(sealed.open(keys, &self.server.name, &grant.id, self.unix_now).ok()?)
+                        }
+                        None => None,
+                    },
+                    registered: true,
+                },
+                None => super::authz::configured_client(self.server)?,
+            };
+            super::authz::upstream_token_request(self.server, &client, &grant_type, &self.limits)
         });
         self.work.refreshed = true;
         match request {

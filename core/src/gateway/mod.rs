@@ -40,8 +40,8 @@ mod upstream;
 use self::admission::*;
 pub use self::authz::{
     ACCESS_TOKEN_LIFETIME, Audit, Authz, AuthzStep, CODE_LIFETIME, FLOW_LIFETIME, MAX_CLIENT_DOCUMENT,
-    MAX_CLIENT_NAME, MAX_REDIRECT_URIS, REFRESH_GRACE, Random, display_text, open_access_token,
-    upstream_callback, upstream_resource,
+    MAX_CLIENT_NAME, MAX_REDIRECT_URIS, REFRESH_GRACE, Random, UpstreamClientInfo, display_text,
+    open_access_token, upstream_callback, upstream_resource,
 };
 pub use self::call::*;
 pub use self::failure::*;
@@ -322,11 +322,13 @@ pub fn decide_form(
                     "the gateway's OAuth state is not available to this request",
                 ));
             };
+            let registered = oauth.upstream_client(&server.name, &form.origin);
             let inputs = authz::ConsentInputs {
                 body,
                 random,
                 failures: &mut oauth.consent_failures,
                 now: context.now,
+                registered,
             };
             authz::consent(&served, inputs)
         }

@@ -2,6 +2,8 @@
 //! authorization request, and small readers for queries and forms. The endpoints themselves are
 //! the authorization-server facade in `authz.rs` (design §4.8).
 
+use std::collections::HashMap;
+
 use super::*;
 
 /// The longest `state` a client may send to `/{server}/authorize`, in bytes.
@@ -19,14 +21,37 @@ pub struct OAuthState {
     pub budget: PeerBudget,
     /// Wrong gateway keys at the consent page, per peer (429 past it).
     pub consent_failures: PeerBudget,
+    /// The clients the gateway registered for itself upstream, per server and origin (design §4.8
+    /// keeps them in the grant store; the store has no primitive for them yet, so each process
+    /// registers once and the flow and grant carry the client sealed).
+    upstream_clients: HashMap<(String, String), UpstreamClientInfo>,
 }
+
+/// The most upstream registrations kept (servers × pinned origins is small).
+const MAX_UPSTREAM_CLIENTS: usize = 256;
 
 impl Default for OAuthState {
     fn default() -> Self {
         Self {
             budget: PeerBudget::new(BudgetConfig::OAUTH_ENDPOINTS),
             consent_failures: PeerBudget::new(BudgetConfig::CONSENT_FAILURES),
+            upstream_clients: HashMap::new(),
         }
+    }
+}
+
+impl OAuthState {
+    /// Keeps the client the gateway registered for itself at `server`'s upstream, under `origin`.
+    pub fn remember_upstream_client(&mut self, server: String, origin: &Origin, client: UpstreamClientInfo) {
+        if self.upstream_clients.len() >= MAX_UPSTREAM_CLIENTS {
+            self.upstream_clients.clear();
+        }
+        self.upstream_clients.insert((server, origin.to_string()), client);
+    }
+
+    /// The client the gateway registered at `server`'s upstream under `origin`, if any.
+    pub fn upstream_client(&self, server: &str, origin: &Origin) -> Option<UpstreamClientInfo> {
+        self.upstream_clients.get(&(server.to_owned(), origin.to_string())).cloned()
     }
 }
 

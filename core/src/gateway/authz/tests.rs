@@ -29,6 +29,14 @@ mcp_servers:
     authorization_url: https://auth.example/authorize
     token_url: https://auth.example/token
     scopes: [notes.read, offline_access]
+  selfreg:
+    url: https://selfreg.example/mcp
+    auth_type: oauth2
+    oauth2_flow: authorization_code
+    issuer: https://auth.example
+    authorization_url: https://auth.example/authorize
+    token_url: https://auth.example/token
+    registration_url: https://auth.example/register
   other:
     url: https://other.example/mcp
     auth_type: oauth2
@@ -973,4 +981,56 @@ fn a_client_id_metadata_document_is_fetched_strictly_and_must_name_itself() {
         );
         assert!(agent.sent.is_empty(), "{refused} was not fetched");
     }
+}
+
+#[test]
+fn without_a_client_id_the_gateway_registers_itself_upstream_once_and_carries_the_client() {
+    let mut agent = Agent::new();
+    let body = br#"{"redirect_uris":["http://127.0.0.1:33418/callback"]}"#;
+    let registered = agent.request(Method::POST, "/selfreg/register", body, &[]);
+    let client_id: Value = serde_json::from_slice(registered.body()).unwrap();
+    let client_id = client_id["client_id"].as_str().unwrap().to_owned();
+    let challenge = crate::pkce::challenge_for(VERIFIER);
+    let path = format!(
+        "/selfreg/authorize?client_id={}&redirect_uri=http%3A%2F%2F127.0.0.1%3A40000%2Fcallback&response_type=code&code_challenge={challenge}&code_challenge_method=S256&state=s",
+        urlencode(&client_id)
+    );
+    let page = agent.request(Method::GET, &path, b"", &[]);
+    let html = String::from_utf8_lossy(page.body()).into_owned();
+    let field = |name: &str| {
+        let marker = format!("name=\"{name}\" value=\"");
+        html.split(&marker).nth(1).and_then(|rest| rest.split('"').next()).unwrap_or_default().to_owned()
+    };
+    let (request, csrf) = (field("request"), field("csrf"));
+    agent.upstream = Some(Response::new(Bytes::from_static(
+        br#"{"client_id":"gw-registered-1","client_secret":"gw-registered-secret"}"#,
+    )));
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("request", &request)
+        .append_pair("csrf", &csrf)
+        .append_pair("gateway_key", KEY)
+        .append_pair("decision", "approve")
+        .finish();
+    let approved = agent.request(Method::POST, "/selfreg/consent", form.as_bytes(), &[]);
+    let upstream = location(&approved);
+    assert_eq!(query(&upstream, "client_id").as_deref(), Some("gw-registered-1"));
+    let registration: Value = serde_json::from_slice(agent.sent[0].body()).unwrap();
+    assert_eq!(registration["redirect_uris"], json!(["https://gw.example.com/callback"]));
+    assert!(agent.audit.iter().any(|audit| audit.event == "upstream_registered"));
+    // The callback redeems with the registered client, carried sealed in the state.
+    agent.upstream = Some(upstream_tokens("upstream-at-9", Some("upstream-rt-9")));
+    let state = urlencode(&query(&upstream, "state").unwrap());
+    let back = agent.request(Method::GET, &format!("/callback?code=c&state={state}"), b"", &[]);
+    assert_eq!(back.status(), StatusCode::FOUND, "{}", String::from_utf8_lossy(back.body()));
+    let redeem = agent.sent.last().unwrap();
+    let basic = redeem.headers()[header::AUTHORIZATION].to_str().unwrap();
+    let decoded =
+        base64::engine::general_purpose::STANDARD.decode(basic.trim_start_matches("Basic ")).unwrap();
+    assert_eq!(String::from_utf8(decoded).unwrap(), "gw-registered-1:gw-registered-secret");
+    let grant = agent.store.grants.values().next().unwrap();
+    assert_eq!(
+        grant.upstream_client.as_ref().map(|client| client.client_id.as_str()),
+        Some("gw-registered-1")
+    );
+    assert!(!format!("{grant:?}").contains("gw-registered-secret"), "the registered secret is sealed");
 }
