@@ -169,6 +169,13 @@ mcp_servers:
     # Use an upstream access token 1 s at most, so spaced calls make the gateway refresh upstream
     # (design §4.3, §4.8) against oidc-provider's rotating refresh tokens.
     token_storage_ttl_seconds: 1
+  # The same MCP server as most hosted ones are set up: its URL and nothing else. The gateway
+  # discovers oidc-provider from the server's metadata and registers itself there (RFC 7591).
+  notes-dcr:
+    url: "$mcp_url"
+    auth_type: oauth2
+    oauth2_flow: authorization_code
+    scopes: [openid, offline_access, "mcp:tools"]
 EOF
 # The loopback listen address pins the public origin (design §4.4); nothing from the environment.
 env -u PROXY_BASE_URL -u MCP_TRUSTED_REDIRECT_ORIGINS -u MCP_OAUTH_SEALING_KEYS \
@@ -192,20 +199,27 @@ read -r probe_status probe_type <<<"$probe"
 # MCP_E2E_FORCE=1 runs the clients anyway (to see how far they get); E2E_VERBOSE=1 also prints the
 # TS client's whole exchange when it passes.
 if [ -z "${MCP_E2E_FORCE:-}" ] && { [ "$probe_status" = 404 ] || { [[ "$probe_status" == 4* ]] && [[ "$probe_type" != text/html* ]]; }; }; then
-  skipped=$((skipped + 2)) # the TS and the Python client
+  skipped=$((skipped + 3)) # the three client runs
   echo "SKIPPED: the gateway has no /{s}/consent yet (GET /notes/authorize answered $probe_status $probe_type)"
 else
-  # One client after the other, each with its own registration, consent and grant.
-  for sdk in ts python; do
+  # One client after the other, each with its own registration, consent and grant: the TS and the
+  # Python client on `notes` (the configured upstream client), the TS client on `notes-dcr` (the
+  # gateway's self-registered one).
+  for sdk in ts python ts-dcr; do
+    server=notes
+    upstream_client=(--upstream-client-id "$(field client_id)")
     if [ "$sdk" = ts ]; then
       name="TS SDK"; run=("$node" client.mjs --spaced-calls 2)
+    elif [ "$sdk" = ts-dcr ]; then
+      name="TS SDK (server notes-dcr, gateway self-registered upstream)"; run=("$node" client.mjs)
+      server=notes-dcr upstream_client=()
     elif [ -n "$python" ]; then
       name="Python SDK"; run=("$python" client.py)
     else
       skipped=$((skipped + 1)); echo "SKIP  Python SDK client through the gateway (not installed)"; continue
     fi
-    if (cd "$tools" && timeout 90 "${run[@]}" --mode gateway --mcp "$gateway/notes/mcp" \
-          --gateway-key "$gateway_key" --upstream-issuer "$issuer" --upstream-client-id "$(field client_id)" \
+    if (cd "$tools" && timeout 90 "${run[@]}" --mode gateway --mcp "$gateway/$server/mcp" \
+          --gateway-key "$gateway_key" --upstream-issuer "$issuer" "${upstream_client[@]}" \
           --upstream-resource "$mcp_url") >"$work/gateway-$sdk.out" 2>&1; then
       pass "$name client through the gateway to oidc-provider + MCP server ($(grep "^{" "$work/gateway-$sdk.out" | tail -1))"
       [ -n "${E2E_VERBOSE:-}" ] && sed 's/^/      /' "$work/gateway-$sdk.out"
@@ -234,6 +248,13 @@ else
   # Design §4.8: revoking a grant also revokes its upstream refresh token when the upstream names a
   # revocation endpoint (oidc-provider does), best effort. The TS client revoked its grant.
   # Reported, not counted: best effort by design, and the token never leaves the gateway.
+  # Design §4.8 upstream client: without a client_id the gateway registers itself, once.
+  registrations=$("$node" -p "Object.keys(JSON.parse(process.argv[1])['gateway-registrations'] || {}).length" "$stats")
+  if [ "$registrations" -eq 1 ]; then
+    pass "the gateway registered itself at oidc-provider once for notes-dcr (redirect URI $gateway/callback)"
+  else
+    failure "design §4.8 upstream client: expected 1 registration of the gateway at oidc-provider; saw $registrations"
+  fi
   if [[ "$gateway_stats" != *revocation_200* ]]; then
     echo "WARN  design §4.8 revoke: the TS client revoked its grant at /notes/revoke (200, and its access token" \
       "then got 401), but no revocation request reached oidc-provider's revocation endpoint (provider saw: $gateway_stats)"
@@ -250,14 +271,14 @@ else
   else
     pass "the gateway log holds no token (no mcpgw_ value, no upstream JWT)"
   fi
-  # Design §4.8 Audit: one info line per consent approve or deny. The TS client approved once,
+  # Design §4.8 Audit: one info line per consent approve or deny. Each TS run approved once,
   # denied once and offered a wrong key once; the Python client approved once.
   audit_count() { grep -c "audit.*event=\"$1\"" "$work/gateway.log"; }
-  if [ -n "$python" ]; then approvals=2; else approvals=1; fi
-  if [ "$(audit_count consent_approved)" -eq "$approvals" ] && [ "$(audit_count consent_denied)" -eq 1 ]; then
-    pass "the gateway audited each consent decision ($approvals approved, 1 denied)"
+  if [ -n "$python" ]; then approvals=3; else approvals=2; fi
+  if [ "$(audit_count consent_approved)" -eq "$approvals" ] && [ "$(audit_count consent_denied)" -eq 2 ]; then
+    pass "the gateway audited each consent decision ($approvals approved, 2 denied)"
   else
-    failure "design §4.8 Audit: expected $approvals consent_approved and 1 consent_denied audit lines; the gateway's audit events were:" \
+    failure "design §4.8 Audit: expected $approvals consent_approved and 2 consent_denied audit lines; the gateway's audit events were:" \
       "$(grep -o 'event="[a-z_]*"' "$work/gateway.log" | sort | uniq -c | tr -s ' \n' ' ')"
   fi
 fi

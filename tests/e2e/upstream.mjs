@@ -183,6 +183,10 @@ provider.use(async (ctx, next) => {
 provider.on('grant.success', (ctx) => count(ctx.oidc.client?.clientId, ctx.oidc.params.grant_type));
 provider.on('grant.error', (ctx, err) => count(ctx.oidc.client?.clientId || '-', `error:${err.error || err.message}`));
 provider.on('grant.revoked', (ctx) => count(ctx.oidc.client?.clientId || '-', 'grant_revoked'));
+// Dynamic registrations whose redirect URI is the gateway's callback: the gateway registering itself.
+provider.on('registration_create.success', (_ctx, client) => {
+  if (client.redirectUris.includes(`${gatewayOrigin}/callback`)) count('gateway-registrations', client.clientId);
+});
 // Last: Koa composes the middleware above when the callback is made.
 asServer.on('request', provider.callback());
 
