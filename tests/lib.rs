@@ -18,6 +18,8 @@ mod documents {
     mod configuration {}
     #[doc = include_str!("../docs/conformance.md")]
     mod conformance {}
+    #[doc = include_str!("../docs/e2e.md")]
+    mod e2e {}
     #[doc = include_str!("../docs/eval.md")]
     mod eval {}
     #[doc = include_str!("../docs/fuzzing.md")]
