@@ -67,6 +67,10 @@ pub struct ServerEntry {
     pub authorization_url: Option<String>,
     /// `registration_url`.
     pub registration_url: Option<String>,
+    /// `revocation_url`: the upstream's RFC 7009 revocation endpoint (an addition to LiteLLM's
+    /// fields; filled by start-up discovery when the upstream names one). Revoking a grant
+    /// revokes its upstream refresh token there, best effort.
+    pub revocation_url: Option<String>,
     /// `issuer`: the authorization server's issuer identifier.
     pub issuer: Option<String>,
     /// `scopes`.
@@ -354,6 +358,7 @@ impl ServerEntry {
         "token_url",
         "authorization_url",
         "registration_url",
+        "revocation_url",
         "issuer",
         "scopes",
         "token_validation",
@@ -431,6 +436,7 @@ impl ServerEntry {
             token_url: reader.string("token_url"),
             authorization_url: reader.string("authorization_url"),
             registration_url: reader.string("registration_url"),
+            revocation_url: reader.string("revocation_url"),
             issuer: reader.string("issuer"),
             scopes: reader.string_list("scopes"),
             token_validation,
@@ -1125,11 +1131,19 @@ fn server_url(entry: &ServerEntry, name: &str, errors: &mut Vec<Diagnostic>) -> 
 fn endpoint_urls_are_valid(entry: &ServerEntry, name: &str, errors: &mut Vec<Diagnostic>) -> bool {
     let server = Some(name);
     let mut valid = true;
-    for field in ["token_url", "authorization_url", "registration_url", "issuer", "token_exchange_endpoint"] {
+    for field in [
+        "token_url",
+        "authorization_url",
+        "registration_url",
+        "revocation_url",
+        "issuer",
+        "token_exchange_endpoint",
+    ] {
         let value = match field {
             "token_url" => entry.token_url.as_deref(),
             "authorization_url" => entry.authorization_url.as_deref(),
             "registration_url" => entry.registration_url.as_deref(),
+            "revocation_url" => entry.revocation_url.as_deref(),
             "issuer" => entry.issuer.as_deref(),
             _ => entry.token_exchange_endpoint.as_deref(),
         };

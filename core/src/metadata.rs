@@ -40,6 +40,9 @@ pub struct AuthorizationServerMetadata {
     /// RFC 7591 dynamic client registration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration_endpoint: Option<String>,
+    /// RFC 7009 token revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
     /// Scopes the server issues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scopes_supported: Option<Vec<String>>,

@@ -269,6 +269,7 @@ console.log(JSON.stringify({
   issuer,
   authorization_endpoint: `${issuer}/auth`,
   token_endpoint: `${issuer}/token`,
+  revocation_endpoint: `${issuer}/token/revocation`,
   mcp_url: mcpUrl,
   client_id: GATEWAY_CLIENT_ID,
   client_secret: GATEWAY_CLIENT_SECRET,

@@ -92,6 +92,14 @@ pub enum Grant<'a> {
     },
     /// Machine-to-machine client credentials.
     ClientCredentials,
+    /// Not a grant: an RFC 7009 revocation of `token`, sent to the revocation endpoint with the
+    /// same client authentication as a token request.
+    Revocation {
+        /// The token to revoke.
+        token: &'a Secret,
+        /// `refresh_token` or `access_token`.
+        token_type_hint: &'a str,
+    },
     /// RFC 8693 token exchange for the caller's token.
     TokenExchange {
         /// The caller's token.
@@ -125,6 +133,9 @@ pub fn token_request(
         }
         Grant::ClientCredentials => {
             form.append_pair("grant_type", "client_credentials");
+        }
+        Grant::Revocation { token, token_type_hint } => {
+            form.append_pair("token", token.expose()).append_pair("token_type_hint", token_type_hint);
         }
         Grant::TokenExchange { subject_token, subject_token_type, audience } => {
             form.append_pair("grant_type", TOKEN_EXCHANGE_GRANT)

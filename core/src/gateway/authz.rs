@@ -513,7 +513,9 @@ pub fn validate_registration(
         None | Some(Value::Null) => None,
         Some(Value::String(name)) if name.chars().count() <= MAX_CLIENT_NAME => Some(name.clone()),
         Some(_) => {
-            return metadata(&format!("client_name must be a string of at most {MAX_CLIENT_NAME} characters"));
+            return metadata(&format!(
+                "client_name must be a string of at most {MAX_CLIENT_NAME} characters"
+            ));
         }
     };
     if !matches!(document.get("token_endpoint_auth_method").and_then(Value::as_str), None | Some("none")) {
@@ -1278,11 +1280,25 @@ pub(super) fn upstream_token_request(
     grant: &crate::client::token::Grant<'_>,
     limits: &CallLimits,
 ) -> Option<UpstreamRequest> {
+    let endpoint = Url::parse(server.entry.token_url.as_deref()?).ok()?;
+    let resource = upstream_resource(server);
+    upstream_client_request(server, client, grant, &endpoint, resource.as_deref(), limits)
+}
+
+/// A form request to `endpoint` as the gateway's own upstream client (its authentication per
+/// `token_endpoint_auth_method`), under the token limits and the server's fetch policy.
+fn upstream_client_request(
+    server: &ServerConfig,
+    client: &UpstreamClientInfo,
+    grant: &crate::client::token::Grant<'_>,
+    endpoint: &Url,
+    resource: Option<&str>,
+    limits: &CallLimits,
+) -> Option<UpstreamRequest> {
     use crate::client::token::{
         Client as TokenClient, TokenEndpointAuth, choose_token_endpoint_auth, token_request,
     };
     let entry = &server.entry;
-    let endpoint = Url::parse(entry.token_url.as_deref()?).ok()?;
     // A registered client asked for client_secret_basic; a configured one uses its setting.
     let configured = if client.registered {
         Some(TokenEndpointAuth::ClientSecretBasic)
@@ -1294,8 +1310,7 @@ pub(super) fn upstream_token_request(
         client_secret: client.client_secret.as_ref(),
         auth: choose_token_endpoint_auth(None, client.client_secret.is_some(), configured),
     };
-    let resource = upstream_resource(server);
-    let request = token_request(&endpoint, &client, grant, &[], resource.as_deref()).ok()?;
+    let request = token_request(endpoint, &client, grant, &[], resource).ok()?;
     Some(UpstreamRequest {
         request: request.map(Bytes::from),
         allow_private: crate::fetch_policy::is_local_server(&server.url),
@@ -1371,8 +1386,10 @@ enum Stage {
     RefreshRead { claims: RefreshClaims, advanced: bool },
     /// Revoke: reading the grant.
     RevokeRead,
-    /// Writing a revoked grant; then answer with the response.
-    Revoking { response: Box<Response<Vec<u8>>> },
+    /// Writing a revoked grant; then revoke upstream (best effort) and answer with the response.
+    Revoking { response: Box<Response<Vec<u8>>>, upstream: Option<Box<UpstreamRequest>> },
+    /// Revoking the upstream refresh token; then answer with the response.
+    RevokingUpstream { response: Box<Response<Vec<u8>>> },
     /// Done: the answer is ready.
     Done(Box<Response<Vec<u8>>>),
     /// Taken by `poll`.
@@ -1552,7 +1569,11 @@ impl Authz {
                 ok.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 self.revoke(grant.map(|grant| *grant), ok, "revoked_by_client");
             }
-            (Stage::Revoking { response }, StoreResult::Stored) => self.finish(*response),
+            (Stage::Revoking { response, upstream: None }, StoreResult::Stored) => self.finish(*response),
+            (Stage::Revoking { response, upstream: Some(request) }, StoreResult::Stored) => {
+                self.pending = Some(AuthzStep::Send(*request));
+                self.stage = Stage::RevokingUpstream { response };
+            }
             (Stage::CodeRead { .. } | Stage::RefreshRead { .. }, StoreResult::Grant(None)) => {
                 self.finish(oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "the grant has ended"));
             }
@@ -1569,14 +1590,39 @@ impl Authz {
         match grant {
             Some(mut grant) if !grant.is_expired(self.now) => {
                 self.record("grant_revoked", Some(&grant.identity.name.clone()), None, Some(reason));
+                let upstream = self.upstream_revocation(&grant).map(Box::new);
                 grant.expires_at = self.now;
                 self.ask(
                     StoreOp::PutGrant(Box::new(grant)),
-                    Stage::Revoking { response: Box::new(response) },
+                    Stage::Revoking { response: Box::new(response), upstream },
                 );
             }
             _ => self.finish(response),
         }
+    }
+
+    /// The RFC 7009 revocation of `grant`'s upstream refresh token, when the upstream names a
+    /// revocation endpoint (design §4.8: best effort, logged).
+    fn upstream_revocation(&self, grant: &Grant) -> Option<UpstreamRequest> {
+        let url = Url::parse(self.server.entry.revocation_url.as_deref()?).ok()?;
+        let sealed = grant.upstream_refresh_token.as_ref()?;
+        let token = sealed.open(&self.keys, &self.server.name, &grant.id, self.now).ok()?;
+        let client = match &grant.upstream_client {
+            Some(registered) => UpstreamClientInfo {
+                client_id: registered.client_id.clone(),
+                client_secret: match &registered.client_secret {
+                    Some(sealed) => {
+                        Some(sealed.open(&self.keys, &self.server.name, &grant.id, self.now).ok()?)
+                    }
+                    None => None,
+                },
+                registered: true,
+            },
+            None => configured_client(&self.server)?,
+        };
+        let revocation =
+            crate::client::token::Grant::Revocation { token: &token, token_type_hint: "refresh_token" };
+        upstream_client_request(&self.server, &client, &revocation, &url, None, &self.limits)
     }
 
     /// Whether the grant's identity is still a configured key with its fingerprint.
@@ -1731,6 +1777,16 @@ impl Authz {
     /// The upstream token endpoint's answer to the redemption.
     pub fn handle_answer(&mut self, answer: Result<Response<Bytes>, UpstreamFailure>) {
         let stage = std::mem::replace(&mut self.stage, Stage::Taken);
+        if let Stage::RevokingUpstream { response } = stage {
+            let revoked = answer.as_ref().is_ok_and(|answer| answer.status().is_success());
+            let (event, reason) = if revoked {
+                ("upstream_token_revoked", None)
+            } else {
+                ("upstream_revocation_failed", Some("upstream_revocation_failed"))
+            };
+            self.record(event, None, None, reason);
+            return self.finish(*response);
+        }
         if let Stage::RegisterUpstream { approved } = stage {
             let Some(client) = answer.ok().and_then(|answer| registered_client(&answer)) else {
                 self.record("upstream_registration_failed", None, None, Some("registration_refused"));

@@ -189,6 +189,7 @@ pub fn apply_discovery(
             .map_err(|error| EndpointError::Refused { field: "token_url", why: error.to_string() })?;
     }
     let registration = checked("registration_url", &metadata.registration_endpoint)?;
+    let revocation = checked("revocation_url", &metadata.revocation_endpoint)?;
     let missing = missing_endpoints(server);
     let found = |field: &'static str, value: &Option<String>| match value {
         Some(_) => Ok(()),
@@ -211,6 +212,7 @@ pub fn apply_discovery(
         ("authorization_url", &mut entry.authorization_url, authorization),
         ("token_url", &mut entry.token_url, token),
         ("registration_url", &mut entry.registration_url, registration),
+        ("revocation_url", &mut entry.revocation_url, revocation),
     ] {
         if slot.is_none()
             && let Some(value) = value

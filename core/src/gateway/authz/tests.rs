@@ -28,6 +28,7 @@ mcp_servers:
     issuer: https://auth.example
     authorization_url: https://auth.example/authorize
     token_url: https://auth.example/token
+    revocation_url: https://auth.example/revoke
     scopes: [notes.read, offline_access]
   selfreg:
     url: https://selfreg.example/mcp
@@ -670,6 +671,22 @@ fn revoke_ends_the_grant_and_always_answers_200() {
     let form = format!("token={}", urlencode(&access));
     assert_eq!(agent.request(Method::POST, "/notes/revoke", form.as_bytes(), &[]).status(), StatusCode::OK);
     assert!(agent.store.grants.values().all(|grant| grant.is_expired(UnixTime::from_secs(T0))));
+    // Best effort upstream (design §4.8): the upstream refresh token is revoked there too.
+    let revocation = agent.sent.last().unwrap();
+    assert_eq!(revocation.uri(), "https://auth.example/revoke");
+    let form: HashMap<String, String> = url::form_urlencoded::parse(revocation.body()).into_owned().collect();
+    assert_eq!(
+        (form["token"].as_str(), form["token_type_hint"].as_str()),
+        ("upstream-rt-0001", "refresh_token")
+    );
+    assert!(!form.contains_key("resource") && !form.contains_key("grant_type"));
+    assert!(
+        agent
+            .audit
+            .iter()
+            .any(|audit| audit.event == "upstream_token_revoked"
+                || audit.event == "upstream_revocation_failed")
+    );
     assert_eq!(agent.request(Method::POST, "/notes/revoke", b"token=nonsense", &[]).status(), StatusCode::OK);
 }
 
