@@ -396,6 +396,8 @@ enum GrantStage {
     Put,
     /// Releasing the lock.
     Unlock,
+    /// Reading the grant again before writing a refresh onto it.
+    Reread,
 }
 
 /// How long a request waits for another's refresh of the same grant, in steps of
@@ -424,6 +426,8 @@ struct GrantWork {
     tried: Option<String>,
     /// What the call continues with once the lock is released.
     after_unlock: Option<Result<Secret, CallFailure>>,
+    /// The grant with the refreshed upstream tokens, to write onto a fresh read.
+    refreshed_grant: Option<crate::grant::Grant>,
 }
 
 /// Which request of the call goes next.
@@ -778,6 +782,21 @@ impl<'a> Call<'a> {
                 self.read_grant();
             }
             (GrantStage::Put, StoreResult::Stored) => self.unlock(),
+            (GrantStage::Reread, StoreResult::Grant(Some(mut fresh))) => {
+                match self.work.refreshed_grant.take() {
+                    Some(refreshed) if !fresh.is_expired(self.unix_now) => {
+                        fresh.upstream_access_token = refreshed.upstream_access_token;
+                        fresh.upstream_refresh_token = refreshed.upstream_refresh_token;
+                        fresh.upstream_access_expires_at = refreshed.upstream_access_expires_at;
+                        self.put(*fresh);
+                    }
+                    _ => self.unlock_then(Err(CallFailure::GrantEnded)),
+                }
+            }
+            (GrantStage::Reread, StoreResult::Grant(None)) => {
+                // Revoked while the refresh ran: the new upstream tokens are dropped.
+                self.unlock_then(Err(CallFailure::GrantEnded));
+            }
             (GrantStage::Unlock, StoreResult::Unlocked) => match self.work.after_unlock.take() {
                 Some(Ok(token)) => self.use_token(&token),
                 Some(Err(failure)) => self.fail(failure),
@@ -969,7 +988,21 @@ impl<'a> Call<'a> {
         grant.upstream_access_expires_at = Some(self.unix_now.plus(Duration::from_secs(lifetime)));
         self.record("grant_refreshed", None);
         self.work.after_unlock = Some(Ok(token.access_token));
-        self.put(grant);
+        // The client may have rotated its gateway refresh token while this refresh ran (that
+        // advances the grant's generation without the lock): read the grant again and write only
+        // the upstream fields onto it, so its generation is never set back.
+        self.work.refreshed_grant = Some(grant);
+        self.read_grant_for(GrantStage::Reread);
+    }
+
+    fn read_grant_for(&mut self, stage: GrantStage) {
+        match self.grant_id() {
+            Some(id) => {
+                self.effects.push_back(CallAction::Store(crate::grant::StoreOp::GetGrant { id: id.clone() }));
+                self.state = State::AwaitStore(stage);
+            }
+            None => self.fail(CallFailure::OutOfOrder),
+        }
     }
 
     /// Revokes the grant (the upstream refused its refresh token, or it cannot be used) and ends

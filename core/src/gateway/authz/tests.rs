@@ -1051,3 +1051,52 @@ fn without_a_client_id_the_gateway_registers_itself_upstream_once_and_carries_th
     );
     assert!(!format!("{grant:?}").contains("gw-registered-secret"), "the registered secret is sealed");
 }
+
+#[test]
+fn an_upstream_refresh_never_sets_the_grants_generation_back() {
+    let mut agent = Agent::new();
+    let (_, tokens) = signed_in(&mut agent);
+    let keys = agent.config.settings.grants.sealing_keys.clone().unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+    let (grant, identity) = open_access_token(&keys, "notes", UnixTime::from_secs(T0), access).unwrap();
+    let id = grant.as_str().to_owned();
+    let forward = Forward {
+        server: "notes".to_owned(),
+        url: Url::parse("https://notes.example/mcp").unwrap(),
+        headers: HeaderMap::new(),
+        credential: OutboundCredential::Grant { grant, identity },
+        resolution: AuthResolution::GatewayGrant,
+        delegated: false,
+        debug: false,
+        challenge: None,
+    };
+    let config = agent.config.clone();
+    agent.store.now = T0 + 7200;
+    let mut call = Call::forward(&config, &forward, Method::GET, Bytes::new(), CallLimits::default())
+        .unwrap()
+        .with_clock(UnixTime::from_secs(T0 + 7200), Some([9; 32]));
+    let store = &mut agent.store;
+    let outcome = loop {
+        match call.poll() {
+            CallAction::Store(op) => {
+                let result = store.apply(op);
+                call.handle_store(result);
+            }
+            CallAction::Send(request) if request.request.uri().path() == "/token" => {
+                // Meanwhile the client rotates its gateway refresh token: the generation moves on.
+                let grant = store.grants.get_mut(&id).unwrap();
+                grant.generation += 1;
+                call.handle_whole(Ok(upstream_tokens("upstream-at-new", Some("upstream-rt-new"))));
+            }
+            CallAction::Send(_) => call.handle_head(Ok(&Response::new(Bytes::new()))),
+            CallAction::Respond(outcome) => break outcome,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(matches!(outcome, CallOutcome::Relay(ref head) if head.status() == StatusCode::OK));
+    let grant = &agent.store.grants[&id];
+    assert_eq!(grant.generation, 1, "the client's rotation survives the upstream refresh");
+    let stored =
+        grant.upstream_access_token.open(&keys, "notes", &grant.id, UnixTime::from_secs(T0 + 7200)).unwrap();
+    assert_eq!(stored.expose(), "upstream-at-new");
+}
