@@ -398,6 +398,8 @@ enum GrantStage {
     Unlock,
     /// Reading the grant again before writing a refresh onto it.
     Reread,
+    /// Reading the grant again once the lock is held.
+    LockedRead,
 }
 
 /// How long a request waits for another's refresh of the same grant, in steps of
@@ -770,7 +772,12 @@ impl<'a> Call<'a> {
         }
         match (stage, result) {
             (GrantStage::Read, StoreResult::Grant(grant)) => self.grant_read(grant.map(|grant| *grant)),
-            (GrantStage::Lock, StoreResult::Locked(true)) => self.start_refresh(),
+            // Under the lock, read the grant again: another request may have refreshed it between
+            // this one's read and its lock, and its rotated refresh token is the only valid one.
+            (GrantStage::Lock, StoreResult::Locked(true)) => self.read_grant_for(GrantStage::LockedRead),
+            (GrantStage::LockedRead, StoreResult::Grant(grant)) => {
+                self.locked_read(grant.map(|grant| *grant))
+            }
             (GrantStage::Lock, StoreResult::Locked(false)) => {
                 // Another request refreshes this grant: wait, read it again, use its result.
                 self.work.holder = None;
@@ -860,6 +867,26 @@ impl<'a> Call<'a> {
             }
             _ => self.fail(CallFailure::GrantEnded),
         }
+    }
+
+    /// The grant as read under the lock: refreshed meanwhile by another request (use its token),
+    /// or still to be refreshed, now with the newest refresh token.
+    fn locked_read(&mut self, grant: Option<crate::grant::Grant>) {
+        let keys = self.config.settings.grants.sealing_keys.as_ref();
+        let (Some(grant), Some(keys)) = (grant.filter(|grant| !grant.is_expired(self.unix_now)), keys) else {
+            return self.unlock_then(Err(CallFailure::GrantEnded));
+        };
+        let changed = self.work.tried.as_deref() != Some(grant.upstream_access_token.as_stored());
+        let expired = grant.upstream_access_expires_at.is_some_and(|at| at <= self.unix_now);
+        if changed && !expired {
+            let token = grant.upstream_access_token.open(keys, &self.server.name, &grant.id, self.unix_now);
+            if let Ok(token) = token {
+                self.work.grant = Some(grant);
+                return self.unlock_then(Ok(token));
+            }
+        }
+        self.work.grant = Some(grant);
+        self.start_refresh();
     }
 
     fn use_token(&mut self, token: &Secret) {

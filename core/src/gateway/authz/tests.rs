@@ -1100,3 +1100,65 @@ fn an_upstream_refresh_never_sets_the_grants_generation_back() {
         grant.upstream_access_token.open(&keys, "notes", &grant.id, UnixTime::from_secs(T0 + 7200)).unwrap();
     assert_eq!(stored.expose(), "upstream-at-new");
 }
+
+#[test]
+fn a_refresh_that_another_request_finished_before_the_lock_is_used_not_repeated() {
+    let mut agent = Agent::new();
+    let (_, tokens) = signed_in(&mut agent);
+    let keys = agent.config.settings.grants.sealing_keys.clone().unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+    let (grant, identity) = open_access_token(&keys, "notes", UnixTime::from_secs(T0), access).unwrap();
+    let id = grant.as_str().to_owned();
+    let forward = Forward {
+        server: "notes".to_owned(),
+        url: Url::parse("https://notes.example/mcp").unwrap(),
+        headers: HeaderMap::new(),
+        credential: OutboundCredential::Grant { grant, identity },
+        resolution: AuthResolution::GatewayGrant,
+        delegated: false,
+        debug: false,
+        challenge: None,
+    };
+    let config = agent.config.clone();
+    let later = UnixTime::from_secs(T0 + 7200);
+    agent.store.now = T0 + 7200;
+    let mut call = Call::forward(&config, &forward, Method::GET, Bytes::new(), CallLimits::default())
+        .unwrap()
+        .with_clock(later, Some([9; 32]));
+    let store = &mut agent.store;
+    let mut sent = Vec::new();
+    loop {
+        match call.poll() {
+            CallAction::Store(op) => {
+                let lock = matches!(op, StoreOp::TryLock { .. });
+                if lock {
+                    // Between this call's read and its lock, another request refreshed the grant.
+                    let grant = store.grants.get_mut(&id).unwrap();
+                    let fresh = crate::grant::SealedUpstreamToken::seal(
+                        &keys,
+                        "notes",
+                        &grant.id,
+                        grant.expires_at,
+                        &Secret::new("upstream-at-other"),
+                        [3; 24],
+                    )
+                    .unwrap();
+                    grant.upstream_access_token = fresh;
+                    grant.upstream_access_expires_at = Some(later.plus(Duration::from_secs(3600)));
+                }
+                let result = store.apply(op);
+                call.handle_store(result);
+            }
+            CallAction::Send(request) => {
+                sent.push(request.request.uri().path().to_owned());
+                let authorization = request.request.headers().get(header::AUTHORIZATION).cloned();
+                call.handle_head(Ok(&Response::new(Bytes::new())));
+                assert_eq!(authorization.unwrap(), "Bearer upstream-at-other");
+            }
+            CallAction::Respond(_) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(sent, vec!["/mcp".to_owned()], "no second refresh with a stale refresh token");
+    assert!(agent.store.locks.is_empty());
+}
