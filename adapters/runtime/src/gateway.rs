@@ -297,6 +297,24 @@ pub async fn serve<R: Runtime, U: Upstream, L: Listener>(
     state: Arc<GatewayState<R, U>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let timer = crate::hyper_rt::RuntimeTimer(state.runtime().clone());
+    serve_with_timer(listener, state, shutdown, timer).await;
+}
+
+/// [`serve`] with hyper's timer of the adapter's choice: a runtime's own (hyper-util's for tokio)
+/// saves the boxing [`RuntimeTimer`](crate::hyper_rt::RuntimeTimer) needs on every wait for a
+/// request head.
+pub async fn serve_with_timer<R, U, L, T>(
+    listener: L,
+    state: Arc<GatewayState<R, U>>,
+    shutdown: impl Future<Output = ()>,
+    timer: T,
+) where
+    R: Runtime,
+    U: Upstream,
+    L: Listener,
+    T: hyper::rt::Timer + Clone + Send + Sync + 'static,
+{
     use futures_util::future::{Either, select};
     let runtime = state.runtime().clone();
     let limits = state.config.settings.connections;
@@ -305,7 +323,6 @@ pub async fn serve<R: Runtime, U: Upstream, L: Listener>(
         hyper_util::server::conn::auto::Builder::new(crate::hyper_rt::RuntimeExecutor(runtime.clone()));
     // hyper starts this timer whenever it waits for a request head, the idle time between
     // kept-alive requests included.
-    let timer = crate::hyper_rt::RuntimeTimer(runtime.clone());
     builder.http1().timer(timer.clone()).keep_alive(true).header_read_timeout(limits.idle_timeout);
     builder.http2().timer(timer);
     let slots = ConnectionSlots { open: Arc::new(AtomicU64::new(0)), max: limits.max_connections as u64 };

@@ -115,7 +115,8 @@ impl Upstream for TokioUpstream {
 /// Serves `listener` until `shutdown` completes (see [`gateway::serve`]: connection limits,
 /// HTTP/1.1 and HTTP/2, graceful shutdown within [`ServerOptions::shutdown_grace`]).
 pub async fn serve(listener: TcpListener, state: Arc<GatewayState>, shutdown: impl Future<Output = ()>) {
-    gateway::serve(TokioListener(listener), state, shutdown).await;
+    gateway::serve_with_timer(TokioListener(listener), state, shutdown, hyper_util::rt::TokioTimer::new())
+        .await;
 }
 
 /// tokio's listener for [`gateway::serve`].
