@@ -768,6 +768,24 @@ fn the_gateway_token_admits_its_own_server_only_and_never_goes_upstream() {
     assert_eq!(request.request.headers()[header::AUTHORIZATION], "Bearer upstream-at-0001");
 }
 
+/// The forward a gateway access token makes at `notes` (what admission builds for it).
+fn grant_forward(agent: &Agent, access: &str, challenge: Option<&str>) -> Forward {
+    let keys = agent.config.settings.grants.sealing_keys.clone().unwrap();
+    let (grant, identity) = open_access_token(&keys, "notes", UnixTime::from_secs(T0), access).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Forward {
+        server: "notes".to_owned(),
+        url: Url::parse("https://notes.example/mcp").unwrap(),
+        headers,
+        credential: OutboundCredential::Grant { grant, identity },
+        resolution: AuthResolution::GatewayGrant,
+        delegated: false,
+        debug: false,
+        challenge: challenge.map(str::to_owned),
+    }
+}
+
 /// Drives a grant call: every store step against `store`, each upstream request answered by
 /// `answer`; returns the final outcome and the requests sent.
 fn drive_call(
@@ -807,20 +825,9 @@ fn drive_call(
 fn an_upstream_401_refreshes_once_under_the_lock_and_retries_once() {
     let mut agent = Agent::new();
     let (_, tokens) = signed_in(&mut agent);
-    let access = tokens["access_token"].as_str().unwrap();
-    let keys = agent.config.settings.grants.sealing_keys.clone().unwrap();
-    let (grant, identity) = open_access_token(&keys, "notes", UnixTime::from_secs(T0), access).unwrap();
-    let mut forward = Forward {
-        server: "notes".to_owned(),
-        url: Url::parse("https://notes.example/mcp").unwrap(),
-        headers: HeaderMap::new(),
-        credential: OutboundCredential::Grant { grant, identity },
-        resolution: AuthResolution::GatewayGrant,
-        delegated: false,
-        debug: false,
-        challenge: Some("Bearer resource_metadata=\"https://gw.example.com/.well-known/oauth-protected-resource/notes/mcp\"".to_owned()),
-    };
-    forward.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let challenge =
+        "Bearer resource_metadata=\"https://gw.example.com/.well-known/oauth-protected-resource/notes/mcp\"";
+    let forward = grant_forward(&agent, tokens["access_token"].as_str().unwrap(), Some(challenge));
     let body = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
     let config = agent.config.clone();
     let mut call = Call::forward(&config, &forward, Method::POST, body.clone(), CallLimits::default())
@@ -899,20 +906,11 @@ fn forward_grant(forward: &Forward) -> String {
 fn a_refused_refresh_revokes_the_grant_and_answers_the_gateways_challenge() {
     let mut agent = Agent::new();
     let (_, tokens) = signed_in(&mut agent);
-    let keys = agent.config.settings.grants.sealing_keys.clone().unwrap();
-    let (grant, identity) =
-        open_access_token(&keys, "notes", UnixTime::from_secs(T0), tokens["access_token"].as_str().unwrap())
-            .unwrap();
-    let forward = Forward {
-        server: "notes".to_owned(),
-        url: Url::parse("https://notes.example/mcp").unwrap(),
-        headers: HeaderMap::new(),
-        credential: OutboundCredential::Grant { grant, identity },
-        resolution: AuthResolution::GatewayGrant,
-        delegated: false,
-        debug: false,
-        challenge: Some("Bearer resource_metadata=\"x\"".to_owned()),
-    };
+    let forward = grant_forward(
+        &agent,
+        tokens["access_token"].as_str().unwrap(),
+        Some("Bearer resource_metadata=\"x\""),
+    );
     let config = agent.config.clone();
     // Two hours on: the upstream token has expired, so the refresh comes first.
     agent.store.now = T0 + 7200;
@@ -936,10 +934,8 @@ fn a_refused_refresh_revokes_the_grant_and_answers_the_gateways_challenge() {
     // Removing the key that signed in ends the grant too.
     let mut agent = Agent::new();
     let (_, tokens) = signed_in(&mut agent);
-    let (grant, identity) =
-        open_access_token(&keys, "notes", UnixTime::from_secs(T0), tokens["access_token"].as_str().unwrap())
-            .unwrap();
-    let forward = Forward { credential: OutboundCredential::Grant { grant, identity }, ..forward };
+    let forward =
+        grant_forward(&agent, tokens["access_token"].as_str().unwrap(), forward.challenge.as_deref());
     let mut changed = agent.config.clone();
     changed.settings.gateway_keys = vec![Secret::new("sk-new-key-0002")];
     let mut call = Call::forward(&changed, &forward, Method::GET, Bytes::new(), CallLimits::default())
@@ -1057,19 +1053,8 @@ fn an_upstream_refresh_never_sets_the_grants_generation_back() {
     let mut agent = Agent::new();
     let (_, tokens) = signed_in(&mut agent);
     let keys = agent.config.settings.grants.sealing_keys.clone().unwrap();
-    let access = tokens["access_token"].as_str().unwrap();
-    let (grant, identity) = open_access_token(&keys, "notes", UnixTime::from_secs(T0), access).unwrap();
-    let id = grant.as_str().to_owned();
-    let forward = Forward {
-        server: "notes".to_owned(),
-        url: Url::parse("https://notes.example/mcp").unwrap(),
-        headers: HeaderMap::new(),
-        credential: OutboundCredential::Grant { grant, identity },
-        resolution: AuthResolution::GatewayGrant,
-        delegated: false,
-        debug: false,
-        challenge: None,
-    };
+    let forward = grant_forward(&agent, tokens["access_token"].as_str().unwrap(), None);
+    let id = forward_grant(&forward);
     let config = agent.config.clone();
     agent.store.now = T0 + 7200;
     let mut call = Call::forward(&config, &forward, Method::GET, Bytes::new(), CallLimits::default())
@@ -1106,19 +1091,8 @@ fn a_refresh_that_another_request_finished_before_the_lock_is_used_not_repeated(
     let mut agent = Agent::new();
     let (_, tokens) = signed_in(&mut agent);
     let keys = agent.config.settings.grants.sealing_keys.clone().unwrap();
-    let access = tokens["access_token"].as_str().unwrap();
-    let (grant, identity) = open_access_token(&keys, "notes", UnixTime::from_secs(T0), access).unwrap();
-    let id = grant.as_str().to_owned();
-    let forward = Forward {
-        server: "notes".to_owned(),
-        url: Url::parse("https://notes.example/mcp").unwrap(),
-        headers: HeaderMap::new(),
-        credential: OutboundCredential::Grant { grant, identity },
-        resolution: AuthResolution::GatewayGrant,
-        delegated: false,
-        debug: false,
-        challenge: None,
-    };
+    let forward = grant_forward(&agent, tokens["access_token"].as_str().unwrap(), None);
+    let id = forward_grant(&forward);
     let config = agent.config.clone();
     let later = UnixTime::from_secs(T0 + 7200);
     agent.store.now = T0 + 7200;
