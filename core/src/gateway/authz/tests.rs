@@ -1136,3 +1136,129 @@ fn a_refresh_that_another_request_finished_before_the_lock_is_used_not_repeated(
     assert_eq!(sent, vec!["/mcp".to_owned()], "no second refresh with a stale refresh token");
     assert!(agent.store.locks.is_empty());
 }
+
+/// One thing a client (or an attacker holding its values) may do after a sign-in.
+#[derive(Clone, Debug)]
+enum Move {
+    /// Redeem the sign-in's code (again).
+    Redeem,
+    /// Replay the upstream's callback with the sign-in's state.
+    Callback,
+    /// Refresh with the `n`-th refresh token issued so far (wrapping).
+    Refresh(usize),
+    /// Call the MCP server with the newest access token.
+    Call,
+    /// Let time pass.
+    Wait(u64),
+}
+
+fn moves() -> impl proptest::strategy::Strategy<Value = Vec<Move>> {
+    use proptest::prelude::*;
+    prop::collection::vec(
+        prop_oneof![
+            Just(Move::Redeem),
+            Just(Move::Callback),
+            (0usize..6).prop_map(Move::Refresh),
+            Just(Move::Call),
+            (0u64..90).prop_map(Move::Wait),
+        ],
+        1..14,
+    )
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+    /// Design §4.8's promises under any sequence of replays, refreshes, calls and waits: no
+    /// upstream token ever appears in an answer to the client; the code and the state are each
+    /// accepted once; a refresh token refused as reused ends the grant for good.
+    #[test]
+    fn single_use_values_and_no_upstream_token_in_any_answer(moves in moves()) {
+        let mut agent = Agent::new();
+        let (client_id, _) = agent.register();
+        let (_, request, csrf) = agent.authorize(&client_id, &crate::pkce::challenge_for(VERIFIER));
+        let upstream = location(&agent.consent(&request, &csrf, KEY, "approve"));
+        let state = urlencode(&query(&upstream, "state").unwrap());
+        agent.upstream = Some(upstream_tokens("upstream-at-0001", Some("upstream-rt-0001")));
+        let callback = format!("/callback?code=c&state={state}");
+        let back = location(&agent.request(Method::GET, &callback, b"", &[]));
+        let code = query(&back, "code").unwrap();
+        let first = agent.token(&[
+            ("grant_type", "authorization_code"), ("code", &code),
+            ("redirect_uri", "http://127.0.0.1:40000/callback"), ("client_id", &client_id), ("code_verifier", VERIFIER),
+        ]);
+        proptest::prop_assert_eq!(first.status(), StatusCode::OK);
+        let first: Value = serde_json::from_slice(first.body()).unwrap();
+        let mut refresh_tokens = vec![first["refresh_token"].as_str().unwrap().to_owned()];
+        let mut access = first["access_token"].as_str().unwrap().to_owned();
+        let (mut codes_accepted, mut callbacks_accepted, mut dead) = (1, 1, false);
+        let mut upstream_n = 1;
+        for step in moves {
+            let answer = match step {
+                Move::Redeem => {
+                    let answer = agent.token(&[
+                        ("grant_type", "authorization_code"), ("code", &code),
+                        ("redirect_uri", "http://127.0.0.1:40000/callback"), ("client_id", &client_id), ("code_verifier", VERIFIER),
+                    ]);
+                    codes_accepted += usize::from(answer.status() == StatusCode::OK);
+                    // A code used twice while it is valid (60 s) revokes the grant; an expired one
+                    // no longer opens, so it is refused without being recognised.
+                    dead |= agent.store.now < T0 + CODE_LIFETIME.as_secs();
+                    answer
+                }
+                Move::Callback => {
+                    let answer = agent.request(Method::GET, &callback, b"", &[]);
+                    callbacks_accepted += usize::from(answer.status() == StatusCode::FOUND);
+                    answer
+                }
+                Move::Refresh(n) => {
+                    let token = refresh_tokens[n % refresh_tokens.len()].clone();
+                    let answer = agent.token(&[("grant_type", "refresh_token"), ("refresh_token", &token), ("client_id", &client_id)]);
+                    if answer.status() == StatusCode::OK {
+                        proptest::prop_assert!(!dead, "a refresh was accepted after the grant ended");
+                        let document: Value = serde_json::from_slice(answer.body()).unwrap();
+                        refresh_tokens.push(document["refresh_token"].as_str().unwrap().to_owned());
+                        access = document["access_token"].as_str().unwrap().to_owned();
+                    } else if !dead {
+                        dead = true;
+                    }
+                    answer
+                }
+                Move::Call => {
+                    let forward = grant_forward(&agent, &access, None);
+                    let now = UnixTime::from_secs(agent.store.now);
+                    let config = agent.config.clone();
+                    let mut call = Call::forward(&config, &forward, Method::GET, Bytes::new(), CallLimits::default())
+                        .unwrap()
+                        .with_clock(now, Some([upstream_n as u8; 32]));
+                    let (outcome, _) = drive_call(&mut call, &mut agent.store, |request| {
+                        if request.request.uri().path() == "/token" {
+                            upstream_n += 1;
+                            upstream_tokens(&format!("upstream-at-{upstream_n:04}"), Some(&format!("upstream-rt-{upstream_n:04}")))
+                        } else {
+                            Response::new(Bytes::new())
+                        }
+                    });
+                    match outcome {
+                        CallOutcome::Relay(head) => {
+                            proptest::prop_assert!(!dead, "a call went through after the grant ended");
+                            let mut response = Response::new(Vec::new());
+                            *response.headers_mut() = head.headers().clone();
+                            response
+                        }
+                        CallOutcome::Answer(response) => response,
+                        CallOutcome::Gathered(_) => Response::new(Vec::new()),
+                    }
+                }
+                Move::Wait(seconds) => {
+                    agent.store.now += seconds;
+                    continue;
+                }
+            };
+            let text = format!("{:?} {}", answer.headers(), String::from_utf8_lossy(answer.body()));
+            proptest::prop_assert!(!text.contains("upstream-at-") && !text.contains("upstream-rt-"), "an upstream token reached the client: {text}");
+        }
+        proptest::prop_assert_eq!(codes_accepted, 1, "the code was accepted more than once");
+        proptest::prop_assert_eq!(callbacks_accepted, 1, "the state was accepted more than once");
+    }
+}
