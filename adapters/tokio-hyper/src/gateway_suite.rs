@@ -452,9 +452,9 @@ pub async fn an_upstream_401_refetches_the_token_once_and_retries_once<H: Gatewa
 /// Upstream down is a 502 naming the step.
 pub async fn upstream_down_is_a_502_naming_the_step<H: GatewayHost>() {
     bounded(async {
-        let closed = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
-        let dead = format!("http://{}", closed.local_addr().expect("address"));
-        drop(closed);
+        // Port 1 on loopback: nothing listens there (a port freed by another test could be bound
+        // again by a parallel one, which made this test flaky).
+        let dead = "http://127.0.0.1:1".to_owned();
         let gateway = start::<H>(Setup {
             yaml: Some(Box::new(move |_| {
                 format!(
@@ -763,6 +763,33 @@ pub async fn the_gateway_registers_itself_upstream_without_a_client_id<H: Gatewa
         // A second user reuses the registration.
         let _second = gateway.sign_in_at("selfreg", "http://127.0.0.1:9/cb").await;
         assert_eq!(gateway.mock.handle().counters().registrations, registrations);
+    })
+    .await;
+}
+
+/// The mock checks the audience of the tokens it is shown (RFC 8707): the gateway's tokens for
+/// `notes` name the MCP server, so they pass; a server configured with another `resource` gets
+/// tokens the MCP server refuses, and the caller sees that 401 after one refresh and retry.
+pub async fn upstream_tokens_carry_the_servers_audience<H: GatewayHost>() {
+    bounded(async {
+        let gateway = start::<H>(Setup {
+            yaml: Some(Box::new(|upstream| {
+                format!(
+                    "{}  elsewhere:\n    url: {upstream}/mcp\n    auth_type: oauth2\n    oauth2_flow: authorization_code\n    client_id: mock-client\n    client_secret: {CLIENT_SECRET}\n    issuer: {upstream}\n    authorization_url: {upstream}/authorize\n    token_url: {upstream}/token\n    resource: https://elsewhere.example/mcp\n",
+                    servers_yaml(upstream)
+                )
+            })),
+            ..Setup::default()
+        })
+        .await;
+        let right = gateway.sign_in_at("notes", "http://127.0.0.1:9/cb").await;
+        let bearer = format!("Bearer {}", right.access);
+        assert_eq!(gateway.echo("notes", &[("authorization", bearer.as_str())]).await.status, StatusCode::OK);
+        let wrong = gateway.sign_in_at("elsewhere", "http://127.0.0.1:9/cb").await;
+        let bearer = format!("Bearer {}", wrong.access);
+        let refused = gateway.echo("elsewhere", &[("authorization", bearer.as_str())]).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+        assert!(refused.header("www-authenticate").is_none(), "the upstream's challenge is not relayed");
     })
     .await;
 }
@@ -1349,6 +1376,7 @@ pub async fn upstreams_are_reached_only_where_the_fetch_policy_allows<H: Gateway
     bounded(async {
         let gateway = start::<H>(Setup {
             yaml: Some(Box::new(|upstream| {
+                // Reached by name; the token's audience stays the mock's own URL (it checks it).
                 let by_name = upstream.replace("127.0.0.1", "localhost");
                 format!(
                     "general_settings:
@@ -1361,6 +1389,7 @@ mcp_servers:
     client_id: mock-client
     client_secret: {CLIENT_SECRET}
     token_url: {by_name}/token
+    resource: {upstream}/mcp
   metadata:
     url: http://169.254.169.254/mcp
   public:
@@ -1669,6 +1698,10 @@ macro_rules! gateway_suite {
             #[tokio::test]
             async fn the_gateway_registers_itself_upstream_without_a_client_id() {
                 $crate::gateway_suite::the_gateway_registers_itself_upstream_without_a_client_id::<$host>().await;
+            }
+            #[tokio::test]
+            async fn upstream_tokens_carry_the_servers_audience() {
+                $crate::gateway_suite::upstream_tokens_carry_the_servers_audience::<$host>().await;
             }
             #[tokio::test]
             async fn interactive_flow_through_the_gateway_then_passthrough() {

@@ -8,7 +8,7 @@
 //! | `POST /register` | RFC 7591 dynamic registration |
 //! | `GET /authorize` | approves at once: `302` to the `redirect_uri` with `code`, `state`, `iss` |
 //! | `POST /token` | `authorization_code` (PKCE `S256`), `refresh_token`, `client_credentials`, RFC 8693 token exchange |
-//! | `POST /mcp` | MCP over streamable HTTP with a Bearer token: `initialize`, `tools/list`, `tools/call` (`echo`, `add`) |
+//! | `POST /mcp` | MCP over streamable HTTP with a Bearer token: `initialize`, `tools/list`, `tools/call` (`echo`, `add`); a token issued for another `resource` (RFC 8707 audience) is refused with 401 |
 //!
 //! Failure modes are [`Switches`], changed at run time through a [`MockHandle`]; [`Counters`]
 //! say what the mock saw. The server stops when its [`MockUpstream`] is dropped: the accept loop
@@ -193,6 +193,8 @@ struct PendingCode {
 struct RefreshGrant {
     client_id: String,
     scope: Option<String>,
+    /// The RFC 8707 resource the grant was for: its refreshed tokens keep that audience.
+    resource: Option<String>,
 }
 
 #[derive(Debug)]
@@ -201,7 +203,8 @@ struct State {
     counters: Counters,
     clients: HashMap<String, RegisteredClient>,
     codes: HashMap<String, PendingCode>,
-    access_tokens: HashMap<String, tokio::time::Instant>,
+    /// Valid access tokens: their expiry and the audience they were issued for (`resource`).
+    access_tokens: HashMap<String, (tokio::time::Instant, Option<String>)>,
     refresh_tokens: HashMap<String, RefreshGrant>,
     sessions: HashSet<String>,
 }
@@ -233,9 +236,14 @@ impl Shared {
     }
 
     fn issue_access_token(&self) -> String {
+        self.issue_access_token_for(None)
+    }
+
+    /// An access token for the audience `resource` (any audience when `None`).
+    fn issue_access_token_for(&self, resource: Option<String>) -> String {
         let token = self.random_value("mock_at_");
         let expiry = tokio::time::Instant::now() + Duration::from_secs(self.config.expires_in);
-        self.state().access_tokens.insert(token.clone(), expiry);
+        self.state().access_tokens.insert(token.clone(), (expiry, resource));
         token
     }
 
@@ -712,7 +720,7 @@ fn token(shared: &Shared, headers: &HeaderMap, body: &[u8], switches: &Switches)
                     "resource differs from the authorization request",
                 );
             }
-            issue_tokens(shared, &client_id, pending.scope, true)
+            issue_tokens(shared, &client_id, pending.scope, true, pending.resource)
         }
         "refresh_token" => {
             let Some(grant) =
@@ -723,7 +731,7 @@ fn token(shared: &Shared, headers: &HeaderMap, body: &[u8], switches: &Switches)
             if grant.client_id != client_id {
                 return invalid_grant("the refresh token was issued to another client");
             }
-            issue_tokens(shared, &client_id, grant.scope, true)
+            issue_tokens(shared, &client_id, grant.scope, true, grant.resource)
         }
         "client_credentials" => {
             let confidential = client_id == shared.config.client_id
@@ -731,7 +739,13 @@ fn token(shared: &Shared, headers: &HeaderMap, body: &[u8], switches: &Switches)
             if !confidential {
                 return oauth_error(StatusCode::BAD_REQUEST, "unauthorized_client", "public clients cannot");
             }
-            issue_tokens(shared, &client_id, field("scope").map(str::to_owned), false)
+            issue_tokens(
+                shared,
+                &client_id,
+                field("scope").map(str::to_owned),
+                false,
+                field("resource").map(str::to_owned),
+            )
         }
         TOKEN_EXCHANGE_GRANT => {
             if field("subject_token").is_none_or(str::is_empty) || field("subject_token_type").is_none() {
@@ -741,7 +755,8 @@ fn token(shared: &Shared, headers: &HeaderMap, body: &[u8], switches: &Switches)
                     "subject_token and subject_token_type are required",
                 );
             }
-            let mut document = token_document(shared, &client_id, field("scope").map(str::to_owned), false);
+            let mut document =
+                token_document(shared, &client_id, field("scope").map(str::to_owned), false, None);
             document["issued_token_type"] = json!("urn:ietf:params:oauth:token-type:access_token");
             token_answer(&document)
         }
@@ -749,8 +764,14 @@ fn token(shared: &Shared, headers: &HeaderMap, body: &[u8], switches: &Switches)
     }
 }
 
-fn token_document(shared: &Shared, client_id: &str, scope: Option<String>, refresh: bool) -> Value {
-    let access_token = shared.issue_access_token();
+fn token_document(
+    shared: &Shared,
+    client_id: &str,
+    scope: Option<String>,
+    refresh: bool,
+    resource: Option<String>,
+) -> Value {
+    let access_token = shared.issue_access_token_for(resource.clone());
     let mut document = json!({
         "access_token": access_token,
         "token_type": "Bearer",
@@ -764,14 +785,20 @@ fn token_document(shared: &Shared, client_id: &str, scope: Option<String>, refre
         shared
             .state()
             .refresh_tokens
-            .insert(refresh_token.clone(), RefreshGrant { client_id: client_id.to_owned(), scope });
+            .insert(refresh_token.clone(), RefreshGrant { client_id: client_id.to_owned(), scope, resource });
         document["refresh_token"] = json!(refresh_token);
     }
     document
 }
 
-fn issue_tokens(shared: &Shared, client_id: &str, scope: Option<String>, refresh: bool) -> Answer {
-    token_answer(&token_document(shared, client_id, scope, refresh))
+fn issue_tokens(
+    shared: &Shared,
+    client_id: &str,
+    scope: Option<String>,
+    refresh: bool,
+    resource: Option<String>,
+) -> Answer {
+    token_answer(&token_document(shared, client_id, scope, refresh, resource))
 }
 
 fn token_answer(document: &Value) -> Answer {
@@ -814,7 +841,12 @@ fn mcp(shared: &Shared, headers: &HeaderMap, body: &[u8], switches: &Switches) -
     {
         let mut state = shared.state();
         let valid = bearer.is_some_and(|token| {
-            state.access_tokens.get(token).is_some_and(|expiry| *expiry > tokio::time::Instant::now())
+            // A token issued for another resource is refused, as an audience-checking MCP server does.
+            let own = format!("{}/mcp", shared.origin);
+            state.access_tokens.get(token).is_some_and(|(expiry, audience)| {
+                *expiry > tokio::time::Instant::now()
+                    && audience.as_ref().is_none_or(|audience| *audience == own)
+            })
         });
         let forced = state.switches.unauthorized_once;
         if forced {
