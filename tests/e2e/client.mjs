@@ -31,14 +31,17 @@ const { values: opts } = parseArgs({
     // Calls spaced 2.2 s apart, so a gateway whose upstream token lives 1 s
     // (token_storage_ttl_seconds: 1) refreshes it upstream before each.
     'spaced-calls': { type: 'string', default: '0' },
+    // --mode browse: only be the user's browser for an authorization URL another client printed
+    // (`mcp-oauth connect`): consent, upstream login, callback, then deliver the final redirect.
+    authorize: { type: 'string' },
   },
 });
-if (!opts.mcp || !['gateway', 'direct'].includes(opts.mode)) {
+if (!opts.mcp || !['gateway', 'direct', 'browse'].includes(opts.mode)) {
   console.error('usage: node client.mjs --mcp URL [--mode gateway|direct] [--gateway-key KEY] [--upstream-issuer URL]');
   process.exit(2);
 }
 const mcpUrl = new URL(opts.mcp);
-const viaGateway = opts.mode === 'gateway';
+const viaGateway = opts.mode === 'gateway' || opts.mode === 'browse';
 // Where the SDK asks to be sent back. Nothing listens there: the browser stops at that redirect
 // and hands the code over, as a real client's loopback listener would.
 const REDIRECT_URL = 'http://127.0.0.1:53682/callback';
@@ -354,7 +357,26 @@ async function callEcho(client, text) {
   return out;
 }
 
+// --mode browse: the user's browser for another client. Its final redirect goes to that client's
+// loopback listener, which must answer it.
+async function browseOnly() {
+  const authorizeUrl = new URL(opts.authorize);
+  const upstream = await gatewayConsent(authorizeUrl);
+  const callback = await upstreamLogin(upstream);
+  currentStep = 'gateway callback';
+  const response = await browse(callback);
+  const location = response.headers.get('location');
+  if (response.status !== 302 || !location) await fail('GET /callback should 302 to the client redirect URI', response);
+  const back = new URL(location, callback);
+  check(back.searchParams.get('code')?.startsWith('mcpgw_'), `the client gets no gateway code: ${back.search}`);
+  currentStep = "delivering the redirect to the client's loopback listener";
+  const delivered = await fetch(back, { redirect: 'manual' });
+  check(delivered.status === 200, `the client's loopback listener answered ${delivered.status}`);
+  console.log(JSON.stringify({ ok: true, mode: 'browse', redirect: `${back.origin}${back.pathname}` }));
+}
+
 async function main() {
+  if (opts.mode === 'browse') return browseOnly();
   // 1. Unauthenticated connect: 401, discovery, registration, then the browser authorization.
   currentStep = 'first connect (expect the SDK to start authorization)';
   const firstTransport = newTransport();

@@ -254,6 +254,32 @@ else
     fi
   done
 
+  # Our own CLI as the MCP client (issue 11's done-when: `mcp-oauth connect` pointed at the
+  # gateway): it registers, prints the authorization URL and waits on a loopback port; the
+  # headless browser of client.mjs is the user who opens it.
+  connect_port=$(free_port)
+  "$root/target/debug/mcp-oauth" connect "$gateway/notes/mcp" --redirect-port "$connect_port" \
+    --call echo --args '{"text":"hello from mcp-oauth connect"}' >"$work/connect.out" 2>"$work/connect.err" &
+  connect_pid=$!
+  pids+=("$connect_pid")
+  authorize_url=""
+  for _ in $(seq 100); do
+    authorize_url=$(grep -oE 'https?://[^ ]*/notes/authorize\?[^ ]*' "$work/connect.err" | head -1)
+    [ -n "$authorize_url" ] && break
+    sleep 0.2
+  done
+  if [ -n "$authorize_url" ] &&
+     (cd "$tools" && timeout 90 "$node" client.mjs --mode browse --mcp "$gateway/notes/mcp" --gateway-key "$gateway_key" \
+        --upstream-issuer "$issuer" --authorize "$authorize_url") >"$work/connect-browser.out" 2>&1 &&
+     timeout 60 tail --pid="$connect_pid" -f /dev/null && wait "$connect_pid" &&
+     grep -q 'hello from mcp-oauth connect' "$work/connect.out"; then
+    pass "mcp-oauth connect through the gateway: registered, consented, tools listed, echo called"
+  else
+    failure "mcp-oauth connect through the gateway"
+    sed 's/^/      /' "$work/connect.err" "$work/connect-browser.out" 2>/dev/null | tail -30
+    kill "$connect_pid" 2>/dev/null
+  fi
+
   # Upstream refresh (design §4.8): the spaced calls made the gateway refresh its upstream token
   # at oidc-provider, each time with the newest rotated refresh token (a consumed one would be an
   # error there and revoke the grant).
@@ -292,9 +318,9 @@ else
     pass "the gateway log holds no token (no mcpgw_ value, no upstream JWT)"
   fi
   # Design §4.8 Audit: one info line per consent approve or deny. Each TS run approved once,
-  # denied once and offered a wrong key once; the Python client approved once.
+  # denied once and offered a wrong key once; the Python client and mcp-oauth connect approved once.
   audit_count() { grep -c "audit.*event=\"$1\"" "$work/gateway.log"; }
-  if [ -n "$python" ]; then approvals=3; else approvals=2; fi
+  if [ -n "$python" ]; then approvals=4; else approvals=3; fi
   if [ "$(audit_count consent_approved)" -eq "$approvals" ] && [ "$(audit_count consent_denied)" -eq 2 ]; then
     pass "the gateway audited each consent decision ($approvals approved, 2 denied)"
   else
