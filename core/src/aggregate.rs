@@ -712,6 +712,10 @@ pub fn session_key(
             digest.update(b"grant:");
             digest.update(grant.as_str().as_bytes());
         }
+        OutboundCredential::IdentityGrant { pointer, .. } => {
+            digest.update(b"identity-grant:");
+            digest.update(pointer.as_str().as_bytes());
+        }
         OutboundCredential::AuthorizationRequired => digest.update(b"none"),
         OutboundCredential::ForwardAuthorization => {
             digest.update(b"caller:");

@@ -201,7 +201,37 @@ pub struct UpstreamClient {
     pub client_secret: Option<SealedUpstreamToken>,
 }
 
+/// The prefix of a pointer record's `client`: the id of the grant it points at follows.
+const POINTER_PREFIX: &str = "newest-grant:";
+
 impl Grant {
+    /// The id of the record that names `identity`'s newest grant at `server` (design §4.8: the
+    /// aggregating routes use it). Kept with the five primitives: a grant-shaped record under a
+    /// derived id, written after each new grant, read with `get_grant`.
+    pub fn newest_pointer_id(server: &str, identity: &Identity) -> GrantId {
+        let mut digest = [0u8; 12];
+        digest.copy_from_slice(identity.fingerprint.get(..12).unwrap_or(&[0; 12]));
+        let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+        GrantId::new(format!("newest.{server}.{hex}"))
+    }
+
+    /// The pointer record naming this grant as its identity's newest at its server; it expires with
+    /// the grant and holds no usable token (the sealed token is bound to the real grant's id).
+    pub fn pointer(&self) -> Self {
+        Self {
+            id: Self::newest_pointer_id(&self.server, &self.identity),
+            client: format!("{POINTER_PREFIX}{}", self.id.as_str()),
+            upstream_refresh_token: None,
+            upstream_client: None,
+            ..self.clone()
+        }
+    }
+
+    /// The grant a pointer record points at, if this is one.
+    pub fn pointed(&self) -> Option<GrantId> {
+        self.client.strip_prefix(POINTER_PREFIX).map(GrantId::new)
+    }
+
     /// Whether the grant has ended at `now`.
     pub fn is_expired(&self, now: UnixTime) -> bool {
         now >= self.expires_at

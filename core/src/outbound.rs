@@ -69,6 +69,15 @@ pub enum OutboundCredential {
         /// The identity (gateway key name) the access token was issued to.
         identity: String,
     },
+    /// The newest live grant of the caller's identity at this server (an interactive server on
+    /// the aggregating routes, design §4.8), found through its pointer record; without one the
+    /// target fails with `authorization_required`.
+    IdentityGrant {
+        /// The pointer record's id ([`crate::grant::Grant::newest_pointer_id`]).
+        pointer: crate::grant::GrantId,
+        /// The identity (gateway key name) the request was admitted as.
+        identity: String,
+    },
     /// The server needs a grant this request cannot name (an interactive server on the
     /// aggregating routes): nothing is sent; the target fails with `authorization_required`.
     AuthorizationRequired,

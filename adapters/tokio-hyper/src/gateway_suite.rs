@@ -690,6 +690,11 @@ pub async fn interactive_flow_through_the_gateway_then_passthrough<H: GatewayHos
         let elsewhere = gateway.echo("reports", &[("authorization", bearer.as_str())]).await;
         assert_eq!(elsewhere.status, StatusCode::UNAUTHORIZED, "never forwarded elsewhere");
 
+        // The aggregating endpoint uses the newest grant of the identity the key admits (design §4.8).
+        let call = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "notes-echo", "arguments": {"text": "aggregated"}}});
+        let aggregated = gateway.aggregated("notes", &keyed(), &call).await;
+        assert_eq!(aggregated.json()["result"]["content"][0]["text"], "aggregated", "{}", aggregated.body);
+
         // The upstream drops its tokens: the gateway refreshes once with its refresh token and retries.
         gateway.mock.handle().revoke_access_tokens();
         let refreshed = gateway.echo("notes", &[("authorization", bearer.as_str())]).await;

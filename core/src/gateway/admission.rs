@@ -256,10 +256,17 @@ pub(super) fn targets(
     for (name, server) in names.iter().zip(servers) {
         let mut forward = forward(head, name, server, delegated, config);
         if !delegated && interactive(config, name).is_some() {
-            // Its grant cannot be named here (design §4.8 wants the identity's newest grant; the
-            // store has no index for it yet): a partial failure that says where to authorize.
+            // Design §4.8: the newest live grant of the identity the key admits; without one, a
+            // partial failure that says where to authorize.
             forward.headers.remove(header::AUTHORIZATION);
-            forward.credential = OutboundCredential::AuthorizationRequired;
+            forward.credential = match key_identity(head.headers, config) {
+                Some(identity) => OutboundCredential::IdentityGrant {
+                    pointer: crate::grant::Grant::newest_pointer_id(name, &identity),
+                    identity: identity.name,
+                },
+                None => OutboundCredential::AuthorizationRequired,
+            };
+            forward.resolution = AuthResolution::GatewayGrant;
             if let Ok(origin) = public_origin(head, config) {
                 forward.challenge = Some(challenge(&origin, name));
             }
@@ -275,6 +282,23 @@ pub(super) fn targets(
         targets.push(forward);
     }
     Action::Aggregate(Aggregate { endpoint, targets, cursor, names })
+}
+
+/// The identity (key name and fingerprint) of the gateway key the request carries in a key header.
+fn key_identity(headers: &HeaderMap, config: &GatewayConfig) -> Option<crate::grant::Identity> {
+    let keys = config.settings.grants.sealing_keys.as_ref()?;
+    let presented: Vec<&str> = GATEWAY_KEY_HEADERS
+        .iter()
+        .flat_map(|name| headers.get_all(*name).iter())
+        .filter_map(|value| value.to_str().ok())
+        .map(|value| value.trim().strip_prefix("Bearer ").map_or(value.trim(), str::trim))
+        .collect();
+    config
+        .settings
+        .named_gateway_keys()
+        .filter(|(_, key)| !key.is_empty())
+        .find(|(_, key)| presented.iter().any(|value| key.constant_time_eq(value)))
+        .map(|(name, key)| crate::grant::Identity::new(name.into_owned(), key, keys))
 }
 
 /// Whether the request carries a gateway key: in the key headers, or in `Authorization` when the

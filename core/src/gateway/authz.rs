@@ -1374,6 +1374,8 @@ enum Stage {
     CallbackRedeem { flow: FlowState },
     /// Callback: the grant is being written.
     CallbackStore { flow: FlowState, grant: Box<Grant> },
+    /// Callback: the identity's pointer to its newest grant is being written.
+    CallbackPointer { flow: FlowState, grant: Box<Grant> },
     /// Token: the code's single-use mark is being taken.
     CodeMark { code: CodeGrant },
     /// Token: the code was used twice; reading the grant to revoke it.
@@ -1523,6 +1525,11 @@ impl Authz {
                 self.callback_marked(flow, code, error, taken)
             }
             (Stage::CallbackStore { flow, grant }, StoreResult::Stored) => {
+                // The identity's newest grant at this server, for the aggregating routes.
+                let pointer = grant.pointer();
+                self.ask(StoreOp::PutGrant(Box::new(pointer)), Stage::CallbackPointer { flow, grant });
+            }
+            (Stage::CallbackPointer { flow, grant }, StoreResult::Stored) => {
                 self.callback_stored(&flow, &grant)
             }
             (Stage::CodeMark { code }, StoreResult::Taken(true)) => {

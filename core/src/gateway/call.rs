@@ -400,6 +400,8 @@ enum GrantStage {
     Reread,
     /// Reading the grant again once the lock is held.
     LockedRead,
+    /// Reading the identity's pointer to its newest grant.
+    Pointer,
 }
 
 /// How long a request waits for another's refresh of the same grant, in steps of
@@ -430,6 +432,8 @@ struct GrantWork {
     after_unlock: Option<Result<Secret, CallFailure>>,
     /// The grant with the refreshed upstream tokens, to write onto a fresh read.
     refreshed_grant: Option<crate::grant::Grant>,
+    /// The grant an identity's pointer named.
+    resolved: Option<crate::grant::GrantId>,
 }
 
 /// Which request of the call goes next.
@@ -564,7 +568,24 @@ impl<'a> Call<'a> {
 
     /// Whether the call may need random bytes ([`Call::with_clock`]): only a grant credential does.
     pub fn needs_random(&self) -> bool {
-        matches!(self.forward.credential, OutboundCredential::Grant { .. })
+        self.uses_grant()
+    }
+
+    /// Whether the credential is a grant (named by a gateway token, or an identity's newest).
+    fn uses_grant(&self) -> bool {
+        matches!(
+            self.forward.credential,
+            OutboundCredential::Grant { .. } | OutboundCredential::IdentityGrant { .. }
+        )
+    }
+
+    /// The identity the grant credential was admitted as.
+    fn grant_identity(&self) -> Option<&'a str> {
+        match &self.forward.credential {
+            OutboundCredential::Grant { identity, .. }
+            | OutboundCredential::IdentityGrant { identity, .. } => Some(identity),
+            _ => None,
+        }
     }
 
     /// The audit events so far (a grant refreshed, revoked, failed to refresh), drained.
@@ -725,10 +746,7 @@ impl<'a> Call<'a> {
     /// token the gateway obtained (the token is dropped and fetched again), and once when the
     /// upstream ended the session the call ran in (it is forgotten and opened again).
     fn try_again(&mut self, status: StatusCode) -> bool {
-        if status == StatusCode::UNAUTHORIZED
-            && !self.retried
-            && matches!(self.forward.credential, OutboundCredential::Grant { .. })
-        {
+        if status == StatusCode::UNAUTHORIZED && !self.retried && self.uses_grant() {
             // The upstream refused the grant's token: refresh once, retry once.
             self.retried = true;
             self.work.force = true;
@@ -772,6 +790,20 @@ impl<'a> Call<'a> {
         }
         match (stage, result) {
             (GrantStage::Read, StoreResult::Grant(grant)) => self.grant_read(grant.map(|grant| *grant)),
+            (GrantStage::Pointer, StoreResult::Grant(pointer)) => {
+                let target = pointer
+                    .filter(|pointer| {
+                        pointer.server == self.server.name && !pointer.is_expired(self.unix_now)
+                    })
+                    .and_then(|pointer| pointer.pointed());
+                match target {
+                    Some(id) => {
+                        self.work.resolved = Some(id);
+                        self.read_grant();
+                    }
+                    None => self.fail(CallFailure::AuthorizationRequired),
+                }
+            }
             // Under the lock, read the grant again: another request may have refreshed it between
             // this one's read and its lock, and its rotated refresh token is the only valid one.
             (GrantStage::Lock, StoreResult::Locked(true)) => self.read_grant_for(GrantStage::LockedRead),
@@ -813,9 +845,10 @@ impl<'a> Call<'a> {
         }
     }
 
-    fn grant_id(&self) -> Option<&'a crate::grant::GrantId> {
+    fn grant_id(&self) -> Option<crate::grant::GrantId> {
         match &self.forward.credential {
-            OutboundCredential::Grant { grant, .. } => Some(grant),
+            OutboundCredential::Grant { grant, .. } => Some(grant.clone()),
+            OutboundCredential::IdentityGrant { .. } => self.work.resolved.clone(),
             _ => None,
         }
     }
@@ -823,7 +856,7 @@ impl<'a> Call<'a> {
     fn read_grant(&mut self) {
         match self.grant_id() {
             Some(id) => {
-                self.effects.push_back(CallAction::Store(crate::grant::StoreOp::GetGrant { id: id.clone() }));
+                self.effects.push_back(CallAction::Store(crate::grant::StoreOp::GetGrant { id }));
                 self.state = State::AwaitStore(GrantStage::Read);
             }
             None => self.fail(CallFailure::OutOfOrder),
@@ -833,11 +866,12 @@ impl<'a> Call<'a> {
     /// The grant as read: live, this server's, this identity's, its key unchanged; then its
     /// upstream token, refreshed first when it is about to expire or the upstream refused it.
     fn grant_read(&mut self, grant: Option<crate::grant::Grant>) {
-        let (OutboundCredential::Grant { grant: id, identity }, Some(keys)) =
-            (&self.forward.credential, self.config.settings.grants.sealing_keys.as_ref())
+        let (Some(id), Some(identity), Some(keys)) =
+            (self.grant_id(), self.grant_identity(), self.config.settings.grants.sealing_keys.as_ref())
         else {
             return self.fail(CallFailure::GrantEnded);
         };
+        let id = &id;
         let now = self.unix_now;
         let Some(grant) = grant.filter(|grant| {
             grant.id == *id
@@ -1025,7 +1059,7 @@ impl<'a> Call<'a> {
     fn read_grant_for(&mut self, stage: GrantStage) {
         match self.grant_id() {
             Some(id) => {
-                self.effects.push_back(CallAction::Store(crate::grant::StoreOp::GetGrant { id: id.clone() }));
+                self.effects.push_back(CallAction::Store(crate::grant::StoreOp::GetGrant { id }));
                 self.state = State::AwaitStore(stage);
             }
             None => self.fail(CallFailure::OutOfOrder),
@@ -1070,10 +1104,7 @@ impl<'a> Call<'a> {
     }
 
     fn record(&mut self, event: &'static str, reason: Option<&'static str>) {
-        let identity = match &self.forward.credential {
-            OutboundCredential::Grant { identity, .. } => Some(identity.clone()),
-            _ => None,
-        };
+        let identity = self.grant_identity().map(str::to_owned);
         self.audit.push(Audit {
             event,
             server: self.server.name.clone(),
@@ -1125,6 +1156,13 @@ impl<'a> Call<'a> {
     }
 
     fn fail(&mut self, failure: CallFailure) {
+        // On the aggregating routes a grant that ended means: authorize at the server's own route.
+        let failure = match (failure, &self.forward.credential) {
+            (CallFailure::GrantEnded, OutboundCredential::IdentityGrant { .. }) => {
+                CallFailure::AuthorizationRequired
+            }
+            (failure, _) => failure,
+        };
         let mut response = failure.response(&self.server.name);
         if matches!(failure, CallFailure::GrantEnded | CallFailure::AuthorizationRequired)
             && let Some(challenge) =
@@ -1184,6 +1222,16 @@ impl<'a> Call<'a> {
                 self.effects
                     .push_back(CallAction::Store(crate::grant::StoreOp::GetGrant { id: grant.clone() }));
                 self.state = State::AwaitStore(GrantStage::Read);
+                return Ok(None);
+            }
+            OutboundCredential::IdentityGrant { pointer, .. } => {
+                // A refresh after a 401 re-reads the grant already found.
+                let (id, stage) = match &self.work.resolved {
+                    Some(resolved) => (resolved.clone(), GrantStage::Read),
+                    None => (pointer.clone(), GrantStage::Pointer),
+                };
+                self.effects.push_back(CallAction::Store(crate::grant::StoreOp::GetGrant { id }));
+                self.state = State::AwaitStore(stage);
                 return Ok(None);
             }
         };
@@ -1257,7 +1305,7 @@ impl<'a> Call<'a> {
         };
         let mut headers =
             crate::outbound::debug_headers(inbound, &self.config.settings.gateway_keys, &context);
-        if matches!(self.forward.credential, OutboundCredential::Grant { .. }) {
+        if self.uses_grant() {
             // Design §4.7: no upstream token reaches a client, not even masked.
             for (name, value) in &mut headers {
                 if *name == "x-mcp-debug-oauth2-token" {

@@ -511,7 +511,7 @@ fn a_whole_flow_ends_with_gateway_tokens_only_and_a_stored_grant() {
     assert_eq!(form["redirect_uri"], "https://gw.example.com/callback");
     assert_eq!(form["resource"], "https://notes.example/mcp");
     assert!(form["code_verifier"].len() >= 43 && form["code_verifier"] != VERIFIER);
-    let grant = agent.store.grants.values().next().unwrap();
+    let grant = agent.store.grants.values().find(|grant| grant.pointed().is_none()).unwrap();
     assert_eq!(grant.identity.name, "master");
     assert!(!format!("{grant:?}").contains("upstream-at-0001"), "the stored upstream token is sealed");
     assert!(
@@ -631,7 +631,7 @@ fn a_code_works_once_and_a_second_use_revokes_the_grant() {
     assert_eq!(redeem(&mut agent, VERIFIER, "http://127.0.0.1:40000/callback").status(), StatusCode::OK);
     let replay = redeem(&mut agent, VERIFIER, "http://127.0.0.1:40000/callback");
     assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
-    let grant = agent.store.grants.values().next().unwrap();
+    let grant = agent.store.grants.values().find(|grant| grant.pointed().is_none()).unwrap();
     assert!(grant.is_expired(UnixTime::from_secs(T0)), "the replay revoked the grant");
     let unknown = agent.token(&[("grant_type", "authorization_code"), ("client_id", "forged")]);
     assert_eq!(
@@ -670,7 +670,14 @@ fn revoke_ends_the_grant_and_always_answers_200() {
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let form = format!("token={}", urlencode(&access));
     assert_eq!(agent.request(Method::POST, "/notes/revoke", form.as_bytes(), &[]).status(), StatusCode::OK);
-    assert!(agent.store.grants.values().all(|grant| grant.is_expired(UnixTime::from_secs(T0))));
+    assert!(
+        agent
+            .store
+            .grants
+            .values()
+            .filter(|grant| grant.pointed().is_none())
+            .all(|grant| grant.is_expired(UnixTime::from_secs(T0)))
+    );
     // Best effort upstream (design §4.8): the upstream refresh token is revoked there too.
     let revocation = agent.sent.last().unwrap();
     assert_eq!(revocation.uri(), "https://auth.example/revoke");
@@ -813,7 +820,13 @@ fn drive_call(
                     Read::Whole(_) => call.handle_whole(Ok(response)),
                 }
             }
-            CallAction::Wait(_) => {}
+            CallAction::Wait(_) | CallAction::StoreSession(..) | CallAction::ForgetSession(..) => {}
+            // An aggregated call: the upstream is stateless here.
+            CallAction::LookupSession(_) => {
+                call.handle_session(Some(crate::aggregate::UpstreamSession::Stateless {
+                    protocol_version: None,
+                }));
+            }
             CallAction::Respond(outcome) => return (outcome, sent),
             other => panic!("unexpected {other:?}"),
         }
@@ -927,7 +940,12 @@ fn a_refused_refresh_revokes_the_grant_and_answers_the_gateways_challenge() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer resource_metadata=\"x\"");
     assert!(
-        agent.store.grants.values().all(|grant| grant.is_expired(UnixTime::from_secs(T0 + 7200))),
+        agent
+            .store
+            .grants
+            .values()
+            .filter(|grant| grant.pointed().is_none())
+            .all(|grant| grant.is_expired(UnixTime::from_secs(T0 + 7200))),
         "revoked"
     );
     assert!(call.take_audit().iter().any(|audit| audit.event == "grant_revoked"));
@@ -1040,7 +1058,7 @@ fn without_a_client_id_the_gateway_registers_itself_upstream_once_and_carries_th
     let decoded =
         base64::engine::general_purpose::STANDARD.decode(basic.trim_start_matches("Basic ")).unwrap();
     assert_eq!(String::from_utf8(decoded).unwrap(), "gw-registered-1:gw-registered-secret");
-    let grant = agent.store.grants.values().next().unwrap();
+    let grant = agent.store.grants.values().find(|grant| grant.pointed().is_none()).unwrap();
     assert_eq!(
         grant.upstream_client.as_ref().map(|client| client.client_id.as_str()),
         Some("gw-registered-1")
@@ -1261,4 +1279,60 @@ proptest::proptest! {
         proptest::prop_assert_eq!(codes_accepted, 1, "the code was accepted more than once");
         proptest::prop_assert_eq!(callbacks_accepted, 1, "the state was accepted more than once");
     }
+}
+
+#[test]
+fn the_aggregating_routes_use_the_identitys_newest_grant() {
+    let mut agent = Agent::new();
+    // Before any sign-in the identity has no grant there: authorization_required.
+    let aggregate_for = |config: &GatewayConfig| {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("gw.example.com"));
+        headers.insert("x-mcp-gateway-key", HeaderValue::from_static(KEY));
+        headers.insert("x-mcp-servers", HeaderValue::from_static("notes"));
+        let head = RequestHead {
+            method: &Method::POST,
+            path_and_query: "/mcp",
+            headers: &headers,
+            scheme: Scheme::Https,
+            peer: None,
+        };
+        let mut context = Context {
+            config,
+            oauth: None,
+            now: Instant::from_millis(1),
+            unix_now: UnixTime::from_secs(T0),
+            random: None,
+        };
+        match decide(&head, &mut context) {
+            Action::Aggregate(aggregate) => aggregate,
+            other => panic!("expected an aggregate, got {other:?}"),
+        }
+    };
+    let config = agent.config.clone();
+    let before = aggregate_for(&config);
+    assert!(matches!(before.targets[0].credential, OutboundCredential::IdentityGrant { .. }));
+    let body = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    let mut call = Call::aggregated(&config, &before, 0, body.clone(), CallLimits::default(), true)
+        .unwrap()
+        .with_clock(UnixTime::from_secs(T0), Some([4; 32]));
+    let (outcome, sent) = drive_call(&mut call, &mut agent.store, |_| Response::new(Bytes::new()));
+    assert!(sent.is_empty());
+    match outcome {
+        CallOutcome::Gathered(Gathered { answer: crate::aggregate::Answer::Failed(response), .. }) => {
+            assert_eq!(
+                serde_json::from_slice::<Value>(response.body()).unwrap()["error"],
+                "authorization_required"
+            );
+        }
+        other => panic!("expected authorization_required, got {other:?}"),
+    }
+    // After the key's holder signed in, the aggregated call carries that grant's upstream token.
+    signed_in(&mut agent);
+    let after = aggregate_for(&config);
+    let mut call = Call::aggregated(&config, &after, 0, body, CallLimits::default(), true)
+        .unwrap()
+        .with_clock(UnixTime::from_secs(T0), Some([4; 32]));
+    let (_, sent) = drive_call(&mut call, &mut agent.store, |_| Response::new(Bytes::new()));
+    assert!(sent.first().is_some_and(|first| first.ends_with("Bearer upstream-at-0001")), "{sent:?}");
 }
