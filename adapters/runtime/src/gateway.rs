@@ -516,6 +516,9 @@ async fn run_authz<R: Runtime, U: Upstream>(
                 if let Some((server, origin, client)) = machine.take_registered_client() {
                     lock(&state.oauth).remember_upstream_client(server, &origin, client);
                 }
+                if let Some(document) = machine.take_client_document() {
+                    lock(&state.oauth).remember_client_document(document, state.clock.now());
+                }
                 return full(response);
             }
         }

@@ -20,6 +20,7 @@
 // Refusals here are the answers themselves (a page or an OAuth error), sent at once.
 #![allow(clippy::result_large_err)]
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine;
@@ -576,8 +577,9 @@ pub(super) fn register(served: &Served<'_>, body: &[u8], random: Option<[u8; 32]
     response
 }
 
-/// A registered client, opened from its `client_id`.
-struct Client {
+/// A registered client, opened from its `client_id` (or read from its metadata document).
+#[derive(Clone, Debug)]
+pub(super) struct Client {
     digest: String,
     redirect_uris: Vec<String>,
     name: Option<String>,
@@ -616,7 +618,12 @@ fn registered_redirect(client: &Client, requested: &Url) -> bool {
 
 /// `GET /{s}/authorize`: checks the request and answers with the consent page, the request sealed
 /// into it.
-pub(super) fn authorize(served: &Served<'_>, random: Option<[u8; 32]>) -> Action {
+pub(super) fn authorize(
+    served: &Served<'_>,
+    random: Option<[u8; 32]>,
+    documents: Option<&ClientDocuments>,
+    now: Instant,
+) -> Action {
     let bad = |reason: &str, message: &str| stop_page(StatusCode::BAD_REQUEST, reason, message);
     let keys = match served.keys() {
         Ok(keys) => keys,
@@ -684,7 +691,8 @@ pub(super) fn authorize(served: &Served<'_>, random: Option<[u8; 32]>) -> Action
             "the gateway has no random source",
         ));
     };
-    match client {
+    let cached = documents.and_then(|documents| documents.get(&client_id, now));
+    match client.or(cached) {
         Some(client) => Action::Respond(inputs.answer(&client, random)),
         None => match cimd_request(&client_id) {
             Some(request) => {
@@ -821,6 +829,70 @@ fn cimd_request(client_id: &str) -> Option<UpstreamRequest> {
 
 /// A Client ID Metadata Document read as a client: its `client_id` must equal the URL it came
 /// from, it must be a public client, and it must list redirect URIs.
+/// How long a metadata document may be cached: its `Cache-Control: max-age`, at most 24 hours;
+/// nothing without one, or with `no-store` or `no-cache`.
+fn document_lifetime(answer: &Response<Bytes>) -> Option<std::time::Duration> {
+    let value = answer.headers().get(header::CACHE_CONTROL)?.to_str().ok()?.to_ascii_lowercase();
+    let directives: Vec<&str> = value.split(',').map(str::trim).collect();
+    if directives.iter().any(|directive| matches!(*directive, "no-store" | "no-cache")) {
+        return None;
+    }
+    let seconds: u64 =
+        directives.iter().find_map(|directive| directive.strip_prefix("max-age="))?.parse().ok()?;
+    Some(std::time::Duration::from_secs(seconds.min(MAX_DOCUMENT_LIFETIME.as_secs())))
+        .filter(|lifetime| !lifetime.is_zero())
+}
+
+/// A fetched Client ID Metadata Document on its way into the cache.
+#[derive(Debug)]
+pub struct ClientDocument {
+    pub(super) url: String,
+    pub(super) client: Client,
+    pub(super) lifetime: std::time::Duration,
+}
+
+/// The longest a Client ID Metadata Document is cached (design §4.8).
+pub const MAX_DOCUMENT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The most Client ID Metadata Documents cached at once.
+pub const MAX_CACHED_DOCUMENTS: usize = 1024;
+
+/// Client ID Metadata Documents fetched, by exact URL, until their lifetime ends (design §4.8:
+/// failures are not cached; bounded, the oldest entry leaves first).
+#[derive(Debug, Default)]
+pub struct ClientDocuments {
+    entries: HashMap<String, (Client, Instant)>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl ClientDocuments {
+    fn get(&self, url: &str, now: Instant) -> Option<Client> {
+        self.entries.get(url).filter(|(_, until)| now < *until).map(|(client, _)| client.clone())
+    }
+
+    /// Keeps a document read from `url` until `until`.
+    pub(super) fn insert(&mut self, url: String, client: Client, until: Instant) {
+        if !self.entries.contains_key(&url) {
+            while self.entries.len() >= MAX_CACHED_DOCUMENTS {
+                let Some(oldest) = self.order.pop_front() else { break };
+                self.entries.remove(&oldest);
+            }
+            self.order.push_back(url.clone());
+        }
+        self.entries.insert(url, (client, until));
+    }
+
+    /// How many documents are cached.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 fn client_from_document(url: &str, answer: &Response<Bytes>) -> Option<Client> {
     if !answer.status().is_success() {
         return None;
@@ -1413,6 +1485,7 @@ pub struct Authz {
     stage: Stage,
     audit: Vec<Audit>,
     remembered: Option<UpstreamClientInfo>,
+    document: Option<(String, Client, std::time::Duration)>,
     config_keys: Vec<(String, Secret)>,
 }
 
@@ -1430,6 +1503,7 @@ impl Authz {
             stage,
             audit: Vec::new(),
             remembered: None,
+            document: None,
             config_keys: served
                 .config
                 .settings
@@ -1451,6 +1525,12 @@ impl Authz {
     pub fn take_registered_client(&mut self) -> Option<(String, Origin, UpstreamClientInfo)> {
         let client = self.remembered.take()?;
         Some((self.server.name.clone(), self.origin.clone(), client))
+    }
+
+    /// A Client ID Metadata Document this request fetched and may be cached, for the adapter to
+    /// keep in [`OAuthState`] (see [`OAuthState::remember_client_document`]).
+    pub fn take_client_document(&mut self) -> Option<ClientDocument> {
+        self.document.take().map(|(url, client, lifetime)| ClientDocument { url, client, lifetime })
     }
 
     /// The audit events so far (drained).
@@ -1810,9 +1890,15 @@ impl Authz {
             return self.finish(response);
         }
         if let Stage::ClientDocument { url, inputs } = stage {
-            let client = answer.ok().and_then(|answer| client_from_document(&url, &answer));
-            let response = match client {
-                Some(client) => {
+            let read = answer.ok().and_then(|answer| {
+                let client = client_from_document(&url, &answer)?;
+                Some((client, document_lifetime(&answer)))
+            });
+            let response = match read {
+                Some((client, lifetime)) => {
+                    if let Some(lifetime) = lifetime {
+                        self.document = Some((url.clone(), client.clone(), lifetime));
+                    }
                     let random = Random::new(self.random.array());
                     inputs.answer(&client, random)
                 }

@@ -39,9 +39,10 @@ mod upstream;
 
 use self::admission::*;
 pub use self::authz::{
-    ACCESS_TOKEN_LIFETIME, Audit, Authz, AuthzStep, CODE_LIFETIME, FLOW_LIFETIME, MAX_CLIENT_DOCUMENT,
-    MAX_CLIENT_NAME, MAX_REDIRECT_URIS, REFRESH_GRACE, Random, RegistrationRefused, UpstreamClientInfo,
-    display_text, open_access_token, upstream_callback, upstream_resource, validate_registration,
+    ACCESS_TOKEN_LIFETIME, Audit, Authz, AuthzStep, CODE_LIFETIME, ClientDocument, ClientDocuments,
+    FLOW_LIFETIME, MAX_CACHED_DOCUMENTS, MAX_CLIENT_DOCUMENT, MAX_CLIENT_NAME, MAX_DOCUMENT_LIFETIME,
+    MAX_REDIRECT_URIS, REFRESH_GRACE, Random, RegistrationRefused, UpstreamClientInfo, display_text,
+    open_access_token, upstream_callback, upstream_resource, validate_registration,
 };
 pub use self::call::*;
 pub use self::failure::*;
@@ -282,7 +283,10 @@ pub fn decide_routed(route: Route, head: &RequestHead<'_>, context: &mut Context
             None => Action::Respond(not_found()),
         },
         Route::Authorize(name) => match interactive(config, &name) {
-            Some(server) => authz::authorize(&served(server), random),
+            Some(server) => {
+                let documents = context.oauth.as_deref().map(|oauth| &oauth.client_documents);
+                authz::authorize(&served(server), random, documents, context.now)
+            }
             None => Action::Respond(not_found()),
         },
         Route::Callback => authz::callback(head, &origin, config, context.unix_now, random),

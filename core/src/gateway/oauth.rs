@@ -25,6 +25,8 @@ pub struct OAuthState {
     /// keeps them in the grant store; the store has no primitive for them yet, so each process
     /// registers once and the flow and grant carry the client sealed).
     upstream_clients: HashMap<(String, String), UpstreamClientInfo>,
+    /// Client ID Metadata Documents fetched, by URL (design §4.8).
+    pub client_documents: ClientDocuments,
 }
 
 /// The most upstream registrations kept (servers × pinned origins is small).
@@ -36,6 +38,7 @@ impl Default for OAuthState {
             budget: PeerBudget::new(BudgetConfig::OAUTH_ENDPOINTS),
             consent_failures: PeerBudget::new(BudgetConfig::CONSENT_FAILURES),
             upstream_clients: HashMap::new(),
+            client_documents: ClientDocuments::default(),
         }
     }
 }
@@ -47,6 +50,12 @@ impl OAuthState {
             self.upstream_clients.clear();
         }
         self.upstream_clients.insert((server, origin.to_string()), client);
+    }
+
+    /// Caches a Client ID Metadata Document an authorization fetched, from `now` for its lifetime.
+    pub fn remember_client_document(&mut self, document: ClientDocument, now: Instant) {
+        let until = now.plus(document.lifetime);
+        self.client_documents.insert(document.url, document.client, until);
     }
 
     /// The client the gateway registered at `server`'s upstream under `origin`, if any.

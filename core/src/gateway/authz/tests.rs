@@ -214,6 +214,9 @@ impl Agent {
                 }
                 AuthzStep::Respond(response) => {
                     self.audit.extend(machine.take_audit());
+                    if let Some(document) = machine.take_client_document() {
+                        self.oauth.remember_client_document(document, Instant::from_millis(1_000));
+                    }
                     return response;
                 }
             }
