@@ -1458,6 +1458,14 @@ enum Stage {
     RefreshAdvance { claims: RefreshClaims },
     /// Token: reading the grant after the generation advanced (or did not).
     RefreshRead { claims: RefreshClaims, advanced: bool },
+    /// Token: taking the grant's lock to extend its lifetime.
+    ExtendLock { claims: RefreshClaims, grant: Box<Grant>, holder: crate::grant::LockHolder },
+    /// Token: reading the grant under the lock.
+    ExtendRead { claims: RefreshClaims, holder: crate::grant::LockHolder },
+    /// Token: writing the extended grant.
+    ExtendPut { claims: RefreshClaims, grant: Box<Grant>, holder: crate::grant::LockHolder },
+    /// Token: releasing the lock.
+    ExtendUnlock { claims: RefreshClaims, grant: Box<Grant> },
     /// Revoke: reading the grant.
     RevokeRead,
     /// Writing a revoked grant; then revoke upstream (best effort) and answer with the response.
@@ -1634,6 +1642,39 @@ impl Authz {
                 self.ask(StoreOp::GetGrant { id: grant }, Stage::RefreshRead { claims, advanced });
             }
             (Stage::RefreshRead { claims, advanced: true }, StoreResult::Grant(Some(grant))) => {
+                // Design §4.8: a grant lives 30 days after its last refresh. Moving its expiry is a
+                // rewrite, so it happens under the grant's lock (a call refreshing the upstream
+                // token holds it while it rewrites the grant); busy, the next refresh extends it.
+                if grant.is_expired(self.now) || grant.server != self.server.name {
+                    return self.issue(&grant, claims.generation + 1, &claims.client, "grant_refreshed");
+                }
+                let holder = crate::grant::LockHolder(self.random.token::<16>());
+                let ttl = self.limits.token_timeout.saturating_mul(2);
+                let op = StoreOp::TryLock { grant: grant.id.clone(), holder: holder.clone(), ttl };
+                self.ask(op, Stage::ExtendLock { claims, grant, holder });
+            }
+            (Stage::ExtendLock { claims, grant, .. }, StoreResult::Locked(false)) => {
+                self.issue(&grant, claims.generation + 1, &claims.client, "grant_refreshed");
+            }
+            (Stage::ExtendLock { claims, grant, holder }, StoreResult::Locked(true)) => {
+                let id = grant.id.clone();
+                self.ask(StoreOp::GetGrant { id }, Stage::ExtendRead { claims, holder });
+            }
+            (Stage::ExtendRead { claims, holder }, StoreResult::Grant(Some(mut fresh))) => {
+                let lifetime = self.now.plus(self.max_lifetime);
+                fresh.expires_at = fresh.expires_at.max(lifetime);
+                let op = StoreOp::PutGrant(fresh.clone());
+                self.ask(op, Stage::ExtendPut { claims, grant: fresh, holder });
+            }
+            (Stage::ExtendRead { claims, holder }, StoreResult::Grant(None)) => {
+                let _ = (claims, holder);
+                self.finish(oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "the grant has ended"));
+            }
+            (Stage::ExtendPut { claims, grant, holder }, StoreResult::Stored) => {
+                let op = StoreOp::Unlock { grant: grant.id.clone(), holder };
+                self.ask(op, Stage::ExtendUnlock { claims, grant });
+            }
+            (Stage::ExtendUnlock { claims, grant }, StoreResult::Unlocked) => {
                 self.issue(&grant, claims.generation + 1, &claims.client, "grant_refreshed");
             }
             (Stage::RefreshRead { claims, advanced: false }, StoreResult::Grant(Some(grant))) => {

@@ -1339,3 +1339,32 @@ fn the_aggregating_routes_use_the_identitys_newest_grant() {
     let (_, sent) = drive_call(&mut call, &mut agent.store, |_| Response::new(Bytes::new()));
     assert!(sent.first().is_some_and(|first| first.ends_with("Bearer upstream-at-0001")), "{sent:?}");
 }
+
+#[test]
+fn a_refresh_extends_the_grant_to_30_days_after_it() {
+    let mut agent = Agent::new();
+    let (client_id, tokens) = signed_in(&mut agent);
+    let day = 86_400;
+    let created = agent.store.grants.values().find(|grant| grant.pointed().is_none()).unwrap().expires_at;
+    assert_eq!(created, UnixTime::from_secs(T0 + 30 * day));
+    agent.store.now = T0 + 10 * day;
+    let refreshed = agent.token(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+        ("client_id", &client_id),
+    ]);
+    assert_eq!(refreshed.status(), StatusCode::OK);
+    let grant = agent.store.grants.values().find(|grant| grant.pointed().is_none()).unwrap();
+    assert_eq!(grant.expires_at, UnixTime::from_secs(T0 + 40 * day), "30 days after the last refresh");
+    assert_eq!(grant.generation, 1, "the extension keeps the rotation");
+    assert!(agent.store.locks.is_empty());
+    // The new refresh token lives as long as the grant now does.
+    let refreshed: Value = serde_json::from_slice(refreshed.body()).unwrap();
+    agent.store.now = T0 + 35 * day;
+    let again = agent.token(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refreshed["refresh_token"].as_str().unwrap()),
+        ("client_id", &client_id),
+    ]);
+    assert_eq!(again.status(), StatusCode::OK, "{}", String::from_utf8_lossy(again.body()));
+}
