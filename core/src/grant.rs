@@ -204,6 +204,13 @@ pub struct UpstreamClient {
 /// The prefix of a pointer record's `client`: the id of the grant it points at follows.
 const POINTER_PREFIX: &str = "newest-grant:";
 
+/// The `client` of a record that keeps the gateway's own upstream registration.
+const REGISTRATION_CLIENT: &str = "gateway-upstream-registration";
+
+/// How long a kept upstream registration is used before the gateway registers again: the longest
+/// a sealed value may live, so a retired sealing key never strands a registration's secret.
+pub const REGISTRATION_LIFETIME: Duration = crate::seal::MAX_GRANT_LIFETIME;
+
 impl Grant {
     /// The id of the record that names `identity`'s newest grant at `server` (design §4.8: the
     /// aggregating routes use it). Kept with the five primitives: a grant-shaped record under a
@@ -230,6 +237,54 @@ impl Grant {
     /// The grant a pointer record points at, if this is one.
     pub fn pointed(&self) -> Option<GrantId> {
         self.client.strip_prefix(POINTER_PREFIX).map(GrantId::new)
+    }
+
+    /// The id of the record keeping the client the gateway registered for itself at `server`'s
+    /// upstream for the callback at `origin` (design §4.8: once per server and origin, shared by
+    /// every replica through the store).
+    pub fn registration_id(server: &str, origin: &str) -> GrantId {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(origin.as_bytes());
+        let hex: String = digest.iter().take(12).map(|byte| format!("{byte:02x}")).collect();
+        GrantId::new(format!("registration.{server}.{hex}"))
+    }
+
+    /// A record keeping the gateway's own registration `client` at `server`'s upstream, made for
+    /// the callback at `origin`, until `expires_at`. It is grant-shaped so the store's five
+    /// primitives keep it; it belongs to nobody and holds no token (its secret is sealed to the
+    /// record's id, like an upstream token).
+    pub fn upstream_registration(
+        server: &str,
+        origin: &str,
+        client: UpstreamClient,
+        now: UnixTime,
+        expires_at: UnixTime,
+    ) -> Self {
+        Self {
+            id: Self::registration_id(server, origin),
+            server: server.to_owned(),
+            identity: Identity { name: String::new(), fingerprint: [0; 32] },
+            client: REGISTRATION_CLIENT.to_owned(),
+            upstream_access_token: SealedUpstreamToken::from_stored(""),
+            upstream_refresh_token: None,
+            upstream_access_expires_at: None,
+            expires_at,
+            generation: 0,
+            rotated_at: now,
+            scope: String::new(),
+            upstream_client: Some(client),
+        }
+    }
+
+    /// The kept upstream registration, if this record is one.
+    pub fn registration(&self) -> Option<&UpstreamClient> {
+        (self.client == REGISTRATION_CLIENT).then_some(self.upstream_client.as_ref()).flatten()
+    }
+
+    /// Whether this record is a user's grant (not a pointer or a kept registration): what an
+    /// operator lists and a gateway token may name.
+    pub fn is_user_grant(&self) -> bool {
+        self.pointed().is_none() && self.client != REGISTRATION_CLIENT
     }
 
     /// Whether the grant has ended at `now`.

@@ -744,7 +744,8 @@ pub async fn interactive_flow_through_the_gateway_then_passthrough<H: GatewayHos
 }
 
 /// Without a configured client_id the gateway registers itself at the upstream (RFC 7591) once
-/// per process and origin, and uses that client for the code and every refresh.
+/// per server and origin (kept in the grant store), and uses that client for the code and every
+/// refresh.
 pub async fn the_gateway_registers_itself_upstream_without_a_client_id<H: GatewayHost>() {
     bounded(async {
         let gateway = start::<H>(Setup {

@@ -1026,18 +1026,9 @@ fn register_first(
     if let (Ok(keys), Some(random)) = (served.keys(), random) {
         let mut machine = Authz::new(served, keys, Random::new(random), Stage::Taken);
         machine.audit.extend(audit);
-        let limits = machine.limits;
-        match approved.registration_request(&limits) {
-            Some(request) => {
-                machine.pending = Some(AuthzStep::Send(request));
-                machine.stage = Stage::RegisterUpstream { approved: Box::new(approved) };
-            }
-            None => machine.finish(stop_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream_misconfigured",
-                "The server's registration_url is not a URL.",
-            )),
-        }
+        // Another replica (or this process before a restart) may have registered already.
+        let id = Grant::registration_id(&served.server.name, &served.origin.to_string());
+        machine.ask(StoreOp::GetGrant { id }, Stage::RegistrationRead { approved: Box::new(approved) });
         return Action::Authz(Box::new(machine));
     }
     Action::Respond(error_response(
@@ -1438,8 +1429,12 @@ pub struct Audit {
 enum Stage {
     /// Callback: the single-use mark is being taken.
     CallbackMark { flow: FlowState, code: Option<String>, error: Option<(String, Option<String>)> },
+    /// Consent: reading the registration the gateway keeps for this server and origin.
+    RegistrationRead { approved: Box<Approved> },
     /// Consent: the gateway is registering itself at the upstream.
     RegisterUpstream { approved: Box<Approved> },
+    /// Consent: keeping the new registration in the store.
+    RegistrationStore { approved: Box<Approved>, client: UpstreamClientInfo },
     /// Authorize: the client's metadata document is being fetched.
     ClientDocument { url: String, inputs: Box<AuthorizeInputs> },
     /// Callback: the upstream token endpoint is redeeming the code.
@@ -1466,6 +1461,8 @@ enum Stage {
     ExtendPut { claims: RefreshClaims, grant: Box<Grant>, holder: crate::grant::LockHolder },
     /// Token: releasing the lock.
     ExtendUnlock { claims: RefreshClaims, grant: Box<Grant> },
+    /// Token: moving the identity's newest-grant pointer to the extended grant.
+    ExtendPointer { claims: RefreshClaims, grant: Box<Grant> },
     /// Revoke: reading the grant.
     RevokeRead,
     /// Writing a revoked grant; then revoke upstream (best effort) and answer with the response.
@@ -1564,6 +1561,73 @@ impl Authz {
         }
     }
 
+    /// The client a kept registration record holds, if it is one for this server and opens.
+    fn kept_registration(&self, record: &Grant) -> Option<UpstreamClientInfo> {
+        let client = record.registration()?;
+        if record.server != self.server.name || record.is_expired(self.now) {
+            return None;
+        }
+        let client_secret = match &client.client_secret {
+            Some(sealed) => Some(sealed.open(&self.keys, &record.server, &record.id, self.now).ok()?),
+            None => None,
+        };
+        Some(UpstreamClientInfo { client_id: client.client_id.clone(), client_secret, registered: true })
+    }
+
+    /// Registers the gateway at the upstream's registration endpoint (RFC 7591).
+    fn register_upstream(&mut self, approved: Approved) {
+        match approved.registration_request(&self.limits) {
+            Some(request) => {
+                self.pending = Some(AuthzStep::Send(request));
+                self.stage = Stage::RegisterUpstream { approved: Box::new(approved) };
+            }
+            None => self.finish(stop_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_misconfigured",
+                "The server's registration_url is not a URL.",
+            )),
+        }
+    }
+
+    /// Keeps a new registration in the store (its secret sealed to the record), so every replica
+    /// and the next start use it, then sends the browser upstream.
+    fn keep_registration(&mut self, approved: Approved, client: UpstreamClientInfo) {
+        let origin = self.origin.to_string();
+        let id = Grant::registration_id(&self.server.name, &origin);
+        let expires_at = self.now.plus(crate::grant::REGISTRATION_LIFETIME);
+        let secret = client.client_secret.as_ref().map(|secret| {
+            SealedUpstreamToken::seal(
+                &self.keys,
+                &self.server.name,
+                &id,
+                expires_at,
+                secret,
+                self.random.array(),
+            )
+        });
+        let Ok(client_secret) = secret.transpose() else {
+            return self.finish(error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the registration could not be sealed",
+            ));
+        };
+        let kept = crate::grant::UpstreamClient { client_id: client.client_id.clone(), client_secret };
+        let record = Grant::upstream_registration(&self.server.name, &origin, kept, self.now, expires_at);
+        self.ask(
+            StoreOp::PutGrant(Box::new(record)),
+            Stage::RegistrationStore { approved: Box::new(approved), client },
+        );
+    }
+
+    /// Sends the browser upstream with `client`, and hands the client to the adapter to cache.
+    fn upstream_with(&mut self, approved: Approved, client: UpstreamClientInfo) {
+        let random = Random::new(self.random.array());
+        let response = approved.redirect_upstream(&client, random);
+        self.remembered = Some(client);
+        self.finish(response);
+    }
+
     fn ask(&mut self, op: StoreOp, stage: Stage) {
         self.pending = Some(AuthzStep::Store(op));
         self.stage = stage;
@@ -1609,6 +1673,15 @@ impl Authz {
             return self.unavailable(reason);
         }
         match (std::mem::replace(&mut self.stage, Stage::Taken), result) {
+            (Stage::RegistrationRead { approved }, StoreResult::Grant(record)) => {
+                match record.and_then(|record| self.kept_registration(&record)) {
+                    Some(client) => self.upstream_with(*approved, client),
+                    None => self.register_upstream(*approved),
+                }
+            }
+            (Stage::RegistrationStore { approved, client }, StoreResult::Stored) => {
+                self.upstream_with(*approved, client)
+            }
             (Stage::CallbackMark { flow, code, error }, StoreResult::Taken(taken)) => {
                 self.callback_marked(flow, code, error, taken)
             }
@@ -1675,6 +1748,12 @@ impl Authz {
                 self.ask(op, Stage::ExtendUnlock { claims, grant });
             }
             (Stage::ExtendUnlock { claims, grant }, StoreResult::Unlocked) => {
+                // The pointer the aggregating routes read lives as long as the grant it names, and
+                // a refreshed grant becomes its identity's newest.
+                let pointer = grant.pointer();
+                self.ask(StoreOp::PutGrant(Box::new(pointer)), Stage::ExtendPointer { claims, grant });
+            }
+            (Stage::ExtendPointer { claims, grant }, StoreResult::Stored) => {
                 self.issue(&grant, claims.generation + 1, &claims.client, "grant_refreshed");
             }
             (Stage::RefreshRead { claims, advanced: false }, StoreResult::Grant(Some(grant))) => {
@@ -1925,10 +2004,7 @@ impl Authz {
                 ));
             };
             self.record("upstream_registered", None, None, None);
-            let random = Random::new(self.random.array());
-            let response = approved.redirect_upstream(&client, random);
-            self.remembered = Some(client);
-            return self.finish(response);
+            return self.keep_registration(*approved, client);
         }
         if let Stage::ClientDocument { url, inputs } = stage {
             let read = answer.ok().and_then(|answer| {

@@ -875,6 +875,7 @@ impl<'a> Call<'a> {
         let now = self.unix_now;
         let Some(grant) = grant.filter(|grant| {
             grant.id == *id
+                && grant.is_user_grant()
                 && grant.server == self.server.name
                 && !grant.is_expired(now)
                 && grant.identity.name == *identity

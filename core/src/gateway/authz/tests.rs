@@ -72,10 +72,15 @@ struct Store {
     marks: HashMap<String, UnixTime>,
     locks: HashMap<String, String>,
     now: u64,
+    /// Every operation answers `Unavailable` (an outage).
+    down: bool,
 }
 
 impl Store {
     fn apply(&mut self, op: StoreOp) -> StoreResult {
+        if self.down {
+            return StoreResult::Unavailable { reason: "store_unreachable" };
+        }
         let now = UnixTime::from_secs(self.now);
         match op {
             StoreOp::GetGrant { id } => StoreResult::Grant(
@@ -1067,6 +1072,74 @@ fn without_a_client_id_the_gateway_registers_itself_upstream_once_and_carries_th
         Some("gw-registered-1")
     );
     assert!(!format!("{grant:?}").contains("gw-registered-secret"), "the registered secret is sealed");
+    // The registration is kept in the store, sealed, for every replica (design §4.8).
+    let kept = agent.store.grants.values().find(|record| record.registration().is_some()).unwrap();
+    assert_eq!(kept.registration().map(|client| client.client_id.as_str()), Some("gw-registered-1"));
+    assert!(!kept.is_user_grant());
+    assert!(!format!("{kept:?}").contains("gw-registered-secret"));
+}
+
+/// Runs register → authorize → consent at `selfreg` and returns the consent answer.
+fn self_registering_consent(agent: &mut Agent) -> Response<Vec<u8>> {
+    let body = br#"{"redirect_uris":["http://127.0.0.1:33418/callback"]}"#;
+    let registered = agent.request(Method::POST, "/selfreg/register", body, &[]);
+    let client_id: Value = serde_json::from_slice(registered.body()).unwrap();
+    let client_id = client_id["client_id"].as_str().unwrap().to_owned();
+    let challenge = crate::pkce::challenge_for(VERIFIER);
+    let path = format!(
+        "/selfreg/authorize?client_id={}&redirect_uri=http%3A%2F%2F127.0.0.1%3A40000%2Fcallback&response_type=code&code_challenge={challenge}&code_challenge_method=S256&state=s",
+        urlencode(&client_id)
+    );
+    let page = agent.request(Method::GET, &path, b"", &[]);
+    let html = String::from_utf8_lossy(page.body()).into_owned();
+    let field = |name: &str| {
+        let marker = format!("name=\"{name}\" value=\"");
+        html.split(&marker).nth(1).and_then(|rest| rest.split('"').next()).unwrap_or_default().to_owned()
+    };
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("request", &field("request"))
+        .append_pair("csrf", &field("csrf"))
+        .append_pair("gateway_key", KEY)
+        .append_pair("decision", "approve")
+        .finish();
+    agent.request(Method::POST, "/selfreg/consent", form.as_bytes(), &[])
+}
+
+#[test]
+fn another_replica_uses_the_registration_kept_in_the_store_and_an_outage_fails_closed() {
+    let mut first = Agent::new();
+    first.upstream = Some(Response::new(Bytes::from_static(
+        br#"{"client_id":"gw-registered-1","client_secret":"gw-registered-secret"}"#,
+    )));
+    let approved = self_registering_consent(&mut first);
+    assert_eq!(query(&location(&approved), "client_id").as_deref(), Some("gw-registered-1"));
+    assert_eq!(first.sent.len(), 1, "one registration");
+
+    // A second replica: its own process state, the same store. It registers nothing.
+    let mut second = Agent::new();
+    second.store = std::mem::take(&mut first.store);
+    second.upstream = None;
+    let approved = self_registering_consent(&mut second);
+    assert_eq!(approved.status(), StatusCode::FOUND, "{}", String::from_utf8_lossy(approved.body()));
+    assert_eq!(query(&location(&approved), "client_id").as_deref(), Some("gw-registered-1"));
+    assert!(second.sent.is_empty(), "the kept registration was used");
+
+    // Past the record's lifetime the gateway registers again.
+    let mut third = Agent::new();
+    third.store = std::mem::take(&mut second.store);
+    third.store.now += crate::grant::REGISTRATION_LIFETIME.as_secs();
+    third.upstream = Some(Response::new(Bytes::from_static(br#"{"client_id":"gw-registered-2"}"#)));
+    let approved = self_registering_consent(&mut third);
+    assert_eq!(query(&location(&approved), "client_id").as_deref(), Some("gw-registered-2"));
+    assert_eq!(third.sent.len(), 1);
+
+    // A store outage fails closed: no registration upstream, a 503 with the reason.
+    let mut fourth = Agent::new();
+    fourth.store.down = true;
+    fourth.upstream = Some(Response::new(Bytes::from_static(br#"{"client_id":"gw-registered-3"}"#)));
+    let refused = self_registering_consent(&mut fourth);
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(fourth.sent.is_empty());
 }
 
 #[test]
@@ -1358,6 +1431,9 @@ fn a_refresh_extends_the_grant_to_30_days_after_it() {
     assert_eq!(grant.expires_at, UnixTime::from_secs(T0 + 40 * day), "30 days after the last refresh");
     assert_eq!(grant.generation, 1, "the extension keeps the rotation");
     assert!(agent.store.locks.is_empty());
+    let pointer = agent.store.grants.values().find(|record| record.pointed().is_some()).unwrap();
+    assert_eq!(pointer.pointed().as_ref(), Some(&grant.id));
+    assert_eq!(pointer.expires_at, grant.expires_at, "the aggregating routes' pointer moves with it");
     // The new refresh token lives as long as the grant now does.
     let refreshed: Value = serde_json::from_slice(refreshed.body()).unwrap();
     agent.store.now = T0 + 35 * day;
