@@ -21,16 +21,31 @@ use std::time::{Duration, SystemTime};
 use mcp_oauth_core::grant::{Grant, GrantId, LockHolder, OnceKey, StoreOp, StoreResult, StoreUnavailable};
 use mcp_oauth_core::seal::UnixTime;
 
+pub mod record;
+
 /// A [`GrantStore`] behind a pointer: what the gateway holds, so the backend is chosen at start-up
 /// (memory, SQLite, Redis) without a type parameter.
 pub trait DynGrantStore: Send + Sync + 'static {
     /// [`GrantStore::apply`], boxed.
     fn apply_boxed(&self, op: StoreOp) -> std::pin::Pin<Box<dyn Future<Output = StoreResult> + Send + '_>>;
+
+    /// [`GrantStore::list_grants`], boxed.
+    fn list_boxed(
+        &self,
+        limit: usize,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<Grant>, StoreUnavailable>> + Send + '_>>;
 }
 
 impl<S: GrantStore> DynGrantStore for S {
     fn apply_boxed(&self, op: StoreOp) -> std::pin::Pin<Box<dyn Future<Output = StoreResult> + Send + '_>> {
         Box::pin(self.apply(op))
+    }
+
+    fn list_boxed(
+        &self,
+        limit: usize,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<Grant>, StoreUnavailable>> + Send + '_>> {
+        Box::pin(self.list_grants(limit))
     }
 }
 
@@ -39,6 +54,16 @@ pub trait GrantStore: Send + Sync + 'static {
     /// Performs `op` atomically and answers it; a backend that cannot answers
     /// [`StoreResult::Unavailable`] with a reason code, never a guess.
     fn apply(&self, op: StoreOp) -> impl Future<Output = StoreResult> + Send;
+
+    /// Up to `limit` live user grants ([`Grant::is_user_grant`]: not the pointer and registration
+    /// records), in no particular order: what an operator sees with `mcp-oauth grants list`.
+    ///
+    /// Not one of the five primitives and never used by a machine: no decision depends on it. A
+    /// backend that cannot enumerate answers `Unavailable` `listing_unsupported`.
+    fn list_grants(&self, limit: usize) -> impl Future<Output = Result<Vec<Grant>, StoreUnavailable>> + Send {
+        let _ = limit;
+        ready(Err(StoreUnavailable { reason: "listing_unsupported" }))
+    }
 
     /// Reads a grant; an unknown or expired grant is `None`.
     fn get_grant(&self, id: GrantId) -> impl Future<Output = Result<Option<Grant>, StoreUnavailable>> + Send {
@@ -98,6 +123,10 @@ pub trait GrantStore: Send + Sync + 'static {
 impl<S: GrantStore> GrantStore for Arc<S> {
     fn apply(&self, op: StoreOp) -> impl Future<Output = StoreResult> + Send {
         S::apply(self, op)
+    }
+
+    fn list_grants(&self, limit: usize) -> impl Future<Output = Result<Vec<Grant>, StoreUnavailable>> + Send {
+        S::list_grants(self, limit)
     }
 }
 
@@ -291,6 +320,22 @@ impl fmt::Debug for MemoryGrantStore {
 impl GrantStore for MemoryGrantStore {
     fn apply(&self, op: StoreOp) -> impl Future<Output = StoreResult> + Send {
         ready(self.apply_now(op))
+    }
+
+    fn list_grants(&self, limit: usize) -> impl Future<Output = Result<Vec<Grant>, StoreUnavailable>> + Send {
+        let now = (self.clock)();
+        let now = UnixTime::from_secs(now.as_secs());
+        let listed = match self.state.lock() {
+            Ok(state) => Ok(state
+                .grants
+                .values()
+                .filter(|grant| grant.is_user_grant() && !grant.is_expired(now))
+                .take(limit)
+                .cloned()
+                .collect()),
+            Err(_) => Err(StoreUnavailable { reason: "store_poisoned" }),
+        };
+        ready(listed)
     }
 }
 

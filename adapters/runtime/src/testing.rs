@@ -516,6 +516,7 @@ macro_rules! grant_store_test_suite {
                 advance_generation_is_compare_and_swap,
                 try_lock_excludes_a_second_holder_until_unlock_or_ttl,
                 a_full_store_prunes_expired_records_then_fails_closed,
+                list_grants_shows_live_user_grants_only,
             );
         }
     };
@@ -613,6 +614,43 @@ pub async fn grants_round_trip_and_expired_grants_are_gone<R: Runtime, S: GrantS
     store.put_grant(ended.clone()).await.expect("stored");
     assert_eq!(store.get_grant(ended.id).await, Ok(None), "already expired");
     assert_eq!(store.get_grant(GrantId::new("unknown")).await, Ok(None));
+}
+
+/// `list_grants` shows the live user grants and nothing else: not an expired or revoked grant, not
+/// a newest-grant pointer, not a kept upstream registration; and at most `limit` of them.
+pub async fn list_grants_shows_live_user_grants_only<R: Runtime, S: GrantStore + Clone>(
+    _runtime: R,
+    store: S,
+) {
+    let live: Vec<Grant> = (1..=3).map(|n| suite_grant(n, in_secs(3600))).collect();
+    for grant in &live {
+        store.put_grant(grant.clone()).await.expect("stored");
+    }
+    store.put_grant(live[0].pointer()).await.expect("stored");
+    let revoked = suite_grant(4, in_secs(3600));
+    store.put_grant(revoked.clone()).await.expect("stored");
+    let ended = Grant { expires_at: UnixTime::from_secs(unix_now().as_secs() - 1), ..revoked };
+    store.put_grant(ended).await.expect("stored");
+    let registration = Grant::upstream_registration(
+        "s",
+        "https://gw.example",
+        mcp_oauth_core::grant::UpstreamClient { client_id: "gw".into(), client_secret: None },
+        unix_now(),
+        in_secs(3600),
+    );
+    store.put_grant(registration).await.expect("stored");
+    let mut listed: Vec<String> =
+        store.list_grants(100).await.expect("listed").into_iter().map(|g| g.id.to_string()).collect();
+    listed.sort();
+    let mut expected: Vec<String> = live.iter().map(|grant| grant.id.to_string()).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert_eq!(store.list_grants(2).await.expect("listed").len(), 2, "at most `limit`");
+    assert_eq!(
+        store.list_grants(100).await.expect("listed").iter().find(|g| g.id == live[1].id),
+        Some(&live[1]),
+        "listed whole"
+    );
 }
 
 /// `take_once` is true the first time only, per key; a mark whose `until` has passed is refused.
