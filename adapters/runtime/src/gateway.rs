@@ -463,6 +463,7 @@ pub async fn handle<R: Runtime, U: Upstream>(
             }
         }
         Action::Authz(machine) => run_authz(state, *machine).await,
+        Action::Probe(probe) => full(probe.answer(&state.grants.apply_boxed(probe.op()).await)),
     };
     tracing::info!(
         method = %parts.method,

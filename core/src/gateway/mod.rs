@@ -18,6 +18,7 @@ use crate::budget::{BudgetConfig, OverBudget, PeerBudget};
 use crate::config::{AuthType, GatewayConfig, ServerConfig};
 use crate::delegate::{GATEWAY_KEY_HEADERS, Target, decide_delegation};
 use crate::flow::Flow;
+use crate::grant::{GrantId, StoreOp, StoreResult};
 use crate::machine::Instant;
 use crate::origin::{Origin, RequestOrigin, Scheme, resolve_public_origin};
 use crate::outbound::{
@@ -87,6 +88,44 @@ pub enum Action {
     ReadForm(FormRequest),
     /// Run this authorization-server machine (callback, token, revocation) to its answer.
     Authz(Box<Authz>),
+    /// `GET /health` with a durable or shared grant store: ask the store [`StoreProbe::op`] and
+    /// answer with [`StoreProbe::answer`].
+    Probe(StoreProbe),
+}
+
+/// The health check of a durable or shared grant store (design §4.10): when the store cannot
+/// answer, `/health` answers 503 so a load balancer drains the replica, as every grant read and
+/// single-use check on it would fail closed anyway.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreProbe;
+
+impl StoreProbe {
+    /// The id read by the probe; no grant has it (grant ids are random, derived ids have a prefix).
+    pub const ID: &'static str = "health-probe";
+
+    /// The operation to ask the store: a read, so the probe writes nothing.
+    pub fn op(self) -> StoreOp {
+        StoreOp::GetGrant { id: GrantId::new(Self::ID) }
+    }
+
+    /// The health answer for the store's `result`.
+    pub fn answer(self, result: &StoreResult) -> Response<Vec<u8>> {
+        match result {
+            StoreResult::Grant(_) => json_response(StatusCode::OK, &json!({"status": "ok", "store": "ok"})),
+            StoreResult::Unavailable { reason } => {
+                let mut response = json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "unavailable", "store": reason}),
+                );
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+                response
+            }
+            _ => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "unavailable", "store": "store_wrong_answer"}),
+            ),
+        }
+    }
 }
 
 /// An OAuth request whose body must be read before core can decide (`register`, `consent`,
@@ -223,6 +262,9 @@ pub fn decide(head: &RequestHead<'_>, context: &mut Context<'_>) -> Action {
 /// to know whether to lock the OAuth state): the path is parsed once.
 pub fn decide_routed(route: Route, head: &RequestHead<'_>, context: &mut Context<'_>) -> Action {
     if route == Route::Health {
+        if context.config.settings.grants.store.is_durable() {
+            return Action::Probe(StoreProbe);
+        }
         return Action::Respond(json_response(StatusCode::OK, &json!({"status": "ok"})));
     }
     if route == Route::NotFound {

@@ -498,6 +498,25 @@ fn routes_and_static_headers() {
 }
 
 #[test]
+fn health_probes_a_durable_store_and_drains_the_replica_when_it_is_down() {
+    let mut flows = OAuthState::default();
+    let memory = config();
+    assert_eq!(respond(run(&memory, &mut flows, Method::GET, "/health", &[])).status(), StatusCode::OK);
+    let mut durable = config();
+    durable.settings.grants.store = crate::config::StoreSetting::Sqlite { path: "g.db".into() };
+    let Action::Probe(probe) = run(&durable, &mut flows, Method::GET, "/health", &[]) else {
+        panic!("a durable store is probed");
+    };
+    assert!(matches!(probe.op(), StoreOp::GetGrant { .. }), "the probe only reads");
+    assert_eq!(probe.answer(&StoreResult::Grant(None)).status(), StatusCode::OK);
+    let down = probe.answer(&StoreResult::Unavailable { reason: "store_unreachable" });
+    assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body(&down)["store"], "store_unreachable");
+    assert!(down.headers().contains_key(header::RETRY_AFTER));
+    assert_eq!(probe.answer(&StoreResult::Stored).status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[test]
 fn m2m_token_requests_name_the_server_as_resource() {
     let yaml = |resource: &str, token_url: &str| {
         format!(

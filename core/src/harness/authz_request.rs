@@ -121,7 +121,7 @@ pub fn authz_request(data: &[u8]) {
             }
             panic!("an authorization-server machine did not finish");
         }
-        Action::Forward(_) | Action::Aggregate(_) | Action::ReadForm(_) => {}
+        Action::Forward(_) | Action::Aggregate(_) | Action::ReadForm(_) | Action::Probe(_) => {}
     }
 }
 

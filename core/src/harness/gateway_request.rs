@@ -107,7 +107,7 @@ pub fn gateway_request(data: &[u8]) {
                 assert!(response.headers().contains_key("location"), "a redirect without Location");
             }
         }
-        Action::ReadForm(_) | Action::Authz(_) => {}
+        Action::ReadForm(_) | Action::Authz(_) | Action::Probe(_) => {}
     }
 }
 
