@@ -287,6 +287,32 @@ impl Grant {
         self.pointed().is_none() && self.client != REGISTRATION_CLIENT
     }
 
+    /// Seals every sealed field again under the current sealing key, to expire with the grant's
+    /// (possibly moved) `expires_at`: what a lifetime extension needs (a sealed value carries its
+    /// own expiry), and how a key rotation re-encrypts a grant lazily, on its next refresh.
+    /// `nonce` is called once per field. Fails when a field no longer opens.
+    pub fn reseal(
+        &mut self,
+        keys: &SealingKeys,
+        now: UnixTime,
+        mut nonce: impl FnMut() -> [u8; NONCE_LEN],
+    ) -> Result<(), OpenError> {
+        let (server, id, expires_at) = (self.server.clone(), self.id.clone(), self.expires_at);
+        let mut again = |sealed: &SealedUpstreamToken| -> Result<SealedUpstreamToken, OpenError> {
+            let clear = sealed.open(keys, &server, &id, now)?;
+            SealedUpstreamToken::seal(keys, &server, &id, expires_at, &clear, nonce())
+                .map_err(|_| OpenError::ImplausibleExpiry)
+        };
+        self.upstream_access_token = again(&self.upstream_access_token)?;
+        if let Some(refresh) = &self.upstream_refresh_token {
+            self.upstream_refresh_token = Some(again(refresh)?);
+        }
+        if let Some(secret) = self.upstream_client.as_mut().and_then(|client| client.client_secret.as_mut()) {
+            *secret = again(secret)?;
+        }
+        Ok(())
+    }
+
     /// Whether the grant has ended at `now`.
     pub fn is_expired(&self, now: UnixTime) -> bool {
         now >= self.expires_at

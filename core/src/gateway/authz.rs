@@ -1736,6 +1736,17 @@ impl Authz {
             (Stage::ExtendRead { claims, holder }, StoreResult::Grant(Some(mut fresh))) => {
                 let lifetime = self.now.plus(self.max_lifetime);
                 fresh.expires_at = fresh.expires_at.max(lifetime);
+                // The sealed upstream tokens carry their own expiry: seal them again to the new
+                // one, under the current key (a rotated key re-encrypts here, lazily).
+                let random = &mut self.random;
+                if fresh.reseal(&self.keys, self.now, || random.array()).is_err() {
+                    let refusal = oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        "the grant's upstream tokens no longer open",
+                    );
+                    return self.revoke(Some(*fresh), refusal, "grant_unreadable");
+                }
                 let op = StoreOp::PutGrant(fresh.clone());
                 self.ask(op, Stage::ExtendPut { claims, grant: fresh, holder });
             }

@@ -786,7 +786,8 @@ fn the_gateway_token_admits_its_own_server_only_and_never_goes_upstream() {
 /// The forward a gateway access token makes at `notes` (what admission builds for it).
 fn grant_forward(agent: &Agent, access: &str, challenge: Option<&str>) -> Forward {
     let keys = agent.config.settings.grants.sealing_keys.clone().unwrap();
-    let (grant, identity) = open_access_token(&keys, "notes", UnixTime::from_secs(T0), access).unwrap();
+    let (grant, identity) =
+        open_access_token(&keys, "notes", UnixTime::from_secs(agent.store.now), access).unwrap();
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Forward {
@@ -1443,4 +1444,45 @@ fn a_refresh_extends_the_grant_to_30_days_after_it() {
         ("client_id", &client_id),
     ]);
     assert_eq!(again.status(), StatusCode::OK, "{}", String::from_utf8_lossy(again.body()));
+    // Past the grant's first 30 days its sealed upstream tokens still open: they were sealed
+    // again to the extended expiry. The call refreshes upstream (its access token is long gone).
+    let again: Value = serde_json::from_slice(again.body()).unwrap();
+    let forward = grant_forward(&agent, again["access_token"].as_str().unwrap(), None);
+    let config = agent.config.clone();
+    agent.store.now = T0 + 35 * day + 7200;
+    let mut call = Call::forward(&config, &forward, Method::GET, Bytes::new(), CallLimits::default())
+        .unwrap()
+        .with_clock(UnixTime::from_secs(T0 + 35 * day + 7200), Some([9; 32]));
+    let (outcome, sent) = drive_call(&mut call, &mut agent.store, |request| {
+        if request.request.uri().path() == "/token" {
+            upstream_tokens("upstream-at-0002", None)
+        } else {
+            Response::new(Bytes::new())
+        }
+    });
+    assert!(sent[0].contains("upstream-rt-0001"), "the sealed refresh token opened: {sent:?}");
+    assert!(matches!(outcome, CallOutcome::Relay(ref head) if head.status() == StatusCode::OK), "{sent:?}");
+}
+
+#[test]
+fn a_refresh_seals_the_grant_again_under_a_rotated_key() {
+    let mut agent = Agent::new();
+    let (client_id, tokens) = signed_in(&mut agent);
+    let old = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+    let new = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([42u8; 32]);
+    let old_keys = crate::seal::SealingKeys::parse(old).unwrap();
+    let new_key = crate::seal::SealingKeys::parse(&new).unwrap();
+    let rotated = crate::seal::SealingKeys::parse_list([new.as_str(), old]).unwrap();
+    agent.config.settings.grants.sealing_keys = Some(rotated);
+    let refreshed = agent.token(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+        ("client_id", &client_id),
+    ]);
+    assert_eq!(refreshed.status(), StatusCode::OK, "{}", String::from_utf8_lossy(refreshed.body()));
+    let grant = agent.store.grants.values().find(|grant| grant.is_user_grant()).unwrap();
+    let now = UnixTime::from_secs(agent.store.now);
+    let access = &grant.upstream_access_token;
+    assert!(access.open(&new_key, "notes", &grant.id, now).is_ok(), "sealed under the new key alone");
+    assert!(access.open(&old_keys, "notes", &grant.id, now).is_err());
 }
