@@ -32,7 +32,9 @@ use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ::redis::{Client, Connection, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError};
+use ::redis::{
+    Client, Connection, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError,
+};
 use ::redis::{RedisConnectionInfo, Script};
 use mcp_oauth_core::config::RedisSetting;
 use mcp_oauth_core::grant::{Grant, GrantId, StoreOp, StoreResult, StoreUnavailable};
@@ -332,7 +334,10 @@ impl Lease {
 
     /// Runs one exchange on the connection; after any error but a clean error reply from the
     /// server, the connection's state is unknown (a reply may still arrive), so it is dropped.
-    fn run<T>(&mut self, exchange: impl FnOnce(&mut Connection) -> ::redis::RedisResult<T>) -> Result<T, &'static str> {
+    fn run<T>(
+        &mut self,
+        exchange: impl FnOnce(&mut Connection) -> ::redis::RedisResult<T>,
+    ) -> Result<T, &'static str> {
         let connection = self.connection.as_mut().ok_or(UNREACHABLE)?;
         exchange(connection).map_err(|error| {
             if !matches!(error.kind(), ErrorKind::Server(_)) {
@@ -447,7 +452,10 @@ impl<R: Runtime> RedisGrantStore<R> {
             Lease::take(&inner)?.run(|connection| ::redis::cmd("PING").query::<String>(connection))
         });
         // Waiting for a slot, connecting and one reply are each bounded by IO_TIMEOUT.
-        matches!(timeout(&self.runtime, IO_TIMEOUT * 3 + Duration::from_millis(500), answer).await, Ok(Ok(Ok(_))))
+        matches!(
+            timeout(&self.runtime, IO_TIMEOUT * 3 + Duration::from_millis(500), answer).await,
+            Ok(Ok(Ok(_)))
+        )
     }
 
     /// Runs `work` with a leased connection on a blocking thread; every failure is a reason code.
@@ -465,13 +473,20 @@ impl<R: Runtime> RedisGrantStore<R> {
 }
 
 /// Answers one operation on a leased connection.
-fn apply_on(lease: &mut Lease, inner: &Inner, keys: &Keys, op: StoreOp, now: Now) -> Result<StoreResult, &'static str> {
+fn apply_on(
+    lease: &mut Lease,
+    inner: &Inner,
+    keys: &Keys,
+    op: StoreOp,
+    now: Now,
+) -> Result<StoreResult, &'static str> {
     let scripts = &inner.scripts;
     let max = inner.max_records;
     match op {
         StoreOp::GetGrant { id } => {
             let key = keys.grant(&id);
-            let fields = lease.run(|connection| ::redis::cmd("HMGET").arg(&key).arg(&GRANT_FIELDS).query(connection))?;
+            let fields = lease
+                .run(|connection| ::redis::cmd("HMGET").arg(&key).arg(&GRANT_FIELDS).query(connection))?;
             let grant = read_grant(fields, now)?;
             if grant.as_ref().is_some_and(|grant| grant.id != id) {
                 return Err(CORRUPT);
@@ -482,7 +497,8 @@ fn apply_on(lease: &mut Lease, inner: &Inner, keys: &Keys, op: StoreOp, now: Now
             let key = keys.grant(&grant.id);
             if grant.is_expired(now.secs) {
                 // A grant written already ended is a revocation: forget it.
-                lease.run(|connection| scripts.forget.key(&key).key(keys.index()).invoke::<i64>(connection))?;
+                lease
+                    .run(|connection| scripts.forget.key(&key).key(keys.index()).invoke::<i64>(connection))?;
                 return Ok(StoreResult::Stored);
             }
             let expires_ms = grant.expires_at.as_secs().saturating_mul(1000);
@@ -500,7 +516,11 @@ fn apply_on(lease: &mut Lease, inner: &Inner, keys: &Keys, op: StoreOp, now: Now
                     .arg(max)
                     .invoke::<i64>(connection)
             })?;
-            Ok(if stored == 1 { StoreResult::Stored } else { StoreResult::Unavailable { reason: STORE_FULL } })
+            Ok(if stored == 1 {
+                StoreResult::Stored
+            } else {
+                StoreResult::Unavailable { reason: STORE_FULL }
+            })
         }
         StoreOp::TakeOnce { key, until } => {
             if now.secs >= until {
@@ -560,7 +580,12 @@ fn apply_on(lease: &mut Lease, inner: &Inner, keys: &Keys, op: StoreOp, now: Now
         }
         StoreOp::Unlock { grant, holder } => {
             lease.run(|connection| {
-                scripts.unlock.key(keys.lock(&grant)).key(keys.index()).arg(&holder.0).invoke::<i64>(connection)
+                scripts
+                    .unlock
+                    .key(keys.lock(&grant))
+                    .key(keys.index())
+                    .arg(&holder.0)
+                    .invoke::<i64>(connection)
             })?;
             Ok(StoreResult::Unlocked)
         }
@@ -609,10 +634,12 @@ fn list_on(lease: &mut Lease, keys: &Keys, limit: usize, now: Now) -> Result<Vec
             let rows: Vec<Vec<Option<Vec<u8>>>> = lease.run(|connection| reads.query(connection))?;
             // SCAN may return a key twice; a record may expire between the two steps (`None`).
             for grant in rows.into_iter().map(|row| read_grant(row, now)) {
-                if let Some(grant) = grant? {
-                    if grant.is_user_grant() && listed.len() < limit && seen.insert(grant.id.clone()) {
-                        listed.push(grant);
-                    }
+                if let Some(grant) = grant?
+                    && grant.is_user_grant()
+                    && listed.len() < limit
+                    && seen.insert(grant.id.clone())
+                {
+                    listed.push(grant);
                 }
             }
         }
@@ -645,5 +672,275 @@ impl<R: Runtime> fmt::Debug for RedisGrantStore<R> {
             .field("prefix", &self.keys.prefix)
             .field("max_records", &self.inner.max_records)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, feature = "test-suite"))]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::process::Command;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    use std::time::{Duration, Instant};
+
+    use mcp_oauth_core::grant::{Grant, GrantId, Identity, LockHolder, OnceKey, SealedUpstreamToken};
+    use mcp_oauth_core::seal::{SealingKeys, UnixTime};
+    use mcp_oauth_core::secret::Secret;
+
+    use super::*;
+    use crate::grant_store::unix_now;
+    use crate::runtime::BlockingError;
+    use crate::testing::RedisServer;
+
+    /// A runtime of plain threads, enough for these tests (the crate has no executor of its own).
+    #[derive(Clone, Debug)]
+    struct Threads;
+
+    impl Runtime for Threads {
+        fn now(&self) -> Instant {
+            Instant::now()
+        }
+
+        fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                let _ = done.send(());
+            });
+            async move {
+                let _ = wait.await;
+            }
+        }
+
+        fn spawn<F>(&self, task: F)
+        where
+            F: Future<Output = ()> + Send + 'static,
+        {
+            std::thread::spawn(move || block_on(task));
+        }
+
+        fn spawn_blocking<T, F>(
+            &self,
+            work: F,
+        ) -> impl Future<Output = Result<T, BlockingError>> + Send + 'static
+        where
+            F: FnOnce() -> T + Send + 'static,
+            T: Send + 'static,
+        {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let _ = done.send(work());
+            });
+            async move { wait.await.map_err(|_| BlockingError::new("the blocking thread panicked")) }
+        }
+    }
+
+    struct Unpark(std::thread::Thread);
+
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut context = Context::from_waker(&waker);
+        let mut future = pin!(future);
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+                return output;
+            }
+            std::thread::park();
+        }
+    }
+
+    fn grant(n: u8) -> Grant {
+        let keys = SealingKeys::generate([5; 32]);
+        let id = GrantId::from_random([n; 16]);
+        let expires_at = unix_now().plus(Duration::from_secs(3600));
+        Grant {
+            id: id.clone(),
+            server: "s".into(),
+            identity: Identity::new("master", &Secret::new("sk"), &keys),
+            client: "client".into(),
+            upstream_access_token: SealedUpstreamToken::seal(
+                &keys,
+                "s",
+                &id,
+                expires_at,
+                &Secret::new("t"),
+                [n; 24],
+            )
+            .expect("seals"),
+            upstream_refresh_token: None,
+            upstream_access_expires_at: None,
+            expires_at,
+            generation: 0,
+            rotated_at: unix_now(),
+            scope: String::new(),
+            upstream_client: None,
+        }
+    }
+
+    fn store(server: &RedisServer) -> RedisGrantStore<Threads> {
+        RedisGrantStore::connect(&server.setting(), 100, Threads).expect("connects")
+    }
+
+    /// A direct connection, to look at and tamper with what the store wrote.
+    fn raw(server: &RedisServer) -> Connection {
+        open(&connection_info(&server.setting()).expect("info")).expect("connects")
+    }
+
+    fn signal(server: &RedisServer, signal: &str) {
+        let status =
+            Command::new("kill").args([signal, &server.pid().to_string()]).status().expect("kill runs");
+        assert!(status.success(), "kill {signal}");
+    }
+
+    #[test]
+    fn a_frozen_server_answers_unavailable_in_time_and_the_grant_survives_it() {
+        let Some(server) = RedisServer::start() else { return };
+        let store = store(&server);
+        let grant = grant(1);
+        block_on(store.put_grant(grant.clone())).expect("stored");
+
+        signal(&server, "-STOP");
+        let started = Instant::now();
+        let answer = block_on(store.get_grant(grant.id.clone()));
+        let waited = started.elapsed();
+        let pinged = block_on(store.ping());
+        signal(&server, "-CONT");
+        assert_eq!(answer.map_err(|e| e.reason), Err(TIMED_OUT));
+        assert!(waited < IO_TIMEOUT * 3, "answered after {waited:?}");
+        assert!(!pinged, "a frozen server fails /health");
+
+        // The timed-out connection was dropped; the next call opens a fresh one.
+        assert_eq!(block_on(store.get_grant(grant.id.clone())), Ok(Some(grant)));
+        assert!(block_on(store.ping()));
+    }
+
+    #[test]
+    fn a_stopped_server_answers_unreachable_and_pings_false() {
+        let Some(server) = RedisServer::start() else { return };
+        let store = store(&server);
+        drop(server);
+        let answer = block_on(store.take_once(OnceKey("k".into()), unix_now().plus(Duration::from_secs(60))));
+        assert!(answer.is_err(), "{answer:?}");
+        assert!(!block_on(store.ping()));
+    }
+
+    #[test]
+    fn a_wrong_password_is_a_connect_error_that_does_not_repeat_it() {
+        let Some(server) = RedisServer::start_with_password("right-password-1") else { return };
+        store(&server);
+        let mut setting = server.setting();
+        setting.password = Some(Secret::new("wrong-password-2"));
+        let error = RedisGrantStore::connect(&setting, 100, Threads).expect_err("refused");
+        assert!(matches!(error, RedisStoreError::Auth { .. }), "{error:?}");
+        let message = format!("{error} {error:?}");
+        assert!(!message.contains("password-"), "{message}");
+        assert!(message.contains(&format!("127.0.0.1:{}/0", server.port())), "{message}");
+
+        setting.password = None;
+        let error = RedisGrantStore::connect(&setting, 100, Threads).expect_err("refused");
+        assert!(matches!(error, RedisStoreError::Auth { .. }), "no password: {error:?}");
+        let debug = format!("{:?}", store(&server));
+        assert!(!debug.contains("right-password"), "{debug}");
+    }
+
+    #[test]
+    fn an_unreachable_server_is_a_connect_error_naming_it() {
+        let Some(server) = RedisServer::start() else { return };
+        let setting = server.setting();
+        drop(server);
+        let error = RedisGrantStore::connect(&setting, 100, Threads).expect_err("nothing listens");
+        assert!(matches!(error, RedisStoreError::Unreachable { .. }), "{error:?}");
+        assert!(error.to_string().contains(&format!("127.0.0.1:{}", setting.port)), "{error}");
+    }
+
+    #[test]
+    fn every_key_expires_with_its_record() {
+        let Some(server) = RedisServer::start() else { return };
+        let store = store(&server);
+        let grant = grant(2);
+        block_on(store.put_grant(grant.clone())).expect("stored");
+        let until = unix_now().plus(Duration::from_secs(60));
+        assert_eq!(block_on(store.take_once(OnceKey("code".into()), until)), Ok(true));
+        let lock = GrantId::new("locked");
+        let ttl = Duration::from_secs(30);
+        assert_eq!(block_on(store.try_lock(lock.clone(), LockHolder("h".into()), ttl)), Ok(true));
+
+        let mut connection = raw(&server);
+        let mut pttl =
+            |key: String| ::redis::cmd("PTTL").arg(&key).query::<i64>(&mut connection).expect("PTTL");
+        let keys = Keys { prefix: DEFAULT_PREFIX.into() };
+        let grant_ttl = pttl(keys.grant(&grant.id));
+        assert!((3_500_000..=3_600_000).contains(&grant_ttl), "grant {grant_ttl}");
+        let mark_ttl = pttl(keys.once("code"));
+        assert!((50_000..=60_000).contains(&mark_ttl), "mark {mark_ttl}");
+        let lock_ttl = pttl(keys.lock(&lock));
+        assert!((25_000..=30_000).contains(&lock_ttl), "lock {lock_ttl}");
+        let index_ttl = pttl(keys.index());
+        assert!(index_ttl >= grant_ttl - 1000, "index {index_ttl}");
+
+        // Unlock and revocation forget the key and its index entry.
+        block_on(store.unlock(lock.clone(), LockHolder("h".into()))).expect("unlocked");
+        assert_eq!(pttl(keys.lock(&lock)), -2);
+        let revoked = Grant { expires_at: UnixTime::from_secs(unix_now().as_secs() - 1), ..grant.clone() };
+        block_on(store.put_grant(revoked)).expect("revoked");
+        assert_eq!(pttl(keys.grant(&grant.id)), -2);
+        let indexed: usize = ::redis::cmd("ZCARD").arg(keys.index()).query(&mut connection).expect("ZCARD");
+        assert_eq!(indexed, 1, "only the mark is left");
+    }
+
+    #[test]
+    fn a_garbled_record_answers_unavailable_not_a_guess() {
+        let Some(server) = RedisServer::start() else { return };
+        let store = store(&server);
+        let (good, bad, odd) = (grant(3), grant(4), grant(5));
+        for grant in [&good, &bad, &odd] {
+            block_on(store.put_grant(grant.clone())).expect("stored");
+        }
+        let keys = Keys { prefix: DEFAULT_PREFIX.into() };
+        let mut connection = raw(&server);
+        let _: () = ::redis::cmd("HSET")
+            .arg(keys.grant(&bad.id))
+            .arg("record")
+            .arg("{not json")
+            .query(&mut connection)
+            .expect("HSET");
+        let _: () = ::redis::cmd("HSET")
+            .arg(keys.grant(&odd.id))
+            .arg("generation")
+            .arg("1.5")
+            .query(&mut connection)
+            .expect("HSET");
+        let corrupt = Err(StoreUnavailable { reason: CORRUPT });
+        assert_eq!(block_on(store.get_grant(bad.id.clone())), corrupt);
+        assert_eq!(block_on(store.get_grant(odd.id.clone())), corrupt);
+        assert_eq!(block_on(store.list_grants(10)), Err(StoreUnavailable { reason: CORRUPT }));
+        assert_eq!(block_on(store.get_grant(good.id.clone())), Ok(Some(good)), "the others still read");
+    }
+
+    #[test]
+    fn prefixes_keep_stores_apart_and_generations_stay_exact() {
+        let Some(server) = RedisServer::start() else { return };
+        let blue = store(&server).with_prefix("blue");
+        let green = store(&server).with_prefix("gr*en");
+        let big = Grant { generation: u64::MAX - 1, ..grant(6) };
+        block_on(blue.put_grant(big.clone())).expect("stored");
+        assert_eq!(block_on(green.get_grant(big.id.clone())), Ok(None));
+        assert_eq!(block_on(green.list_grants(10)), Ok(vec![]));
+        assert_eq!(block_on(blue.list_grants(10)).expect("listed").len(), 1);
+
+        let now = unix_now();
+        assert_eq!(block_on(blue.advance_generation(big.id.clone(), u64::MAX - 2, now)), Ok(false));
+        assert_eq!(block_on(blue.advance_generation(big.id.clone(), u64::MAX - 1, now)), Ok(true));
+        let read = block_on(blue.get_grant(big.id.clone())).expect("answer").expect("live");
+        assert_eq!(read.generation, u64::MAX, "no float on the way");
+        assert_eq!(block_on(blue.advance_generation(big.id, u64::MAX, now)), Ok(false), "no overflow");
+        assert!(format!("{blue:?}").contains(&format!("127.0.0.1:{}/0", server.port())));
     }
 }
