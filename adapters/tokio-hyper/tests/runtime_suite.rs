@@ -18,3 +18,20 @@ fn block_on<F: Future>(future: F) -> F::Output {
 mcp_oauth_runtime::runtime_test_suite!(block_on, TokioRuntime);
 
 mcp_oauth_runtime::grant_store_test_suite!(memory_grant_store, block_on, TokioRuntime, MemoryGrantStore::new);
+
+// Each Redis test starts its own throwaway redis-server (skipped without one, unless `CI` is set).
+mcp_oauth_runtime::grant_store_test_suite_or_skip!(
+    redis_grant_store,
+    block_on,
+    TokioRuntime,
+    |max_records| {
+        let server = mcp_oauth_runtime::testing::RedisServer::start()?;
+        let store = mcp_oauth_runtime::grant_store::redis::RedisGrantStore::connect(
+            &server.setting(),
+            max_records,
+            TokioRuntime,
+        )
+        .expect("connects to the test redis-server");
+        Some((store, server))
+    }
+);
