@@ -38,3 +38,20 @@ mcp_oauth_runtime::grant_store_test_suite!(
     |max| SqliteGrantStore::open(&fresh_temp_path(), max, AsyncStdRuntime)
         .expect("a fresh SQLite store opens")
 );
+
+// Each Redis test starts its own throwaway redis-server (skipped without one, unless `CI` is set).
+mcp_oauth_runtime::grant_store_test_suite_or_skip!(
+    redis_grant_store,
+    async_std::task::block_on,
+    AsyncStdRuntime,
+    |max_records| {
+        let server = mcp_oauth_runtime::testing::RedisServer::start()?;
+        let store = mcp_oauth_runtime::grant_store::redis::RedisGrantStore::connect(
+            &server.setting(),
+            max_records,
+            AsyncStdRuntime,
+        )
+        .expect("connects to the test redis-server");
+        Some((store, server))
+    }
+);

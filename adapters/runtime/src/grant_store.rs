@@ -22,6 +22,8 @@ use mcp_oauth_core::grant::{Grant, GrantId, LockHolder, OnceKey, StoreOp, StoreR
 use mcp_oauth_core::seal::UnixTime;
 
 pub mod record;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

@@ -504,30 +504,9 @@ pub async fn idle_keys_do_not_accumulate<R: Runtime>(runtime: R) {
 #[macro_export]
 macro_rules! grant_store_test_suite {
     ($module:ident, $block_on:path, $runtime:expr, $make_store:expr) => {
-        mod $module {
-            #[allow(unused_imports)]
-            use super::*;
-
-            $crate::grant_store_test_suite!(@each $block_on, $runtime, $make_store;
-                grants_round_trip_and_expired_grants_are_gone,
-                take_once_is_true_exactly_once,
-                take_once_is_true_once_among_32_concurrent_callers,
-                expired_marks_are_gone,
-                advance_generation_is_compare_and_swap,
-                try_lock_excludes_a_second_holder_until_unlock_or_ttl,
-                a_full_store_prunes_expired_records_then_fails_closed,
-                list_grants_shows_live_user_grants_only,
-            );
-        }
-    };
-    (@each $block_on:path, $runtime:expr, $make_store:expr; $($scenario:ident,)*) => {
-        $(
-            #[test]
-            fn $scenario() {
-                let store = ($make_store)($crate::testing::SUITE_MAX_RECORDS);
-                $block_on($crate::testing::bounded($runtime, $crate::testing::$scenario($runtime, store)));
-            }
-        )*
+        $crate::grant_store_test_suite_or_skip!($module, $block_on, $runtime, |max_records| {
+            Some((($make_store)(max_records), ()))
+        });
     };
 }
 
@@ -783,4 +762,166 @@ pub async fn a_full_store_prunes_expired_records_then_fails_closed<R: Runtime, S
         Some("read".into())
     );
     assert_eq!(store.take_once(OnceKey("one-more".into()), long).await, Ok(true));
+}
+
+/// Like [`grant_store_test_suite!`](crate::grant_store_test_suite), for a backend that needs a
+/// server the machine may lack: `$make_store` answers `Option<(store, guard)>`. `None` skips the
+/// test (the maker says why); the guard (a child server, a temporary directory) lives until the
+/// test ends.
+#[macro_export]
+macro_rules! grant_store_test_suite_or_skip {
+    ($module:ident, $block_on:path, $runtime:expr, $make_store:expr) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $crate::grant_store_test_suite_or_skip!(@each $block_on, $runtime, $make_store;
+                grants_round_trip_and_expired_grants_are_gone,
+                take_once_is_true_exactly_once,
+                take_once_is_true_once_among_32_concurrent_callers,
+                expired_marks_are_gone,
+                advance_generation_is_compare_and_swap,
+                try_lock_excludes_a_second_holder_until_unlock_or_ttl,
+                a_full_store_prunes_expired_records_then_fails_closed,
+                list_grants_shows_live_user_grants_only,
+            );
+        }
+    };
+    (@each $block_on:path, $runtime:expr, $make_store:expr; $($scenario:ident,)*) => {
+        $(
+            #[test]
+            fn $scenario() {
+                let Some((store, _guard)) = ($make_store)($crate::testing::SUITE_MAX_RECORDS) else {
+                    return;
+                };
+                $block_on($crate::testing::bounded($runtime, $crate::testing::$scenario($runtime, store)));
+            }
+        )*
+    };
+}
+
+/// A throwaway `redis-server` on a free loopback port, without persistence, killed on drop: what
+/// the Redis grant-store tests run against.
+///
+/// When `redis-server` is not on `PATH`, [`RedisServer::start`] panics if `CI` is set (the CI
+/// image must install it) and otherwise prints a skip notice and answers `None`.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+    password: Option<String>,
+}
+
+impl RedisServer {
+    /// Starts a server without a password, answering `PING` before this returns.
+    pub fn start() -> Option<Self> {
+        Self::spawn(None)
+    }
+
+    /// Starts a server that requires `password` (`requirepass`, the default user).
+    pub fn start_with_password(password: &str) -> Option<Self> {
+        Self::spawn(Some(password))
+    }
+
+    /// The setting that reaches this server (database 0, with its password if it has one).
+    pub fn setting(&self) -> mcp_oauth_core::config::RedisSetting {
+        mcp_oauth_core::config::RedisSetting {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            db: 0,
+            username: None,
+            password: self.password.as_deref().map(Secret::new),
+        }
+    }
+
+    /// The server's process id (for `kill -STOP` / `kill -CONT`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn spawn(password: Option<&str>) -> Option<Self> {
+        use std::process::{Command, Stdio};
+
+        // A free port may be taken between the probe and the server's bind: try a few.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free loopback port")
+                .port();
+            let mut command = Command::new("redis-server");
+            command
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if let Some(password) = password {
+                command.args(["--requirepass", password]);
+            }
+            let child = match command.spawn() {
+                Ok(child) => child,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    assert!(
+                        std::env::var_os("CI").is_none(),
+                        "redis-server is not on PATH: install it (e.g. `apt-get install redis-server`) to run \
+                         the Redis grant-store tests"
+                    );
+                    eprintln!(
+                        "skipped: redis-server is not on PATH (install it to run the Redis store tests)"
+                    );
+                    return None;
+                }
+                Err(error) => panic!("cannot start redis-server: {error}"),
+            };
+            let mut server = Self { child, port, password: password.map(str::to_owned) };
+            if server.wait_until_up() {
+                return Some(server);
+            }
+        }
+        panic!("redis-server did not answer PING within 5 s on any of five ports");
+    }
+
+    /// Whether the server answers `PING` (or asks for AUTH) within 5 s; `false` if it exited
+    /// (its port was taken) or never answered.
+    fn wait_until_up(&mut self) -> bool {
+        use std::io::{Read, Write};
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return false;
+            }
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut reply = [0u8; 64];
+                if stream.write_all(b"PING\r\n").is_ok() && stream.read(&mut reply).is_ok_and(|n| n > 0) {
+                    // `+PONG`, or `-NOAUTH` from a server with a password: either way it is up.
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        // SIGKILL ends a stopped (SIGSTOP) process too.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -39,3 +39,20 @@ mcp_oauth_runtime::grant_store_test_suite!(memory_grant_store, block_on, TokioRu
 mcp_oauth_runtime::grant_store_test_suite!(sqlite_grant_store, block_on, TokioRuntime, |max| {
     SqliteGrantStore::open(&fresh_temp_path(), max, TokioRuntime).expect("a fresh SQLite store opens")
 });
+
+// Each Redis test starts its own throwaway redis-server (skipped without one, unless `CI` is set).
+mcp_oauth_runtime::grant_store_test_suite_or_skip!(
+    redis_grant_store,
+    block_on,
+    TokioRuntime,
+    |max_records| {
+        let server = mcp_oauth_runtime::testing::RedisServer::start()?;
+        let store = mcp_oauth_runtime::grant_store::redis::RedisGrantStore::connect(
+            &server.setting(),
+            max_records,
+            TokioRuntime,
+        )
+        .expect("connects to the test redis-server");
+        Some((store, server))
+    }
+);
