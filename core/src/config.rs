@@ -669,8 +669,18 @@ impl RedisSetting {
             "" => 0,
             number => number.parse().map_err(|_| StoreSettingError::RedisUrl)?,
         };
-        let username = Some(url.username()).filter(|name| !name.is_empty()).map(str::to_owned);
-        let password = url.password().map(Secret::new);
+        // `url` keeps userinfo percent-encoded; Redis wants the text itself (`p%40ss` is `p@ss`).
+        let decode = |text: &str| {
+            percent_encoding::percent_decode_str(text)
+                .decode_utf8()
+                .map(|decoded| decoded.into_owned())
+                .map_err(|_| StoreSettingError::RedisUrl)
+        };
+        let username = match url.username() {
+            "" => None,
+            name => Some(decode(name)?),
+        };
+        let password = url.password().map(decode).transpose()?.map(Secret::new);
         Ok(Self { host, port: url.port().unwrap_or(6379), db, username, password })
     }
 }
@@ -2012,7 +2022,11 @@ mcp_servers:
         assert_eq!((auth.host.as_str(), auth.username.as_deref()), ("[::1]", Some("app")));
         assert_eq!(auth.password.as_ref().map(Secret::expose), Some("pa55word-0001"));
         assert!(!format!("{auth:?}").contains("pa55word"));
+        let encoded = redis("redis://us%3Aer:p%40ss%2Fw0rd@h");
+        assert_eq!(encoded.username.as_deref(), Some("us:er"), "userinfo is percent-decoded");
+        assert_eq!(encoded.password.as_ref().map(Secret::expose), Some("p@ss/w0rd"));
         for bad in [
+            "redis://:%FF@h",
             "",
             "Memory",
             "sqlite://",
