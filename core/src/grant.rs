@@ -6,7 +6,7 @@
 //! upstream tokens, sealed ([`SealedUpstreamToken`]) so the store never holds one in clear text.
 //! Core does no I/O, so there is no store trait here: a machine yields a [`StoreOp`] and is handed
 //! back a [`StoreResult`], exactly like an HTTP request and its response. The adapters
-//! (`mcp-oauth-runtime`'s `GrantStore`: memory, later SQLite and Redis) implement the five
+//! (`mcp-oauth-runtime`'s `GrantStore`: memory, SQLite and Redis) implement the five
 //! primitives and nothing else; every decision (grace window, reuse, expiry) stays in core.
 //!
 //! The store fails closed: [`StoreResult::Unavailable`] makes every single-use check and every

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mcp_oauth_core::config::{Diagnostic, Severity, load_yaml};
+use mcp_oauth_runtime::grant_store::{DEFAULT_MAX_RECORDS, open_store};
 use mcp_oauth_runtime::log::BufferedLog;
+use mcp_oauth_tokio::TokioRuntime;
 use mcp_oauth_tokio::server::{ServerOptions, gateway_state, serve};
 use mcp_oauth_tokio::startup::discover_endpoints;
 use tokio::net::TcpListener;
@@ -127,8 +129,17 @@ pub(crate) fn run(config: &Path, listen: &str) -> ExitCode {
         if let Ok(bound) = listener.local_addr() {
             config.settings.origin.pin_listen_address(bound);
         }
+        // Design §4.10: a store that cannot be opened or does not answer stops the start, with the
+        // reason; serving would fail every sign-in and every grant read.
+        let store = match open_store(&config.settings.grants.store, DEFAULT_MAX_RECORDS, TokioRuntime).await {
+            Ok(store) => store,
+            Err(error) => {
+                eprintln!("mcp-oauth serve: {error}");
+                return ExitCode::from(1);
+            }
+        };
         let state = match gateway_state(config, ServerOptions::default()) {
-            Ok(state) => Arc::new(state),
+            Ok(state) => Arc::new(state.with_grant_store(store)),
             Err(error) => {
                 eprintln!("mcp-oauth serve: {error}");
                 return ExitCode::from(1);

@@ -218,7 +218,7 @@ impl<R: Runtime, U: Upstream> GatewayState<R, U> {
 }
 
 /// Records the memory grant store holds at most (grants, single-use marks, locks).
-pub const DEFAULT_GRANT_RECORDS: usize = 100_000;
+pub const DEFAULT_GRANT_RECORDS: usize = crate::grant_store::DEFAULT_MAX_RECORDS;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)

@@ -21,11 +21,14 @@ use std::time::{Duration, SystemTime};
 use mcp_oauth_core::grant::{Grant, GrantId, LockHolder, OnceKey, StoreOp, StoreResult, StoreUnavailable};
 use mcp_oauth_core::seal::UnixTime;
 
+mod open;
 pub mod record;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+
+pub use open::{DEFAULT_MAX_RECORDS, StoreOpenError, open_store};
 
 /// A [`GrantStore`] behind a pointer: what the gateway holds, so the backend is chosen at start-up
 /// (memory, SQLite, Redis) without a type parameter.
