@@ -9,6 +9,7 @@
 #![allow(rustdoc::bare_urls)]
 
 mod demo;
+mod grants;
 mod serve;
 
 use std::io::{self, BufRead, BufWriter, Write};
@@ -36,6 +37,8 @@ const EXIT_STATUS_HELP: &str = "\
 Examples:
   mcp-oauth demo --once
   mcp-oauth serve --config config.yaml --listen 127.0.0.1:4000
+  mcp-oauth grants list --config config.yaml --server notes
+  mcp-oauth grants revoke --config config.yaml --identity alice
   mcp-oauth check config config.yaml
   mcp-oauth check redirect-uri https://app.example.com/cb --public-origin https://gw.example.com
   echo '{\"check\":\"mask\",\"value\":\"Bearer abcdefghijklmnop\"}' | mcp-oauth eval
@@ -78,6 +81,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:4000")]
         listen: String,
     },
+    /// See or end the users' grants in the configured grant store (sqlite:// or redis://).
+    #[command(subcommand)]
+    Grants(GrantsCommand),
     /// Start a mock upstream and the gateway on loopback and walk through an M2M call and an
     /// interactive OAuth flow, printing every step.
     Demo {
@@ -93,6 +99,48 @@ enum Command {
         #[arg(long)]
         parallel: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum GrantsCommand {
+    /// List the live grants (never a token): id, server, identity, generation, expiry, scope.
+    List {
+        /// The gateway's YAML configuration (its general_settings.mcp_oauth_store is used).
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        filter: GrantFilter,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End the matching grants now: their gateway tokens stop working on every replica.
+    Revoke {
+        /// The gateway's YAML configuration (its general_settings.mcp_oauth_store is used).
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        filter: GrantFilter,
+    },
+}
+
+#[derive(clap::Args)]
+struct GrantFilter {
+    /// Only this grant (its id, as `grants list` shows it).
+    #[arg(long)]
+    grant: Option<String>,
+    /// Only grants for this server.
+    #[arg(long)]
+    server: Option<String>,
+    /// Only grants of this identity (the gateway key's name).
+    #[arg(long)]
+    identity: Option<String>,
+}
+
+impl GrantFilter {
+    fn into_filter(self) -> grants::Filter {
+        grants::Filter { grant: self.grant, server: self.server, identity: self.identity }
+    }
 }
 
 #[derive(clap::Args)]
@@ -219,6 +267,12 @@ fn main() -> ExitCode {
         Command::Discover { url, parallel } => discover(&url, parallel),
         Command::Serve { config, listen } => serve::run(&config, &listen),
         Command::Demo { once } => demo::run(once),
+        Command::Grants(GrantsCommand::List { config, filter, json }) => {
+            grants::list(&config, &filter.into_filter(), json)
+        }
+        Command::Grants(GrantsCommand::Revoke { config, filter }) => {
+            grants::revoke(&config, &filter.into_filter())
+        }
     }
 }
 
