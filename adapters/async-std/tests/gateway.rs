@@ -4,9 +4,11 @@
 
 use std::sync::Arc;
 
+use mcp_oauth_async_std::AsyncStdRuntime;
 use mcp_oauth_async_std::server::{ServerOptions, gateway_state, serve};
-use mcp_oauth_core::config::GatewayConfig;
-use mcp_oauth_tokio::gateway_suite::GatewayHost;
+use mcp_oauth_core::config::{GatewayConfig, StoreSetting};
+use mcp_oauth_runtime::grant_store::{DEFAULT_MAX_RECORDS, DynGrantStore, open_store};
+use mcp_oauth_tokio::gateway_suite::{GatewayHost, OpenedStore};
 use tokio::sync::oneshot;
 
 /// The gateway on async-std.
@@ -19,14 +21,23 @@ impl GatewayHost for AsyncStdHost {
         gateway_state(config, options).map(drop).map_err(|error| error.to_string())
     }
 
+    fn open_store(setting: StoreSetting) -> OpenedStore {
+        Box::pin(async move {
+            open_store(&setting, DEFAULT_MAX_RECORDS, AsyncStdRuntime)
+                .await
+                .map_err(|error| error.to_string())
+        })
+    }
+
     fn start(
         config: GatewayConfig,
         options: ServerOptions,
+        store: Arc<dyn DynGrantStore>,
         listener: std::net::TcpListener,
         stop: oneshot::Receiver<()>,
         done: oneshot::Sender<()>,
     ) -> Box<dyn Fn() -> u64 + Send + Sync> {
-        let state = Arc::new(gateway_state(config, options).expect("state"));
+        let state = Arc::new(gateway_state(config, options).expect("state").with_grant_store(store));
         let listener = async_std::net::TcpListener::from(listener);
         let serving = Arc::clone(&state);
         async_std::task::spawn(async move {

@@ -24,9 +24,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use mcp_oauth_core::config::GatewayConfig;
+use mcp_oauth_core::config::StoreSetting;
 use mcp_oauth_core::config::load_yaml;
 use mcp_oauth_core::pkce::Pkce;
 use mcp_oauth_core::secret::Secret;
+use mcp_oauth_runtime::grant_store::DynGrantStore;
 
 use crate::mock::{MockConfig, MockUpstream, Switch, Switches};
 use crate::server::{ServerOptions, TokenKey};
@@ -36,6 +38,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use url::Url;
 
+mod durable;
+pub use durable::*;
+
 const KEY: &str = "sk-gateway-test-key-0001";
 const CLIENT_SECRET: &str = "mock-secret";
 
@@ -43,10 +48,19 @@ async fn bounded<T>(body: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(30), body).await.expect("the test took longer than 30 s")
 }
 
+/// A grant store opening on the host's runtime.
+pub type OpenedStore = std::pin::Pin<Box<dyn Future<Output = Result<Arc<dyn DynGrantStore>, String>> + Send>>;
+
 /// A gateway in front of a mock, stopped when dropped.
 struct Gateway {
-    mock: MockUpstream,
+    /// Shared by the replicas of one test.
+    mock: Arc<MockUpstream>,
     origin: String,
+    /// Where it listens (a restart binds the same port).
+    listen: std::net::SocketAddr,
+    /// What it was started with (a restart or a replica starts with the same).
+    config: GatewayConfig,
+    options: ServerOptions,
     fetches: Box<dyn Fn() -> u64 + Send + Sync>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<oneshot::Receiver<()>>,
@@ -110,11 +124,19 @@ struct Setup {
     public_origin: bool,
     /// Pin the origin to the loopback listen address, as `mcp-oauth serve` does.
     pin_listen: bool,
+    /// Lines added under `general_settings:` (a grant store and its sealing keys).
+    general: Option<String>,
 }
 
 impl Default for Setup {
     fn default() -> Self {
-        Self { yaml: None, options: ServerOptions::default(), public_origin: true, pin_listen: false }
+        Self {
+            yaml: None,
+            options: ServerOptions::default(),
+            public_origin: true,
+            pin_listen: false,
+            general: None,
+        }
     }
 }
 
@@ -143,11 +165,16 @@ pub trait GatewayHost: 'static {
     /// Builds the gateway's state for `config`, or says why the runtime's constructor refuses it.
     fn check(config: GatewayConfig, options: ServerOptions) -> Result<(), String>;
 
-    /// Serves `config` on `listener` (bound, non-blocking) until `stop` fires; `done` fires when
-    /// serving has returned. The answer reads the gateway's token-fetch counter.
+    /// Opens the grant store `setting` names on this host's runtime
+    /// ([`mcp_oauth_runtime::grant_store::open_store`]), as `mcp-oauth serve` does.
+    fn open_store(setting: StoreSetting) -> OpenedStore;
+
+    /// Serves `config` with `store` on `listener` (bound, non-blocking) until `stop` fires; `done`
+    /// fires when serving has returned. The answer reads the gateway's token-fetch counter.
     fn start(
         config: GatewayConfig,
         options: ServerOptions,
+        store: Arc<dyn DynGrantStore>,
         listener: std::net::TcpListener,
         stop: oneshot::Receiver<()>,
         done: oneshot::Sender<()>,
@@ -165,14 +192,28 @@ impl GatewayHost for TokioHost {
         crate::server::gateway_state(config, options).map(drop).map_err(|error| error.to_string())
     }
 
+    fn open_store(setting: StoreSetting) -> OpenedStore {
+        Box::pin(async move {
+            mcp_oauth_runtime::grant_store::open_store(
+                &setting,
+                mcp_oauth_runtime::grant_store::DEFAULT_MAX_RECORDS,
+                crate::TokioRuntime,
+            )
+            .await
+            .map_err(|error| error.to_string())
+        })
+    }
+
     fn start(
         config: GatewayConfig,
         options: ServerOptions,
+        store: Arc<dyn DynGrantStore>,
         listener: std::net::TcpListener,
         stop: oneshot::Receiver<()>,
         done: oneshot::Sender<()>,
     ) -> Box<dyn Fn() -> u64 + Send + Sync> {
-        let state = Arc::new(crate::server::gateway_state(config, options).expect("state"));
+        let state =
+            Arc::new(crate::server::gateway_state(config, options).expect("state").with_grant_store(store));
         let listener = TcpListener::from_std(listener).expect("tokio listener");
         let serving = Arc::clone(&state);
         tokio::spawn(async move {
@@ -191,23 +232,84 @@ async fn start<H: GatewayHost>(setup: Setup) -> Gateway {
     let mock = MockUpstream::start(MockConfig::default()).await.expect("mock starts");
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
     listener.set_nonblocking(true).expect("non-blocking");
-    let origin = format!("http://{}", listener.local_addr().expect("address"));
-    let yaml = match setup.yaml {
+    let listen = listener.local_addr().expect("address");
+    let origin = format!("http://{listen}");
+    let mut yaml = match setup.yaml {
         Some(make) => make(mock.origin()),
         None => servers_yaml(mock.origin()),
     };
+    if let Some(general) = &setup.general {
+        yaml = yaml.replacen("general_settings:\n", &format!("general_settings:\n{general}"), 1);
+    }
     let public = origin.clone();
     let with_origin = setup.public_origin;
     let env = move |name: &str| (with_origin && name == "PROXY_BASE_URL").then(|| public.clone());
     let mut loaded = load_yaml(&yaml, &env).unwrap_or_else(|errors| panic!("config: {:?}", errors.errors));
     if setup.pin_listen {
-        loaded.config.settings.origin.pin_listen_address(listener.local_addr().expect("address"));
+        loaded.config.settings.origin.pin_listen_address(listen);
     }
+    let mut gateway = Gateway {
+        mock: Arc::new(mock),
+        origin,
+        listen,
+        config: loaded.config,
+        options: setup.options,
+        fetches: Box::new(|| 0),
+        stop: None,
+        done: None,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+    };
+    launch::<H>(&mut gateway, listener).await;
+    gateway
+}
+
+/// Opens the configured store on the host and serves `gateway`'s configuration on `listener`.
+async fn launch<H: GatewayHost>(gateway: &mut Gateway, listener: std::net::TcpListener) {
+    let store =
+        H::open_store(gateway.config.settings.grants.store.clone()).await.expect("the grant store opens");
     let (stop, stopped) = oneshot::channel::<()>();
     let (finished, done) = oneshot::channel::<()>();
-    let fetches = H::start(loaded.config, setup.options, listener, stopped, finished);
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    Gateway { mock, origin, fetches, stop: Some(stop), done: Some(done), client }
+    gateway.fetches = H::start(gateway.config.clone(), gateway.options, store, listener, stopped, finished);
+    gateway.stop = Some(stop);
+    gateway.done = Some(done);
+    gateway.client = Client::builder(TokioExecutor::new()).build_http();
+}
+
+impl Gateway {
+    /// Stops the gateway, waits until it has stopped, and starts it again on the same port with
+    /// the same configuration and a freshly opened store: a process restart, minus the process.
+    async fn restart<H: GatewayHost>(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+        let listener = std::net::TcpListener::bind(self.listen).expect("the same port again");
+        listener.set_nonblocking(true).expect("non-blocking");
+        launch::<H>(self, listener).await;
+    }
+
+    /// A second gateway with the same configuration (so the same public origin, keys and store)
+    /// and the same upstream, on its own port, sharing nothing in memory with this one.
+    async fn replica<H: GatewayHost>(&self) -> Gateway {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let listen = listener.local_addr().expect("address");
+        let mut replica = Gateway {
+            mock: Arc::clone(&self.mock),
+            origin: format!("http://{listen}"),
+            listen,
+            config: self.config.clone(),
+            options: self.options,
+            fetches: Box::new(|| 0),
+            stop: None,
+            done: None,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        };
+        launch::<H>(&mut replica, listener).await;
+        replica
+    }
 }
 
 struct Answer {
@@ -881,59 +983,72 @@ impl Gateway {
     }
 
     async fn sign_in_at(&self, server: &str, redirect_uri: &str) -> SignedIn {
-        let client_id = self.register_at(server, redirect_uri).await;
-        let pkce = Pkce::from_random([9; 32]);
-        let mut jar = Vec::new();
-        let page = self
-            .request(Method::GET, &authorize_path_at(server, &client_id, redirect_uri, &pkce), &[], "")
-            .await;
-        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
-        cookies_of(&page, &mut jar);
-        let form = format!(
-            "request={}&csrf={}&gateway_key={KEY}&decision=approve",
-            urlencode(&form_field(&page.body, "request")),
-            urlencode(&form_field(&page.body, "csrf"))
-        );
-        let cookie = jar.join("; ");
-        let consent = format!("/{server}/consent");
-        let approved = self
-            .request(
-                Method::POST,
-                &consent,
-                &[("content-type", "application/x-www-form-urlencoded"), ("cookie", cookie.as_str())],
-                &form,
-            )
-            .await;
-        assert_eq!(approved.status, StatusCode::FOUND, "{}", approved.body);
-        cookies_of(&approved, &mut jar);
-        let upstream = approved.header("location").expect("location").to_owned();
-        assert!(upstream.starts_with(self.mock.origin()));
-        let from_upstream = self.request(Method::GET, &upstream, &[], "").await;
-        let callback = from_upstream.header("location").expect("location").to_owned();
-        assert!(callback.starts_with(&format!("{}/callback", self.origin)), "{callback}");
-        let cookie = jar.join("; ");
-        let back = self.request(Method::GET, &callback, &[("cookie", cookie.as_str())], "").await;
-        assert_eq!(back.status, StatusCode::FOUND, "{}", back.body);
-        let back = Url::parse(back.header("location").expect("location")).expect("url");
-        let query: std::collections::HashMap<String, String> = back.query_pairs().into_owned().collect();
-        assert_eq!(query["state"], "client-state");
-        assert_eq!(query["iss"], format!("{}/{server}", self.origin));
-        let code_form = format!(
-            "grant_type=authorization_code&code={}&code_verifier={}&client_id={}&redirect_uri={}",
-            urlencode(&query["code"]),
-            pkce.verifier().expose(),
-            urlencode(&client_id),
-            urlencode(redirect_uri)
-        );
-        let token = self.token_at(server, &code_form).await;
-        assert_eq!(token.status, StatusCode::OK, "{}", token.body);
-        let json = token.json();
-        SignedIn {
-            client_id,
-            code_form,
-            access: json["access_token"].as_str().expect("access_token").to_owned(),
-            refresh: json["refresh_token"].as_str().expect("refresh_token").to_owned(),
-        }
+        sign_in_via(&[self], server, redirect_uri).await
+    }
+}
+
+/// Signs in with each step on the next of `replicas` in turn (register, authorize, consent,
+/// callback, token): what a load balancer without sticky sessions does. The public origin is the
+/// first replica's (the replicas share it, as behind one host name).
+async fn sign_in_via(replicas: &[&Gateway], server: &str, redirect_uri: &str) -> SignedIn {
+    let mut steps = replicas.iter().cycle();
+    let mut next = || *steps.next().expect("at least one replica");
+    let origin = replicas[0].origin.clone();
+    let client_id = next().register_at(server, redirect_uri).await;
+    let pkce = Pkce::from_random([9; 32]);
+    let mut jar = Vec::new();
+    let page = next()
+        .request(Method::GET, &authorize_path_at(server, &client_id, redirect_uri, &pkce), &[], "")
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    cookies_of(&page, &mut jar);
+    let form = format!(
+        "request={}&csrf={}&gateway_key={KEY}&decision=approve",
+        urlencode(&form_field(&page.body, "request")),
+        urlencode(&form_field(&page.body, "csrf"))
+    );
+    let cookie = jar.join("; ");
+    let consent = format!("/{server}/consent");
+    let approved = next()
+        .request(
+            Method::POST,
+            &consent,
+            &[("content-type", "application/x-www-form-urlencoded"), ("cookie", cookie.as_str())],
+            &form,
+        )
+        .await;
+    assert_eq!(approved.status, StatusCode::FOUND, "{}", approved.body);
+    cookies_of(&approved, &mut jar);
+    let upstream = approved.header("location").expect("location").to_owned();
+    let first = replicas[0];
+    assert!(upstream.starts_with(first.mock.origin()));
+    let from_upstream = first.request(Method::GET, &upstream, &[], "").await;
+    let callback = from_upstream.header("location").expect("location").to_owned();
+    assert!(callback.starts_with(&format!("{origin}/callback")), "{callback}");
+    let landing = next();
+    let callback = callback.replacen(&origin, &landing.origin, 1);
+    let cookie = jar.join("; ");
+    let back = landing.request(Method::GET, &callback, &[("cookie", cookie.as_str())], "").await;
+    assert_eq!(back.status, StatusCode::FOUND, "{}", back.body);
+    let back = Url::parse(back.header("location").expect("location")).expect("url");
+    let query: std::collections::HashMap<String, String> = back.query_pairs().into_owned().collect();
+    assert_eq!(query["state"], "client-state");
+    assert_eq!(query["iss"], format!("{origin}/{server}"));
+    let code_form = format!(
+        "grant_type=authorization_code&code={}&code_verifier={}&client_id={}&redirect_uri={}",
+        urlencode(&query["code"]),
+        pkce.verifier().expose(),
+        urlencode(&client_id),
+        urlencode(redirect_uri)
+    );
+    let token = next().token_at(server, &code_form).await;
+    assert_eq!(token.status, StatusCode::OK, "{}", token.body);
+    let json = token.json();
+    SignedIn {
+        client_id,
+        code_form,
+        access: json["access_token"].as_str().expect("access_token").to_owned(),
+        refresh: json["refresh_token"].as_str().expect("refresh_token").to_owned(),
     }
 }
 
@@ -1728,6 +1843,18 @@ macro_rules! gateway_suite {
             #[tokio::test]
             async fn secrets_never_reach_logs_or_error_bodies() {
                 $crate::gateway_suite::secrets_never_reach_logs_or_error_bodies::<$host>().await;
+            }
+            #[tokio::test]
+            async fn grants_survive_a_restart_with_the_sqlite_store() {
+                $crate::gateway_suite::grants_survive_a_restart_with_the_sqlite_store::<$host>().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn replicas_sharing_redis_act_as_one_gateway() {
+                $crate::gateway_suite::replicas_sharing_redis_act_as_one_gateway::<$host>().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_redis_outage_fails_closed_and_loses_no_grant() {
+                $crate::gateway_suite::a_redis_outage_fails_closed_and_loses_no_grant::<$host>().await;
             }
             #[tokio::test]
             async fn serve_stops_on_the_shutdown_signal() {
