@@ -33,8 +33,14 @@ impl Runtime for TokioRuntime {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let task = tokio::task::spawn_blocking(work);
-        async move { task.await.map_err(|error| BlockingError::new(error.to_string())) }
+        // Outside a tokio runtime this is an error the caller fails closed on, not a panic.
+        let task = tokio::runtime::Handle::try_current().map(|handle| handle.spawn_blocking(work));
+        async move {
+            match task {
+                Ok(task) => task.await.map_err(|error| BlockingError::new(error.to_string())),
+                Err(outside) => Err(BlockingError::new(outside.to_string())),
+            }
+        }
     }
 }
 
@@ -51,4 +57,19 @@ pub type Io = mcp_oauth_runtime::Io<crate::HttpClient>;
 /// Runs `machine` to its outcome with a fresh [`Clock`] ([`mcp_oauth_runtime::drive`] on tokio).
 pub async fn drive<M: Machine>(machine: &mut M, io: &impl Perform) -> Result<M::Outcome, DriveError> {
     mcp_oauth_runtime::drive(machine, io, &Clock::new()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use mcp_oauth_runtime::Runtime as _;
+
+    use super::TokioRuntime;
+
+    #[test]
+    fn blocking_work_asked_for_outside_a_runtime_is_an_error_not_a_panic() {
+        let task = TokioRuntime.spawn_blocking(|| 7);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        assert!(runtime.block_on(task).is_err());
+        assert_eq!(runtime.block_on(async { TokioRuntime.spawn_blocking(|| 7).await }), Ok(7));
+    }
 }
