@@ -1202,14 +1202,26 @@ pub async fn secrets_never_reach_logs_or_error_bodies<H: GatewayHost>() {
 }
 
 /// Serve stops on the shutdown signal.
+/// A request in flight when the signal arrives still gets its answer (the drain), then serving
+/// returns and the port no longer accepts.
 pub async fn serve_stops_on_the_shutdown_signal<H: GatewayHost>() {
     bounded(async {
         let mut gateway = start::<H>(Setup::default()).await;
         assert_eq!(gateway.request(Method::GET, "/health", &[], "").await.status, StatusCode::OK);
+        assert_eq!(gateway.echo("reports", &keyed()).await.status, StatusCode::OK);
+        gateway.mock.handle().set(Switch::SlowMs(800));
         let stop = gateway.stop.take().expect("stop");
         let done = gateway.done.take().expect("done");
-        stop.send(()).expect("send");
+        let key = keyed();
+        let in_flight = gateway.echo("reports", &key);
+        let signal = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.send(()).expect("send");
+        };
+        let (answer, ()) = tokio::join!(in_flight, signal);
+        assert_eq!(answer.status, StatusCode::OK, "the request in flight was drained: {}", answer.body);
         tokio::time::timeout(Duration::from_secs(15), done).await.expect("serve returns").expect("no panic");
+        assert!(tokio::net::TcpStream::connect(gateway.listen).await.is_err(), "no longer accepting");
     })
     .await;
 }
