@@ -22,10 +22,10 @@ fn durable(url: &str) -> Setup {
     }
 }
 
-/// A fresh database path under the temporary directory, removed (with its WAL files) on drop.
-struct TempDatabase(std::path::PathBuf);
+/// A fresh path under the temporary directory, removed on drop (with SQLite's WAL files, if any).
+struct TempFile(std::path::PathBuf);
 
-impl TempDatabase {
+impl TempFile {
     fn new(name: &str) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -38,7 +38,7 @@ impl TempDatabase {
     }
 }
 
-impl Drop for TempDatabase {
+impl Drop for TempFile {
     fn drop(&mut self) {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
@@ -67,7 +67,7 @@ fn signal(redis: &RedisServer, signal: &str) {
 /// work after it, `/health` reports the store, and a code used before the restart is still used.
 pub async fn grants_survive_a_restart_with_the_sqlite_store<H: GatewayHost>() {
     bounded(async {
-        let database = TempDatabase::new("restart");
+        let database = TempFile::new("restart");
         let mut gateway = start::<H>(durable(&database.url())).await;
         let signed = gateway.sign_in("http://127.0.0.1:9/cb").await;
         let bearer = format!("Bearer {}", signed.access);
@@ -104,41 +104,128 @@ pub async fn replicas_sharing_redis_act_as_one_gateway<H: GatewayHost>() {
     bounded(async {
         let first = start::<H>(durable(&redis_url(&redis))).await;
         let second = first.replica::<H>().await;
-        let signed = sign_in_via(&[&first, &second], "notes", "http://127.0.0.1:9/cb").await;
-        let bearer = format!("Bearer {}", signed.access);
-        for replica in [&first, &second] {
-            let answer = replica.echo("notes", &[("authorization", bearer.as_str())]).await;
-            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-        }
-
-        first.mock.handle().revoke_access_tokens();
-        let refreshes = || first.mock.handle().counters().token_requests_for("refresh_token");
-        let before = refreshes();
-        let calls = (0..20).map(|n| {
-            let replica = if n % 2 == 0 { &first } else { &second };
-            let bearer = bearer.clone();
-            async move { replica.echo("notes", &[("authorization", bearer.as_str())]).await }
-        });
-        for answer in join_all(calls).await {
-            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-        }
-        assert_eq!(refreshes() - before, 1, "one upstream refresh for 20 calls on two replicas");
-
-        let once = first.token(&refresh_form(&signed, &signed.refresh)).await;
-        assert_eq!(once.status, StatusCode::OK, "{}", once.body);
-        let once_refresh = once.json()["refresh_token"].as_str().expect("refresh_token").to_owned();
-        let twice = second.token(&refresh_form(&signed, &once_refresh)).await;
-        assert_eq!(twice.status, StatusCode::OK, "{}", twice.body);
-        let newest = twice.json()["access_token"].as_str().expect("access_token").to_owned();
-        let replay = second.token(&refresh_form(&signed, &signed.refresh)).await;
-        assert_eq!(replay.status, StatusCode::BAD_REQUEST, "two generations old: {}", replay.body);
-        let bearer = format!("Bearer {newest}");
-        for replica in [&first, &second] {
-            let ended = replica.echo("notes", &[("authorization", bearer.as_str())]).await;
-            assert_eq!(ended.status, StatusCode::UNAUTHORIZED, "the replay ended the grant everywhere");
-        }
+        replicas_act_as_one(&first, &second).await;
     })
     .await;
+}
+
+/// What two replicas on one store must show, wherever they run.
+async fn replicas_act_as_one(first: &Gateway, second: &Gateway) {
+    let signed = sign_in_via(&[first, second], "notes", "http://127.0.0.1:9/cb").await;
+    let bearer = format!("Bearer {}", signed.access);
+    for replica in [first, second] {
+        let answer = replica.echo("notes", &[("authorization", bearer.as_str())]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+
+    first.mock.handle().revoke_access_tokens();
+    let refreshes = || first.mock.handle().counters().token_requests_for("refresh_token");
+    let before = refreshes();
+    let calls = (0..20).map(|n| {
+        let replica = if n % 2 == 0 { first } else { second };
+        let bearer = bearer.clone();
+        async move { replica.echo("notes", &[("authorization", bearer.as_str())]).await }
+    });
+    for answer in join_all(calls).await {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    assert_eq!(refreshes() - before, 1, "one upstream refresh for 20 calls on two replicas");
+
+    let once = first.token(&refresh_form(&signed, &signed.refresh)).await;
+    assert_eq!(once.status, StatusCode::OK, "{}", once.body);
+    let once_refresh = once.json()["refresh_token"].as_str().expect("refresh_token").to_owned();
+    let twice = second.token(&refresh_form(&signed, &once_refresh)).await;
+    assert_eq!(twice.status, StatusCode::OK, "{}", twice.body);
+    let newest = twice.json()["access_token"].as_str().expect("access_token").to_owned();
+    let replay = second.token(&refresh_form(&signed, &signed.refresh)).await;
+    assert_eq!(replay.status, StatusCode::BAD_REQUEST, "two generations old: {}", replay.body);
+    let bearer = format!("Bearer {newest}");
+    for replica in [first, second] {
+        let ended = replica.echo("notes", &[("authorization", bearer.as_str())]).await;
+        assert_eq!(ended.status, StatusCode::UNAUTHORIZED, "the replay ended the grant everywhere");
+    }
+}
+
+/// Starts one gateway process: `mcp-oauth serve --config CONFIG --listen ADDRESS` with
+/// `PROXY_BASE_URL` set to the public origin the replicas share.
+pub type SpawnGateway<'a> =
+    &'a (dyn Fn(&std::path::Path, std::net::SocketAddr, &str) -> std::process::Child + Sync);
+
+/// Child processes killed on drop, so a failed assertion leaves nothing running.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// [`replicas_sharing_redis_act_as_one_gateway`] with each replica its own operating-system
+/// process (`spawn`), sharing a `redis-server`, the mock upstream and one configuration file.
+pub async fn two_gateway_processes_sharing_redis_act_as_one(spawn: SpawnGateway<'_>) {
+    let Some(redis) = RedisServer::start() else { return };
+    bounded(async {
+        let mock = Arc::new(MockUpstream::start(MockConfig::default()).await.expect("mock starts"));
+        let general = durable(&redis_url(&redis)).general.unwrap_or_default();
+        let yaml = servers_yaml(mock.origin()).replacen(
+            "general_settings:\n",
+            &format!("general_settings:\n{general}"),
+            1,
+        );
+        let file = TempFile::new("replicas-config");
+        std::fs::write(&file.0, &yaml).expect("write the configuration");
+        let listens: Vec<std::net::SocketAddr> = (0..2)
+            .map(|_| {
+                let probe = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+                probe.local_addr().expect("address")
+            })
+            .collect();
+        let public = format!("http://{}", listens[0]);
+        let _children = Children(listens.iter().map(|listen| spawn(&file.0, *listen, &public)).collect());
+        let env = |name: &str| (name == "PROXY_BASE_URL").then(|| public.clone());
+        let config =
+            load_yaml(&yaml, &env).unwrap_or_else(|errors| panic!("config: {:?}", errors.errors)).config;
+        let mut replicas = Vec::new();
+        for listen in &listens {
+            let replica = Gateway {
+                mock: Arc::clone(&mock),
+                origin: format!("http://{listen}"),
+                listen: *listen,
+                config: config.clone(),
+                options: ServerOptions::default(),
+                fetches: Box::new(|| 0),
+                stop: None,
+                done: None,
+                client: Client::builder(TokioExecutor::new()).build_http(),
+            };
+            replica.wait_until_healthy().await;
+            replicas.push(replica);
+        }
+        replicas_act_as_one(&replicas[0], &replicas[1]).await;
+    })
+    .await;
+}
+
+impl Gateway {
+    /// Polls `/health` until it answers 200 (a process starting up), at most 10 s.
+    async fn wait_until_healthy(&self) {
+        for _ in 0..100 {
+            if let Ok(Ok(health)) =
+                tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(self.listen))
+                    .await
+            {
+                drop(health);
+                if self.request(Method::GET, "/health", &[], "").await.status == StatusCode::OK {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the gateway at {} did not become healthy", self.origin);
+    }
 }
 
 /// Redis stopped mid-run (SIGSTOP): interactive calls, refreshes and `/health` answer 503 with the
