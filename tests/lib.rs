@@ -26,6 +26,8 @@ mod documents {
     mod fuzzing {}
     #[doc = include_str!("../docs/gateway.md")]
     mod gateway {}
+    #[doc = include_str!("../docs/operations.md")]
+    mod operations {}
     #[doc = include_str!("../docs/security.md")]
     mod security {}
 }
