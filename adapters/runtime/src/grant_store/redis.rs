@@ -46,6 +46,33 @@ use crate::runtime::{Runtime, timeout};
 /// The bound on each connect, read and write.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a single-use mark outlives its value's expiry in Redis. The mark expires on the
+/// server's clock while the gateway judges the value's expiry on its own: the slack keeps a mark
+/// alive through clock skew between them (a mark kept longer refuses nothing that could still
+/// open), so a code cannot be used twice on a replica whose clock runs behind the server's.
+const MARK_SLACK_MS: u64 = 5 * 60 * 1000;
+
+/// The server's `maxmemory-policy` when it may evict keys (`maxmemory` set and the policy is not
+/// `noeviction`); `None` when it cannot, or when `INFO` is not permitted (then with a warning).
+fn evicting_policy(connection: &mut Connection) -> Option<String> {
+    let info = match ::redis::cmd("INFO").arg("memory").query::<String>(connection) {
+        Ok(info) => info,
+        Err(_) => {
+            tracing::warn!(
+                "cannot read the Redis grant store's eviction policy (INFO not permitted); make sure \
+                 its maxmemory-policy is noeviction"
+            );
+            return None;
+        }
+    };
+    let field =
+        |name: &str| info.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')).map(str::trim);
+    let limited =
+        field("maxmemory").and_then(|bytes| bytes.parse::<u64>().ok()).is_some_and(|bytes| bytes > 0);
+    let policy = field("maxmemory_policy").unwrap_or("noeviction");
+    (limited && policy != "noeviction").then(|| policy.to_owned())
+}
+
 /// The most connections one store (and its clones) opens.
 pub const MAX_CONNECTIONS: usize = 16;
 
@@ -153,6 +180,19 @@ return 1
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RedisStoreError {
+    /// The server may evict keys under memory pressure (`maxmemory` set with a policy other than
+    /// `noeviction`): an evicted single-use mark would let a code be used twice.
+    #[error(
+        "the Redis grant store at {address} may evict keys (maxmemory-policy {policy}); an evicted \
+         single-use mark would let a code be used twice: set `maxmemory-policy noeviction` (or \
+         `maxmemory 0`) for this database"
+    )]
+    Evicting {
+        /// `host:port/db`.
+        address: String,
+        /// The server's `maxmemory-policy`.
+        policy: String,
+    },
     /// The server could not be reached, or did not answer `PING` in time.
     #[error(
         "cannot reach the Redis grant store at {address} ({detail}); check that it runs and that \
@@ -427,6 +467,9 @@ impl<R: Runtime> RedisGrantStore<R> {
         let info = connection_info(setting).map_err(describe)?;
         let mut connection = open(&info).map_err(describe)?;
         ::redis::cmd("PING").query::<String>(&mut connection).map_err(describe)?;
+        if let Some(policy) = evicting_policy(&mut connection) {
+            return Err(RedisStoreError::Evicting { address, policy });
+        }
         let inner = Inner {
             info,
             address,
@@ -532,7 +575,7 @@ fn apply_on(
                     .take_once
                     .key(keys.once(&key.0))
                     .key(keys.index())
-                    .arg(until.as_secs().saturating_mul(1000))
+                    .arg(until.as_secs().saturating_mul(1000).saturating_add(MARK_SLACK_MS))
                     .arg(now.millis)
                     .arg(max)
                     .invoke::<i64>(connection)
@@ -851,6 +894,32 @@ mod tests {
     }
 
     #[test]
+    fn a_server_that_may_evict_keys_is_refused() {
+        let Some(server) = RedisServer::start() else { return };
+        let mut connection = raw(&server);
+        let mut config = |name: &str, value: &str| {
+            ::redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(name)
+                .arg(value)
+                .query::<String>(&mut connection)
+                .expect("CONFIG")
+        };
+        config("maxmemory-policy", "allkeys-lru");
+        // Without a memory limit nothing is ever evicted, whatever the policy.
+        assert!(RedisGrantStore::connect(&server.setting(), 100, Threads).is_ok());
+        config("maxmemory", "100mb");
+        let error = RedisGrantStore::connect(&server.setting(), 100, Threads).expect_err("refused");
+        assert!(
+            matches!(&error, RedisStoreError::Evicting { policy, .. } if policy == "allkeys-lru"),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("noeviction"), "{error}");
+        config("maxmemory-policy", "noeviction");
+        assert!(RedisGrantStore::connect(&server.setting(), 100, Threads).is_ok());
+    }
+
+    #[test]
     fn an_unreachable_server_is_a_connect_error_naming_it() {
         let Some(server) = RedisServer::start() else { return };
         let setting = server.setting();
@@ -878,8 +947,10 @@ mod tests {
         let keys = Keys { prefix: DEFAULT_PREFIX.into() };
         let grant_ttl = pttl(keys.grant(&grant.id));
         assert!((3_500_000..=3_600_000).contains(&grant_ttl), "grant {grant_ttl}");
+        // A mark outlives its value by the clock-skew slack.
         let mark_ttl = pttl(keys.once("code"));
-        assert!((50_000..=60_000).contains(&mark_ttl), "mark {mark_ttl}");
+        let slack = i64::try_from(MARK_SLACK_MS).expect("small");
+        assert!((slack + 50_000..=slack + 60_000).contains(&mark_ttl), "mark {mark_ttl}");
         let lock_ttl = pttl(keys.lock(&lock));
         assert!((25_000..=30_000).contains(&lock_ttl), "lock {lock_ttl}");
         let index_ttl = pttl(keys.index());

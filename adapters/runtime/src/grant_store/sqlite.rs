@@ -63,6 +63,10 @@ const MIGRATIONS: &[&str] = &[
 /// How long an operation waits for another connection's write lock before answering `store_busy`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long an operation waits for the shared connection before answering `store_busy`: with
+/// SQLite's own busy timeout, every operation is bounded.
+const CONNECTION_WAIT: Duration = Duration::from_secs(5);
+
 /// The reason given when the database cannot be reached (or the blocking task did not finish).
 const UNREACHABLE: &str = "store_unreachable";
 
@@ -284,12 +288,22 @@ impl<R: Runtime> SqliteGrantStore<R> {
     ) -> Result<T, &'static str> {
         let inner = self.inner.clone();
         let answer = self.runtime.spawn_blocking(move || {
-            let now = Now::at((inner.clock)());
-            let Ok(mut db) = inner.db.lock() else {
-                // A panic while the lock was held: SQLite rolled the transaction back, but fail
-                // closed rather than trust a connection in an unknown state.
-                return Err("store_poisoned");
+            // Every operation shares one connection: wait for it a bounded time, and read the
+            // clock only once it is ours, so a lock's deadline is not computed from a stale now.
+            let waited_until = std::time::Instant::now() + CONNECTION_WAIT;
+            let mut db = loop {
+                match inner.db.try_lock() {
+                    Ok(db) => break db,
+                    // A panic while the lock was held: SQLite rolled the transaction back, but
+                    // fail closed rather than trust a connection in an unknown state.
+                    Err(std::sync::TryLockError::Poisoned(_)) => return Err("store_poisoned"),
+                    Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < waited_until => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => return Err("store_busy"),
+                }
             };
+            let now = Now::at((inner.clock)());
             work(&mut db, now, inner.max_records).map_err(|failure| {
                 tracing::warn!(path = %inner.path.display(), error = %failure, "grant store failed");
                 failure.reason()
