@@ -126,6 +126,17 @@ pub(super) fn forward(
             headers.append(forwarded.clone(), value.clone());
         }
     }
+    if !headers.contains_key(header::ACCEPT) {
+        // LiteLLM's default for a caller that sends none (its documented curl examples do not):
+        // Streamable HTTP servers refuse a POST that does not accept both types (406), and a GET
+        // opens the event stream.
+        let accept = if *head.method == Method::GET {
+            "text/event-stream"
+        } else {
+            "application/json, text/event-stream"
+        };
+        headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+    }
     let (resolution, credential) = if delegated {
         (AuthResolution::OAuth2Passthrough, OutboundCredential::ForwardAuthorization)
     } else {

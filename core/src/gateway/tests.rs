@@ -498,6 +498,31 @@ fn routes_and_static_headers() {
 }
 
 #[test]
+fn a_caller_without_accept_gets_litellms_default_and_its_own_accept_is_kept() {
+    let config = config();
+    let mut flows = OAuthState::default();
+    let key = ("x-mcp-gateway-key", "sk-gateway-key-0001");
+    let accept_of = |action: Action| match action {
+        Action::Forward(forward) => {
+            forward.headers.get(header::ACCEPT).map(|value| value.to_str().unwrap().to_owned())
+        }
+        other => panic!("expected a forward, got {other:?}"),
+    };
+    let post = accept_of(run(&config, &mut flows, Method::POST, "/reports/mcp", &[key]));
+    assert_eq!(post.as_deref(), Some("application/json, text/event-stream"));
+    let get = accept_of(run(&config, &mut flows, Method::GET, "/reports/mcp", &[key]));
+    assert_eq!(get.as_deref(), Some("text/event-stream"));
+    let own = accept_of(run(
+        &config,
+        &mut flows,
+        Method::POST,
+        "/reports/mcp",
+        &[key, ("accept", "application/json")],
+    ));
+    assert_eq!(own.as_deref(), Some("application/json"), "the caller's own Accept is relayed as sent");
+}
+
+#[test]
 fn health_probes_a_durable_store_and_drains_the_replica_when_it_is_down() {
     let mut flows = OAuthState::default();
     let memory = config();
