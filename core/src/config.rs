@@ -948,6 +948,27 @@ pub fn load(document: &Value, env: EnvLookup<'_>) -> Result<Loaded, ConfigErrors
     if !authorization_server_for.is_empty() {
         warnings.extend(grant_store_warnings(&settings.grants, &authorization_server_for));
     }
+    let keyed: Vec<&str> = servers
+        .values()
+        .filter(|server| !server.policy.delegate_auth_to_upstream)
+        .map(|server| server.name.as_str())
+        .collect();
+    if !keyed.is_empty() && settings.gateway_keys.iter().all(|key| key.is_empty()) {
+        // Design §7: no key refuses every request that is not delegated (LiteLLM would admit
+        // everyone); say so at load instead of with the first 401.
+        warnings.push(Diagnostic::new(
+            Severity::Warning,
+            "no_gateway_key",
+            "general_settings",
+            None,
+            Some("master_key"),
+            format!(
+                "no gateway key is configured, so every MCP and REST request to {} is refused with 401 (only delegated servers and the OAuth endpoints answer)",
+                keyed.join(", ")
+            ),
+            "set general_settings.master_key (e.g. `os.environ/MCP_GATEWAY_KEY`) or gateway_keys",
+        ));
+    }
     if errors.is_empty() {
         Ok(Loaded { config: GatewayConfig { servers, settings }, warnings })
     } else {
@@ -2089,6 +2110,23 @@ mcp_servers:
             "a delegating server issues nothing"
         );
         assert!(!codes(GOOD, &env).contains(&"sealing_key_drawn"));
+    }
+
+    #[test]
+    fn a_configuration_without_a_gateway_key_says_every_request_will_be_refused() {
+        let codes = |yaml: &str| {
+            load_yaml(yaml, &|_| None).unwrap().warnings.iter().map(|w| w.code).collect::<Vec<_>>()
+        };
+        let open = "mcp_servers:\n  a:\n    url: https://a.example/mcp\n";
+        assert!(codes(open).contains(&"no_gateway_key"));
+        assert!(
+            !codes(&format!("general_settings:\n  master_key: sk-1\n{open}")).contains(&"no_gateway_key")
+        );
+        assert!(
+            !codes(&format!("general_settings:\n  gateway_keys: [sk-1]\n{open}")).contains(&"no_gateway_key")
+        );
+        let delegating = format!("{INTERACTIVE}    delegate_auth_to_upstream: true\n");
+        assert!(!codes(&delegating).contains(&"no_gateway_key"), "a delegating server needs no key");
     }
 
     #[test]
