@@ -187,6 +187,10 @@ struct ConnectArgs {
     /// Accept authorization servers that omit code_challenge_methods_supported (assume S256).
     #[arg(long)]
     assume_s256: bool,
+    /// A header for every MCP request, never for the OAuth endpoints, as `NAME:VALUE` (e.g.
+    /// `x-mcp-gateway-key:sk-...` to reach a gateway's server); repeat for several.
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -343,6 +347,17 @@ fn connect(args: ConnectArgs, env: &dyn Fn(&str) -> Option<String>) -> ExitCode 
     if !args.scopes.is_empty() {
         config.scopes = Some(args.scopes);
     }
+    for header in &args.headers {
+        match mcp_header(header) {
+            Ok(pair) => config.mcp_headers.push(pair),
+            Err(reason) => {
+                return invalid(
+                    reason,
+                    "write --header NAME:VALUE, e.g. --header 'x-mcp-gateway-key:sk-...'",
+                );
+            }
+        }
+    }
     config.operations = vec![Operation::ListTools];
     if let Some(name) = args.call {
         config.operations.push(Operation::CallTool { name, arguments });
@@ -430,6 +445,27 @@ fn eval(env: &dyn Fn(&str) -> Option<String>) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Headers the MCP session sets itself: `--header` may not replace them.
+const SESSION_HEADERS: [&str; 6] =
+    ["authorization", "accept", "content-type", "content-length", "mcp-session-id", "mcp-protocol-version"];
+
+/// Parses `--header NAME:VALUE`; the message never repeats the value (it is usually a key).
+fn mcp_header(text: &str) -> Result<(HeaderName, Secret), String> {
+    let Some((name, value)) = text.split_once(':') else {
+        return Err("a --header has no `:` between its name and value".to_owned());
+    };
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("`{}` is not a header name", name.trim()))?;
+    if SESSION_HEADERS.contains(&name.as_str()) || name == http::header::HOST {
+        return Err(format!("`{name}` is set by the session itself and cannot be given with --header"));
+    }
+    let value = value.trim();
+    if value.is_empty() || HeaderValue::from_str(value).is_err() {
+        return Err(format!("the value of --header `{name}` is empty or not a valid header value"));
+    }
+    Ok((name, Secret::new(value)))
 }
 
 fn invalid(message: impl std::fmt::Display, fix: &str) -> ExitCode {

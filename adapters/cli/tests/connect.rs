@@ -102,3 +102,47 @@ fn connect_refuses_bad_arguments_with_a_fix() {
     assert!(!ok);
     assert!(stdout.contains("unknown grant"), "{stdout}");
 }
+
+/// `connect --header` reaches a gateway's machine-to-machine server with the gateway key: the key
+/// goes to the MCP endpoint only, and the gateway attaches its own upstream token.
+#[test]
+fn connect_with_a_header_reaches_a_gateway_server() {
+    let (runtime, upstream) = mock();
+    let yaml = format!(
+        "general_settings:\n  master_key: sk-gateway-cli-0001\nmcp_servers:\n  reports:\n    url: {origin}/mcp\n    auth_type: oauth2\n    oauth2_flow: client_credentials\n    client_id: mock-client\n    client_secret: mock-secret\n    token_url: {origin}/token\n",
+        origin = upstream.origin()
+    );
+    let config = mcp_oauth_core::config::load_yaml(&yaml, &|_| None).unwrap().config;
+    let state = std::sync::Arc::new(
+        mcp_oauth_tokio::server::gateway_state(config, mcp_oauth_tokio::server::ServerOptions::default())
+            .unwrap(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let gateway = format!("http://{}/reports/mcp", listener.local_addr().unwrap());
+    runtime.spawn(mcp_oauth_tokio::server::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+
+    let call = ["--call", "add", "--args", r#"{"a": 40, "b": 2}"#];
+    let mut with_key =
+        vec!["connect", gateway.as_str(), "--header", "x-mcp-gateway-key: sk-gateway-cli-0001"];
+    with_key.extend(call);
+    let (ok, stdout) = run(&with_key);
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("42"), "the add result: {stdout}");
+    assert!(!stdout.contains("sk-gateway-cli-0001"), "the key is not printed: {stdout}");
+    assert_eq!(
+        upstream.handle().counters().token_requests_for("client_credentials"),
+        1,
+        "the gateway's own token"
+    );
+
+    let (ok, stdout) = run(&["connect", gateway.as_str(), "--header", "authorization: Bearer x"]);
+    assert!(!ok);
+    assert!(stdout.contains("set by the session itself"), "{stdout}");
+    let (ok, stdout) = run(&["connect", gateway.as_str(), "--header", "no-colon"]);
+    assert!(!ok);
+    assert!(stdout.contains("NAME:VALUE"), "{stdout}");
+    let _ = stop.send(());
+}

@@ -118,6 +118,11 @@ pub struct SessionConfig {
     /// refuses it, the session authorizes as it would without one. (The store itself is the
     /// embedder's: core reads no file, rmcp's `CredentialStore` is the precedent.)
     pub stored_token: Option<TokenResponse>,
+    /// Headers added to every MCP request and to nothing else (never to a discovery, registration
+    /// or token request): a gateway key, say. Values are secrets, masked in `Debug`. A header the
+    /// session sets itself (`Authorization`, `Accept`, `Content-Type`, `Mcp-Session-Id`,
+    /// `Mcp-Protocol-Version`) is overridden by the session's own value.
+    pub mcp_headers: Vec<(http::HeaderName, Secret)>,
 }
 
 impl SessionConfig {
@@ -145,6 +150,7 @@ impl SessionConfig {
             mcp_limits,
             trust_discovered_token_endpoint: false,
             stored_token: None,
+            mcp_headers: Vec::new(),
         }
     }
 }
@@ -371,7 +377,13 @@ impl Session {
             }
         };
         let token = self.token.as_ref().map(|token| &token.access_token);
-        rpc_request(&self.endpoint, id, method, params, token)
+        let mut request = rpc_request(&self.endpoint, id, method, params, token)?;
+        for (name, value) in &self.config.mcp_headers {
+            if !request.headers().contains_key(name) {
+                request.headers_mut().insert(name.clone(), http::HeaderValue::from_str(value.expose())?);
+            }
+        }
+        Ok(request)
     }
 
     fn step_name(&self) -> &'static str {
@@ -1108,6 +1120,21 @@ mod tests {
         let after_init = run.sent.iter().filter(|r| r.uri().path() == "/mcp").last().unwrap();
         assert_eq!(after_init.headers()["mcp-session-id"], "sess-1");
         assert_eq!(after_init.headers()["mcp-protocol-version"], "2025-11-25");
+    }
+
+    #[test]
+    fn extra_mcp_headers_go_to_the_mcp_endpoint_only() {
+        let mut fake = Fake { iss_supported: true, ..Fake::default() };
+        let mut config = config(GrantKind::AuthorizationCode);
+        config.mcp_headers =
+            vec![(http::HeaderName::from_static("x-mcp-gateway-key"), Secret::new("sk-gateway-0001"))];
+        assert!(!format!("{config:?}").contains("sk-gateway-0001"), "masked in Debug");
+        let run = run_with(&mut Session::new(config), |request| fake.respond(request));
+        assert!(run.outcome.is_ok());
+        for request in &run.sent {
+            let carried = request.headers().get("x-mcp-gateway-key").is_some();
+            assert_eq!(carried, request.uri().path() == "/mcp", "{}", request.uri());
+        }
     }
 
     #[test]
