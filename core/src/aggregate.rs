@@ -392,9 +392,15 @@ fn plan_rest_call(request: &Request<'_>, body: &[u8]) -> Result<Plan, Refused> {
         Some(arguments @ Value::Object(_)) => arguments.clone(),
         Some(_) => return Err(refuse(AggregateError::InvalidArguments)),
     };
-    // With `server_id` the name is the server's own tool name; without, it is the listed name.
+    // With `server_id` the name is the server's own tool name; without, it is the listed name,
+    // or (design §7, as LiteLLM's own example does) the server's own name when exactly one server
+    // is in scope.
     let (target, tool) = match call.get("server_id") {
-        None | Some(Value::Null) => route_tool(name, request.servers).map_err(refuse)?,
+        None | Some(Value::Null) => match route_tool(name, request.servers) {
+            Ok(routed) => routed,
+            Err(_) if request.servers.len() == 1 => (0, name.to_owned()),
+            Err(error) => return Err(refuse(error)),
+        },
         Some(Value::String(server)) => {
             let Some(index) = request.servers.iter().position(|name| name == server) else {
                 return Err(refuse(AggregateError::UnknownServer(quote(server))));
@@ -1101,6 +1107,17 @@ mod tests {
             Err((StatusCode::NOT_FOUND, json!("unknown_server")))
         );
         assert_eq!(sent(r#"{"name":"echo"}"#), Err((StatusCode::BAD_REQUEST, json!("unknown_tool"))));
+        // With exactly one server in scope an unprefixed name is that server's own (design §7).
+        let one = servers(&["a"]);
+        let single = Request { endpoint: Endpoint::RestCall, servers: &one, delegated: false, cursor: None };
+        let Plan::Gather(gather) = plan(&single, br#"{"name":"echo","arguments":{"text":"hi"}}"#) else {
+            panic!("one server: a call");
+        };
+        let first: Value = serde_json::from_slice(&gather.calls()[0].body).unwrap();
+        assert_eq!((gather.calls()[0].target, &first["params"]["name"]), (0, &json!("echo")));
+        let Plan::Gather(gather) = plan(&single, br#"{"name":"a-echo"}"#) else { panic!("a call") };
+        let second: Value = serde_json::from_slice(&gather.calls()[0].body).unwrap();
+        assert_eq!(second["params"]["name"], "echo", "the listed (prefixed) name still works");
         assert_eq!(
             sent(r#"{"name":"a-echo","arguments":[1]}"#),
             Err((StatusCode::BAD_REQUEST, json!("invalid_arguments")))
