@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use mcp_oauth_cli::connect::{Browser, RunError, entropy, run_discovery, run_session, trail_table};
 use mcp_oauth_core::Reason;
-use mcp_oauth_core::client::discovery::DiscoveryConfig;
+use mcp_oauth_core::client::discovery::{CandidateOutcome, DiscoveryConfig, MetadataSource, TrailEntry};
 use mcp_oauth_core::client::registration::ClientIdentity;
 use mcp_oauth_core::client::session::{GrantKind, Operation, SessionConfig};
 use mcp_oauth_core::config::{Diagnostic, Severity, load_yaml};
@@ -398,9 +398,24 @@ fn discover(url: &str, parallel: bool) -> ExitCode {
     config.parallel = parallel;
     let Some(runtime) = runtime() else { return ExitCode::from(1) };
     match runtime.block_on(run_discovery(config)) {
+        Ok(found)
+            if open_probe(&found.trail).is_some() && !matches!(found.source, MetadataSource::Document(_)) =>
+        {
+            // The server answered without a token and published no metadata: what discovery
+            // would print now are guessed endpoints, not the server's.
+            print!("{}", trail_table(&found.trail));
+            println!();
+            println!("{}", no_authorization(open_probe(&found.trail).unwrap_or(200)));
+            ExitCode::SUCCESS
+        }
         Ok(found) => {
             print!("{}", trail_table(&found.trail));
             println!();
+            if let Some(status) = open_probe(&found.trail) {
+                println!(
+                    "note:     the server answered the probe without a token (HTTP {status}); it publishes this metadata for its protected operations"
+                );
+            }
             println!("issuer:   {}", found.issuer);
             println!("source:   {:?}", found.source);
             println!("resource: {}", found.resource);
@@ -419,6 +434,10 @@ fn discover(url: &str, parallel: bool) -> ExitCode {
         Err(RunError::Discovery(failure)) => {
             print!("{}", trail_table(&failure.trail));
             println!();
+            if let Some(status) = open_probe(&failure.trail) {
+                println!("{}", no_authorization(status));
+                return ExitCode::SUCCESS;
+            }
             println!("failed: {} [{}]", failure, failure.reason());
             ExitCode::from(1)
         }
@@ -427,6 +446,20 @@ fn discover(url: &str, parallel: bool) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The probe's status when the server answered it without a token (a 2xx).
+fn open_probe(trail: &[TrailEntry]) -> Option<u16> {
+    trail.iter().find_map(|entry| match entry.outcome {
+        CandidateOutcome::Probed { status, .. } if (200..300).contains(&status) => Some(status),
+        _ => None,
+    })
+}
+
+fn no_authorization(status: u16) -> String {
+    format!(
+        "no authorization needed: the server answered an unauthenticated initialize (HTTP {status}) and publishes no OAuth metadata; connect without a token"
+    )
 }
 
 fn eval(env: &dyn Fn(&str) -> Option<String>) -> ExitCode {

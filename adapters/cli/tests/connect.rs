@@ -43,6 +43,31 @@ fn discover_prints_the_trail_and_the_metadata() {
 }
 
 #[test]
+fn discover_says_when_a_server_needs_no_authorization() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let open = MockConfig {
+        switches: mcp_oauth_tokio::mock::Switches {
+            require_auth: false,
+            metadata_missing: true,
+            ..mcp_oauth_tokio::mock::Switches::default()
+        },
+        ..MockConfig::default()
+    };
+    let upstream = runtime.block_on(MockUpstream::start(open)).unwrap();
+    let (ok, stdout) = run(&["discover", &upstream.mcp_url()]);
+    assert!(ok, "exit 0: {stdout}");
+    assert!(stdout.contains("no authorization needed"), "{stdout}");
+    assert!(!stdout.contains("token_endpoint"), "no guessed endpoints printed: {stdout}");
+
+    // A server that answers without a token but publishes metadata: printed, with a note.
+    let (_runtime, documented) = mock();
+    documented.handle().set(mcp_oauth_tokio::mock::Switch::RequireAuth(false));
+    let (ok, stdout) = run(&["discover", &documented.mcp_url()]);
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("without a token") && stdout.contains("token_endpoint"), "{stdout}");
+}
+
+#[test]
 fn discover_reports_a_dead_server_with_its_reason() {
     let (ok, stdout) = run(&["discover", "http://127.0.0.1:9/mcp"]);
     assert!(!ok);
