@@ -220,7 +220,22 @@ impl Reason for CallbackError {
             Self::DuplicateParameter => "duplicate_parameter",
             Self::MissingIssuer => "missing_iss",
             Self::WrongIssuer => "wrong_iss",
-            Self::Denied { .. } => "access_denied",
+            // The server's own code where it is a registered one (RFC 6749 §4.1.2.1, RFC 8707,
+            // OpenID Connect); anything else is reported as a refusal, never as access_denied.
+            Self::Denied { error, .. } => match error.as_str() {
+                "access_denied" => "access_denied",
+                "invalid_request" => "invalid_request",
+                "unauthorized_client" => "unauthorized_client",
+                "unsupported_response_type" => "unsupported_response_type",
+                "invalid_scope" => "invalid_scope",
+                "server_error" => "server_error",
+                "temporarily_unavailable" => "temporarily_unavailable",
+                "invalid_target" => "invalid_target",
+                "login_required" => "login_required",
+                "consent_required" => "consent_required",
+                "interaction_required" => "interaction_required",
+                _ => "authorization_refused",
+            },
             Self::MissingCode => "missing_code",
         }
     }
@@ -333,6 +348,17 @@ mod tests {
                 .unwrap_err()
                 .reason(),
             "access_denied"
+        );
+        assert_eq!(
+            handle_callback(&plain, &callback(&format!("error=invalid_target&state={state}")))
+                .unwrap_err()
+                .reason(),
+            "invalid_target",
+            "an upstream invalid_target is reported as itself"
+        );
+        assert_eq!(
+            handle_callback(&plain, &callback(&format!("error=made_up&state={state}"))).unwrap_err().reason(),
+            "authorization_refused"
         );
         assert_eq!(
             handle_callback(&plain, &callback(&format!("code=a&code=b&state={state}"))).unwrap_err(),

@@ -210,6 +210,12 @@ pub enum SessionError {
     /// The user agent did not come back with a redirect.
     #[error("the authorization endpoint did not redirect back (HTTP {0})")]
     NoRedirect(u16),
+    /// The authorization server answered with a page for a person (a sign-in or consent page)
+    /// instead of redirecting back: a headless user agent cannot go on.
+    #[error(
+        "the authorization server answered with a sign-in page at {0} instead of redirecting back; a person must sign in there: run without --headless"
+    )]
+    LoginPage(String),
     /// The token endpoint issued no token.
     #[error("the token request failed: {0}")]
     Token(TokenError),
@@ -253,6 +259,7 @@ impl Reason for SessionError {
             Self::Authorization(error) => error.reason(),
             Self::Callback(error) => error.reason(),
             Self::NoRedirect(_) => "no_redirect",
+            Self::LoginPage(_) => "login_page",
             Self::Token(error) => error.reason(),
             Self::MissingClientCredentials => "missing_client_credentials",
             Self::NoTokenEndpoint => "no_token_endpoint",
@@ -725,13 +732,9 @@ impl Session {
     }
 
     fn on_redirect(&mut self, response: Response<Vec<u8>>, pending: Box<PendingAuthorization>) {
-        let location = response.headers().get(header::LOCATION).and_then(|value| value.to_str().ok());
-        let callback = match (response.status().is_redirection(), location) {
-            (true, Some(location)) => pending.url.join(location).ok(),
-            _ => None,
-        };
-        let Some(callback) = callback else {
-            return self.fail(SessionError::NoRedirect(response.status().as_u16()));
+        let callback = match callback_of(&response, &pending) {
+            Ok(callback) => callback,
+            Err(error) => return self.fail(error),
         };
         match handle_callback(&pending, &callback) {
             Ok(code) => self.request_token(Some((code, pending))),
@@ -884,6 +887,36 @@ impl Session {
             Phase::Exchanging(sent) if sent == id => self.on_token(result, false),
             Phase::Refreshing(sent) if sent == id => self.on_token(result, true),
             other => self.phase = other,
+        }
+    }
+}
+
+/// Where the user agent's answer to the authorization request sends the flow: the redirect back
+/// to this client, or the reason there is none. A redirect elsewhere (to a sign-in page) or an
+/// HTML page is a page for a person, told apart from a callback without the flow's `state`.
+fn callback_of(response: &Response<Vec<u8>>, pending: &PendingAuthorization) -> Result<Url, SessionError> {
+    let place = |url: &Url| format!("{}{}", url.origin().ascii_serialization(), url.path());
+    let location = response.headers().get(header::LOCATION).and_then(|value| value.to_str().ok());
+    match (response.status().is_redirection(), location.and_then(|location| pending.url.join(location).ok()))
+    {
+        (true, Some(target)) => {
+            if place(&target) == place(&pending.redirect_uri) {
+                Ok(target)
+            } else {
+                Err(SessionError::LoginPage(place(&target)))
+            }
+        }
+        _ => {
+            let html = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|value| value.trim_start().to_ascii_lowercase().starts_with("text/html"));
+            if response.status().is_success() && html {
+                Err(SessionError::LoginPage(place(&pending.url)))
+            } else {
+                Err(SessionError::NoRedirect(response.status().as_u16()))
+            }
         }
     }
 }
@@ -1120,6 +1153,42 @@ mod tests {
         let after_init = run.sent.iter().filter(|r| r.uri().path() == "/mcp").last().unwrap();
         assert_eq!(after_init.headers()["mcp-session-id"], "sess-1");
         assert_eq!(after_init.headers()["mcp-protocol-version"], "2025-11-25");
+    }
+
+    #[test]
+    fn a_sign_in_page_is_named_as_such_not_as_a_state_mismatch() {
+        let pending = PendingAuthorization {
+            url: Url::parse("https://auth.example/authorize?client_id=c").unwrap(),
+            state: Secret::new("s"),
+            pkce: crate::pkce::Pkce::from_random([1; 32]),
+            redirect_uri: Url::parse("http://127.0.0.1:33418/callback").unwrap(),
+            resource: "https://mcp.example/mcp".into(),
+            scopes: Vec::new(),
+            issuer: "https://auth.example".into(),
+            iss_required: false,
+        };
+        let answer = |status: u16, headers: &[(&str, &str)]| {
+            let mut response = Response::new(Vec::new());
+            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+            for (name, value) in headers {
+                response.headers_mut().insert(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            response
+        };
+        let back = answer(302, &[("location", "http://127.0.0.1:33418/callback?code=x&state=s")]);
+        assert_eq!(callback_of(&back, &pending).unwrap().path(), "/callback");
+        let login = answer(302, &[("location", "/login?return=%2Fauthorize")]);
+        let error = callback_of(&login, &pending).unwrap_err();
+        assert_eq!(
+            (error.reason(), error.to_string().contains("https://auth.example/login")),
+            ("login_page", true)
+        );
+        let page = answer(200, &[("content-type", "text/html; charset=utf-8")]);
+        assert_eq!(callback_of(&page, &pending).unwrap_err().reason(), "login_page");
+        assert_eq!(callback_of(&answer(500, &[]), &pending).unwrap_err(), SessionError::NoRedirect(500));
     }
 
     #[test]
