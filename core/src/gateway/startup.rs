@@ -68,6 +68,16 @@ pub fn check_startup(config: &GatewayConfig) -> Result<Vec<String>, StartupError
             "no public origin is configured: it is taken from each request's Host header; set PROXY_BASE_URL or allowed_hosts".to_owned(),
         );
     }
+    // Design §4.8: after start-up discovery, an interactive server whose upstream client can be
+    // neither the configured one nor one the gateway registers will refuse every consent.
+    for name in &servers {
+        let Some(server) = config.servers.get(name) else { continue };
+        if server.entry.client_id.is_none() && server.entry.registration_url.is_none() {
+            warnings.push(format!(
+                "server `{name}` has no client_id and its authorization server offers no registration endpoint: every sign-in will stop at a 503; register the gateway's callback URL at the upstream and set client_id (and client_secret)"
+            ));
+        }
+    }
     Ok(warnings)
 }
 

@@ -523,6 +523,25 @@ fn a_caller_without_accept_gets_litellms_default_and_its_own_accept_is_kept() {
 }
 
 #[test]
+fn start_up_warns_about_an_interactive_server_without_any_upstream_client() {
+    let env = |name: &str| (name == "PROXY_BASE_URL").then(|| "https://gw.example.com".to_owned());
+    let yaml = |extra: &str| {
+        format!(
+            "general_settings:\n  master_key: sk-1\nmcp_servers:\n  gh:\n    url: https://gh.example/mcp\n    auth_type: oauth2\n    oauth2_flow: authorization_code\n    authorization_url: https://gh.example/authorize\n    token_url: https://gh.example/token\n{extra}"
+        )
+    };
+    let warnings = |extra: &str| check_startup(&load_yaml(&yaml(extra), &env).unwrap().config).unwrap();
+    assert!(
+        warnings("").iter().any(|warning| warning.contains("`gh` has no client_id")),
+        "{:?}",
+        warnings("")
+    );
+    assert!(!warnings("    client_id: gw\n").iter().any(|warning| warning.contains("no client_id")));
+    let registers = warnings("    registration_url: https://gh.example/register\n");
+    assert!(!registers.iter().any(|warning| warning.contains("no client_id")), "{registers:?}");
+}
+
+#[test]
 fn health_probes_a_durable_store_and_drains_the_replica_when_it_is_down() {
     let mut flows = OAuthState::default();
     let memory = config();
