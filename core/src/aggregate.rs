@@ -424,10 +424,21 @@ fn rpc_result(id: &Value, result: &Value) -> Response<Vec<u8>> {
 }
 
 /// A refusal of the caller's input: a JSON-RPC error on the MCP endpoint, the gateway's JSON error
-/// on REST; HTTP 404 for an unknown server (as for an unknown route), 400 otherwise.
+/// on REST. HTTP 404 for an unknown server (as for an unknown route). On the MCP endpoint a
+/// refusal of the protocol (an unknown method or tool, invalid params) is a JSON-RPC error in an
+/// HTTP 200 (design §4.11: clients read an HTTP 400 as a transport failure), and only a body that
+/// is not a JSON-RPC request gets a 400; on REST every refusal is a 400.
 fn refusal(endpoint: Endpoint, id: Option<Value>, error: &AggregateError) -> Response<Vec<u8>> {
+    let not_jsonrpc = matches!(
+        error,
+        AggregateError::ParseError(_)
+            | AggregateError::InvalidMessage(_)
+            | AggregateError::Batch
+            | AggregateError::UnexpectedResponse
+    );
     let status = match error {
         AggregateError::UnknownServer(_) => StatusCode::NOT_FOUND,
+        _ if endpoint == Endpoint::Mcp && !not_jsonrpc => StatusCode::OK,
         _ => StatusCode::BAD_REQUEST,
     };
     match endpoint {
@@ -958,7 +969,11 @@ mod tests {
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":[]}"#, -32600, "invalid_jsonrpc"),
         ] {
             let Plan::Respond(response) = mcp_plan(&names, body) else { panic!("{body} is refused") };
-            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+            // Design §4.11: a refusal of the protocol is a JSON-RPC error in an HTTP 200; only a
+            // body that is not a JSON-RPC request is a 400.
+            let expected =
+                if code == -32601 || code == -32602 { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+            assert_eq!(response.status(), expected, "{body}");
             let answer = body_json(&response);
             assert_eq!(answer["error"]["code"], code, "{body}");
             assert_eq!(answer["error"]["data"]["reason"], reason, "{body}");

@@ -1306,7 +1306,8 @@ pub async fn aggregated_mcp_lists_prefixed_tools_and_routes_each_call_to_its_ser
 
         let unknown = json!({"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {"name": "wiki-echo"}});
         let answer = gateway.aggregated(servers, &keyed(), &unknown).await;
-        assert_eq!((answer.status, answer.json()["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!(-32602)));
+        // An unknown tool is a refusal of the protocol: a JSON-RPC error in an HTTP 200 (design §4.11).
+        assert_eq!((answer.status, answer.json()["error"]["code"].clone()), (StatusCode::OK, json!(-32602)));
         let answer = gateway.aggregated(servers, &[], &list).await;
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
         let answer = gateway.aggregated("reports,nope", &keyed(), &list).await;
