@@ -48,11 +48,11 @@ pub(super) fn mcp(head: &RequestHead<'_>, name: &str, config: &GatewayConfig, no
         });
     }
     if presented.is_some() || !admitted(head.headers, server, config) {
-        // A gateway token admits only its own interactive server; here it is refused, never forwarded.
-        return Action::Respond(match challenge() {
-            Ok(challenge) => key_required(Some(&challenge)),
-            Err(refusal) => refusal,
-        });
+        // A gateway token admits only its own interactive server; here it is refused, never
+        // forwarded. The challenge names no `resource_metadata`: only interactive servers publish
+        // protected-resource metadata, and pointing a client at a 404 would only misdirect it
+        // (issue 13); what this server needs is a gateway key.
+        return Action::Respond(key_required(None));
     }
     Action::Forward(forward(head, name, server, false, config))
 }

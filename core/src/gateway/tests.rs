@@ -228,8 +228,8 @@ fn startup_discovery_refuses_endpoints_it_must_not_send_secrets_to() {
 #[test]
 fn the_public_origin_is_resolved_only_where_it_is_used() {
     // Without PROXY_BASE_URL the origin comes from Host; a malformed Host cannot name the
-    // metadata, so a refused MCP caller gets the 400 instead of a challenge, while an admitted
-    // call (which never uses the origin) is forwarded.
+    // metadata, so a refused caller of an interactive server gets the 400 instead of a challenge,
+    // while an admitted call (which never uses the origin) is forwarded.
     let config = load_yaml(CONFIG, &|_| None).unwrap().config;
     let mut flows = OAuthState::default();
     let mut headers = HeaderMap::new();
@@ -254,11 +254,15 @@ fn the_public_origin_is_resolved_only_where_it_is_used() {
         };
         decide(&head, &mut context)
     };
-    let refused = respond(decide_with(Method::POST, "/reports/mcp", false));
+    // An interactive server's challenge names its metadata, so it needs the origin.
+    let refused = respond(decide_with(Method::POST, "/github/mcp", false));
     assert_eq!(
         (refused.status(), body(&refused)["error"].clone()),
         (StatusCode::BAD_REQUEST, json!("non_canonical_authority"))
     );
+    // Another server's challenge names no metadata, so the malformed Host does not matter.
+    let refused = respond(decide_with(Method::POST, "/reports/mcp", false));
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert!(matches!(decide_with(Method::POST, "/reports/mcp", true), Action::Forward(_)));
     let metadata =
         respond(decide_with(Method::GET, "/.well-known/oauth-protected-resource/github/mcp", true));
@@ -271,10 +275,9 @@ fn mcp_admission_and_outbound_credentials() {
     let mut flows = OAuthState::default();
     let refused = respond(run(&config, &mut flows, Method::POST, "/reports/mcp", &[]));
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        refused.headers()[header::WWW_AUTHENTICATE],
-        "Bearer resource_metadata=\"https://gw.example.com/.well-known/oauth-protected-resource/reports/mcp\""
-    );
+    // `reports` publishes no protected-resource metadata (it is not interactive): the challenge
+    // points nowhere rather than at a 404.
+    assert_eq!(refused.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"mcp-oauth\"");
     let wrong =
         respond(run(&config, &mut flows, Method::POST, "/reports/mcp", &[("x-mcp-gateway-key", "sk-wrong")]));
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
