@@ -128,13 +128,17 @@ keep_index(KEYS[2])
 return 1
 ";
 
-/// KEYS: mark, index. ARGV: until (ms), now (ms), max_records. 1 taken, 0 already taken, -1 full.
+/// KEYS: mark, index. ARGV: until (ms), now (ms), max_records, kept until (ms). 1 taken, 0
+/// already taken, -1 full. The mark holds its `until`, judged on the caller's clock like every
+/// other expiry here; the key itself lives on, to `kept until` on the server's clock, so skew
+/// between a replica and the server cannot remove a mark early.
 const LUA_TAKE_ONCE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local held = redis.call('GET', KEYS[1])
+if held and tonumber(held) and tonumber(held) > tonumber(ARGV[2]) then return 0 end
 prune(KEYS[2], ARGV[2])
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return -1 end
-redis.call('SET', KEYS[1], '1')
-redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[1], KEYS[1])
 keep_index(KEYS[2])
 return 1
@@ -575,9 +579,10 @@ fn apply_on(
                     .take_once
                     .key(keys.once(&key.0))
                     .key(keys.index())
-                    .arg(until.as_secs().saturating_mul(1000).saturating_add(MARK_SLACK_MS))
+                    .arg(until.as_secs().saturating_mul(1000))
                     .arg(now.millis)
                     .arg(max)
+                    .arg(until.as_secs().saturating_mul(1000).saturating_add(MARK_SLACK_MS))
                     .invoke::<i64>(connection)
             })?;
             Ok(match taken {
