@@ -156,9 +156,9 @@ impl From<JsonRpcError> for Refused {
 /// clients of the 2025-03-26 revision. A malformed body gets a 400 with a JSON-RPC error here,
 /// before any credential is spent on it; the upstream judges everything else.
 #[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
-pub fn check_message(body: &[u8]) -> Result<(), Response<Vec<u8>>> {
+pub fn check_message(body: &[u8]) -> Result<crate::jsonrpc::Shape, Response<Vec<u8>>> {
     match crate::jsonrpc::validate(body) {
-        Ok(_) => Ok(()),
+        Ok(shape) => Ok(shape),
         Err(error) => {
             let (id, error) = Refused::from(error);
             Err(refusal(Endpoint::Mcp, id, &error))
@@ -685,10 +685,14 @@ impl UpstreamSession {
         }
     }
 
-    /// Whether an upstream answer with `status` says this session is gone (MCP: 404 to a request
-    /// in a session), so a new one must be opened.
+    /// Whether an upstream answer with `status` says this session is gone, so a new one must be
+    /// opened: MCP says 404, but common servers (the reference `server-everything`, the TypeScript
+    /// SDK's examples) answer 400 for a session they do not know. A streamed answer is judged by
+    /// its head alone, so any 400 in a session counts; the caller reopens once per request, so a
+    /// 400 for another reason costs one more round trip and is then relayed.
     pub fn expired_by(&self, status: StatusCode) -> bool {
-        matches!(self, Self::Session { .. }) && status == StatusCode::NOT_FOUND
+        matches!(self, Self::Session { .. })
+            && (status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST)
     }
 }
 
@@ -1206,7 +1210,10 @@ mod tests {
         if let Some(session) = &opened {
             session.apply(&mut headers);
             assert!(session.expired_by(StatusCode::NOT_FOUND));
-            assert!(!session.expired_by(StatusCode::BAD_REQUEST));
+            assert!(
+                session.expired_by(StatusCode::BAD_REQUEST),
+                "server-everything's answer for an unknown session"
+            );
         }
         assert_eq!(headers["mcp-session-id"], "s-1");
         assert_eq!(headers["mcp-protocol-version"], "2025-06-18");

@@ -468,13 +468,20 @@ pub async fn m2m_calls_send_one_upstream_request_each_and_fetch_one_token<H: Gat
         }
         let counters = gateway.mock.handle().counters();
         assert_eq!(counters.mcp_requests_for("tools/call"), 5);
-        assert_eq!(counters.mcp_requests.values().sum::<u64>(), 5, "no initialize or tools/list per call");
+        // The caller sent no session id, so the calls run in the gateway's own upstream session
+        // (design §4.11): opened once, then one upstream request per call.
+        assert_eq!(counters.mcp_requests_for("initialize"), 1, "one session for all five calls");
+        assert_eq!(
+            counters.mcp_requests.values().sum::<u64>(),
+            5 + 2,
+            "no initialize or tools/list per call"
+        );
         assert_eq!(counters.token_requests_for("client_credentials"), 1);
         assert_eq!((gateway.fetches)(), 1);
         if H::POOLED {
             assert!(counters.connections <= 3, "keep-alive: {} connections", counters.connections);
         } else {
-            assert_eq!(counters.connections, 6, "one connection per upstream request");
+            assert_eq!(counters.connections, 5 + 2 + 1, "one connection per upstream request");
         }
     })
     .await;
@@ -1131,6 +1138,8 @@ pub async fn sse_is_streamed_event_by_event<H: GatewayHost>() {
             .uri(format!("{}/stream/mcp", gateway.origin))
             .header("x-mcp-gateway-key", KEY)
             .header("content-type", "application/json")
+            // In the caller's own session: passed through as it is, as a stream.
+            .header("mcp-session-id", "callers-own")
             .body(Full::new(Bytes::from_static(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}")))
             .expect("request");
         let response = gateway.client.request(request).await.expect("answer");

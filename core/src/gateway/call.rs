@@ -488,8 +488,18 @@ impl<'a> Call<'a> {
         body: Bytes,
         limits: CallLimits,
     ) -> Result<Self, Response<Vec<u8>>> {
-        check_forward_body(&method, &body)?;
-        Self::new(config, forward, method, body, limits)
+        let shape = check_forward_body(&method, &body)?;
+        let mut call = Self::new(config, forward, method, body, limits)?;
+        // Design §4.11: a request without a session id that is not `initialize` runs in the
+        // gateway's own upstream session for (server, credential), so `tools/list` before (or
+        // without) an `initialize` works against servers that require one.
+        if let Some(crate::jsonrpc::Shape::Request { method, .. }) = &shape
+            && method != "initialize"
+            && !forward.headers.contains_key(SESSION_HEADER)
+        {
+            call.session_key = Some(forward.session_key());
+        }
+        Ok(call)
     }
 
     /// One upstream request of an aggregated call (`POST /mcp`, `/mcp-rest/tools/*`): `body` goes
@@ -1149,7 +1159,12 @@ impl<'a> Call<'a> {
 
     fn relay_headers(&self, upstream: &HeaderMap, to: &mut HeaderMap) {
         for (name, value) in upstream {
-            if relays_upstream_header(self.forward, name) {
+            let relayed = if self.session_key.is_some() {
+                super::upstream::relays_in_gateway_session(self.forward, name)
+            } else {
+                relays_upstream_header(self.forward, name)
+            };
+            if relayed {
                 to.append(name.clone(), value.clone());
             }
         }

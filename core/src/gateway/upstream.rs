@@ -37,12 +37,26 @@ pub fn relays_upstream_header(forward: &Forward, name: &HeaderName) -> bool {
     RELAYED_RESPONSE_HEADERS.contains(&name.as_str())
 }
 
+/// Whether the upstream's response header `name` goes back to a caller whose request ran in an
+/// upstream session the gateway holds (design §4.11): never that session's id, which would let
+/// the caller act in, or end, a session that is not its own.
+pub fn relays_in_gateway_session(forward: &Forward, name: &HeaderName) -> bool {
+    name.as_str() != SESSION_HEADER_NAME && relays_upstream_header(forward, name)
+}
+
+/// The MCP session header's name, lower case as `HeaderName` stores it.
+const SESSION_HEADER_NAME: &str = "mcp-session-id";
+
 /// Checks the body of a request to forward before any credential is spent on it: a `POST` must
-/// carry JSON-RPC 2.0 ([`crate::aggregate::check_message`]); other methods carry no message. The
-/// error is a 400 with a JSON-RPC error.
+/// carry JSON-RPC 2.0 ([`crate::aggregate::check_message`]), whose shape is returned so no later
+/// decision reads the body again; other methods carry no message. The error is a 400 with a
+/// JSON-RPC error.
 #[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
-pub fn check_forward_body(method: &Method, body: &[u8]) -> Result<(), Response<Vec<u8>>> {
-    if method == Method::POST { crate::aggregate::check_message(body) } else { Ok(()) }
+pub fn check_forward_body(
+    method: &Method,
+    body: &[u8],
+) -> Result<Option<crate::jsonrpc::Shape>, Response<Vec<u8>>> {
+    if method == Method::POST { crate::aggregate::check_message(body).map(Some) } else { Ok(None) }
 }
 
 /// The token request to send before forwarding with `credential` to `server`: the M2M

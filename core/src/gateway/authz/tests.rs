@@ -776,6 +776,12 @@ fn the_gateway_token_admits_its_own_server_only_and_never_goes_upstream() {
     let request = loop {
         match call.poll() {
             CallAction::Store(op) => call.handle_store(agent.store.apply(op)),
+            // No session id: the gateway's own session for the grant; a stateless upstream here.
+            CallAction::LookupSession(_) => {
+                call.handle_session(Some(crate::aggregate::UpstreamSession::Stateless {
+                    protocol_version: None,
+                }))
+            }
             CallAction::Send(request) => break request,
             other => panic!("unexpected {other:?}"),
         }
@@ -790,6 +796,8 @@ fn grant_forward(agent: &Agent, access: &str, challenge: Option<&str>) -> Forwar
         open_access_token(&keys, "notes", UnixTime::from_secs(agent.store.now), access).unwrap();
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // A caller in its own upstream session: the call is passed through (no gateway session).
+    headers.insert("mcp-session-id", HeaderValue::from_static("callers-own-session"));
     Forward {
         server: "notes".to_owned(),
         url: Url::parse("https://notes.example/mcp").unwrap(),

@@ -46,7 +46,15 @@ fn config() -> GatewayConfig {
     load_yaml(CONFIG, &|_| None).unwrap().config
 }
 
+/// A forward for a caller in its own upstream session (it sends `Mcp-Session-Id`), so the call is
+/// passed through; [`sessionless`] is the caller that sent none.
 fn forward(server: &str, credential: OutboundCredential) -> Forward {
+    let mut forward = sessionless(server, credential);
+    forward.headers.insert(SESSION_HEADER, HeaderValue::from_static("callers-own-session"));
+    forward
+}
+
+fn sessionless(server: &str, credential: OutboundCredential) -> Forward {
     let config = config();
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -426,6 +434,72 @@ fn an_aggregated_call_opens_a_session_uses_it_and_reopens_it_once_when_it_expire
     match expect_gathered(&mut call).answer {
         Answer::Upstream(response) => assert_eq!(response.status(), StatusCode::NOT_FOUND),
         other => panic!("expected the second 404 as the answer, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_request_without_a_session_runs_in_the_gateways_own_and_never_sees_its_id() {
+    // Design §4.11: `tools/list` without `initialize` (LiteLLM's curl examples) works against a
+    // server that requires a session, and the session's id never reaches the caller.
+    let config = config();
+    let forward = sessionless("wiki", OutboundCredential::StaticToken);
+    let list = br#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#;
+    let mut call =
+        Call::forward(&config, &forward, Method::POST, Bytes::from_static(list), CallLimits::default())
+            .unwrap();
+    let key = match call.poll() {
+        CallAction::LookupSession(key) => key,
+        other => panic!("expected a session lookup, got {other:?}"),
+    };
+    assert_eq!(key, forward.session_key());
+    call.handle_session(None);
+    assert!(String::from_utf8_lossy(expect_send(&mut call).request.body()).contains("\"initialize\""));
+    call.handle_whole(Ok(initialized("gw-own-1")));
+    expect_send(&mut call);
+    call.handle_whole(Ok(answer(202, &[], "")));
+    assert!(matches!(call.poll(), CallAction::StoreSession(..)));
+    let request = expect_send(&mut call);
+    assert_eq!((session_of(&request), request.read), (Some("gw-own-1"), Read::Head));
+    // A 400 for a session the upstream no longer knows (as server-everything answers) reopens once.
+    call.handle_head(Ok(&answer(400, &[], "")));
+    assert!(matches!(call.poll(), CallAction::ForgetSession(..)));
+    expect_send(&mut call);
+    call.handle_whole(Ok(initialized("gw-own-2")));
+    expect_send(&mut call);
+    call.handle_whole(Ok(answer(202, &[], "")));
+    assert!(matches!(call.poll(), CallAction::StoreSession(..)));
+    assert_eq!(session_of(&expect_send(&mut call)), Some("gw-own-2"));
+    call.handle_head(Ok(&answer(
+        200,
+        &[("mcp-session-id", "gw-own-2"), ("content-type", "application/json")],
+        "",
+    )));
+    match call.poll() {
+        CallAction::Respond(CallOutcome::Relay(head)) => {
+            assert_eq!(head.status(), StatusCode::OK);
+            assert!(head.headers().get(SESSION_HEADER).is_none(), "the gateway's session id stays inside");
+            assert_eq!(head.headers()[header::CONTENT_TYPE], "application/json");
+        }
+        other => panic!("expected the relayed head, got {other:?}"),
+    }
+
+    // `initialize`, and a caller in its own session, are passed through as they are.
+    let initialize = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+    let mut call =
+        Call::forward(&config, &forward, Method::POST, Bytes::from_static(initialize), CallLimits::default())
+            .unwrap();
+    assert_eq!(session_of(&expect_send(&mut call)), None);
+    let own = self::forward("wiki", OutboundCredential::StaticToken);
+    let mut call =
+        Call::forward(&config, &own, Method::POST, Bytes::from_static(list), CallLimits::default()).unwrap();
+    let request = expect_send(&mut call);
+    assert_eq!(session_of(&request), Some("callers-own-session"));
+    call.handle_head(Ok(&answer(200, &[("mcp-session-id", "callers-own-session")], "")));
+    match call.poll() {
+        CallAction::Respond(CallOutcome::Relay(head)) => {
+            assert_eq!(head.headers()[SESSION_HEADER], "callers-own-session", "its own session, relayed");
+        }
+        other => panic!("expected the relayed head, got {other:?}"),
     }
 }
 
