@@ -1034,32 +1034,10 @@ fn a_client_id_metadata_document_is_fetched_strictly_and_must_name_itself() {
 #[test]
 fn without_a_client_id_the_gateway_registers_itself_upstream_once_and_carries_the_client() {
     let mut agent = Agent::new();
-    let body = br#"{"redirect_uris":["http://127.0.0.1:33418/callback"]}"#;
-    let registered = agent.request(Method::POST, "/selfreg/register", body, &[]);
-    let client_id: Value = serde_json::from_slice(registered.body()).unwrap();
-    let client_id = client_id["client_id"].as_str().unwrap().to_owned();
-    let challenge = crate::pkce::challenge_for(VERIFIER);
-    let path = format!(
-        "/selfreg/authorize?client_id={}&redirect_uri=http%3A%2F%2F127.0.0.1%3A40000%2Fcallback&response_type=code&code_challenge={challenge}&code_challenge_method=S256&state=s",
-        urlencode(&client_id)
-    );
-    let page = agent.request(Method::GET, &path, b"", &[]);
-    let html = String::from_utf8_lossy(page.body()).into_owned();
-    let field = |name: &str| {
-        let marker = format!("name=\"{name}\" value=\"");
-        html.split(&marker).nth(1).and_then(|rest| rest.split('"').next()).unwrap_or_default().to_owned()
-    };
-    let (request, csrf) = (field("request"), field("csrf"));
     agent.upstream = Some(Response::new(Bytes::from_static(
         br#"{"client_id":"gw-registered-1","client_secret":"gw-registered-secret"}"#,
     )));
-    let form = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("request", &request)
-        .append_pair("csrf", &csrf)
-        .append_pair("gateway_key", KEY)
-        .append_pair("decision", "approve")
-        .finish();
-    let approved = agent.request(Method::POST, "/selfreg/consent", form.as_bytes(), &[]);
+    let approved = self_registering_consent(&mut agent);
     let upstream = location(&approved);
     assert_eq!(query(&upstream, "client_id").as_deref(), Some("gw-registered-1"));
     let registration: Value = serde_json::from_slice(agent.sent[0].body()).unwrap();
