@@ -493,8 +493,15 @@ impl<'a> Call<'a> {
         // Design §4.11: a request without a session id that is not `initialize` runs in the
         // gateway's own upstream session for (server, credential), so `tools/list` before (or
         // without) an `initialize` works against servers that require one.
+        // A caller on the stateless wire (2026-07-28 on) has no session to miss: passed through.
+        let stateless_caller = forward
+            .headers
+            .get("mcp-protocol-version")
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(crate::client::mcp::is_stateless);
         if let Some(crate::jsonrpc::Shape::Request { method, .. }) = &shape
             && method != "initialize"
+            && !stateless_caller
             && !forward.headers.contains_key(SESSION_HEADER)
         {
             call.session_key = Some(forward.session_key());

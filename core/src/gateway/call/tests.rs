@@ -483,6 +483,14 @@ fn a_request_without_a_session_runs_in_the_gateways_own_and_never_sees_its_id() 
         other => panic!("expected the relayed head, got {other:?}"),
     }
 
+    // A caller on the stateless wire has no session to miss: passed through as it is.
+    let mut stateless = sessionless("wiki", OutboundCredential::StaticToken);
+    stateless.headers.insert("mcp-protocol-version", HeaderValue::from_static("2026-07-28"));
+    let mut call =
+        Call::forward(&config, &stateless, Method::POST, Bytes::from_static(list), CallLimits::default())
+            .unwrap();
+    assert_eq!(session_of(&expect_send(&mut call)), None, "no gateway session for a stateless caller");
+
     // `initialize`, and a caller in its own session, are passed through as they are.
     let initialize = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
     let mut call =
