@@ -256,14 +256,17 @@ async fn steps(demo: &Walkthrough, mock: &MockUpstream) -> Result<(), StepFailed
     let fetched = counters.token_requests_for("client_credentials")
         - counters_before.token_requests_for("client_credentials");
     let calls = counters.mcp_requests_for("tools/call") - counters_before.mcp_requests_for("tools/call");
+    let opened = counters.mcp_requests_for("initialize") - counters_before.mcp_requests_for("initialize");
     let others: u64 = counters.mcp_requests.values().sum::<u64>()
         - counters_before.mcp_requests.values().sum::<u64>()
         - calls;
     println!(
-        "  upstream saw: {calls} tools/call, {others} other MCP request(s), {fetched} token fetch(es) for 2 calls"
+        "  upstream saw: {calls} tools/call, {others} other MCP request(s) ({opened} initialize: the gateway's own session, opened once), {fetched} token fetch(es) for 2 calls"
     );
-    if calls != 2 || others != 0 || fetched != 1 {
-        return fail("expected exactly one upstream request per call and one token fetch");
+    // The calls carry no session id, so they run in the gateway's own upstream session (design
+    // §4.11): initialize and notifications/initialized once, then one request per call.
+    if calls != 2 || opened > 1 || others > 2 * opened || fetched != 1 {
+        return fail("expected one upstream request per call after one session opening, and one token fetch");
     }
 
     println!(
