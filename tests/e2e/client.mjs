@@ -417,6 +417,29 @@ async function main() {
     await callEcho(client, `spaced call ${i}`);
   }
 
+  // 3a'. The aggregating route: the same SDK client at the gateway's POST /mcp with the gateway
+  // key and x-mcp-servers (LiteLLM's aggregated endpoint). The key signs in as the identity that
+  // approved the consent above, so the gateway uses that identity's newest grant (design §4.8);
+  // the tool is listed with the server's prefix and the call is routed back to it.
+  let aggregatedEcho = null;
+  if (viaGateway && opts['gateway-key']) {
+    currentStep = 'aggregated route (POST /mcp: initialize, tools/list, tools/call)';
+    const serverName = mcpUrl.pathname.split('/')[1];
+    const aggregated = new Client({ name: 'mcp-oauth-e2e-aggregated', version: '1.0.0' });
+    await aggregated.connect(new StreamableHTTPClientTransport(new URL('/mcp', mcpUrl), {
+      requestInit: { headers: { 'x-mcp-servers': serverName, 'x-mcp-gateway-key': opts['gateway-key'] } },
+      fetch: tracingFetch,
+    }));
+    const listed = (await aggregated.listTools()).tools.map((t) => t.name);
+    check(listed.includes(`${serverName}-echo`), `the aggregated tools/list has no ${serverName}-echo: ${JSON.stringify(listed)}`);
+    const result = await aggregated.callTool({ name: `${serverName}-echo`, arguments: { text: 'through the aggregated route' } });
+    const out = result.content?.[0]?.text || '';
+    check(!result.isError && out.startsWith('echo: through the aggregated route'), `the aggregated call returned ${JSON.stringify(result).slice(0, 300)}`);
+    record(`aggregated route: ${listed.length} tool(s), ${serverName}-echo answered`);
+    aggregatedEcho = out;
+    await aggregated.close();
+  }
+
   // 3b. The user may also say no: deny sends the client error=access_denied with its state and
   // the gateway's iss, and no code. (The same authorization URL again: nothing is stored per
   // request, the page seals it.)
@@ -489,6 +512,7 @@ async function main() {
     mcp: mcpUrl.href,
     tools: tools.map((t) => t.name),
     echo: echoed,
+    ...(aggregatedEcho ? { aggregated_echo: aggregatedEcho } : {}),
     access_token_prefix: first.access_token.slice(0, 6),
     refresh_rotated: true,
   }));
