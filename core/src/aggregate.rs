@@ -70,7 +70,9 @@ pub enum AggregateError {
     #[error("the gateway sent no request this could answer")]
     UnexpectedResponse,
     /// The method is not served by the aggregating endpoint.
-    #[error("method `{0}` is not served here; the aggregating endpoint serves tools")]
+    #[error(
+        "method `{0}` is not served here; the aggregating endpoint serves tools, prompts, resources, completion and logging"
+    )]
     MethodNotFound(String),
     /// A tool call without a tool name.
     #[error("the tool call names no tool (`name` must be a non-empty string)")]
@@ -87,6 +89,12 @@ pub enum AggregateError {
     /// The cursor was not issued by this gateway for these servers.
     #[error("the cursor was not issued by this gateway for these servers")]
     InvalidCursor,
+    /// A resource request to several targets, which cannot be placed without a session.
+    #[error("a resource request needs exactly one target server; name one in x-mcp-servers")]
+    AmbiguousResource,
+    /// The params do not fit the method.
+    #[error("invalid params: {0}")]
+    InvalidParams(String),
 }
 
 impl Reason for AggregateError {
@@ -102,6 +110,8 @@ impl Reason for AggregateError {
             Self::UnknownTool(_) => "unknown_tool",
             Self::UnknownServer(_) => "unknown_server",
             Self::InvalidCursor => "invalid_cursor",
+            Self::AmbiguousResource => "ambiguous_resource",
+            Self::InvalidParams(_) => "invalid_params",
         }
     }
 }
@@ -221,9 +231,62 @@ pub struct Gather {
 
 #[derive(Debug)]
 enum Finish {
-    McpList { id: Value },
+    McpList {
+        id: Value,
+        listing: Listing,
+    },
+    /// Every target was told (`logging/setLevel`): an empty result once one of them took it.
+    McpEveryTarget {
+        id: Value,
+    },
     RestList,
     RestCall,
+}
+
+/// What a merged listing lists (design §4.11): tool and prompt names get the `{server}-` prefix;
+/// resource and template URIs are not rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listing {
+    Tools,
+    Prompts,
+    Resources,
+    ResourceTemplates,
+}
+
+impl Listing {
+    fn of(method: &str) -> Option<Self> {
+        match method {
+            "tools/list" => Some(Self::Tools),
+            "prompts/list" => Some(Self::Prompts),
+            "resources/list" => Some(Self::Resources),
+            "resources/templates/list" => Some(Self::ResourceTemplates),
+            _ => None,
+        }
+    }
+
+    fn method(self) -> &'static str {
+        match self {
+            Self::Tools => "tools/list",
+            Self::Prompts => "prompts/list",
+            Self::Resources => "resources/list",
+            Self::ResourceTemplates => "resources/templates/list",
+        }
+    }
+
+    /// The result's member that holds the items.
+    fn field(self) -> &'static str {
+        match self {
+            Self::Tools => "tools",
+            Self::Prompts => "prompts",
+            Self::Resources => "resources",
+            Self::ResourceTemplates => "resourceTemplates",
+        }
+    }
+
+    /// Whether items are named `{server}-{name}` (tools, prompts) or passed as they are (URIs).
+    fn prefixed(self) -> bool {
+        matches!(self, Self::Tools | Self::Prompts)
+    }
 }
 
 /// The part of a request [`plan`] needs besides the body.
@@ -243,7 +306,7 @@ pub struct Request<'a> {
 pub fn plan(request: &Request<'_>, body: &[u8]) -> Plan {
     let outcome = match request.endpoint {
         Endpoint::Mcp => plan_mcp(request, body),
-        Endpoint::RestList => list_calls(request, &json!({}), request.cursor)
+        Endpoint::RestList => list_calls(request, Listing::Tools, &json!({}), request.cursor)
             .map(|calls| Plan::Gather(gather(request, calls, Finish::RestList))),
         Endpoint::RestCall => plan_rest_call(request, body),
     };
@@ -282,29 +345,80 @@ fn plan_mcp(request: &Request<'_>, body: &[u8]) -> Result<Plan, Refused> {
     match method.as_str() {
         "initialize" => Ok(Plan::Respond(rpc_result(&id, &initialize_result(&params)))),
         "ping" => Ok(Plan::Respond(rpc_result(&id, &json!({})))),
-        "tools/list" => {
+        listed if Listing::of(listed).is_some() => {
+            let listing = Listing::of(listed).unwrap_or(Listing::Tools);
             let cursor = match params.get("cursor") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(cursor)) => Some(cursor.as_str()),
                 Some(_) => return Err((Some(id), AggregateError::InvalidCursor)),
             };
-            let calls =
-                list_calls(request, &params, cursor).map_err(|(_, error)| (Some(id.clone()), error))?;
-            Ok(Plan::Gather(gather(request, calls, Finish::McpList { id })))
+            let calls = list_calls(request, listing, &params, cursor)
+                .map_err(|(_, error)| (Some(id.clone()), error))?;
+            Ok(Plan::Gather(gather(request, calls, Finish::McpList { id, listing })))
         }
-        "tools/call" => {
+        "tools/call" | "prompts/get" => {
             let name = params.get("name").and_then(Value::as_str).filter(|name| !name.is_empty());
             let Some(name) = name else {
                 return Err((Some(id), AggregateError::MissingToolName));
             };
-            let (target, tool) =
+            let (target, own) =
                 route_tool(name, request.servers).map_err(|error| (Some(id.clone()), error))?;
             let mut params = params;
-            params["name"] = Value::String(tool);
+            params["name"] = Value::String(own);
             message.insert("params".into(), params);
             Ok(Plan::Forward(UpstreamCall { target, body: Value::Object(message).to_string().into_bytes() }))
         }
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            let target = resource_target(request).map_err(|error| (Some(id.clone()), error))?;
+            Ok(Plan::Forward(UpstreamCall { target, body: body.to_vec() }))
+        }
+        "completion/complete" => {
+            let reference = params.get("ref").and_then(Value::as_object);
+            let kind = reference.and_then(|reference| reference.get("type")).and_then(Value::as_str);
+            let target = match kind {
+                Some("ref/prompt") => {
+                    let name = reference.and_then(|reference| reference.get("name")).and_then(Value::as_str);
+                    let (target, own) = route_tool(name.unwrap_or_default(), request.servers)
+                        .map_err(|error| (Some(id.clone()), error))?;
+                    let mut params = params;
+                    params["ref"]["name"] = Value::String(own);
+                    message.insert("params".into(), params);
+                    return Ok(Plan::Forward(UpstreamCall {
+                        target,
+                        body: Value::Object(message).to_string().into_bytes(),
+                    }));
+                }
+                Some("ref/resource") => {
+                    resource_target(request).map_err(|error| (Some(id.clone()), error))?
+                }
+                _ => {
+                    let why = "`ref` must be a ref/prompt or a ref/resource".to_owned();
+                    return Err((Some(id), AggregateError::InvalidParams(why)));
+                }
+            };
+            Ok(Plan::Forward(UpstreamCall { target, body: body.to_vec() }))
+        }
+        "logging/setLevel" => {
+            // Every target logs at the level asked (design §4.11); each answer is read by the
+            // gateway's own id, as a listing's is.
+            message.insert("id".into(), json!(UPSTREAM_ID));
+            let upstream = Value::Object(message).to_string().into_bytes();
+            let calls = (0..request.servers.len())
+                .map(|target| UpstreamCall { target, body: upstream.clone() })
+                .collect();
+            Ok(Plan::Gather(gather(request, calls, Finish::McpEveryTarget { id })))
+        }
         other => Err((Some(id), AggregateError::MethodNotFound(quote(other)))),
+    }
+}
+
+/// The target of a resource request: the one target. Design §4.11 routes by which target listed
+/// the URI in the caller's session; without a gateway session on this endpoint yet, a request to
+/// several targets cannot be placed and is refused (name one server in `x-mcp-servers`).
+fn resource_target(request: &Request<'_>) -> Result<usize, AggregateError> {
+    match request.servers.len() {
+        1 => Ok(0),
+        _ => Err(AggregateError::AmbiguousResource),
     }
 }
 
@@ -316,7 +430,13 @@ fn initialize_result(params: &Value) -> Value {
         .unwrap_or(LATEST_STATEFUL_VERSION);
     json!({
         "protocolVersion": version,
-        "capabilities": {"tools": {"listChanged": false}},
+        "capabilities": {
+            "tools": {"listChanged": false},
+            "prompts": {"listChanged": false},
+            "resources": {"listChanged": false},
+            "completions": {},
+            "logging": {},
+        },
         "serverInfo": {"name": "mcp-oauth-gateway", "version": env!("CARGO_PKG_VERSION")},
     })
 }
@@ -348,9 +468,10 @@ fn decode_cursor<S: AsRef<str>>(cursor: &str, servers: &[S]) -> Result<Vec<(usiz
         .collect()
 }
 
-/// One `tools/list` per server to ask: every target, or those the cursor continues.
+/// One listing request per server to ask: every target, or those the cursor continues.
 fn list_calls(
     request: &Request<'_>,
+    listing: Listing,
     params: &Value,
     cursor: Option<&str>,
 ) -> Result<Vec<UpstreamCall>, Refused> {
@@ -372,7 +493,8 @@ fn list_calls(
                     object.insert("cursor".into(), Value::String(cursor));
                 }
             }
-            let body = json!({"jsonrpc": "2.0", "id": UPSTREAM_ID, "method": "tools/list", "params": params});
+            let body =
+                json!({"jsonrpc": "2.0", "id": UPSTREAM_ID, "method": listing.method(), "params": params});
             UpstreamCall { target, body: body.to_string().into_bytes() }
         })
         .collect())
@@ -578,15 +700,20 @@ impl Gather {
                 (None, Some((response, _))) => response,
                 (None, None) => error_response(StatusCode::BAD_GATEWAY, "upstream_error", "no answer"),
             },
-            Finish::McpList { .. } | Finish::RestList if results.is_empty() => {
+            Finish::McpList { .. } | Finish::McpEveryTarget { .. } | Finish::RestList
+                if results.is_empty() =>
+            {
                 match failures.into_iter().next() {
                     Some((response, _)) => response,
                     None => error_response(StatusCode::BAD_GATEWAY, "upstream_error", "no server was asked"),
                 }
             }
-            Finish::McpList { id } => {
-                let (tools, next) = merge(&self.servers, &results, false);
-                let mut result = json!({"tools": tools});
+            Finish::McpEveryTarget { id } => rpc_result(&id, &json!({})),
+            Finish::McpList { id, listing } => {
+                let (items, next) = merge(&self.servers, &results, listing, false);
+                let mut result = Map::new();
+                result.insert(listing.field().into(), Value::Array(items));
+                let mut result = Value::Object(result);
                 if let Some(next) = next {
                     result["nextCursor"] = Value::String(next);
                 }
@@ -597,7 +724,7 @@ impl Gather {
                 rpc_result(&id, &result)
             }
             Finish::RestList => {
-                let (tools, next) = merge(&self.servers, &results, true);
+                let (tools, next) = merge(&self.servers, &results, Listing::Tools, true);
                 let errors: Vec<Value> = failures.iter().map(|(_, failed)| failed.to_json()).collect();
                 let mut body = json!({"tools": tools, "errors": errors});
                 if let Some(next) = next {
@@ -609,15 +736,27 @@ impl Gather {
     }
 }
 
-/// The merged tools, each named `{server}-{tool}` (with `server_id` on REST), and the cursor for
-/// the servers with more pages. A tool without a name, or whose prefixed name would route to
-/// another target, is left out.
-fn merge(servers: &[String], results: &[(usize, Value)], rest: bool) -> (Vec<Value>, Option<String>) {
+/// The merged items, tools and prompts each named `{server}-{name}` (with `server_id` on REST),
+/// resources and templates as their servers listed them, and the cursor for the servers with more
+/// pages. A named item without a name, or whose prefixed name would route to another target, is
+/// left out.
+fn merge(
+    servers: &[String],
+    results: &[(usize, Value)],
+    listing: Listing,
+    rest: bool,
+) -> (Vec<Value>, Option<String>) {
     let mut tools = Vec::new();
     let mut pending = Map::new();
     for (target, result) in results {
         let Some(server) = servers.get(*target) else { continue };
-        for tool in result.get("tools").and_then(Value::as_array).into_iter().flatten() {
+        for tool in result.get(listing.field()).and_then(Value::as_array).into_iter().flatten() {
+            if !listing.prefixed() {
+                if tool.is_object() {
+                    tools.push(tool.clone());
+                }
+                continue;
+            }
             let (Some(object), Some(name)) = (tool.as_object(), tool.get("name").and_then(Value::as_str))
             else {
                 continue;
@@ -891,6 +1030,98 @@ mod tests {
         json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}})
     }
 
+    fn forwarded(plan: Plan) -> (usize, Value) {
+        match plan {
+            Plan::Forward(call) => (call.target, serde_json::from_slice(&call.body).unwrap()),
+            other => panic!("expected a forward, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn prompts_and_resources_are_listed_from_every_target_with_the_rules_of_design_4_11() {
+        let names = servers(&["a", "b"]);
+        for (method, field) in [
+            ("prompts/list", "prompts"),
+            ("resources/list", "resources"),
+            ("resources/templates/list", "resourceTemplates"),
+        ] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":7,"method":"{method}"}}"#);
+            let Plan::Gather(gather) = mcp_plan(&names, &body) else { panic!("{method} gathers") };
+            assert_eq!(gather.calls().len(), 2, "{method}");
+            let sent: Value = serde_json::from_slice(&gather.calls()[0].body).unwrap();
+            assert_eq!(sent["method"], method);
+            let item = |n: &str| match field {
+                "prompts" => json!({"name": n}),
+                "resources" => json!({"uri": format!("file:///{n}"), "name": n}),
+                _ => json!({"uriTemplate": format!("file:///{n}/{{x}}"), "name": n}),
+            };
+            let answer =
+                |n: &str| upstream(&json!({"jsonrpc": "2.0", "id": 1, "result": {field: [item(n)]}}));
+            let merged = body_json(&gather.finish(vec![answer("one"), answer("two")]));
+            assert_eq!(merged["id"], 7);
+            let items = merged["result"][field].as_array().unwrap().clone();
+            if field == "prompts" {
+                // Prompt names get the server's prefix, like tools.
+                assert_eq!(items, vec![json!({"name": "a-one"}), json!({"name": "b-two"})]);
+            } else {
+                // URIs are never rewritten.
+                assert_eq!(items, vec![item("one"), item("two")], "{method}");
+            }
+        }
+    }
+
+    #[test]
+    fn prompts_completion_and_resources_are_routed_to_one_target() {
+        let names = servers(&["a", "b"]);
+        let (target, sent) = forwarded(mcp_plan(
+            &names,
+            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"b-greet","arguments":{"x":"1"}}}"#,
+        ));
+        assert_eq!((target, &sent["params"]["name"], &sent["id"]), (1, &json!("greet"), &json!(1)));
+        let (target, sent) = forwarded(mcp_plan(
+            &names,
+            r#"{"jsonrpc":"2.0","id":2,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"a-greet"},"argument":{"name":"x","value":"h"}}}"#,
+        ));
+        assert_eq!((target, &sent["params"]["ref"]["name"]), (0, &json!("greet")));
+        // Several targets: a resource cannot be placed without a session (a JSON-RPC error, 200).
+        let read = r#"{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"file:///x"}}"#;
+        let Plan::Respond(refused) = mcp_plan(&names, read) else { panic!("refused") };
+        assert_eq!(refused.status(), StatusCode::OK);
+        assert_eq!(body_json(&refused)["error"]["data"]["reason"], "ambiguous_resource");
+        // One target: it is that target's, sent as it is.
+        let one = servers(&["a"]);
+        let (target, sent) = forwarded(mcp_plan(&one, read));
+        assert_eq!((target, &sent["params"]["uri"]), (0, &json!("file:///x")));
+        let resource_completion = r#"{"jsonrpc":"2.0","id":4,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"file:///{x}"},"argument":{"name":"x","value":"h"}}}"#;
+        assert_eq!(forwarded(mcp_plan(&one, resource_completion)).0, 0);
+        let bad = r#"{"jsonrpc":"2.0","id":5,"method":"completion/complete","params":{"ref":{"type":"ref/other"}}}"#;
+        let Plan::Respond(refused) = mcp_plan(&one, bad) else { panic!("refused") };
+        assert_eq!(body_json(&refused)["error"]["data"]["reason"], "invalid_params");
+    }
+
+    #[test]
+    fn logging_set_level_goes_to_every_target_and_initialize_advertises_what_is_served() {
+        let names = servers(&["a", "b"]);
+        let body = r#"{"jsonrpc":"2.0","id":9,"method":"logging/setLevel","params":{"level":"debug"}}"#;
+        let Plan::Gather(gather) = mcp_plan(&names, body) else { panic!("every target") };
+        assert_eq!(gather.calls().iter().map(|call| call.target).collect::<Vec<_>>(), vec![0, 1]);
+        let sent: Value = serde_json::from_slice(&gather.calls()[0].body).unwrap();
+        assert_eq!(
+            (sent["id"].clone(), sent["params"]["level"].clone()),
+            (json!(UPSTREAM_ID), json!("debug"))
+        );
+        let ok = upstream(&json!({"jsonrpc": "2.0", "id": 1, "result": {}}));
+        let answer = body_json(&gather.finish(vec![ok, Answer::Failed(Response::new(Vec::new()))]));
+        assert_eq!((answer["id"].clone(), answer["result"].clone()), (json!(9), json!({})));
+        let init =
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#;
+        let Plan::Respond(response) = mcp_plan(&names, init) else { panic!("local") };
+        let capabilities = body_json(&response)["result"]["capabilities"].clone();
+        for served in ["tools", "prompts", "resources", "completions", "logging"] {
+            assert!(capabilities.get(served).is_some(), "{served}: {capabilities}");
+        }
+    }
+
     #[test]
     fn routes_a_prefixed_tool_to_the_one_server_it_names() {
         let names = servers(&["github", "jira"]);
@@ -958,7 +1189,7 @@ mod tests {
             (r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#, -32600, "invalid_jsonrpc"),
             (r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#, -32600, "invalid_jsonrpc"),
             (r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, -32600, "unexpected_response"),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"resources/list"}"#, -32601, "method_not_found"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#, -32601, "method_not_found"),
             (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#, -32602, "missing_tool_name"),
             (
                 r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"b-x"}}"#,

@@ -15,8 +15,8 @@ const SERVERS: [&str; 3] = ["a", "a-b", "github"];
 /// Input: byte 0 picks the endpoint (bits 0–1), delegation (bit 2) and SSE answers (bit 3); the
 /// rest splits at NUL bytes into the caller's body and one upstream answer per gathered call (a
 /// last line `#value` gives the answer an `Mcp-Session-Id`).
-/// Invariants: nothing panics; a body [`check_message`] accepts as one object says `jsonrpc: 2.0`; a forwarded call goes to a target and names the tool whose
-/// prefixed name the caller sent; every answer is JSON (or an empty 202); every listed tool name
+/// Invariants: nothing panics; a body [`check_message`] accepts as one object says `jsonrpc: 2.0`; a forwarded call goes to a target and names the tool or prompt whose
+/// prefixed name the caller sent (a resource request is sent as it came); every answer is JSON (or an empty 202); every listed tool name
 /// routes back to a target; an upstream's challenge is relayed only when delegated; a session an
 /// answer opens has a usable id and protocol version.
 pub fn aggregate(data: &[u8]) {
@@ -47,10 +47,27 @@ pub fn aggregate(data: &[u8]) {
         Plan::Forward(call) => {
             let server = servers.get(call.target).expect("a forwarded call has a target"); // ok: a fuzz invariant; a panic is the finding
             let sent: Value = serde_json::from_slice(&call.body).expect("the forwarded body is JSON"); // ok: a fuzz invariant; a panic is the finding
-            let tool = sent["params"]["name"].as_str().expect("the forwarded call names a tool"); // ok: a fuzz invariant; a panic is the finding
             let asked: Value = serde_json::from_slice(body).expect("a forwarded call came as JSON"); // ok: a fuzz invariant; a panic is the finding
-            let asked = asked["params"]["name"].as_str().expect("the caller named a tool"); // ok: a fuzz invariant; a panic is the finding
-            assert_eq!(prefixed_name(server, tool), asked, "the call went to another tool");
+            assert_eq!(sent["method"], asked["method"], "a forward keeps the method");
+            // Where the name lives: a tool or prompt is named in params, a prompt completion in
+            // its ref; resource requests are not renamed (design §4.11).
+            let named = match sent["method"].as_str() {
+                Some("tools/call" | "prompts/get") => {
+                    Some(("/params/name", "the forwarded call names a tool"))
+                }
+                Some("completion/complete") if sent["params"]["ref"]["type"] == "ref/prompt" => {
+                    Some(("/params/ref/name", "the forwarded completion names a prompt"))
+                }
+                _ => None,
+            };
+            match named {
+                Some((pointer, why)) => {
+                    let own = sent.pointer(pointer).and_then(Value::as_str).expect(why); // ok: a fuzz invariant; a panic is the finding
+                    let listed = asked.pointer(pointer).and_then(Value::as_str).expect("the caller named it"); // ok: a fuzz invariant; a panic is the finding
+                    assert_eq!(prefixed_name(server, own), listed, "the call went to another tool or prompt");
+                }
+                None => assert_eq!(sent, asked, "a resource request is sent as it came"),
+            }
         }
         Plan::Gather(gather) => {
             for call in gather.calls() {
