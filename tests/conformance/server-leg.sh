@@ -219,6 +219,20 @@ for scenario in "${scenarios[@]}"; do
     echo "$lost" | cut -c1-400 | sed 's/^/   /'
   fi
 done
+# The aggregating route POST /mcp: the TypeScript SDK client lists and calls tools, prompts,
+# completions, resources and logging of server-everything through it (design §4.11).
+if [ -z "$only" ] || [[ aggregated == *"$only"* ]]; then
+  cp "$here/aggregated.mjs" "$tools/aggregated.mjs"
+  if answer=$(timeout 60 node "$tools/aggregated.mjs" "$gateway_origin" everything "$gateway_key" 2>&1); then
+    printf '%-46s | %-12s | %-16s\n' "aggregated POST /mcp (TS SDK)" "-" "PASS"
+    echo "   $answer"
+    passed=$((passed + 1))
+  else
+    printf '%-46s | %-12s | %-16s\n' "aggregated POST /mcp (TS SDK)" "-" "FAIL"
+    echo "$answer" | tail -5 | sed 's/^/   /'
+    failed=$((failed + 1))
+  fi
+fi
 echo
 echo "results and logs in $out; run time ${SECONDS}s"
 echo "$passed passed, $failed failed"
