@@ -40,6 +40,7 @@ pub mod fetch_policy;
 pub mod flow;
 pub mod gateway;
 pub mod grant;
+pub mod grant_record;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
 pub mod jsonrpc;

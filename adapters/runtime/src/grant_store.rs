@@ -22,7 +22,8 @@ use mcp_oauth_core::grant::{Grant, GrantId, LockHolder, OnceKey, StoreOp, StoreR
 use mcp_oauth_core::seal::UnixTime;
 
 mod open;
-pub mod record;
+/// The stored form of a grant, shared by the durable backends (in core, where it is fuzzed).
+pub use mcp_oauth_core::grant_record as record;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]

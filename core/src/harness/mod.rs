@@ -11,6 +11,7 @@ pub mod client_machines;
 pub mod config;
 pub mod fetch_target;
 pub mod gateway_request;
+pub mod grant_record;
 pub mod mask;
 pub mod public_origin;
 pub mod redirect_uri;
@@ -24,6 +25,7 @@ pub use client_machines::{discovery_machine, session_machine};
 pub use config::config;
 pub use fetch_target::fetch_target;
 pub use gateway_request::gateway_request;
+pub use grant_record::grant_record;
 pub use mask::mask;
 pub use public_origin::public_origin;
 pub use redirect_uri::redirect_uri;
@@ -52,6 +54,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("session_machine", session_machine),
     ("authz_request", authz_request),
     ("sealed_value", sealed_value),
+    ("grant_record", grant_record),
 ];
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! One stored form of a [`Grant`], shared by the durable backends (SQLite, Redis), so a record
-//! written by one version or replica reads the same in every other.
+//! One stored form of a [`Grant`], shared by the durable grant-store backends (SQLite, Redis), so
+//! a record written by one version or replica reads the same in every other. Pure data: it lives
+//! in core so it is fuzzed with the other parsers (harness `grant_record`).
 //!
 //! The form is a small JSON object with a format version `v`. Sealed values are written as their
 //! sealed text (the store never sees an upstream token or secret in clear), the identity's
@@ -7,8 +8,8 @@
 //! unknown version, a missing field or a malformed fingerprint is an error, so a backend answers
 //! `Unavailable` (fail closed) instead of inventing a grant.
 
-use mcp_oauth_core::grant::{Grant, GrantId, Identity, SealedUpstreamToken, UpstreamClient};
-use mcp_oauth_core::seal::UnixTime;
+use crate::grant::{Grant, GrantId, Identity, SealedUpstreamToken, UpstreamClient};
+use crate::seal::UnixTime;
 use serde::{Deserialize, Serialize};
 
 /// The record format this code writes and reads.
@@ -117,8 +118,8 @@ fn parse_fingerprint(hex: &str) -> Option<[u8; 32]> {
 
 #[cfg(test)]
 mod tests {
-    use mcp_oauth_core::seal::SealingKeys;
-    use mcp_oauth_core::secret::Secret;
+    use crate::seal::SealingKeys;
+    use crate::secret::Secret;
 
     use super::*;
 
