@@ -1,7 +1,10 @@
 //! Security invariants of the gateway's per-request decision (design §4.6–§4.8), as properties.
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use mcp_oauth_core::aggregate::{Answer, Endpoint, Plan, Request, plan, prefixed_name, route_tool};
+use mcp_oauth_core::aggregate::{
+    Answer, Endpoint, GatewaySessions, Owner, Plan, Request, Sessions, plan, plan_in, prefixed_name,
+    route_tool,
+};
 use mcp_oauth_core::config::{GatewayConfig, load_yaml};
 use mcp_oauth_core::gateway::{Action, Context, OAuthState, RequestHead, decide};
 use mcp_oauth_core::machine::Instant;
@@ -204,7 +207,8 @@ proptest! {
         tools in prop::collection::vec(prop::collection::vec("[a-c]{1,2}(-[a-c]{1,2}){0,2}", 0..5), 5),
     ) {
         let servers: Vec<String> = servers.into_iter().collect();
-        let request = Request { endpoint: Endpoint::Mcp, servers: &servers, delegated: false, cursor: None };
+        let owner = Owner::of(&HeaderMap::new());
+        let request = Request { endpoint: Endpoint::Mcp, servers: &servers, delegated: false, cursor: None, session: None, owner };
         let Plan::Gather(gather) = plan(&request, br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#) else {
             return Err(TestCaseError::fail("a listing gathers"));
         };
@@ -231,6 +235,56 @@ proptest! {
                     prop_assert!(body["result"]["tools"].as_array().into_iter().flatten().any(|listed| listed["name"] == name.as_str()));
                 }
             }
+        }
+    }
+}
+
+proptest! {
+    /// A gateway session (design §4.11) is used, ended or listed in only with the very credentials
+    /// that opened it: any other set of gateway-key and `Authorization` values, and any other id,
+    /// gets the 404 of an unknown session, whatever the method.
+    #[test]
+    fn a_gateway_session_answers_only_its_owner(
+        opener in prop::collection::vec(("(x-mcp-gateway-key|x-litellm-api-key|authorization)", "[a-z0-9 ]{0,12}"), 0..3),
+        caller in prop::collection::vec(("(x-mcp-gateway-key|x-litellm-api-key|authorization)", "[a-z0-9 ]{0,12}"), 0..3),
+        forged in proptest::option::of("[A-Za-z0-9_-]{0,43}"),
+        random in any::<[u8; 32]>(),
+        method in prop::sample::select(vec!["tools/list", "resources/read", "tools/call", "ping"]),
+        delete in any::<bool>(),
+    ) {
+        let headers = |pairs: &[(String, String)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                    headers.append(name, value);
+                }
+            }
+            headers
+        };
+        let (opener_headers, caller_headers) = (headers(&opener), headers(&caller));
+        let same = Owner::of(&opener_headers) == Owner::of(&caller_headers);
+        let servers = vec!["a".to_owned()];
+        let mut table = GatewaySessions::default();
+        let (id, _) = table.open(random, Owner::of(&opener_headers), Vec::new(), Instant::ZERO);
+        let presented = forged.clone().unwrap_or_else(|| id.clone());
+        let request = Request {
+            endpoint: if delete { Endpoint::McpEnd } else { Endpoint::Mcp },
+            servers: &servers,
+            delegated: false,
+            cursor: None,
+            session: Some(&presented),
+            owner: Owner::of(&caller_headers),
+        };
+        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{{"name":"a-x","uri":"u://x"}}}}"#);
+        let sessions = Sessions { table: &mut table, now: Instant::ZERO, random: None };
+        let planned = plan_in(&request, body.as_bytes(), sessions);
+        let refused = matches!(&planned, Plan::Respond(response) if response.status() == http::StatusCode::NOT_FOUND);
+        let own = same && presented == id;
+        prop_assert_eq!(refused, !own, "owner match {}, id match {}", same, presented == id);
+        if own && delete {
+            prop_assert!(table.find(&id, Owner::of(&opener_headers), Instant::ZERO).is_none(), "DELETE ended it");
+        } else {
+            prop_assert!(table.find(&id, Owner::of(&opener_headers), Instant::ZERO).is_some(), "someone else ended it");
         }
     }
 }

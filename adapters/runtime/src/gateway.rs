@@ -24,7 +24,7 @@ use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
-use mcp_oauth_core::aggregate::{Endpoint, Plan, SessionStore};
+use mcp_oauth_core::aggregate::{Endpoint, GatewaySessions, Plan, SessionStore, Sessions};
 use mcp_oauth_core::config::GatewayConfig;
 use mcp_oauth_core::gateway::{
     self, Action, Aggregate, Call, CallAction, CallFailure, CallLimits, CallOutcome, Context, Forward,
@@ -87,9 +87,13 @@ pub struct ServerOptions {
     /// The largest upstream answer read whole to merge it (aggregated listings, REST calls).
     /// Default 4 MiB.
     pub max_gathered_answer: usize,
-    /// Upstream sessions kept for the aggregating endpoints (one per server and caller identity);
-    /// beyond it the least recently used is forgotten. Default 4096.
+    /// Upstream sessions kept for the aggregating endpoints (one per server and caller identity,
+    /// and one per server in each gateway session); beyond it the least recently used is
+    /// forgotten. Default 16,384.
     pub max_upstream_sessions: usize,
+    /// Gateway sessions of the aggregating `POST /mcp` (design §4.11); beyond it the least
+    /// recently used ends. Default 10,000.
+    pub max_gateway_sessions: usize,
 }
 
 impl Default for ServerOptions {
@@ -104,7 +108,8 @@ impl Default for ServerOptions {
             shutdown_grace: Duration::from_secs(10),
             pool_max_idle_per_host: 256,
             max_gathered_answer: call.max_gathered_answer,
-            max_upstream_sessions: 4096,
+            max_upstream_sessions: 16_384,
+            max_gateway_sessions: mcp_oauth_core::aggregate::MAX_SESSIONS,
         }
     }
 }
@@ -127,6 +132,7 @@ pub struct GatewayState<R, U> {
     config: GatewayConfig,
     oauth: Mutex<OAuthState>,
     sessions: Mutex<SessionStore>,
+    gateway_sessions: Mutex<GatewaySessions>,
     clock: Clock<R>,
     upstream: U,
     tokens: SharedTokenCache<TokenKey, R>,
@@ -169,6 +175,10 @@ impl<R: Runtime, U: Upstream> GatewayState<R, U> {
             config,
             oauth: Mutex::new(OAuthState::default()),
             sessions: Mutex::new(SessionStore::new(options.max_upstream_sessions)),
+            gateway_sessions: Mutex::new(GatewaySessions::new(
+                options.max_gateway_sessions,
+                mcp_oauth_core::aggregate::SESSION_IDLE,
+            )),
             tokens: SharedTokenCache::with_clock(CacheConfig::default(), clock.clone()),
             grants: Arc::new(MemoryGrantStore::new(DEFAULT_GRANT_RECORDS)),
             clock,
@@ -783,7 +793,15 @@ async fn aggregated<R: Runtime, U: Upstream>(
         }
     };
     let limits = state.options.call_limits();
-    match aggregate.plan(&body) {
+    let plan = match aggregate.endpoint {
+        Endpoint::Mcp | Endpoint::McpEnd => {
+            let random = if aggregate.may_open_session() { draw() } else { None };
+            let mut table = lock(&state.gateway_sessions);
+            aggregate.plan_in(&body, Sessions { table: &mut table, now: state.clock.now(), random })
+        }
+        Endpoint::RestList | Endpoint::RestCall => aggregate.plan(&body),
+    };
+    match plan {
         Plan::Respond(response) => full(response),
         Plan::Forward(one) => {
             match Call::aggregated(
@@ -794,7 +812,11 @@ async fn aggregated<R: Runtime, U: Upstream>(
                 limits,
                 false,
             ) {
-                Ok(call) => run_call(state, call.with_inbound(&parts.headers)).await.into_response(),
+                Ok(call) => {
+                    run_call(state, call.in_session(one.session.as_ref()).with_inbound(&parts.headers))
+                        .await
+                        .into_response()
+                }
                 Err(refused) => full(refused),
             }
         }
@@ -804,7 +826,8 @@ async fn aggregated<R: Runtime, U: Upstream>(
                 match Call::aggregated(&state.config, &aggregate, ask.target, body, limits, true) {
                     Ok(call) => {
                         let server = call.server().name.clone();
-                        run_call(state, call.with_inbound(&parts.headers)).await.into_gathered(&server)
+                        let call = call.in_session(ask.session.as_ref()).with_inbound(&parts.headers);
+                        run_call(state, call).await.into_gathered(&server)
                     }
                     Err(refused) => Gathered {
                         answer: mcp_oauth_core::aggregate::Answer::Failed(refused),
@@ -813,7 +836,9 @@ async fn aggregated<R: Runtime, U: Upstream>(
                 }
             });
             let answers = futures_util::future::join_all(asks).await;
-            full(gateway::finish_gather(gather, answers))
+            let (response, learned) = gateway::finish_gather(gather, answers);
+            lock(&state.gateway_sessions).learn(learned, state.clock.now());
+            full(response)
         }
     }
 }

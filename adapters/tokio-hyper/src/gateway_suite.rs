@@ -1279,18 +1279,22 @@ pub async fn aggregated_mcp_lists_prefixed_tools_and_routes_each_call_to_its_ser
         let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}});
         let answer = gateway.aggregated(servers, &keyed(), &initialize).await;
         assert_eq!(answer.json()["result"]["protocolVersion"], "2025-06-18", "{}", answer.body);
+        let session = answer.header("mcp-session-id").expect("initialize opens a gateway session").to_owned();
+        let mut in_session = keyed();
+        in_session.push(("mcp-session-id", &session));
+        let in_session = in_session.as_slice();
         let list = json!({"jsonrpc": "2.0", "id": "l", "method": "tools/list"});
-        let answer = gateway.aggregated(servers, &keyed(), &list).await;
+        let answer = gateway.aggregated(servers, in_session, &list).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
         assert_eq!(
             tool_names(&answer.json()["result"]),
             ["reports-echo", "reports-add", "reports-archive-echo", "reports-archive-add"]
         );
         let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "reports-archive-add", "arguments": {"a": 2, "b": 3}}});
-        let answer = gateway.aggregated(servers, &keyed(), &call).await;
+        let answer = gateway.aggregated(servers, in_session, &call).await;
         assert_eq!((answer.json()["id"].clone(), answer.json()["result"]["structuredContent"]["sum"].clone()), (json!(9), json!(5)));
         let call = json!({"jsonrpc": "2.0", "id": 10, "method": "tools/call", "params": {"name": "reports-echo", "arguments": {"text": "hi"}}});
-        let answer = gateway.aggregated(servers, &keyed(), &call).await;
+        let answer = gateway.aggregated(servers, in_session, &call).await;
         assert_eq!(answer.json()["result"]["content"][0]["text"], "hi", "{}", answer.body);
 
         // Each upstream saw its own listing and its own call, and one handshake for the session
@@ -1304,7 +1308,7 @@ pub async fn aggregated_mcp_lists_prefixed_tools_and_routes_each_call_to_its_ser
         assert_eq!(main.token_requests_for("client_credentials"), 1);
         let before = main.mcp_requests.values().sum::<u64>();
         for _ in 0..3 {
-            assert_eq!(gateway.aggregated(servers, &keyed(), &call).await.status, StatusCode::OK);
+            assert_eq!(gateway.aggregated(servers, in_session, &call).await.status, StatusCode::OK);
         }
         assert_eq!(gateway.mock.handle().counters().mcp_requests.values().sum::<u64>() - before, 3, "one request per call");
 
@@ -1318,6 +1322,57 @@ pub async fn aggregated_mcp_lists_prefixed_tools_and_routes_each_call_to_its_ser
         assert_eq!(answer.status, StatusCode::NOT_FOUND);
         let answer = gateway.request(Method::POST, "/mcp", &[("x-mcp-servers", servers), ("x-mcp-gateway-key", KEY)], "{").await;
         assert_eq!((answer.status, answer.json()["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!(-32700)));
+    })
+    .await;
+}
+
+/// The aggregating endpoint's sessions (design §4.11): `initialize` opens one with its own id,
+/// its upstream sessions are its own (reopened with the caller's `initialize` when an upstream
+/// forgets one), nobody with other credentials can use it, and `DELETE` ends it and them.
+pub async fn aggregated_sessions_belong_to_their_caller_and_end_with_delete<H: GatewayHost>() {
+    bounded(async {
+        let (gateway, archive) = two_upstreams::<H>().await;
+        let servers = "reports,reports-archive";
+        let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {"sampling": {}}, "clientInfo": {"name": "t", "version": "1"}}});
+        let opened = gateway.aggregated(servers, &keyed(), &initialize).await;
+        assert_eq!(opened.status, StatusCode::OK, "{}", opened.body);
+        assert_eq!(opened.json()["result"]["capabilities"]["tools"], json!({"listChanged": false}), "{}", opened.body);
+        let session = opened.header("mcp-session-id").expect("a gateway session").to_owned();
+        assert!(!session.starts_with("mock_session_"), "an upstream session id reached the caller");
+        assert_eq!((gateway.mock.handle().open_sessions(), archive.handle().open_sessions()), (1, 1));
+
+        let mut mine = keyed();
+        mine.push(("mcp-session-id", &session));
+        let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+        let listed = gateway.aggregated(servers, &mine, &list).await;
+        assert_eq!(tool_names(&listed.json()["result"]).len(), 4, "{}", listed.body);
+        assert!(listed.header("mcp-session-id").is_none(), "no session id is relayed on later answers");
+
+        // The id alone is worth nothing: other credentials, or a forged id, get a 404.
+        let mut theirs = keyed_as("Bearer someone-else");
+        theirs.push(("mcp-session-id", &session));
+        let stolen = gateway.aggregated(servers, &theirs, &list).await;
+        assert_eq!((stolen.status, stolen.json()["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!(-32001)));
+        let mut forged = keyed();
+        forged.push(("mcp-session-id", "forged"));
+        assert_eq!(gateway.aggregated(servers, &forged, &list).await.status, StatusCode::NOT_FOUND);
+        let ending = [("x-mcp-servers", servers), ("x-mcp-gateway-key", KEY), ("mcp-session-id", "forged")];
+        assert_eq!(gateway.request(Method::DELETE, "/mcp", &ending, "").await.status, StatusCode::NOT_FOUND);
+
+        // An upstream that forgot its session is reopened with the caller's own initialize.
+        gateway.mock.handle().end_sessions();
+        let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "reports-echo", "arguments": {"text": "again"}}});
+        let answer = gateway.aggregated(servers, &mine, &call).await;
+        assert_eq!(answer.json()["result"]["content"][0]["text"], "again", "{}", answer.body);
+        assert_eq!(gateway.mock.handle().counters().mcp_requests_for("initialize"), 2);
+
+        // DELETE ends the gateway session and every upstream session it opened.
+        let ending = [("x-mcp-servers", servers), ("x-mcp-gateway-key", KEY), ("mcp-session-id", session.as_str())];
+        assert_eq!(gateway.request(Method::DELETE, "/mcp", &ending, "").await.status, StatusCode::NO_CONTENT);
+        assert_eq!((gateway.mock.handle().open_sessions(), archive.handle().open_sessions()), (0, 0));
+        assert_eq!(gateway.aggregated(servers, &mine, &list).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(gateway.request(Method::DELETE, "/mcp", &ending, "").await.status, StatusCode::NOT_FOUND);
     })
     .await;
 }
@@ -1880,6 +1935,10 @@ macro_rules! gateway_suite {
             #[tokio::test]
             async fn aggregated_mcp_lists_prefixed_tools_and_routes_each_call_to_its_server() {
                 $crate::gateway_suite::aggregated_mcp_lists_prefixed_tools_and_routes_each_call_to_its_server::<$host>().await;
+            }
+            #[tokio::test]
+            async fn aggregated_sessions_belong_to_their_caller_and_end_with_delete() {
+                $crate::gateway_suite::aggregated_sessions_belong_to_their_caller_and_end_with_delete::<$host>().await;
             }
             #[tokio::test]
             async fn aggregated_listing_names_a_failing_server_and_serves_the_rest() {

@@ -306,6 +306,11 @@ impl MockHandle {
         self.shared.issue_access_token()
     }
 
+    /// How many MCP sessions the server holds (opened and not yet ended by `DELETE`).
+    pub fn open_sessions(&self) -> usize {
+        self.shared.state().sessions.len()
+    }
+
     /// Forgets every MCP session (as a restarted server would); requests in them then get 404.
     pub fn end_sessions(&self) {
         self.shared.state().sessions.clear();

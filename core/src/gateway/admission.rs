@@ -165,18 +165,24 @@ pub(super) fn forward(
     }
 }
 
-/// `POST /mcp`: the servers named in `x-mcp-servers`, aggregated (see [`crate::aggregate`]).
+/// `POST /mcp` and `DELETE /mcp`: the servers named in `x-mcp-servers`, aggregated (see
+/// [`crate::aggregate`]).
 pub(super) fn aggregate_mcp(head: &RequestHead<'_>, config: &GatewayConfig) -> Action {
-    if head.method != Method::POST {
-        // No session and no server-initiated stream: the aggregating endpoint is request/response.
-        let mut response = error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "the aggregating endpoint accepts POST only",
-        );
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return Action::Respond(response);
-    }
+    let endpoint = match *head.method {
+        Method::POST => crate::aggregate::Endpoint::Mcp,
+        Method::DELETE => crate::aggregate::Endpoint::McpEnd,
+        _ => {
+            // No server-initiated stream on the aggregating endpoint (yet): a client that asks for
+            // one is told so and goes on without it, as MCP allows.
+            let mut response = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "the aggregating endpoint accepts POST and DELETE",
+            );
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+            return Action::Respond(response);
+        }
+    };
     let names = match named_targets(head.headers) {
         Ok(Some(names)) => names,
         Ok(None) => {
@@ -189,7 +195,7 @@ pub(super) fn aggregate_mcp(head: &RequestHead<'_>, config: &GatewayConfig) -> A
         Err(response) => return Action::Respond(response),
     };
     let delegated = delegation(head, None, config);
-    targets(head, crate::aggregate::Endpoint::Mcp, names, delegated, None, config)
+    targets(head, endpoint, names, delegated, None, config)
 }
 
 /// `/mcp-rest/tools/list` and `/mcp-rest/tools/call`: always behind the gateway key (they are not
@@ -255,10 +261,12 @@ pub(super) fn targets(
     }
     if !delegated && !servers.iter().all(|server| admitted(head.headers, server, config)) {
         let challenge = match (endpoint, names.first()) {
-            (crate::aggregate::Endpoint::Mcp, Some(name)) => match public_origin(head, config) {
-                Ok(origin) => Some(challenge(&origin, name)),
-                Err(refusal) => return Action::Respond(refusal),
-            },
+            (crate::aggregate::Endpoint::Mcp | crate::aggregate::Endpoint::McpEnd, Some(name)) => {
+                match public_origin(head, config) {
+                    Ok(origin) => Some(challenge(&origin, name)),
+                    Err(refusal) => return Action::Respond(refusal),
+                }
+            }
             _ => None,
         };
         return Action::Respond(key_required(challenge.as_deref()));
@@ -292,7 +300,16 @@ pub(super) fn targets(
             .insert(header::ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
         targets.push(forward);
     }
-    Action::Aggregate(Aggregate { endpoint, targets, cursor, names })
+    let session = match endpoint {
+        crate::aggregate::Endpoint::Mcp | crate::aggregate::Endpoint::McpEnd => head
+            .headers
+            .get(crate::client::mcp::SESSION_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
+        _ => None,
+    };
+    let owner = crate::aggregate::Owner::of(head.headers);
+    Action::Aggregate(Aggregate { endpoint, targets, cursor, names, session, owner })
 }
 
 /// The identity (key name and fingerprint) of the gateway key the request carries in a key header.

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::*;
-use crate::aggregate::{self, Answer, Gather, SessionKey, UpstreamSession};
+use crate::aggregate::{self, Answer, Gather, Learned, SessionKey, SessionMode, SessionUse, UpstreamSession};
 use crate::client::mcp::SESSION_HEADER;
 use crate::token_cache::{Fetched, TtlPolicy};
 
@@ -353,15 +353,17 @@ pub struct Gathered {
 }
 
 /// Merges gathered answers (in the order of `gather`'s calls); when one target answered, its
-/// debug headers describe the response.
-pub fn finish_gather(gather: Gather, mut answers: Vec<Gathered>) -> Response<Vec<u8>> {
+/// debug headers describe the response. With it comes what a resource listing taught the
+/// caller's gateway session (see [`aggregate::GatewaySessions::learn`]).
+pub fn finish_gather(gather: Gather, mut answers: Vec<Gathered>) -> (Response<Vec<u8>>, Learned) {
     let debug = match answers.as_mut_slice() {
         [one] => std::mem::take(&mut one.debug),
         _ => Vec::new(),
     };
-    let mut response = gather.finish(answers.into_iter().map(|gathered| gathered.answer).collect());
+    let (mut response, learned) =
+        gather.finish_learning(answers.into_iter().map(|gathered| gathered.answer).collect());
     add_debug(response.headers_mut(), debug);
-    response
+    (response, learned)
 }
 
 fn add_debug(headers: &mut HeaderMap, debug: Vec<(&'static str, String)>) {
@@ -434,6 +436,8 @@ struct GrantWork {
     refreshed_grant: Option<crate::grant::Grant>,
     /// The grant an identity's pointer named.
     resolved: Option<crate::grant::GrantId>,
+    /// The request phase a refresh interrupted (opening the session, or the caller's request).
+    resume: Option<Phase>,
 }
 
 /// Which request of the call goes next.
@@ -462,6 +466,12 @@ pub struct Call<'a> {
     whole: bool,
     session_key: Option<SessionKey>,
     session: Option<UpstreamSession>,
+    /// In a gateway session: the caller's `initialize`, which opens the upstream session.
+    initialize: Option<Bytes>,
+    /// What the call does with its upstream session.
+    mode: SessionMode,
+    /// The upstream's `initialize` answer, kept to answer a [`SessionMode::Open`] call with.
+    opening: Option<Response<Vec<u8>>>,
     phase: Phase,
     state: State,
     credential: Option<(HeaderName, String)>,
@@ -552,6 +562,9 @@ impl<'a> Call<'a> {
             whole: false,
             session_key: None,
             session: None,
+            initialize: None,
+            mode: SessionMode::Use,
+            opening: None,
             phase: Phase::Request,
             state: State::Start,
             credential: None,
@@ -565,6 +578,26 @@ impl<'a> Call<'a> {
             work: GrantWork::default(),
             audit: Vec::new(),
         })
+    }
+
+    /// Runs the call in the caller's gateway session (design §4.11), as its plan says: its
+    /// upstream session is the gateway session's own, opened with the caller's `initialize`.
+    #[must_use]
+    pub fn in_session(mut self, session: Option<&SessionUse>) -> Self {
+        let Some(session) = session else { return self };
+        self.session_key = self.session_key.map(|key| key.in_scope(session.view.scope));
+        self.initialize = Some(Bytes::from(session.view.initialize.clone()));
+        self.mode = session.mode;
+        match session.mode {
+            SessionMode::Use => {}
+            // A new gateway session has no upstream session to look up.
+            SessionMode::Open => self.phase = Phase::Initialize,
+            SessionMode::End => {
+                self.method = Method::DELETE;
+                self.body = Bytes::new();
+            }
+        }
+        self
     }
 
     /// The caller's request headers, for the debug headers (design §4.7) when it asked for them.
@@ -623,11 +656,11 @@ impl<'a> Call<'a> {
         loop {
             match self.state {
                 State::Start => match &self.session_key {
-                    Some(key) => {
+                    Some(key) if self.mode != SessionMode::Open => {
                         self.state = State::AwaitSession;
                         return CallAction::LookupSession(key.clone());
                     }
-                    None => self.state = State::Credential,
+                    _ => self.state = State::Credential,
                 },
                 State::Credential => match self.credential_source() {
                     Ok(Some(need)) => {
@@ -666,6 +699,10 @@ impl<'a> Call<'a> {
     pub fn handle_session(&mut self, session: Option<UpstreamSession>) {
         if self.state != State::AwaitSession {
             return self.fail(CallFailure::OutOfOrder);
+        }
+        if session.is_none() && self.mode == SessionMode::End {
+            // No upstream session to end.
+            return self.answer_whole(Response::new(Vec::new()));
         }
         self.phase = if session.is_some() { Phase::Request } else { Phase::Initialize };
         self.session = session;
@@ -734,7 +771,11 @@ impl<'a> Call<'a> {
                     return;
                 }
                 let answer = answer.map(|body| body.to_vec());
-                match aggregate::session_from_initialize(&answer) {
+                let session = aggregate::session_from_initialize(&answer);
+                if self.mode == SessionMode::Open {
+                    self.opening = Some(answer.clone());
+                }
+                match session {
                     None => self.answer_whole(answer),
                     Some(session @ UpstreamSession::Session { .. }) => {
                         self.session = Some(session);
@@ -751,6 +792,13 @@ impl<'a> Call<'a> {
             },
             Phase::Refresh => self.refreshed(Ok(answer)),
             Phase::Request if self.whole => {
+                if self.mode == SessionMode::End {
+                    // Ended, whatever the upstream said: the gateway forgets it either way.
+                    if let (Some(key), Some(session)) = (self.session_key.clone(), self.session.take()) {
+                        self.effects.push_back(CallAction::ForgetSession(key, session));
+                    }
+                    return self.answer_whole(answer.map(|body| body.to_vec()));
+                }
                 if !self.try_again(answer.status()) {
                     self.answer_whole(answer.map(|body| body.to_vec()));
                 }
@@ -943,7 +991,9 @@ impl<'a> Call<'a> {
 
     fn use_token(&mut self, token: &Secret) {
         self.credential = Some((header::AUTHORIZATION, format!("Bearer {}", token.expose())));
-        self.phase = Phase::Request;
+        if self.phase == Phase::Refresh {
+            self.phase = self.work.resume.take().unwrap_or(Phase::Request);
+        }
         self.state = State::Ready;
     }
 
@@ -993,6 +1043,7 @@ impl<'a> Call<'a> {
         match request {
             Some(request) => {
                 self.effects.push_back(CallAction::Send(request));
+                self.work.resume = Some(self.phase);
                 self.phase = Phase::Refresh;
                 self.state = State::AwaitAnswer;
             }
@@ -1138,6 +1189,10 @@ impl<'a> Call<'a> {
             self.effects.push_back(CallAction::StoreSession(key.clone(), session.clone()));
         }
         self.session = Some(session);
+        if let Some(answer) = self.opening.take() {
+            // The caller asked for the `initialize` itself: that answer is the call's.
+            return self.answer_whole(answer);
+        }
         self.phase = Phase::Request;
         self.state = State::Ready;
     }
@@ -1274,7 +1329,10 @@ impl<'a> Call<'a> {
         let (method, body, read) = match self.phase {
             Phase::Initialize => {
                 headers.remove(SESSION_HEADER);
-                let body = Bytes::from(aggregate::initialize_request(&self.forward.headers));
+                let body = self
+                    .initialize
+                    .clone()
+                    .unwrap_or_else(|| Bytes::from(aggregate::initialize_request(&self.forward.headers)));
                 (Method::POST, body, Read::Whole(self.limits.max_gathered_answer))
             }
             Phase::Initialized => {

@@ -195,6 +195,10 @@ pub struct Aggregate {
     /// The REST listing's `cursor` query parameter.
     pub cursor: Option<String>,
     names: Vec<String>,
+    /// The `Mcp-Session-Id` the caller sent (the aggregating MCP endpoint's own session).
+    session: Option<String>,
+    /// Who the caller is, for its gateway sessions.
+    owner: crate::aggregate::Owner,
 }
 
 impl Forward {
@@ -205,17 +209,33 @@ impl Forward {
 }
 
 impl Aggregate {
-    /// Plans the request from its body (see [`crate::aggregate::plan`]); a plan's `target` is an
-    /// index into [`Aggregate::targets`].
+    /// Plans the request from its body without gateway sessions (see
+    /// [`crate::aggregate::plan`]); a plan's `target` is an index into [`Aggregate::targets`].
     pub fn plan(&self, body: &[u8]) -> crate::aggregate::Plan {
-        let delegated = self.targets.iter().all(|target| target.delegated);
-        let request = crate::aggregate::Request {
+        crate::aggregate::plan(&self.request(), body)
+    }
+
+    /// Plans the request from its body with the gateway's sessions (see
+    /// [`crate::aggregate::plan_in`]): what a server does for `POST` and `DELETE /mcp`.
+    pub fn plan_in(&self, body: &[u8], sessions: crate::aggregate::Sessions<'_>) -> crate::aggregate::Plan {
+        crate::aggregate::plan_in(&self.request(), body, sessions)
+    }
+
+    /// Whether [`Aggregate::plan_in`] may open a gateway session, so needs random bytes: a
+    /// `POST /mcp` without `Mcp-Session-Id` (it may be an `initialize`).
+    pub fn may_open_session(&self) -> bool {
+        self.endpoint == crate::aggregate::Endpoint::Mcp && self.session.is_none()
+    }
+
+    fn request(&self) -> crate::aggregate::Request<'_> {
+        crate::aggregate::Request {
             endpoint: self.endpoint,
             servers: &self.names,
-            delegated,
+            delegated: self.targets.iter().all(|target| target.delegated),
             cursor: self.cursor.as_deref(),
-        };
-        crate::aggregate::plan(&request, body)
+            session: self.session.as_deref(),
+            owner: self.owner,
+        }
     }
 }
 

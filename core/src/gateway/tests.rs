@@ -432,7 +432,7 @@ fn the_aggregating_endpoint_admits_every_target_or_none() {
     let get = respond(run(&config, &mut flows, Method::GET, "/mcp", &[("x-mcp-servers", "wiki"), key]));
     assert_eq!(
         (get.status(), &get.headers()[header::ALLOW]),
-        (StatusCode::METHOD_NOT_ALLOWED, &HeaderValue::from_static("POST"))
+        (StatusCode::METHOD_NOT_ALLOWED, &HeaderValue::from_static("POST, DELETE"))
     );
 }
 

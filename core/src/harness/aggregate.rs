@@ -5,27 +5,36 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::Value;
 
 use crate::aggregate::{
-    Answer, Endpoint, Plan, Request, UpstreamSession, check_message, plan, prefixed_name, route_tool,
-    session_from_initialize,
+    Answer, Endpoint, GatewaySessions, Owner, Plan, Request, Sessions, UpstreamSession, check_message, plan,
+    plan_in, prefixed_name, route_tool, session_from_initialize,
 };
+use crate::machine::Instant;
 
 /// Target names that share prefixes, so routing by prefix has something to get wrong.
 const SERVERS: [&str; 3] = ["a", "a-b", "github"];
 
-/// Input: byte 0 picks the endpoint (bits 0–1), delegation (bit 2) and SSE answers (bit 3); the
-/// rest splits at NUL bytes into the caller's body and one upstream answer per gathered call (a
+/// Input: byte 0 picks the endpoint (bits 0–1), delegation (bit 2), SSE answers (bit 3), gateway
+/// sessions (bit 4: plan with a session table, bit 5: the request names the session open in it,
+/// bit 6: `DELETE`); the rest splits at NUL bytes into the caller's body and one upstream answer per gathered call (a
 /// last line `#value` gives the answer an `Mcp-Session-Id`).
 /// Invariants: nothing panics; a body [`check_message`] accepts as one object says `jsonrpc: 2.0`; a forwarded call goes to a target and names the tool or prompt whose
 /// prefixed name the caller sent (a resource request is sent as it came); every answer is JSON (or an empty 202); every listed tool name
 /// routes back to a target; an upstream's challenge is relayed only when delegated; a session an
-/// answer opens has a usable id and protocol version.
+/// answer opens has a usable id and protocol version; with gateway sessions, a session is found
+/// only by its owner, and what a listing teaches routes a resource only to a target.
 pub fn aggregate(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else { return };
     let endpoint = match selector & 3 {
+        _ if selector & 64 != 0 => Endpoint::McpEnd,
         0 => Endpoint::Mcp,
         1 => Endpoint::RestList,
         _ => Endpoint::RestCall,
     };
+    let stateful = selector & 16 != 0;
+    let owner = Owner::of(&http::HeaderMap::new());
+    let mut table = GatewaySessions::default();
+    let (open, _) = table.open([5; 32], owner, Vec::new(), Instant::ZERO);
+    let session = (selector & 32 != 0).then_some(open.as_str());
     let delegated = selector & 4 != 0;
     let mut parts = rest.split(|byte| *byte == 0);
     let body = parts.next().unwrap_or_default();
@@ -41,8 +50,19 @@ pub fn aggregate(data: &[u8]) {
         );
     }
     let cursor = std::str::from_utf8(body).ok().filter(|_| endpoint == Endpoint::RestList);
-    let request = Request { endpoint, servers: &servers, delegated, cursor };
-    match plan(&request, body) {
+    let request = Request { endpoint, servers: &servers, delegated, cursor, session, owner };
+    let planned = if stateful {
+        plan_in(&request, body, Sessions { table: &mut table, now: Instant::ZERO, random: Some([6; 32]) })
+    } else {
+        plan(&request, body)
+    };
+    // Another caller never finds the session.
+    let stranger = Owner::of(&http::HeaderMap::from_iter([(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer stranger"),
+    )]));
+    assert!(table.find(&open, stranger, Instant::ZERO).is_none(), "a session found by another owner");
+    match planned {
         Plan::Respond(response) => check_response(&response, &servers, delegated),
         Plan::Forward(call) => {
             let server = servers.get(call.target).expect("a forwarded call has a target"); // ok: a fuzz invariant; a panic is the finding
@@ -72,8 +92,10 @@ pub fn aggregate(data: &[u8]) {
         Plan::Gather(gather) => {
             for call in gather.calls() {
                 assert!(call.target < servers.len(), "a gathered call without a target");
+                let ends =
+                    call.session.as_ref().is_some_and(|use_| use_.mode == crate::aggregate::SessionMode::End);
                 assert!(
-                    serde_json::from_slice::<Value>(&call.body).is_ok(),
+                    ends || serde_json::from_slice::<Value>(&call.body).is_ok(),
                     "an upstream body that is not JSON"
                 );
             }
@@ -107,14 +129,21 @@ pub fn aggregate(data: &[u8]) {
                     Answer::Upstream(response)
                 })
                 .collect();
-            check_response(&gather.finish(answers), &servers, delegated);
+            let (response, learned) = gather.finish_learning(answers);
+            check_response(&response, &servers, delegated);
+            table.learn(learned, Instant::ZERO);
+            if let Some(uri) = std::str::from_utf8(body).ok()
+                && let Some(server) = table.resource_server(&open, owner, uri, Instant::ZERO)
+            {
+                assert!(servers.contains(&server), "a resource routed to no target");
+            }
         }
     }
 }
 
 fn check_response(response: &Response<Vec<u8>>, servers: &[String], delegated: bool) {
-    if response.status() == StatusCode::ACCEPTED {
-        assert!(response.body().is_empty(), "a 202 with a body");
+    if response.status() == StatusCode::ACCEPTED || response.status() == StatusCode::NO_CONTENT {
+        assert!(response.body().is_empty(), "a 202 or 204 with a body");
         return;
     }
     assert!(
@@ -140,5 +169,8 @@ mod tests {
         super::aggregate(b"\x01");
         super::aggregate(b"\x02{\"name\":\"github-search\",\"arguments\":{}}\x00{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}");
         super::aggregate(b"\x0c{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}\x00!\x00event: message\ndata: {}\n\n");
+        super::aggregate(b"\x30{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"resources/templates/list\"}\x00{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"resourceTemplates\":[{\"uriTemplate\":\"{+x}\"}]}}");
+        super::aggregate(b"\x10{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{}}\x00{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"capabilities\":{\"tools\":{}}}}");
+        super::aggregate(b"\x70");
     }
 }

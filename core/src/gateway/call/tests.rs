@@ -370,6 +370,8 @@ fn aggregate_of(forward: Forward) -> Aggregate {
         names: vec![forward.server.clone()],
         targets: vec![forward],
         cursor: None,
+        session: None,
+        owner: crate::aggregate::Owner::of(&HeaderMap::new()),
     }
 }
 
@@ -435,6 +437,91 @@ fn an_aggregated_call_opens_a_session_uses_it_and_reopens_it_once_when_it_expire
         Answer::Upstream(response) => assert_eq!(response.status(), StatusCode::NOT_FOUND),
         other => panic!("expected the second 404 as the answer, got {other:?}"),
     }
+}
+
+fn gateway_session(mode: crate::aggregate::SessionMode) -> (crate::aggregate::SessionUse, Vec<u8>) {
+    let mut table = crate::aggregate::GatewaySessions::default();
+    let initialize =
+        br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"capabilities":{"sampling":{}}}}"#;
+    let owner = crate::aggregate::Owner::of(&HeaderMap::new());
+    let (_, view) = table.open([4; 32], owner, initialize.to_vec(), crate::machine::Instant::ZERO);
+    (crate::aggregate::SessionUse { view, mode }, initialize.to_vec())
+}
+
+#[test]
+fn in_a_gateway_session_the_callers_initialize_opens_the_upstream_session_under_its_scope() {
+    use crate::aggregate::SessionMode;
+    let config = config();
+    let aggregate = aggregate_of(forward("wiki", OutboundCredential::StaticToken));
+    let (open, initialize) = gateway_session(SessionMode::Open);
+    let scoped = aggregate.targets[0].session_key().in_scope(open.view.scope);
+    let body = Bytes::from(initialize.clone());
+    let mut call = Call::aggregated(&config, &aggregate, 0, body, CallLimits::default(), true)
+        .unwrap()
+        .in_session(Some(&open));
+    // A new gateway session has nothing to look up: the caller's own initialize goes first.
+    let opening = expect_send(&mut call);
+    assert_eq!(opening.request.body().as_ref(), initialize.as_slice());
+    call.handle_whole(Ok(initialized("up-1")));
+    assert!(
+        String::from_utf8_lossy(expect_send(&mut call).request.body()).contains("notifications/initialized")
+    );
+    call.handle_whole(Ok(answer(202, &[], "")));
+    match call.poll() {
+        CallAction::StoreSession(key, UpstreamSession::Session { id, .. }) => {
+            assert_eq!((key, id.as_str()), (scoped.clone(), "up-1"));
+        }
+        other => panic!("expected the scoped session stored, got {other:?}"),
+    }
+    let Answer::Upstream(answered) = expect_gathered(&mut call).answer else {
+        panic!("the initialize answer")
+    };
+    assert!(
+        String::from_utf8_lossy(answered.body()).contains("2025-06-18"),
+        "the upstream's initialize answer"
+    );
+    assert_ne!(scoped, aggregate.targets[0].session_key(), "never the shared session");
+
+    // Later calls in the session reopen an expired upstream session with the caller's initialize.
+    let (use_, initialize) = gateway_session(SessionMode::Use);
+    let mut call =
+        Call::aggregated(&config, &aggregate, 0, Bytes::from_static(CALL), CallLimits::default(), true)
+            .unwrap()
+            .in_session(Some(&use_));
+    assert!(
+        matches!(call.poll(), CallAction::LookupSession(key) if key == aggregate.targets[0].session_key().in_scope(use_.view.scope))
+    );
+    call.handle_session(None);
+    assert_eq!(expect_send(&mut call).request.body().as_ref(), initialize.as_slice());
+}
+
+#[test]
+fn ending_a_gateway_session_deletes_its_upstream_session_or_answers_at_once_without_one() {
+    use crate::aggregate::SessionMode;
+    let config = config();
+    let aggregate = aggregate_of(forward("wiki", OutboundCredential::StaticToken));
+    let (end, _) = gateway_session(SessionMode::End);
+    let ending = || {
+        Call::aggregated(&config, &aggregate, 0, Bytes::new(), CallLimits::default(), true)
+            .unwrap()
+            .in_session(Some(&end))
+    };
+    let mut call = ending();
+    assert!(matches!(call.poll(), CallAction::LookupSession(_)));
+    call.handle_session(None);
+    assert!(matches!(expect_gathered(&mut call).answer, Answer::Upstream(_)), "nothing to end, nothing sent");
+
+    let mut call = ending();
+    let CallAction::LookupSession(key) = call.poll() else { panic!("a lookup first") };
+    let held = UpstreamSession::Session { id: "up-9".into(), protocol_version: "2025-06-18".into() };
+    call.handle_session(Some(held.clone()));
+    let delete = expect_send(&mut call);
+    assert_eq!((delete.request.method(), session_of(&delete)), (&Method::DELETE, Some("up-9")));
+    call.handle_whole(Ok(answer(405, &[], "")));
+    assert!(
+        matches!(call.poll(), CallAction::ForgetSession(forgotten, session) if forgotten == key && session == held)
+    );
+    assert!(matches!(expect_gathered(&mut call).answer, Answer::Upstream(_)));
 }
 
 #[test]
@@ -614,6 +701,8 @@ fn a_gathered_listing_from_one_target_carries_its_debug_headers() {
         servers: &names,
         delegated: false,
         cursor: None,
+        session: None,
+        owner: crate::aggregate::Owner::of(&HeaderMap::new()),
     };
     let Plan::Gather(gather) = crate::aggregate::plan(&request, b"") else { panic!("expected a gather") };
     let listing = r#"{"jsonrpc":"2.0","id":"x","result":{"tools":[{"name":"echo"}]}}"#;
@@ -621,6 +710,6 @@ fn a_gathered_listing_from_one_target_carries_its_debug_headers() {
         answer: Answer::Upstream(answer(200, &[], listing).map(|body| body.to_vec())),
         debug: vec![("x-mcp-debug-auth-resolution", "static-token".to_owned())],
     };
-    let response = finish_gather(gather, vec![gathered]);
+    let (response, _) = finish_gather(gather, vec![gathered]);
     assert_eq!(response.headers()["x-mcp-debug-auth-resolution"], "static-token");
 }

@@ -32,6 +32,12 @@ use crate::client::mcp::{RpcError, parse_rpc_response};
 use crate::jsonrpc::{JsonRpcError, Shape};
 use crate::reply::{error_response, json_response};
 
+mod session;
+
+pub use self::session::{
+    GatewaySessions, Learned, MAX_LEARNED, MAX_SESSIONS, Owner, SESSION_IDLE, Scope, SessionView,
+};
+
 /// What joins a server's name and a tool's name in the names callers see.
 pub const SEPARATOR: &str = "-";
 
@@ -89,12 +95,24 @@ pub enum AggregateError {
     /// The cursor was not issued by this gateway for these servers.
     #[error("the cursor was not issued by this gateway for these servers")]
     InvalidCursor,
-    /// A resource request to several targets, which cannot be placed without a session.
-    #[error("a resource request needs exactly one target server; name one in x-mcp-servers")]
+    /// A resource request to several targets for a URI no target listed in the caller's session.
+    #[error(
+        "no target listed this resource URI in this session; list resources first, or name one server in x-mcp-servers"
+    )]
     AmbiguousResource,
     /// The params do not fit the method.
     #[error("invalid params: {0}")]
     InvalidParams(String),
+    /// The `Mcp-Session-Id` names no live session of this caller (unknown, ended, expired, or
+    /// opened with other credentials): HTTP 404, so the client initializes again.
+    #[error("no such session; send initialize without Mcp-Session-Id to open one")]
+    UnknownSession,
+    /// `initialize` inside a session.
+    #[error("this session is initialized already; send initialize without Mcp-Session-Id")]
+    AlreadyInitialized,
+    /// A session-only request (`DELETE`) without a session.
+    #[error("the request names no session (Mcp-Session-Id)")]
+    MissingSession,
 }
 
 impl Reason for AggregateError {
@@ -112,6 +130,9 @@ impl Reason for AggregateError {
             Self::InvalidCursor => "invalid_cursor",
             Self::AmbiguousResource => "ambiguous_resource",
             Self::InvalidParams(_) => "invalid_params",
+            Self::UnknownSession => "unknown_session",
+            Self::AlreadyInitialized => "already_initialized",
+            Self::MissingSession => "missing_session",
         }
     }
 }
@@ -121,8 +142,14 @@ impl AggregateError {
     pub fn rpc_code(&self) -> i64 {
         match self {
             Self::ParseError(_) => -32700,
-            Self::InvalidMessage(_) | Self::Batch | Self::UnexpectedResponse => -32600,
+            Self::InvalidMessage(_)
+            | Self::Batch
+            | Self::UnexpectedResponse
+            | Self::AlreadyInitialized
+            | Self::MissingSession => -32600,
             Self::MethodNotFound(_) => -32601,
+            // The code the MCP SDKs use for an unknown session.
+            Self::UnknownSession => -32001,
             _ => -32602,
         }
     }
@@ -183,6 +210,8 @@ type Refused = (Option<Value>, AggregateError);
 pub enum Endpoint {
     /// `POST /mcp`: JSON-RPC, answered in JSON-RPC.
     Mcp,
+    /// `DELETE /mcp`: ends the caller's gateway session and its upstream sessions.
+    McpEnd,
     /// `GET /mcp-rest/tools/list`: the merged listing as plain JSON.
     RestList,
     /// `POST /mcp-rest/tools/call`: `{"server_id"?, "name", "arguments"}`, the tool's result as JSON.
@@ -196,6 +225,31 @@ pub struct UpstreamCall {
     pub target: usize,
     /// The JSON-RPC body to send.
     pub body: Vec<u8>,
+    /// The caller's gateway session the call runs in; `None`: the gateway's own upstream session
+    /// for (server, credential).
+    pub session: Option<SessionUse>,
+}
+
+/// How an upstream call uses the caller's gateway session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionUse {
+    /// The gateway session's view: its scope and the caller's `initialize`.
+    pub view: SessionView,
+    /// What the call does with its upstream session.
+    pub mode: SessionMode,
+}
+
+/// What an upstream call does with its upstream session in a gateway session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionMode {
+    /// Send the body in the upstream session, opening it with the caller's `initialize` first
+    /// when there is none.
+    Use,
+    /// The body is the caller's `initialize`: open the upstream session with it and answer with
+    /// the upstream's `initialize` answer.
+    Open,
+    /// End the upstream session (`DELETE`) if there is one; the body is unused.
+    End,
 }
 
 /// What the server does with an aggregated request.
@@ -227,6 +281,9 @@ pub struct Gather {
     servers: Vec<String>,
     finish: Finish,
     delegated: bool,
+    /// The caller's gateway session: opened by this `initialize` (its id goes in the answer's
+    /// `Mcp-Session-Id`), or the one a resource listing teaches which target listed what.
+    session: Option<String>,
 }
 
 #[derive(Debug)]
@@ -241,6 +298,14 @@ enum Finish {
     },
     RestList,
     RestCall,
+    /// The caller's `initialize`, sent to every target: the union of their capabilities, at the
+    /// revision the gateway negotiated, in a new gateway session.
+    Initialize {
+        id: Value,
+        version: String,
+    },
+    /// The gateway session ended (`DELETE /mcp`): 204 whatever the upstreams said.
+    Ended,
 }
 
 /// What a merged listing lists (design §4.11): tool and prompt names get the `{server}-` prefix;
@@ -300,12 +365,41 @@ pub struct Request<'a> {
     pub delegated: bool,
     /// The REST listing's `cursor` query parameter.
     pub cursor: Option<&'a str>,
+    /// The `Mcp-Session-Id` the caller sent (`POST /mcp`, `DELETE /mcp`).
+    pub session: Option<&'a str>,
+    /// Who the caller is, for its gateway sessions.
+    pub owner: Owner,
 }
 
-/// Plans an aggregated request from its body (ignored for [`Endpoint::RestList`]).
+/// The gateway sessions a plan may open, find and end, with the time and (to open one) 32
+/// random bytes for the new session's id.
+#[derive(Debug)]
+pub struct Sessions<'s> {
+    /// The table.
+    pub table: &'s mut GatewaySessions,
+    /// The time.
+    pub now: crate::machine::Instant,
+    /// Fresh random bytes; without them `initialize` is refused (503 is the adapter's to give).
+    pub random: Option<[u8; 32]>,
+}
+
+/// Plans an aggregated request from its body (ignored for [`Endpoint::RestList`]) without
+/// gateway sessions: `initialize` is answered by the gateway itself and every call runs in the
+/// gateway's own upstream session for (server, credential).
 pub fn plan(request: &Request<'_>, body: &[u8]) -> Plan {
+    plan_with(request, body, None)
+}
+
+/// Plans an aggregated request with the caller's gateway sessions (design §4.11): `initialize`
+/// opens one, a request naming one runs in it, `DELETE` ends it.
+pub fn plan_in(request: &Request<'_>, body: &[u8], sessions: Sessions<'_>) -> Plan {
+    plan_with(request, body, Some(sessions))
+}
+
+fn plan_with(request: &Request<'_>, body: &[u8], sessions: Option<Sessions<'_>>) -> Plan {
     let outcome = match request.endpoint {
-        Endpoint::Mcp => plan_mcp(request, body),
+        Endpoint::Mcp => plan_mcp(request, body, sessions),
+        Endpoint::McpEnd => plan_end(request, sessions),
         Endpoint::RestList => list_calls(request, Listing::Tools, &json!({}), request.cursor)
             .map(|calls| Plan::Gather(gather(request, calls, Finish::RestList))),
         Endpoint::RestCall => plan_rest_call(request, body),
@@ -314,14 +408,50 @@ pub fn plan(request: &Request<'_>, body: &[u8]) -> Plan {
 }
 
 fn gather(request: &Request<'_>, calls: Vec<UpstreamCall>, finish: Finish) -> Gather {
-    Gather { calls, servers: request.servers.to_vec(), finish, delegated: request.delegated }
+    Gather { calls, servers: request.servers.to_vec(), finish, delegated: request.delegated, session: None }
 }
 
-fn plan_mcp(request: &Request<'_>, body: &[u8]) -> Result<Plan, Refused> {
+/// `DELETE /mcp`: ends the caller's gateway session, then each upstream session it opened.
+fn plan_end(request: &Request<'_>, sessions: Option<Sessions<'_>>) -> Result<Plan, Refused> {
+    let Some(id) = request.session else {
+        return Err((None, AggregateError::MissingSession));
+    };
+    let Some(sessions) = sessions else {
+        return Err((None, AggregateError::UnknownSession));
+    };
+    let view = sessions.table.find(id, request.owner, sessions.now);
+    let Some(view) = view.filter(|_| sessions.table.close(id, request.owner, sessions.now).is_some()) else {
+        return Err((None, AggregateError::UnknownSession));
+    };
+    let calls = (0..request.servers.len())
+        .map(|target| UpstreamCall {
+            target,
+            body: Vec::new(),
+            session: Some(SessionUse { view: view.clone(), mode: SessionMode::End }),
+        })
+        .collect();
+    Ok(Plan::Gather(gather(request, calls, Finish::Ended)))
+}
+
+/// The caller's gateway session, when it named one: `Err` for one it cannot use (404).
+fn caller_session(
+    request: &Request<'_>,
+    sessions: &mut Option<Sessions<'_>>,
+) -> Result<Option<SessionView>, AggregateError> {
+    let Some(id) = request.session else { return Ok(None) };
+    let found = sessions.as_mut().and_then(|sessions| sessions.table.find(id, request.owner, sessions.now));
+    found.map(Some).ok_or(AggregateError::UnknownSession)
+}
+
+fn plan_mcp(request: &Request<'_>, body: &[u8], mut sessions: Option<Sessions<'_>>) -> Result<Plan, Refused> {
     if body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[') {
         return Err((None, AggregateError::Batch));
     }
-    let (method, id) = match crate::jsonrpc::validate(body)? {
+    let shape = crate::jsonrpc::validate(body)?;
+    let view = caller_session(request, &mut sessions).map_err(|error| (None, error))?;
+    let uses =
+        |view: &Option<SessionView>| view.clone().map(|view| SessionUse { view, mode: SessionMode::Use });
+    let (method, id) = match shape {
         Shape::Request { method, id } => (method, id),
         Shape::Notification { .. } => {
             // A notification (`notifications/initialized`, cancellations): nothing to answer.
@@ -342,8 +472,32 @@ fn plan_mcp(request: &Request<'_>, body: &[u8]) -> Result<Plan, Refused> {
             return Err((Some(id), AggregateError::InvalidMessage("`params` must be an object".into())));
         }
     };
+    let session = uses(&view);
+    let call = |target: usize, body: Vec<u8>| UpstreamCall { target, body, session: session.clone() };
     match method.as_str() {
-        "initialize" => Ok(Plan::Respond(rpc_result(&id, &initialize_result(&params)))),
+        "initialize" if view.is_some() => Err((Some(id), AggregateError::AlreadyInitialized)),
+        "initialize" => match sessions {
+            Some(Sessions { table, now, random: Some(random) }) => {
+                // The caller's own initialize opens each upstream session, so every target sees
+                // its capabilities and client info (design §4.11).
+                message.insert("id".into(), json!(UPSTREAM_ID));
+                let initialize = Value::Object(message).to_string().into_bytes();
+                let (session_id, view) = table.open(random, request.owner, initialize.clone(), now);
+                let use_ = SessionUse { view, mode: SessionMode::Open };
+                let calls = (0..request.servers.len())
+                    .map(|target| UpstreamCall {
+                        target,
+                        body: initialize.clone(),
+                        session: Some(use_.clone()),
+                    })
+                    .collect();
+                let version = negotiated_version(&params);
+                let mut gathered = gather(request, calls, Finish::Initialize { id, version });
+                gathered.session = Some(session_id);
+                Ok(Plan::Gather(gathered))
+            }
+            _ => Ok(Plan::Respond(rpc_result(&id, &initialize_result(&params)))),
+        },
         "ping" => Ok(Plan::Respond(rpc_result(&id, &json!({})))),
         listed if Listing::of(listed).is_some() => {
             let listing = Listing::of(listed).unwrap_or(Listing::Tools);
@@ -352,9 +506,14 @@ fn plan_mcp(request: &Request<'_>, body: &[u8]) -> Result<Plan, Refused> {
                 Some(Value::String(cursor)) => Some(cursor.as_str()),
                 Some(_) => return Err((Some(id), AggregateError::InvalidCursor)),
             };
-            let calls = list_calls(request, listing, &params, cursor)
+            let mut calls = list_calls(request, listing, &params, cursor)
                 .map_err(|(_, error)| (Some(id.clone()), error))?;
-            Ok(Plan::Gather(gather(request, calls, Finish::McpList { id, listing })))
+            for listed in &mut calls {
+                listed.session.clone_from(&session);
+            }
+            let mut gathered = gather(request, calls, Finish::McpList { id, listing });
+            gathered.session = request.session.filter(|_| view.is_some()).map(str::to_owned);
+            Ok(Plan::Gather(gathered))
         }
         "tools/call" | "prompts/get" => {
             let name = params.get("name").and_then(Value::as_str).filter(|name| !name.is_empty());
@@ -366,11 +525,13 @@ fn plan_mcp(request: &Request<'_>, body: &[u8]) -> Result<Plan, Refused> {
             let mut params = params;
             params["name"] = Value::String(own);
             message.insert("params".into(), params);
-            Ok(Plan::Forward(UpstreamCall { target, body: Value::Object(message).to_string().into_bytes() }))
+            Ok(Plan::Forward(call(target, Value::Object(message).to_string().into_bytes())))
         }
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            let target = resource_target(request).map_err(|error| (Some(id.clone()), error))?;
-            Ok(Plan::Forward(UpstreamCall { target, body: body.to_vec() }))
+            let uri = params.get("uri").and_then(Value::as_str);
+            let target =
+                resource_target(request, &mut sessions, uri).map_err(|error| (Some(id.clone()), error))?;
+            Ok(Plan::Forward(call(target, body.to_vec())))
         }
         "completion/complete" => {
             let reference = params.get("ref").and_then(Value::as_object);
@@ -383,51 +544,66 @@ fn plan_mcp(request: &Request<'_>, body: &[u8]) -> Result<Plan, Refused> {
                     let mut params = params;
                     params["ref"]["name"] = Value::String(own);
                     message.insert("params".into(), params);
-                    return Ok(Plan::Forward(UpstreamCall {
-                        target,
-                        body: Value::Object(message).to_string().into_bytes(),
-                    }));
+                    return Ok(Plan::Forward(call(target, Value::Object(message).to_string().into_bytes())));
                 }
                 Some("ref/resource") => {
-                    resource_target(request).map_err(|error| (Some(id.clone()), error))?
+                    let uri = reference.and_then(|reference| reference.get("uri")).and_then(Value::as_str);
+                    resource_target(request, &mut sessions, uri).map_err(|error| (Some(id.clone()), error))?
                 }
                 _ => {
                     let why = "`ref` must be a ref/prompt or a ref/resource".to_owned();
                     return Err((Some(id), AggregateError::InvalidParams(why)));
                 }
             };
-            Ok(Plan::Forward(UpstreamCall { target, body: body.to_vec() }))
+            Ok(Plan::Forward(call(target, body.to_vec())))
         }
         "logging/setLevel" => {
             // Every target logs at the level asked (design §4.11); each answer is read by the
             // gateway's own id, as a listing's is.
             message.insert("id".into(), json!(UPSTREAM_ID));
             let upstream = Value::Object(message).to_string().into_bytes();
-            let calls = (0..request.servers.len())
-                .map(|target| UpstreamCall { target, body: upstream.clone() })
-                .collect();
+            let calls = (0..request.servers.len()).map(|target| call(target, upstream.clone())).collect();
             Ok(Plan::Gather(gather(request, calls, Finish::McpEveryTarget { id })))
         }
         other => Err((Some(id), AggregateError::MethodNotFound(quote(other)))),
     }
 }
 
-/// The target of a resource request: the one target. Design §4.11 routes by which target listed
-/// the URI in the caller's session; without a gateway session on this endpoint yet, a request to
-/// several targets cannot be placed and is refused (name one server in `x-mcp-servers`).
-fn resource_target(request: &Request<'_>) -> Result<usize, AggregateError> {
-    match request.servers.len() {
-        1 => Ok(0),
+/// The target of a resource request (design §4.11): the target that listed the URI (or a
+/// template it expands) in the caller's session, the first in `x-mcp-servers` order when several
+/// did; else the one target when there is one. Anything else cannot be placed and is refused.
+fn resource_target(
+    request: &Request<'_>,
+    sessions: &mut Option<Sessions<'_>>,
+    uri: Option<&str>,
+) -> Result<usize, AggregateError> {
+    let learned = match (request.session, sessions.as_mut(), uri) {
+        (Some(id), Some(sessions), Some(uri)) => {
+            sessions.table.resource_server(id, request.owner, uri, sessions.now)
+        }
+        _ => None,
+    };
+    let listed = learned.and_then(|server| request.servers.iter().position(|name| *name == server));
+    match (listed, request.servers.len()) {
+        (Some(target), _) => Ok(target),
+        (None, 1) => Ok(0),
         _ => Err(AggregateError::AmbiguousResource),
     }
 }
 
-/// The `initialize` answer: the caller's revision when the gateway knows it, else the newest.
-fn initialize_result(params: &Value) -> Value {
+/// The revision the gateway answers `initialize` with: the caller's when it knows it, else the
+/// newest.
+fn negotiated_version(params: &Value) -> String {
     let requested = params.get("protocolVersion").and_then(Value::as_str);
-    let version = requested
+    requested
         .filter(|version| crate::client::mcp::STATEFUL_VERSIONS.contains(version))
-        .unwrap_or(LATEST_STATEFUL_VERSION);
+        .unwrap_or(LATEST_STATEFUL_VERSION)
+        .to_owned()
+}
+
+/// The `initialize` answer without gateway sessions: the gateway's own capabilities.
+fn initialize_result(params: &Value) -> Value {
+    let version = negotiated_version(params);
     json!({
         "protocolVersion": version,
         "capabilities": {
@@ -495,7 +671,7 @@ fn list_calls(
             }
             let body =
                 json!({"jsonrpc": "2.0", "id": UPSTREAM_ID, "method": listing.method(), "params": params});
-            UpstreamCall { target, body: body.to_string().into_bytes() }
+            UpstreamCall { target, body: body.to_string().into_bytes(), session: None }
         })
         .collect())
 }
@@ -537,7 +713,7 @@ fn plan_rest_call(request: &Request<'_>, body: &[u8]) -> Result<Plan, Refused> {
         "method": "tools/call",
         "params": {"name": tool, "arguments": arguments},
     });
-    let calls = vec![UpstreamCall { target, body: body.to_string().into_bytes() }];
+    let calls = vec![UpstreamCall { target, body: body.to_string().into_bytes(), session: None }];
     Ok(Plan::Gather(gather(request, calls, Finish::RestCall)))
 }
 
@@ -559,12 +735,13 @@ fn refusal(endpoint: Endpoint, id: Option<Value>, error: &AggregateError) -> Res
             | AggregateError::UnexpectedResponse
     );
     let status = match error {
-        AggregateError::UnknownServer(_) => StatusCode::NOT_FOUND,
+        AggregateError::UnknownServer(_) | AggregateError::UnknownSession => StatusCode::NOT_FOUND,
+        AggregateError::MissingSession => StatusCode::BAD_REQUEST,
         _ if endpoint == Endpoint::Mcp && !not_jsonrpc => StatusCode::OK,
         _ => StatusCode::BAD_REQUEST,
     };
     match endpoint {
-        Endpoint::Mcp => json_response(
+        Endpoint::Mcp | Endpoint::McpEnd => json_response(
             status,
             &json!({
                 "jsonrpc": "2.0",
@@ -676,6 +853,17 @@ impl Gather {
     /// The response for the caller, from one answer per call, in the order of [`Gather::calls`].
     /// A missing answer counts as a failure of its server.
     pub fn finish(self, answers: Vec<Answer>) -> Response<Vec<u8>> {
+        self.finish_learning(answers).0
+    }
+
+    /// [`Gather::finish`], with what a resource listing in a gateway session taught it (hand it to
+    /// [`GatewaySessions::learn`]).
+    pub fn finish_learning(self, answers: Vec<Answer>) -> (Response<Vec<u8>>, Learned) {
+        if matches!(self.finish, Finish::Ended) {
+            let mut response = Response::new(Vec::new());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            return (response, Learned::default());
+        }
         let mut answers = answers.into_iter();
         let mut results: Vec<(usize, Value)> = Vec::new();
         let mut failures: Vec<(Response<Vec<u8>>, ServerFailure)> = Vec::new();
@@ -690,17 +878,26 @@ impl Gather {
             });
             match outcome(server, self.delegated, answer) {
                 Outcome::Result(result) => results.push((call.target, result)),
-                Outcome::Relay(response) => return response,
+                Outcome::Relay(response) => return (response, Learned::default()),
                 Outcome::Failed(response, failed) => failures.push((response, failed)),
             }
         }
-        match self.finish {
+        let learned = match &self.finish {
+            Finish::McpList {
+                listing: listing @ (Listing::Resources | Listing::ResourceTemplates), ..
+            } => learned(&self.servers, &results, *listing, self.session.clone()),
+            _ => Learned::default(),
+        };
+        let response = match self.finish {
             Finish::RestCall => match (results.pop(), failures.into_iter().next()) {
                 (Some((_, result)), _) => json_response(StatusCode::OK, &result),
                 (None, Some((response, _))) => response,
                 (None, None) => error_response(StatusCode::BAD_GATEWAY, "upstream_error", "no answer"),
             },
-            Finish::McpList { .. } | Finish::McpEveryTarget { .. } | Finish::RestList
+            Finish::McpList { .. }
+            | Finish::McpEveryTarget { .. }
+            | Finish::RestList
+            | Finish::Initialize { .. }
                 if results.is_empty() =>
             {
                 match failures.into_iter().next() {
@@ -732,8 +929,85 @@ impl Gather {
                 }
                 json_response(StatusCode::OK, &body)
             }
+            Finish::Initialize { id, version } => {
+                let mut result = json!({
+                    "protocolVersion": version,
+                    "capabilities": capability_union(results.iter().map(|(_, result)| result)),
+                    "serverInfo": {"name": "mcp-oauth-gateway", "version": env!("CARGO_PKG_VERSION")},
+                });
+                if !failures.is_empty() {
+                    let errors: Vec<Value> = failures.iter().map(|(_, failed)| failed.to_json()).collect();
+                    result["_meta"] = json!({ERRORS_META_KEY: errors});
+                }
+                let mut response = rpc_result(&id, &result);
+                if let Some(value) = self.session.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+                    response.headers_mut().insert(crate::client::mcp::SESSION_HEADER, value);
+                }
+                response
+            }
+            Finish::Ended => Response::new(Vec::new()),
+        };
+        (response, learned)
+    }
+}
+
+/// Which target listed which resource URI (or template), in `x-mcp-servers` order.
+fn learned(
+    servers: &[String],
+    results: &[(usize, Value)],
+    listing: Listing,
+    session: Option<String>,
+) -> Learned {
+    let mut learned = Learned { session, ..Learned::default() };
+    if learned.session.is_none() {
+        return learned;
+    }
+    let mut ordered: Vec<&(usize, Value)> = results.iter().collect();
+    ordered.sort_by_key(|(target, _)| *target);
+    for (target, result) in ordered {
+        let Some(server) = servers.get(*target) else { continue };
+        for item in result.get(listing.field()).and_then(Value::as_array).into_iter().flatten() {
+            let (key, into) = match listing {
+                Listing::ResourceTemplates => ("uriTemplate", &mut learned.templates),
+                _ => ("uri", &mut learned.resources),
+            };
+            if let Some(uri) = item.get(key).and_then(Value::as_str) {
+                into.push((uri.to_owned(), server.clone()));
+            }
         }
     }
+    learned
+}
+
+/// The capabilities the gateway advertises in a session: what any target offers. A capability's
+/// flags (`listChanged`, `subscribe`) hold when any target that offers it sets them; other
+/// members are taken from the first target that has them. `tools` is always offered (the gateway
+/// serves `tools/list` even when no target has a tool).
+fn capability_union<'v>(results: impl Iterator<Item = &'v Value>) -> Value {
+    let mut union = Map::new();
+    union.insert("tools".into(), json!({}));
+    for result in results {
+        let Some(capabilities) = result.get("capabilities").and_then(Value::as_object) else { continue };
+        for (name, offered) in capabilities {
+            let Some(offered) = offered.as_object() else { continue };
+            let Value::Object(merged) = union.entry(name.clone()).or_insert_with(|| json!({})) else {
+                continue;
+            };
+            for (flag, value) in offered {
+                match (merged.get(flag), value) {
+                    (Some(Value::Bool(held)), Value::Bool(more)) => {
+                        let either = *held || *more;
+                        merged.insert(flag.clone(), Value::Bool(either));
+                    }
+                    (None, value) => {
+                        merged.insert(flag.clone(), value.clone());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Value::Object(union)
 }
 
 /// The merged items, tools and prompts each named `{server}-{name}` (with `server_id` on REST),
@@ -842,6 +1116,27 @@ impl UpstreamSession {
 pub struct SessionKey {
     server: String,
     identity: [u8; 32],
+    scope: Option<Scope>,
+}
+
+impl SessionKey {
+    /// The same key inside a gateway session: its upstream sessions are the caller's own, opened
+    /// with the caller's `initialize`, and shared with no other gateway session.
+    #[must_use]
+    pub fn in_scope(mut self, scope: Scope) -> Self {
+        self.scope = Some(scope);
+        self
+    }
+
+    /// The server the session is with.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Whether the session belongs to the gateway session `scope`.
+    pub fn is_in(&self, scope: Scope) -> bool {
+        self.scope == Some(scope)
+    }
 }
 
 /// The session key for requests to `server` sent with `credential` (and, when the caller's own
@@ -884,7 +1179,7 @@ pub fn session_key(
             }
         }
     }
-    SessionKey { server: server.to_owned(), identity: digest.finalize().into() }
+    SessionKey { server: server.to_owned(), identity: digest.finalize().into(), scope: None }
 }
 
 /// The `initialize` the gateway sends to open a session: the caller's protocol revision (from its
@@ -1008,7 +1303,14 @@ mod tests {
     }
 
     fn mcp_plan(names: &[String], body: &str) -> Plan {
-        let request = Request { endpoint: Endpoint::Mcp, servers: names, delegated: false, cursor: None };
+        let request = Request {
+            endpoint: Endpoint::Mcp,
+            servers: names,
+            delegated: false,
+            cursor: None,
+            session: None,
+            owner: Owner::of(&http::HeaderMap::new()),
+        };
         plan(&request, body.as_bytes())
     }
 
@@ -1314,7 +1616,14 @@ mod tests {
     #[test]
     fn a_delegated_401_reaches_the_caller_with_its_challenge() {
         let names = servers(&["a", "b"]);
-        let request = Request { endpoint: Endpoint::Mcp, servers: &names, delegated: true, cursor: None };
+        let request = Request {
+            endpoint: Endpoint::Mcp,
+            servers: &names,
+            delegated: true,
+            cursor: None,
+            session: None,
+            owner: Owner::of(&http::HeaderMap::new()),
+        };
         let Plan::Gather(gather) = plan(&request, br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
         else {
             panic!("gather");
@@ -1333,8 +1642,14 @@ mod tests {
     #[test]
     fn rest_call_infers_the_server_or_takes_server_id_verbatim() {
         let names = servers(&["a", "b"]);
-        let request =
-            Request { endpoint: Endpoint::RestCall, servers: &names, delegated: false, cursor: None };
+        let request = Request {
+            endpoint: Endpoint::RestCall,
+            servers: &names,
+            delegated: false,
+            cursor: None,
+            session: None,
+            owner: Owner::of(&http::HeaderMap::new()),
+        };
         let sent = |body: &str| match plan(&request, body.as_bytes()) {
             Plan::Gather(gather) => {
                 let call = &gather.calls()[0];
@@ -1359,7 +1674,14 @@ mod tests {
         assert_eq!(sent(r#"{"name":"echo"}"#), Err((StatusCode::BAD_REQUEST, json!("unknown_tool"))));
         // With exactly one server in scope an unprefixed name is that server's own (design §7).
         let one = servers(&["a"]);
-        let single = Request { endpoint: Endpoint::RestCall, servers: &one, delegated: false, cursor: None };
+        let single = Request {
+            endpoint: Endpoint::RestCall,
+            servers: &one,
+            delegated: false,
+            cursor: None,
+            session: None,
+            owner: Owner::of(&http::HeaderMap::new()),
+        };
         let Plan::Gather(gather) = plan(&single, br#"{"name":"echo","arguments":{"text":"hi"}}"#) else {
             panic!("one server: a call");
         };
@@ -1378,8 +1700,14 @@ mod tests {
     #[test]
     fn rest_call_answers_the_tool_result_or_names_the_error() {
         let names = servers(&["a"]);
-        let request =
-            Request { endpoint: Endpoint::RestCall, servers: &names, delegated: false, cursor: None };
+        let request = Request {
+            endpoint: Endpoint::RestCall,
+            servers: &names,
+            delegated: false,
+            cursor: None,
+            session: None,
+            owner: Owner::of(&http::HeaderMap::new()),
+        };
         let call = || match plan(&request, br#"{"name":"a-add","arguments":{"a":1,"b":2}}"#) {
             Plan::Gather(gather) => gather,
             other => panic!("{other:?}"),
@@ -1510,5 +1838,202 @@ mod tests {
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         let body = body_json(&gather.finish(vec![Answer::Upstream(response)]));
         assert_eq!(body["result"]["tools"][0]["name"], "a-echo");
+    }
+
+    // Gateway sessions (design §4.11).
+
+    fn owner(key: &str) -> Owner {
+        let mut headers = http::HeaderMap::new();
+        headers
+            .insert("x-mcp-gateway-key", HeaderValue::from_str(key).unwrap_or(HeaderValue::from_static("k")));
+        Owner::of(&headers)
+    }
+
+    fn session_plan(
+        table: &mut GatewaySessions,
+        endpoint: Endpoint,
+        names: &[String],
+        session: Option<&str>,
+        who: Owner,
+        body: &str,
+    ) -> Plan {
+        let request =
+            Request { endpoint, servers: names, delegated: false, cursor: None, session, owner: who };
+        let sessions = Sessions { table, now: crate::machine::Instant::ZERO, random: Some([3; 32]) };
+        plan_in(&request, body.as_bytes(), sessions)
+    }
+
+    /// Opens a session for `who` over `names`; its id and the upstream calls that opened it.
+    fn open_session(table: &mut GatewaySessions, names: &[String], who: Owner) -> (String, Gather) {
+        let body = r#"{"jsonrpc":"2.0","id":"init-7","method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"sampling":{},"roots":{"listChanged":true}},"clientInfo":{"name":"c","version":"1"}}}"#;
+        let Plan::Gather(gather) = session_plan(table, Endpoint::Mcp, names, None, who, body) else {
+            panic!("initialize gathers from every target");
+        };
+        let id = gather.session.clone().unwrap_or_default();
+        (id, gather)
+    }
+
+    fn rpc(result: &Value) -> Answer {
+        upstream(&json!({"jsonrpc": "2.0", "id": 1, "result": result}))
+    }
+
+    #[test]
+    fn initialize_opens_a_gateway_session_with_the_callers_initialize_at_every_target() {
+        let names = servers(&["a", "b"]);
+        let mut table = GatewaySessions::default();
+        let alice = owner("alice");
+        let (id, gather) = open_session(&mut table, &names, alice);
+        assert_eq!(gather.calls().len(), 2);
+        for call in gather.calls() {
+            let session = call.session.as_ref().expect("each call opens the target's session");
+            assert_eq!(session.mode, SessionMode::Open);
+            let sent: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
+            assert_eq!(sent["id"], json!(UPSTREAM_ID), "the gateway's own id goes up");
+            assert_eq!(
+                sent["params"]["capabilities"]["sampling"],
+                json!({}),
+                "the caller's capabilities go up"
+            );
+            assert_eq!(session.view.initialize, call.body, "reopening uses the same initialize");
+        }
+        let a = rpc(
+            &json!({"protocolVersion": "2025-06-18", "capabilities": {"tools": {"listChanged": false}, "resources": {"subscribe": true}}}),
+        );
+        let b = rpc(
+            &json!({"protocolVersion": "2025-06-18", "capabilities": {"tools": {"listChanged": true}, "prompts": {}, "logging": {}}}),
+        );
+        let (response, _) = gather.finish_learning(vec![a, b]);
+        assert_eq!(response.headers()["mcp-session-id"], id.as_str());
+        let body = body_json(&response);
+        assert_eq!(body["id"], "init-7", "the caller's id comes back");
+        assert_eq!(body["result"]["protocolVersion"], "2025-06-18");
+        assert_eq!(
+            body["result"]["capabilities"],
+            json!({"tools": {"listChanged": true}, "resources": {"subscribe": true}, "prompts": {}, "logging": {}}),
+            "the union of what the targets offer, flags set when any target sets them"
+        );
+        assert!(table.find(&id, alice, crate::machine::Instant::ZERO).is_some());
+    }
+
+    #[test]
+    fn a_session_is_usable_only_by_the_credentials_that_opened_it() {
+        let names = servers(&["a"]);
+        let mut table = GatewaySessions::default();
+        let (id, _) = open_session(&mut table, &names, owner("alice"));
+        let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+        for (who, session) in [(owner("mallory"), id.as_str()), (owner("alice"), "forged")] {
+            let Plan::Respond(refused) =
+                session_plan(&mut table, Endpoint::Mcp, &names, Some(session), who, list)
+            else {
+                panic!("an unknown session is refused");
+            };
+            assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+            assert_eq!(body_json(&refused)["error"]["code"], -32001);
+        }
+        // Its owner's calls run in it; initialize inside it is a protocol refusal.
+        let Plan::Gather(listing) =
+            session_plan(&mut table, Endpoint::Mcp, &names, Some(&id), owner("alice"), list)
+        else {
+            panic!("a listing gathers");
+        };
+        assert_eq!(listing.calls()[0].session.as_ref().map(|session| session.mode), Some(SessionMode::Use));
+        let again = r#"{"jsonrpc":"2.0","id":3,"method":"initialize","params":{}}"#;
+        let Plan::Respond(refused) =
+            session_plan(&mut table, Endpoint::Mcp, &names, Some(&id), owner("alice"), again)
+        else {
+            panic!("initialize in a session is refused");
+        };
+        assert_eq!(
+            (refused.status(), body_json(&refused)["error"]["code"].clone()),
+            (StatusCode::OK, json!(-32600))
+        );
+    }
+
+    #[test]
+    fn delete_ends_the_gateway_session_and_each_upstream_session() {
+        let names = servers(&["a", "b"]);
+        let mut table = GatewaySessions::default();
+        let alice = owner("alice");
+        let (id, _) = open_session(&mut table, &names, alice);
+        let Plan::Respond(refused) =
+            session_plan(&mut table, Endpoint::McpEnd, &names, Some(&id), owner("bob"), "")
+        else {
+            panic!("another caller cannot end it");
+        };
+        assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+        let Plan::Gather(end) = session_plan(&mut table, Endpoint::McpEnd, &names, Some(&id), alice, "")
+        else {
+            panic!("ending asks every target");
+        };
+        assert!(
+            end.calls()
+                .iter()
+                .all(|call| call.session.as_ref().map(|use_| use_.mode) == Some(SessionMode::End))
+        );
+        let answers =
+            vec![Answer::Upstream(Response::new(Vec::new())), Answer::Failed(Response::new(Vec::new()))];
+        assert_eq!(end.finish(answers).status(), StatusCode::NO_CONTENT);
+        assert!(table.find(&id, alice, crate::machine::Instant::ZERO).is_none());
+        let Plan::Respond(gone) = session_plan(&mut table, Endpoint::McpEnd, &names, Some(&id), alice, "")
+        else {
+            panic!("an ended session is unknown");
+        };
+        assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+        let Plan::Respond(unnamed) = session_plan(&mut table, Endpoint::McpEnd, &names, None, alice, "")
+        else {
+            panic!("DELETE names a session");
+        };
+        assert_eq!(unnamed.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_resource_goes_to_the_target_that_listed_it_in_the_session() {
+        let names = servers(&["a", "b"]);
+        let mut table = GatewaySessions::default();
+        let alice = owner("alice");
+        let (id, _) = open_session(&mut table, &names, alice);
+        let read = |uri: &str| {
+            format!(r#"{{"jsonrpc":"2.0","id":9,"method":"resources/read","params":{{"uri":"{uri}"}}}}"#)
+        };
+        // Before any listing, two targets cannot be told apart.
+        let Plan::Respond(refused) =
+            session_plan(&mut table, Endpoint::Mcp, &names, Some(&id), alice, &read("b://x"))
+        else {
+            panic!("an unplaced resource is refused");
+        };
+        assert_eq!(body_json(&refused)["error"]["data"]["reason"], "ambiguous_resource");
+        for (method, field, key) in [
+            ("resources/list", "resources", "uri"),
+            ("resources/templates/list", "resourceTemplates", "uriTemplate"),
+        ] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":2,"method":"{method}"}}"#);
+            let Plan::Gather(listing) =
+                session_plan(&mut table, Endpoint::Mcp, &names, Some(&id), alice, &body)
+            else {
+                panic!("a listing gathers");
+            };
+            let (a_items, b_items) = if key == "uri" {
+                (json!([{key: "shared://s"}]), json!([{key: "b://x"}, {key: "shared://s"}]))
+            } else {
+                (json!([]), json!([{key: "b://items/{id}"}]))
+            };
+            let (_, learned) =
+                listing.finish_learning(vec![rpc(&json!({field: a_items})), rpc(&json!({field: b_items}))]);
+            table.learn(learned, crate::machine::Instant::ZERO);
+        }
+        for (uri, target) in [("b://x", 1), ("shared://s", 0), ("b://items/42", 1)] {
+            assert_eq!(
+                forwarded(session_plan(&mut table, Endpoint::Mcp, &names, Some(&id), alice, &read(uri))).0,
+                target,
+                "{uri}"
+            );
+        }
+        // Another session learned nothing.
+        let (other, _) = open_session(&mut table, &names, alice);
+        let Plan::Respond(_) =
+            session_plan(&mut table, Endpoint::Mcp, &names, Some(&other), alice, &read("b://x"))
+        else {
+            panic!("what one session listed does not route another's");
+        };
     }
 }
