@@ -1,11 +1,17 @@
 // The MCP TypeScript SDK client against server-everything through the gateway's aggregating
-// route POST /mcp (x-mcp-servers: everything): every method design §4.11 serves there, checked on
-// what the reference server really answers. One JSON line on success; "FAIL step: why" and exit 1
-// otherwise. Bounded to 30 s.
+// route /mcp (x-mcp-servers: everything): every method design §4.11 serves there, checked on what
+// the reference server really answers, in the gateway's own session. The client declares sampling,
+// elicitation and roots, so the server offers the tools that ask the client for them; the
+// server's requests reach the client over the tool call's stream (sampling, elicitation) and the
+// session's GET stream (roots), and the client's answers are routed back. One JSON line on
+// success; "FAIL step: why" and exit 1 otherwise. Bounded to 30 s.
 //
 //   node aggregated.mjs GATEWAY_ORIGIN SERVER_NAME GATEWAY_KEY
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import {
+  CreateMessageRequestSchema, ElicitRequestSchema, ListRootsRequestSchema,
+} from '@modelcontextprotocol/sdk/types.js';
 
 const [origin, server, key] = process.argv.slice(2);
 let step = 'connect';
@@ -17,10 +23,28 @@ setTimeout(() => fail('timed out after 30 s'), 30_000).unref();
 const check = (ok, why) => ok || fail(why);
 
 try {
-  const client = new Client({ name: 'mcp-oauth-aggregated', version: '1.0.0' });
-  await client.connect(new StreamableHTTPClientTransport(new URL('/mcp', origin), {
+  const client = new Client(
+    { name: 'mcp-oauth-aggregated', version: '1.0.0' },
+    { capabilities: { sampling: {}, elicitation: {}, roots: { listChanged: true } } },
+  );
+  const asked = { sampling: 0, elicitation: 0, roots: 0 };
+  client.setRequestHandler(CreateMessageRequestSchema, async () => {
+    asked.sampling += 1;
+    return { model: 'aggregated-test', role: 'assistant', content: { type: 'text', text: 'sampled-through-the-gateway' } };
+  });
+  client.setRequestHandler(ElicitRequestSchema, async () => {
+    asked.elicitation += 1;
+    return { action: 'accept', content: { name: 'elicited-through-the-gateway' } };
+  });
+  client.setRequestHandler(ListRootsRequestSchema, async () => {
+    asked.roots += 1;
+    return { roots: [{ uri: 'file:///aggregated-root', name: 'aggregated' }] };
+  });
+  const transport = new StreamableHTTPClientTransport(new URL('/mcp', origin), {
     requestInit: { headers: { 'x-mcp-servers': server, 'x-mcp-gateway-key': key } },
-  }));
+  });
+  await client.connect(transport);
+  check(transport.sessionId, 'the gateway issued no session');
   const capabilities = client.getServerCapabilities() ?? {};
   for (const served of ['tools', 'prompts', 'resources', 'completions', 'logging']) {
     check(capabilities[served], `initialize does not advertise ${served}: ${JSON.stringify(capabilities)}`);
@@ -31,6 +55,30 @@ try {
   check(tools.includes(`${server}-echo`), `no ${server}-echo in ${JSON.stringify(tools)}`);
   const echoed = await client.callTool({ name: `${server}-echo`, arguments: { message: 'aggregated' } });
   check(!echoed.isError && JSON.stringify(echoed.content).includes('aggregated'), JSON.stringify(echoed));
+  for (const needs of ['trigger-sampling-request', 'trigger-elicitation-request', 'get-roots-list']) {
+    check(tools.includes(`${server}-${needs}`), `the client's capabilities did not reach the server: no ${server}-${needs} in ${JSON.stringify(tools)}`);
+  }
+
+  step = 'progress';
+  let progressed = 0;
+  const long = await client.callTool(
+    { name: `${server}-trigger-long-running-operation`, arguments: { duration: 0.3, steps: 3 } },
+    undefined,
+    { onprogress: () => { progressed += 1; } },
+  );
+  check(!long.isError && progressed === 3, `${progressed} progress notifications, answer ${JSON.stringify(long)}`);
+
+  step = 'sampling';
+  const sampled = await client.callTool({ name: `${server}-trigger-sampling-request`, arguments: { prompt: 'hi' } });
+  check(JSON.stringify(sampled.content).includes('sampled-through-the-gateway'), JSON.stringify(sampled));
+
+  step = 'elicitation';
+  const elicited = await client.callTool({ name: `${server}-trigger-elicitation-request`, arguments: {} });
+  check(JSON.stringify(elicited.content).includes('elicited-through-the-gateway'), JSON.stringify(elicited));
+
+  step = 'roots';
+  const rooted = await client.callTool({ name: `${server}-get-roots-list`, arguments: {} });
+  check(JSON.stringify(rooted.content).includes('file:///aggregated-root'), JSON.stringify(rooted));
 
   step = 'prompts';
   const prompts = (await client.listPrompts()).prompts.map((p) => p.name);
@@ -52,12 +100,19 @@ try {
   check(read.contents?.[0]?.uri === resources[0].uri, `resources/read answered ${JSON.stringify(read).slice(0, 200)}`);
   const templates = (await client.listResourceTemplates()).resourceTemplates;
   check(Array.isArray(templates), 'resources/templates/list answered no list');
+  await client.subscribeResource({ uri: resources[0].uri });
+  await client.unsubscribeResource({ uri: resources[0].uri });
+
+  step = 'ping';
+  await client.ping();
 
   step = 'logging';
   await client.setLoggingLevel('info');
 
+  step = 'close';
+  await transport.terminateSession();
   await client.close();
-  console.log(JSON.stringify({ ok: true, tools: tools.length, prompts: prompts.length, resources: resources.length, templates: templates.length }));
+  console.log(JSON.stringify({ ok: true, tools: tools.length, prompts: prompts.length, resources: resources.length, templates: templates.length, asked, progressed }));
   process.exit(0);
 } catch (error) {
   fail(error?.message ?? String(error));

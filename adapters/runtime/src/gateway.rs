@@ -24,7 +24,7 @@ use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
-use mcp_oauth_core::aggregate::{Endpoint, GatewaySessions, Plan, SessionStore, Sessions};
+use mcp_oauth_core::aggregate::{Endpoint, GatewaySessions, Plan, SessionStore, Sessions, StreamAnswer};
 use mcp_oauth_core::config::GatewayConfig;
 use mcp_oauth_core::gateway::{
     self, Action, Aggregate, Call, CallAction, CallFailure, CallLimits, CallOutcome, Context, Forward,
@@ -720,9 +720,18 @@ async fn step_call<R: Runtime, U: Upstream>(state: &GatewayState<R, U>, call: &m
             },
             CallAction::Respond(CallOutcome::Relay(head)) => {
                 let (parts, ()) = head.into_parts();
-                let response = match streamed {
-                    Some(body) => Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()),
-                    None => full(CallFailure::OutOfOrder.response(&call.server().name)),
+                let response = match (streamed, call.take_stream_rewrite()) {
+                    (Some(body), None) => {
+                        Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+                    }
+                    (Some(body), Some(mut rewrite)) => {
+                        let body = body
+                            .map_frame(move |frame| frame.map_data(|data| Bytes::from(rewrite.push(&data))))
+                            .map_err(Into::into)
+                            .boxed_unsync();
+                        Response::from_parts(parts, body)
+                    }
+                    (None, _) => full(CallFailure::OutOfOrder.response(&call.server().name)),
                 };
                 return Ended::Response(response);
             }
@@ -794,7 +803,7 @@ async fn aggregated<R: Runtime, U: Upstream>(
     };
     let limits = state.options.call_limits();
     let plan = match aggregate.endpoint {
-        Endpoint::Mcp | Endpoint::McpEnd => {
+        Endpoint::Mcp | Endpoint::McpEnd | Endpoint::McpStream => {
             let random = if aggregate.may_open_session() { draw() } else { None };
             let mut table = lock(&state.gateway_sessions);
             aggregate.plan_in(&body, Sessions { table: &mut table, now: state.clock.now(), random })
@@ -818,6 +827,34 @@ async fn aggregated<R: Runtime, U: Upstream>(
                         .into_response()
                 }
                 Err(refused) => full(refused),
+            }
+        }
+        Plan::Stream(listens) => {
+            // Every target's own event stream in the caller's session, merged as events arrive.
+            let opens = listens.iter().map(|listen| async {
+                match Call::aggregated(&state.config, &aggregate, listen.target, Bytes::new(), limits, false)
+                {
+                    Ok(call) => {
+                        let call = call.in_session(listen.session.as_ref()).with_inbound(&parts.headers);
+                        run_call(state, call).await.into_response()
+                    }
+                    Err(refused) => full(refused),
+                }
+            });
+            let answers = futures_util::future::join_all(opens).await;
+            let heads: Vec<_> = answers.iter().map(|answer| (answer.status(), answer.headers())).collect();
+            match mcp_oauth_core::aggregate::merge_streams(&heads) {
+                StreamAnswer::Refuse(refused) => full(refused),
+                StreamAnswer::Merge { head, keep } => {
+                    let streams = answers
+                        .into_iter()
+                        .zip(keep)
+                        .filter(|(_, kept)| *kept)
+                        .map(|(answer, _)| http_body_util::BodyStream::new(answer.into_body()));
+                    let merged = http_body_util::StreamBody::new(futures_util::stream::select_all(streams));
+                    let (parts, ()) = head.into_parts();
+                    Response::from_parts(parts, merged.boxed_unsync())
+                }
             }
         }
         Plan::Gather(gather) => {

@@ -32,7 +32,10 @@ use crate::client::mcp::{RpcError, parse_rpc_response};
 use crate::jsonrpc::{JsonRpcError, Shape};
 use crate::reply::{error_response, json_response};
 
+mod relay;
 mod session;
+
+pub use self::relay::{ID_SEPARATOR, MAX_PENDING_EVENT, StreamRewrite, inbound_response, outbound_id};
 
 pub use self::session::{
     GatewaySessions, Learned, MAX_LEARNED, MAX_SESSIONS, Owner, SESSION_IDLE, Scope, SessionView,
@@ -72,8 +75,8 @@ pub enum AggregateError {
     /// A JSON-RPC batch (an array); MCP removed batching in 2025-06-18.
     #[error("JSON-RPC batches are not accepted; send one message per request")]
     Batch,
-    /// A JSON-RPC response arrived, but the gateway never sends requests to its callers.
-    #[error("the gateway sent no request this could answer")]
+    /// A JSON-RPC response whose id names no request a target sent this caller in its session.
+    #[error("no request of a target in this session has this id")]
     UnexpectedResponse,
     /// The method is not served by the aggregating endpoint.
     #[error(
@@ -212,6 +215,8 @@ pub enum Endpoint {
     Mcp,
     /// `DELETE /mcp`: ends the caller's gateway session and its upstream sessions.
     McpEnd,
+    /// `GET /mcp`: the caller's gateway session's event stream, every target's merged.
+    McpStream,
     /// `GET /mcp-rest/tools/list`: the merged listing as plain JSON.
     RestList,
     /// `POST /mcp-rest/tools/call`: `{"server_id"?, "name", "arguments"}`, the tool's result as JSON.
@@ -250,6 +255,8 @@ pub enum SessionMode {
     Open,
     /// End the upstream session (`DELETE`) if there is one; the body is unused.
     End,
+    /// Open the upstream session's own event stream (`GET`), streamed back; the body is unused.
+    Listen,
 }
 
 /// What the server does with an aggregated request.
@@ -262,6 +269,9 @@ pub enum Plan {
     Forward(UpstreamCall),
     /// Send every call, read every answer whole, and answer with [`Gather::finish`].
     Gather(Gather),
+    /// Open every target's event stream (each call streams, [`SessionMode::Listen`]); hand the
+    /// heads to [`merge_streams`], which says which bodies to merge into the answer.
+    Stream(Vec<UpstreamCall>),
 }
 
 /// How one gathered call ended, as the server hands it back.
@@ -304,8 +314,9 @@ enum Finish {
         id: Value,
         version: String,
     },
-    /// The gateway session ended (`DELETE /mcp`): 204 whatever the upstreams said.
-    Ended,
+    /// An empty answer with this status whatever the upstreams said: 204 when the gateway
+    /// session ended (`DELETE /mcp`), 202 for a notification every target was told.
+    Status(StatusCode),
 }
 
 /// What a merged listing lists (design §4.11): tool and prompt names get the `{server}-` prefix;
@@ -400,6 +411,7 @@ fn plan_with(request: &Request<'_>, body: &[u8], sessions: Option<Sessions<'_>>)
     let outcome = match request.endpoint {
         Endpoint::Mcp => plan_mcp(request, body, sessions),
         Endpoint::McpEnd => plan_end(request, sessions),
+        Endpoint::McpStream => plan_stream(request, sessions),
         Endpoint::RestList => list_calls(request, Listing::Tools, &json!({}), request.cursor)
             .map(|calls| Plan::Gather(gather(request, calls, Finish::RestList))),
         Endpoint::RestCall => plan_rest_call(request, body),
@@ -430,7 +442,64 @@ fn plan_end(request: &Request<'_>, sessions: Option<Sessions<'_>>) -> Result<Pla
             session: Some(SessionUse { view: view.clone(), mode: SessionMode::End }),
         })
         .collect();
-    Ok(Plan::Gather(gather(request, calls, Finish::Ended)))
+    Ok(Plan::Gather(gather(request, calls, Finish::Status(StatusCode::NO_CONTENT))))
+}
+
+/// `GET /mcp`: every target's event stream in the caller's gateway session.
+fn plan_stream(request: &Request<'_>, mut sessions: Option<Sessions<'_>>) -> Result<Plan, Refused> {
+    let Some(view) = caller_session(request, &mut sessions).map_err(|error| (None, error))? else {
+        return Err((None, AggregateError::MissingSession));
+    };
+    let calls = (0..request.servers.len())
+        .map(|target| UpstreamCall {
+            target,
+            body: Vec::new(),
+            session: Some(SessionUse { view: view.clone(), mode: SessionMode::Listen }),
+        })
+        .collect();
+    Ok(Plan::Stream(calls))
+}
+
+/// How `GET /mcp` answers, from each target's answer to its `GET`.
+#[derive(Debug)]
+pub enum StreamAnswer {
+    /// Answer with this head; the body merges the kept targets' bodies (one flag per target).
+    Merge {
+        /// The head: 200 `text/event-stream`.
+        head: Response<()>,
+        /// Whether each target's body is merged in (it answered with an event stream).
+        keep: Vec<bool>,
+    },
+    /// No target opened a stream: this answer (405 when none offers one).
+    Refuse(Response<Vec<u8>>),
+}
+
+/// The answer to `GET /mcp` from each target's answer head (status and headers), in target
+/// order: the targets that opened an event stream are merged; a target without one (405, an
+/// error) is left out, since its server-to-client messages come on its answers instead.
+pub fn merge_streams(heads: &[(StatusCode, &http::HeaderMap)]) -> StreamAnswer {
+    let keep: Vec<bool> = heads
+        .iter()
+        .map(|(status, headers)| {
+            *status == StatusCode::OK
+                && headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).is_some_and(
+                    |kind| kind.trim_start().to_ascii_lowercase().starts_with("text/event-stream"),
+                )
+        })
+        .collect();
+    if keep.iter().any(|kept| *kept) {
+        let mut head = Response::new(());
+        head.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        head.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return StreamAnswer::Merge { head, keep };
+    }
+    let mut refused = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "no target server offers an event stream for this session",
+    );
+    refused.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+    StreamAnswer::Refuse(refused)
 }
 
 /// The caller's gateway session, when it named one: `Err` for one it cannot use (404).
@@ -453,11 +522,28 @@ fn plan_mcp(request: &Request<'_>, body: &[u8], mut sessions: Option<Sessions<'_
         |view: &Option<SessionView>| view.clone().map(|view| SessionUse { view, mode: SessionMode::Use });
     let (method, id) = match shape {
         Shape::Request { method, id } => (method, id),
+        Shape::Notification { method } if view.is_some() && method == "notifications/roots/list_changed" => {
+            // Every target in the session may have asked for the roots: each hears of the change.
+            let calls = (0..request.servers.len())
+                .map(|target| UpstreamCall { target, body: body.to_vec(), session: uses(&view) })
+                .collect();
+            return Ok(Plan::Gather(gather(request, calls, Finish::Status(StatusCode::ACCEPTED))));
+        }
         Shape::Notification { .. } => {
-            // A notification (`notifications/initialized`, cancellations): nothing to answer.
+            // A notification (`notifications/initialized`, which the gateway sent each target
+            // itself; cancellations): nothing to answer.
             let mut response = Response::new(Vec::new());
             *response.status_mut() = StatusCode::ACCEPTED;
             return Ok(Plan::Respond(response));
+        }
+        Shape::Response if view.is_some() => {
+            // The caller answers a target's request (sampling, elicitation, roots): back to the
+            // target whose id it carries, in its upstream session, with the target's own id.
+            let message: Map<String, Value> = serde_json::from_slice(body).unwrap_or_default();
+            let Some((target, body)) = inbound_response(&message, request.servers) else {
+                return Err((None, AggregateError::UnexpectedResponse));
+            };
+            return Ok(Plan::Forward(UpstreamCall { target, body, session: uses(&view) }));
         }
         Shape::Response => return Err((None, AggregateError::UnexpectedResponse)),
         Shape::Batch => return Err((None, AggregateError::Batch)),
@@ -741,7 +827,7 @@ fn refusal(endpoint: Endpoint, id: Option<Value>, error: &AggregateError) -> Res
         _ => StatusCode::BAD_REQUEST,
     };
     match endpoint {
-        Endpoint::Mcp | Endpoint::McpEnd => json_response(
+        Endpoint::Mcp | Endpoint::McpEnd | Endpoint::McpStream => json_response(
             status,
             &json!({
                 "jsonrpc": "2.0",
@@ -859,9 +945,9 @@ impl Gather {
     /// [`Gather::finish`], with what a resource listing in a gateway session taught it (hand it to
     /// [`GatewaySessions::learn`]).
     pub fn finish_learning(self, answers: Vec<Answer>) -> (Response<Vec<u8>>, Learned) {
-        if matches!(self.finish, Finish::Ended) {
+        if let Finish::Status(status) = self.finish {
             let mut response = Response::new(Vec::new());
-            *response.status_mut() = StatusCode::NO_CONTENT;
+            *response.status_mut() = status;
             return (response, Learned::default());
         }
         let mut answers = answers.into_iter();
@@ -945,7 +1031,11 @@ impl Gather {
                 }
                 response
             }
-            Finish::Ended => Response::new(Vec::new()),
+            Finish::Status(status) => {
+                let mut response = Response::new(Vec::new());
+                *response.status_mut() = status;
+                response
+            }
         };
         (response, learned)
     }
@@ -1657,7 +1747,7 @@ mod tests {
                 Ok((call.target, sent["params"].clone()))
             }
             Plan::Respond(response) => Err((response.status(), body_json(&response)["error"].clone())),
-            Plan::Forward(_) => Err((StatusCode::IM_A_TEAPOT, Value::Null)),
+            Plan::Forward(_) | Plan::Stream(_) => Err((StatusCode::IM_A_TEAPOT, Value::Null)),
         };
         assert_eq!(
             sent(r#"{"name":"b-echo","arguments":{"text":"hi"}}"#),
@@ -2035,5 +2125,85 @@ mod tests {
         else {
             panic!("what one session listed does not route another's");
         };
+    }
+
+    #[test]
+    fn the_get_stream_merges_every_target_that_opens_one_in_the_callers_session() {
+        let names = servers(&["a", "b"]);
+        let mut table = GatewaySessions::default();
+        let alice = owner("alice");
+        let Plan::Respond(unnamed) = session_plan(&mut table, Endpoint::McpStream, &names, None, alice, "")
+        else {
+            panic!("a stream needs a session");
+        };
+        assert_eq!(unnamed.status(), StatusCode::BAD_REQUEST);
+        let (id, _) = open_session(&mut table, &names, alice);
+        let Plan::Stream(listens) =
+            session_plan(&mut table, Endpoint::McpStream, &names, Some(&id), alice, "")
+        else {
+            panic!("the owner's GET opens every target's stream");
+        };
+        assert_eq!(listens.iter().map(|listen| listen.target).collect::<Vec<_>>(), [0, 1]);
+        assert!(
+            listens
+                .iter()
+                .all(|listen| listen.session.as_ref().map(|use_| use_.mode) == Some(SessionMode::Listen))
+        );
+
+        let sse = http::HeaderMap::from_iter([(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        )]);
+        let json = http::HeaderMap::from_iter([(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )]);
+        match merge_streams(&[(StatusCode::METHOD_NOT_ALLOWED, &json), (StatusCode::OK, &sse)]) {
+            StreamAnswer::Merge { head, keep } => {
+                assert_eq!(keep, [false, true]);
+                assert_eq!(head.headers()[header::CONTENT_TYPE], "text/event-stream");
+            }
+            StreamAnswer::Refuse(refused) => panic!("one target streams: {refused:?}"),
+        }
+        let StreamAnswer::Refuse(refused) =
+            merge_streams(&[(StatusCode::METHOD_NOT_ALLOWED, &json), (StatusCode::OK, &json)])
+        else {
+            panic!("no target streams");
+        };
+        assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn the_callers_answers_to_a_targets_request_go_back_to_that_target_with_its_id() {
+        let names = servers(&["a", "b"]);
+        let mut table = GatewaySessions::default();
+        let alice = owner("alice");
+        let (id, _) = open_session(&mut table, &names, alice);
+        let answer = r#"{"jsonrpc":"2.0","id":"b|7","result":{"roots":[]}}"#;
+        let Plan::Forward(back) = session_plan(&mut table, Endpoint::Mcp, &names, Some(&id), alice, answer)
+        else {
+            panic!("an answer is forwarded");
+        };
+        let sent: Value = serde_json::from_slice(&back.body).unwrap_or_default();
+        assert_eq!((back.target, sent["id"].clone()), (1, json!(7)));
+        assert_eq!(back.session.map(|use_| use_.mode), Some(SessionMode::Use));
+        // An id the gateway did not write, or an answer outside a session, is refused.
+        let stray = r#"{"jsonrpc":"2.0","id":7,"result":{}}"#;
+        let Plan::Respond(refused) = session_plan(&mut table, Endpoint::Mcp, &names, Some(&id), alice, stray)
+        else {
+            panic!("a stray answer is refused");
+        };
+        assert_eq!(body_json(&refused)["error"]["data"]["reason"], "unexpected_response");
+        let Plan::Respond(_) = session_plan(&mut table, Endpoint::Mcp, &names, None, alice, answer) else {
+            panic!("no session, nothing to answer");
+        };
+        // A change of roots is told to every target in the session, then accepted.
+        let changed = r#"{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}"#;
+        let Plan::Gather(told) = session_plan(&mut table, Endpoint::Mcp, &names, Some(&id), alice, changed)
+        else {
+            panic!("every target hears of it");
+        };
+        assert_eq!(told.calls().len(), 2);
+        assert_eq!(told.finish(Vec::new()).status(), StatusCode::ACCEPTED);
     }
 }

@@ -165,21 +165,20 @@ pub(super) fn forward(
     }
 }
 
-/// `POST /mcp` and `DELETE /mcp`: the servers named in `x-mcp-servers`, aggregated (see
+/// `POST`, `GET` and `DELETE /mcp`: the servers named in `x-mcp-servers`, aggregated (see
 /// [`crate::aggregate`]).
 pub(super) fn aggregate_mcp(head: &RequestHead<'_>, config: &GatewayConfig) -> Action {
     let endpoint = match *head.method {
         Method::POST => crate::aggregate::Endpoint::Mcp,
         Method::DELETE => crate::aggregate::Endpoint::McpEnd,
+        Method::GET => crate::aggregate::Endpoint::McpStream,
         _ => {
-            // No server-initiated stream on the aggregating endpoint (yet): a client that asks for
-            // one is told so and goes on without it, as MCP allows.
             let mut response = error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "the aggregating endpoint accepts POST and DELETE",
+                "the aggregating endpoint accepts POST, GET and DELETE",
             );
-            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, GET, DELETE"));
             return Action::Respond(response);
         }
     };
@@ -261,12 +260,15 @@ pub(super) fn targets(
     }
     if !delegated && !servers.iter().all(|server| admitted(head.headers, server, config)) {
         let challenge = match (endpoint, names.first()) {
-            (crate::aggregate::Endpoint::Mcp | crate::aggregate::Endpoint::McpEnd, Some(name)) => {
-                match public_origin(head, config) {
-                    Ok(origin) => Some(challenge(&origin, name)),
-                    Err(refusal) => return Action::Respond(refusal),
-                }
-            }
+            (
+                crate::aggregate::Endpoint::Mcp
+                | crate::aggregate::Endpoint::McpEnd
+                | crate::aggregate::Endpoint::McpStream,
+                Some(name),
+            ) => match public_origin(head, config) {
+                Ok(origin) => Some(challenge(&origin, name)),
+                Err(refusal) => return Action::Respond(refusal),
+            },
             _ => None,
         };
         return Action::Respond(key_required(challenge.as_deref()));
@@ -301,7 +303,9 @@ pub(super) fn targets(
         targets.push(forward);
     }
     let session = match endpoint {
-        crate::aggregate::Endpoint::Mcp | crate::aggregate::Endpoint::McpEnd => head
+        crate::aggregate::Endpoint::Mcp
+        | crate::aggregate::Endpoint::McpEnd
+        | crate::aggregate::Endpoint::McpStream => head
             .headers
             .get(crate::client::mcp::SESSION_HEADER)
             .and_then(|value| value.to_str().ok())

@@ -472,6 +472,8 @@ pub struct Call<'a> {
     mode: SessionMode,
     /// The upstream's `initialize` answer, kept to answer a [`SessionMode::Open`] call with.
     opening: Option<Response<Vec<u8>>>,
+    /// The rewrite a relayed event stream needs (server-to-client request ids, design §4.11).
+    rewrite: Option<aggregate::StreamRewrite>,
     phase: Phase,
     state: State,
     credential: Option<(HeaderName, String)>,
@@ -565,6 +567,7 @@ impl<'a> Call<'a> {
             initialize: None,
             mode: SessionMode::Use,
             opening: None,
+            rewrite: None,
             phase: Phase::Request,
             state: State::Start,
             credential: None,
@@ -596,8 +599,20 @@ impl<'a> Call<'a> {
                 self.method = Method::DELETE;
                 self.body = Bytes::new();
             }
+            SessionMode::Listen => {
+                self.method = Method::GET;
+                self.body = Bytes::new();
+                self.whole = false;
+            }
         }
         self
+    }
+
+    /// The rewrite the relayed body must go through, chunk by chunk, once the call ended with
+    /// [`CallOutcome::Relay`]: a target's event stream in a gateway session, whose requests to
+    /// the caller get routable ids. `None`: relay the body unchanged.
+    pub fn take_stream_rewrite(&mut self) -> Option<aggregate::StreamRewrite> {
+        self.rewrite.take()
     }
 
     /// The caller's request headers, for the debug headers (design §4.7) when it asked for them.
@@ -752,6 +767,16 @@ impl<'a> Call<'a> {
         let mut head = Response::new(());
         *head.status_mut() = status;
         self.relay_headers(answer.headers(), head.headers_mut());
+        let streamed = answer
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|kind| kind.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        if streamed && self.initialize.is_some() {
+            // In a gateway session a target's requests to the caller get ids the caller's
+            // answers can be routed back by.
+            self.rewrite = Some(aggregate::StreamRewrite::new(&self.server.name));
+        }
         self.finish(CallOutcome::Relay(head));
     }
 
@@ -1342,6 +1367,10 @@ impl<'a> Call<'a> {
             Phase::Refresh => return Err(CallFailure::OutOfOrder),
             Phase::Request => {
                 let read = if self.whole { Read::Whole(self.limits.max_gathered_answer) } else { Read::Head };
+                if self.mode == SessionMode::Listen {
+                    headers.remove(header::CONTENT_TYPE);
+                    headers.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+                }
                 (self.method.clone(), self.body.clone(), read)
             }
         };

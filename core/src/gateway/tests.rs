@@ -429,11 +429,13 @@ fn the_aggregating_endpoint_admits_every_target_or_none() {
     assert_eq!(mixed.status(), StatusCode::UNAUTHORIZED);
     let unnamed = respond(run(&config, &mut flows, Method::POST, "/mcp", &[key]));
     assert_eq!(unnamed.status(), StatusCode::BAD_REQUEST);
-    let get = respond(run(&config, &mut flows, Method::GET, "/mcp", &[("x-mcp-servers", "wiki"), key]));
-    assert_eq!(
-        (get.status(), &get.headers()[header::ALLOW]),
-        (StatusCode::METHOD_NOT_ALLOWED, &HeaderValue::from_static("POST, DELETE"))
-    );
+    // GET (the session's event stream) and DELETE (its end) are admitted like POST.
+    for method in [Method::GET, Method::DELETE] {
+        let action = run(&config, &mut flows, method.clone(), "/mcp", &[("x-mcp-servers", "wiki"), key]);
+        assert!(matches!(action, Action::Aggregate(_)), "{method} /mcp is aggregated: {action:?}");
+        let refused = respond(run(&config, &mut flows, method, "/mcp", &[("x-mcp-servers", "wiki")]));
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    }
 }
 
 #[test]

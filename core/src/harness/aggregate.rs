@@ -15,7 +15,7 @@ const SERVERS: [&str; 3] = ["a", "a-b", "github"];
 
 /// Input: byte 0 picks the endpoint (bits 0–1), delegation (bit 2), SSE answers (bit 3), gateway
 /// sessions (bit 4: plan with a session table, bit 5: the request names the session open in it,
-/// bit 6: `DELETE`); the rest splits at NUL bytes into the caller's body and one upstream answer per gathered call (a
+/// bit 6: `DELETE`, bit 7: `GET`); the rest splits at NUL bytes into the caller's body and one upstream answer per gathered call (a
 /// last line `#value` gives the answer an `Mcp-Session-Id`).
 /// Invariants: nothing panics; a body [`check_message`] accepts as one object says `jsonrpc: 2.0`; a forwarded call goes to a target and names the tool or prompt whose
 /// prefixed name the caller sent (a resource request is sent as it came); every answer is JSON (or an empty 202); every listed tool name
@@ -26,6 +26,7 @@ pub fn aggregate(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else { return };
     let endpoint = match selector & 3 {
         _ if selector & 64 != 0 => Endpoint::McpEnd,
+        _ if selector & 128 != 0 => Endpoint::McpStream,
         0 => Endpoint::Mcp,
         1 => Endpoint::RestList,
         _ => Endpoint::RestCall,
@@ -64,6 +65,14 @@ pub fn aggregate(data: &[u8]) {
     assert!(table.find(&open, stranger, Instant::ZERO).is_none(), "a session found by another owner");
     match planned {
         Plan::Respond(response) => check_response(&response, &servers, delegated),
+        Plan::Stream(calls) => {
+            for call in calls {
+                assert!(call.target < servers.len(), "a stream without a target");
+                let listens =
+                    call.session.is_some_and(|use_| use_.mode == crate::aggregate::SessionMode::Listen);
+                assert!(listens, "a stream outside a session");
+            }
+        }
         Plan::Forward(call) => {
             let server = servers.get(call.target).expect("a forwarded call has a target"); // ok: a fuzz invariant; a panic is the finding
             let sent: Value = serde_json::from_slice(&call.body).expect("the forwarded body is JSON"); // ok: a fuzz invariant; a panic is the finding

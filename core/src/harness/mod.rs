@@ -9,6 +9,7 @@ pub mod aggregate;
 pub mod authz_request;
 pub mod client_machines;
 pub mod config;
+pub mod event_stream;
 pub mod fetch_target;
 pub mod gateway_request;
 pub mod grant_record;
@@ -23,6 +24,7 @@ pub use aggregate::aggregate;
 pub use authz_request::authz_request;
 pub use client_machines::{discovery_machine, session_machine};
 pub use config::config;
+pub use event_stream::event_stream;
 pub use fetch_target::fetch_target;
 pub use gateway_request::gateway_request;
 pub use grant_record::grant_record;
@@ -55,6 +57,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("authz_request", authz_request),
     ("sealed_value", sealed_value),
     ("grant_record", grant_record),
+    ("event_stream", event_stream),
 ];
 
 #[cfg(test)]
