@@ -219,19 +219,24 @@ for scenario in "${scenarios[@]}"; do
     echo "$lost" | cut -c1-400 | sed 's/^/   /'
   fi
 done
-# The aggregating route POST /mcp: the TypeScript SDK client lists and calls tools, prompts,
-# completions, resources and logging of server-everything through it (design §4.11).
-if [ -z "$only" ] || [[ aggregated == *"$only"* ]]; then
-  cp "$here/aggregated.mjs" "$tools/aggregated.mjs"
-  if answer=$(timeout 60 node "$tools/aggregated.mjs" "$gateway_origin" everything "$gateway_key" 2>&1); then
-    printf '%-46s | %-12s | %-16s\n' "aggregated POST /mcp (TS SDK)" "-" "PASS"
-    echo "   $answer"
-    passed=$((passed + 1))
-  else
-    printf '%-46s | %-12s | %-16s\n' "aggregated POST /mcp (TS SDK)" "-" "FAIL"
-    echo "$answer" | tail -5 | sed 's/^/   /'
-    failed=$((failed + 1))
-  fi
+# The TypeScript SDK client, every step a client takes (tools, progress, sampling, elicitation,
+# roots over the GET stream, prompts, completion, resources, logging, ping, DELETE): directly as
+# the control, then through the per-server route and through the aggregating route /mcp
+# (design §4.11). A step that passes directly and fails through a route is a gateway bug.
+if [ -z "$only" ] || [[ ts-client == *"$only"* ]]; then
+  cp "$here/ts-client.mjs" "$tools/ts-client.mjs"
+  for route in direct server aggregated; do
+    if [ "$route" = direct ]; then origin=http://127.0.0.1:$everything_port; else origin=$gateway_origin; fi
+    if answer=$(timeout 60 node "$tools/ts-client.mjs" "$origin" everything "$gateway_key" "$route" 2>&1); then
+      printf '%-46s | %-12s | %-16s\n' "TS SDK client, $route" "-" "PASS"
+      echo "   $answer"
+      passed=$((passed + 1))
+    else
+      printf '%-46s | %-12s | %-16s\n' "TS SDK client, $route" "-" "FAIL"
+      echo "$answer" | tail -5 | sed 's/^/   /'
+      failed=$((failed + 1))
+    fi
+  done
 fi
 echo
 echo "results and logs in $out; run time ${SECONDS}s"

@@ -1,19 +1,33 @@
-// The MCP TypeScript SDK client against server-everything through the gateway's aggregating
-// route /mcp (x-mcp-servers: everything): every method design §4.11 serves there, checked on what
-// the reference server really answers, in the gateway's own session. The client declares sampling,
-// elicitation and roots, so the server offers the tools that ask the client for them; the
-// server's requests reach the client over the tool call's stream (sampling, elicitation) and the
-// session's GET stream (roots), and the client's answers are routed back. One JSON line on
-// success; "FAIL step: why" and exit 1 otherwise. Bounded to 30 s.
+// The MCP TypeScript SDK client against server-everything, every step of the protocol a client
+// takes, checked on what the reference server really answers. ROUTE says where:
+//   direct      ORIGIN is server-everything's own (the control run);
+//   server      the gateway's per-server route /SERVER_NAME/mcp (transparent, design §4.11);
+//   aggregated  the gateway's aggregating route /mcp (x-mcp-servers: SERVER_NAME), in the
+//               gateway's own session, where every tool and prompt is named SERVER_NAME-….
+// The client declares sampling, elicitation and roots, so the server offers the tools that ask
+// the client for them; the server's requests reach the client over the tool call's stream
+// (sampling, elicitation) and the session's GET stream (roots), and the client's answers go back.
+// One JSON line on success; "FAIL step: why" and exit 1 otherwise. Bounded to 30 s.
 //
-//   node aggregated.mjs GATEWAY_ORIGIN SERVER_NAME GATEWAY_KEY
+//   node ts-client.mjs ORIGIN SERVER_NAME GATEWAY_KEY [direct|server|aggregated]
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import {
   CreateMessageRequestSchema, ElicitRequestSchema, ListRootsRequestSchema,
 } from '@modelcontextprotocol/sdk/types.js';
 
-const [origin, server, key] = process.argv.slice(2);
+const [origin, server, key, route = 'aggregated'] = process.argv.slice(2);
+const prefix = route === 'aggregated' ? `${server}-` : '';
+const endpoint = { direct: '/mcp', server: `/${server}/mcp`, aggregated: '/mcp' }[route];
+const headers = {
+  direct: {},
+  server: { 'x-mcp-gateway-key': key },
+  aggregated: { 'x-mcp-servers': server, 'x-mcp-gateway-key': key },
+}[route];
+if (!endpoint) {
+  console.log(`FAIL usage: unknown route ${route}`);
+  process.exit(2);
+}
 let step = 'connect';
 const fail = (why) => {
   console.log(`FAIL ${step}: ${why}`);
@@ -40,11 +54,9 @@ try {
     asked.roots += 1;
     return { roots: [{ uri: 'file:///aggregated-root', name: 'aggregated' }] };
   });
-  const transport = new StreamableHTTPClientTransport(new URL('/mcp', origin), {
-    requestInit: { headers: { 'x-mcp-servers': server, 'x-mcp-gateway-key': key } },
-  });
+  const transport = new StreamableHTTPClientTransport(new URL(endpoint, origin), { requestInit: { headers } });
   await client.connect(transport);
-  check(transport.sessionId, 'the gateway issued no session');
+  check(transport.sessionId, 'no session was issued');
   const capabilities = client.getServerCapabilities() ?? {};
   for (const served of ['tools', 'prompts', 'resources', 'completions', 'logging']) {
     check(capabilities[served], `initialize does not advertise ${served}: ${JSON.stringify(capabilities)}`);
@@ -52,43 +64,43 @@ try {
 
   step = 'tools';
   const tools = (await client.listTools()).tools.map((t) => t.name);
-  check(tools.includes(`${server}-echo`), `no ${server}-echo in ${JSON.stringify(tools)}`);
-  const echoed = await client.callTool({ name: `${server}-echo`, arguments: { message: 'aggregated' } });
+  check(tools.includes(`${prefix}echo`), `no ${prefix}echo in ${JSON.stringify(tools)}`);
+  const echoed = await client.callTool({ name: `${prefix}echo`, arguments: { message: 'aggregated' } });
   check(!echoed.isError && JSON.stringify(echoed.content).includes('aggregated'), JSON.stringify(echoed));
   for (const needs of ['trigger-sampling-request', 'trigger-elicitation-request', 'get-roots-list']) {
-    check(tools.includes(`${server}-${needs}`), `the client's capabilities did not reach the server: no ${server}-${needs} in ${JSON.stringify(tools)}`);
+    check(tools.includes(`${prefix}${needs}`), `the client's capabilities did not reach the server: no ${prefix}${needs} in ${JSON.stringify(tools)}`);
   }
 
   step = 'progress';
   let progressed = 0;
   const long = await client.callTool(
-    { name: `${server}-trigger-long-running-operation`, arguments: { duration: 0.3, steps: 3 } },
+    { name: `${prefix}trigger-long-running-operation`, arguments: { duration: 0.3, steps: 3 } },
     undefined,
     { onprogress: () => { progressed += 1; } },
   );
   check(!long.isError && progressed === 3, `${progressed} progress notifications, answer ${JSON.stringify(long)}`);
 
   step = 'sampling';
-  const sampled = await client.callTool({ name: `${server}-trigger-sampling-request`, arguments: { prompt: 'hi' } });
+  const sampled = await client.callTool({ name: `${prefix}trigger-sampling-request`, arguments: { prompt: 'hi' } });
   check(JSON.stringify(sampled.content).includes('sampled-through-the-gateway'), JSON.stringify(sampled));
 
   step = 'elicitation';
-  const elicited = await client.callTool({ name: `${server}-trigger-elicitation-request`, arguments: {} });
+  const elicited = await client.callTool({ name: `${prefix}trigger-elicitation-request`, arguments: {} });
   check(JSON.stringify(elicited.content).includes('elicited-through-the-gateway'), JSON.stringify(elicited));
 
   step = 'roots';
-  const rooted = await client.callTool({ name: `${server}-get-roots-list`, arguments: {} });
+  const rooted = await client.callTool({ name: `${prefix}get-roots-list`, arguments: {} });
   check(JSON.stringify(rooted.content).includes('file:///aggregated-root'), JSON.stringify(rooted));
 
   step = 'prompts';
   const prompts = (await client.listPrompts()).prompts.map((p) => p.name);
-  check(prompts.length > 0 && prompts.every((name) => name.startsWith(`${server}-`)), `prompts not prefixed: ${JSON.stringify(prompts)}`);
-  const simple = await client.getPrompt({ name: `${server}-simple-prompt` });
+  check(prompts.length > 0 && prompts.every((name) => name.startsWith(`${prefix}`)), `prompts not named as expected: ${JSON.stringify(prompts)}`);
+  const simple = await client.getPrompt({ name: `${prefix}simple-prompt` });
   check(simple.messages?.length > 0, `prompts/get answered ${JSON.stringify(simple)}`);
 
   step = 'completion';
   const completed = await client.complete({
-    ref: { type: 'ref/prompt', name: `${server}-completable-prompt` },
+    ref: { type: 'ref/prompt', name: `${prefix}completable-prompt` },
     argument: { name: 'department', value: 'Eng' },
   });
   check(completed.completion?.values?.includes('Engineering'), `completion answered ${JSON.stringify(completed)}`);
