@@ -276,7 +276,7 @@ proptest! {
             owner: Owner::of(&caller_headers),
         };
         let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{{"name":"a-x","uri":"u://x"}}}}"#);
-        let sessions = Sessions { table: &mut table, now: Instant::ZERO, random: None };
+        let sessions = Sessions { table: &mut table, now: Instant::ZERO, random: &mut || None };
         let planned = plan_in(&request, body.as_bytes(), sessions);
         let refused = matches!(&planned, Plan::Respond(response) if response.status() == http::StatusCode::NOT_FOUND);
         let own = same && presented == id;

@@ -804,8 +804,8 @@ async fn aggregated<R: Runtime, U: Upstream>(
     let limits = state.options.call_limits();
     let plan = match aggregate.endpoint {
         Endpoint::Mcp | Endpoint::McpEnd | Endpoint::McpStream => {
-            let random = if aggregate.may_open_session() { draw() } else { None };
             let mut table = lock(&state.gateway_sessions);
+            let random = &mut draw;
             aggregate.plan_in(&body, Sessions { table: &mut table, now: state.clock.now(), random })
         }
         Endpoint::RestList | Endpoint::RestCall => aggregate.plan(&body),

@@ -382,16 +382,23 @@ pub struct Request<'a> {
     pub owner: Owner,
 }
 
-/// The gateway sessions a plan may open, find and end, with the time and (to open one) 32
-/// random bytes for the new session's id.
-#[derive(Debug)]
+/// The gateway sessions a plan may open, find and end, with the time and a source of random
+/// bytes for a new session's id.
 pub struct Sessions<'s> {
     /// The table.
     pub table: &'s mut GatewaySessions,
     /// The time.
     pub now: crate::machine::Instant,
-    /// Fresh random bytes; without them `initialize` is refused (503 is the adapter's to give).
-    pub random: Option<[u8; 32]>,
+    /// Draws 32 fresh random bytes. Called only to open a session (an `initialize`), so no other
+    /// request costs the system call; when it has none, `initialize` is answered without a
+    /// session, as [`plan`] answers it.
+    pub random: &'s mut dyn FnMut() -> Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Sessions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").field("table", &self.table).field("now", &self.now).finish_non_exhaustive()
+    }
 }
 
 /// Plans an aggregated request from its body (ignored for [`Endpoint::RestList`]) without
@@ -562,8 +569,8 @@ fn plan_mcp(request: &Request<'_>, body: &[u8], mut sessions: Option<Sessions<'_
     let call = |target: usize, body: Vec<u8>| UpstreamCall { target, body, session: session.clone() };
     match method.as_str() {
         "initialize" if view.is_some() => Err((Some(id), AggregateError::AlreadyInitialized)),
-        "initialize" => match sessions {
-            Some(Sessions { table, now, random: Some(random) }) => {
+        "initialize" => match sessions.and_then(|sessions| Some(((sessions.random)()?, sessions))) {
+            Some((random, Sessions { table, now, .. })) => {
                 // The caller's own initialize opens each upstream session, so every target sees
                 // its capabilities and client info (design §4.11).
                 message.insert("id".into(), json!(UPSTREAM_ID));
@@ -1949,7 +1956,7 @@ mod tests {
     ) -> Plan {
         let request =
             Request { endpoint, servers: names, delegated: false, cursor: None, session, owner: who };
-        let sessions = Sessions { table, now: crate::machine::Instant::ZERO, random: Some([3; 32]) };
+        let sessions = Sessions { table, now: crate::machine::Instant::ZERO, random: &mut || Some([3; 32]) };
         plan_in(&request, body.as_bytes(), sessions)
     }
 
@@ -2205,5 +2212,43 @@ mod tests {
         };
         assert_eq!(told.calls().len(), 2);
         assert_eq!(told.finish(Vec::new()).status(), StatusCode::ACCEPTED);
+    }
+
+    #[test]
+    fn only_initialize_draws_randomness_and_without_it_no_session_is_opened() {
+        let names = servers(&["a"]);
+        let mut table = GatewaySessions::default();
+        let mut draws = 0;
+        let mut plan_with_draws = |table: &mut GatewaySessions, body: &str, bytes: Option<[u8; 32]>| {
+            let request = Request {
+                endpoint: Endpoint::Mcp,
+                servers: &names,
+                delegated: false,
+                cursor: None,
+                session: None,
+                owner: owner("alice"),
+            };
+            let mut random = || {
+                draws += 1;
+                bytes
+            };
+            plan_in(
+                &request,
+                body.as_bytes(),
+                Sessions { table, now: crate::machine::Instant::ZERO, random: &mut random },
+            )
+        };
+        let Plan::Gather(_) =
+            plan_with_draws(&mut table, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, Some([1; 32]))
+        else {
+            panic!("a listing gathers");
+        };
+        let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+        let Plan::Respond(answer) = plan_with_draws(&mut table, initialize, None) else {
+            panic!("without randomness initialize is answered at once");
+        };
+        assert!(!answer.headers().contains_key("mcp-session-id"));
+        assert!(table.is_empty());
+        assert_eq!(draws, 1, "the listing drew nothing, the initialize once");
     }
 }

@@ -221,12 +221,6 @@ impl Aggregate {
         crate::aggregate::plan_in(&self.request(), body, sessions)
     }
 
-    /// Whether [`Aggregate::plan_in`] may open a gateway session, so needs random bytes: a
-    /// `POST /mcp` without `Mcp-Session-Id` (it may be an `initialize`).
-    pub fn may_open_session(&self) -> bool {
-        self.endpoint == crate::aggregate::Endpoint::Mcp && self.session.is_none()
-    }
-
     fn request(&self) -> crate::aggregate::Request<'_> {
         crate::aggregate::Request {
             endpoint: self.endpoint,

@@ -53,7 +53,11 @@ pub fn aggregate(data: &[u8]) {
     let cursor = std::str::from_utf8(body).ok().filter(|_| endpoint == Endpoint::RestList);
     let request = Request { endpoint, servers: &servers, delegated, cursor, session, owner };
     let planned = if stateful {
-        plan_in(&request, body, Sessions { table: &mut table, now: Instant::ZERO, random: Some([6; 32]) })
+        plan_in(
+            &request,
+            body,
+            Sessions { table: &mut table, now: Instant::ZERO, random: &mut || Some([6; 32]) },
+        )
     } else {
         plan(&request, body)
     };
