@@ -1076,13 +1076,11 @@ fn learned(
     learned
 }
 
-/// The capabilities the gateway advertises in a session: what any target offers. A capability's
-/// flags (`listChanged`, `subscribe`) hold when any target that offers it sets them; other
-/// members are taken from the first target that has them. `tools` is always offered (the gateway
-/// serves `tools/list` even when no target has a tool).
+/// The capabilities the gateway advertises in a session (design §4.11): the union of the
+/// targets'. A capability's flags (`listChanged`, `subscribe`) hold when any target that offers it
+/// sets them; other members are taken from the first target that has them.
 fn capability_union<'v>(results: impl Iterator<Item = &'v Value>) -> Value {
     let mut union = Map::new();
-    union.insert("tools".into(), json!({}));
     for result in results {
         let Some(capabilities) = result.get("capabilities").and_then(Value::as_object) else { continue };
         for (name, offered) in capabilities {
@@ -2010,6 +2008,10 @@ mod tests {
             "the union of what the targets offer, flags set when any target sets them"
         );
         assert!(table.find(&id, alice, crate::machine::Instant::ZERO).is_some());
+        // Nothing is advertised that no target offers.
+        let (_, gather) = open_session(&mut table, &servers(&["p"]), alice);
+        let (response, _) = gather.finish_learning(vec![rpc(&json!({"capabilities": {"prompts": {}}}))]);
+        assert_eq!(body_json(&response)["result"]["capabilities"], json!({"prompts": {}}));
     }
 
     #[test]
