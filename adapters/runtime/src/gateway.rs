@@ -845,6 +845,9 @@ async fn aggregated<R: Runtime, U: Upstream>(
             let heads: Vec<_> = answers.iter().map(|answer| (answer.status(), answer.headers())).collect();
             match mcp_oauth_core::aggregate::merge_streams(&heads) {
                 StreamAnswer::Refuse(refused) => full(refused),
+                StreamAnswer::Relay(target) => answers.into_iter().nth(target).unwrap_or_else(|| {
+                    full(error_response(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "no such target"))
+                }),
                 StreamAnswer::Merge { head, keep } => {
                     let streams = answers
                         .into_iter()

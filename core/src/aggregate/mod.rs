@@ -38,7 +38,8 @@ mod session;
 pub use self::relay::{ID_SEPARATOR, MAX_PENDING_EVENT, StreamRewrite, inbound_response, outbound_id};
 
 pub use self::session::{
-    GatewaySessions, Learned, MAX_LEARNED, MAX_SESSIONS, Owner, SESSION_IDLE, Scope, SessionView,
+    GatewaySessions, Learned, MAX_INITIALIZE, MAX_LEARNED, MAX_SESSIONS, MAX_SESSIONS_PER_OWNER,
+    MAX_TEMPLATES, Opening, Owner, SESSION_IDLE, Scope, SessionView,
 };
 
 /// What joins a server's name and a tool's name in the names callers see.
@@ -257,6 +258,9 @@ pub enum SessionMode {
     End,
     /// Open the upstream session's own event stream (`GET`), streamed back; the body is unused.
     Listen,
+    /// The body answers a request the target sent in its upstream session: sent there only, never
+    /// in a new session (a 202 when the session is gone, as the request it answers is).
+    Reply,
 }
 
 /// What the server does with an aggregated request.
@@ -291,9 +295,11 @@ pub struct Gather {
     servers: Vec<String>,
     finish: Finish,
     delegated: bool,
-    /// The caller's gateway session: opened by this `initialize` (its id goes in the answer's
-    /// `Mcp-Session-Id`), or the one a resource listing teaches which target listed what.
+    /// The caller's gateway session a resource listing teaches which target listed what.
     session: Option<String>,
+    /// The session this `initialize` opens: its id goes in the answer's `Mcp-Session-Id`, and it
+    /// is kept once a target accepted it.
+    opening: Option<Opening>,
 }
 
 #[derive(Debug)]
@@ -427,7 +433,14 @@ fn plan_with(request: &Request<'_>, body: &[u8], sessions: Option<Sessions<'_>>)
 }
 
 fn gather(request: &Request<'_>, calls: Vec<UpstreamCall>, finish: Finish) -> Gather {
-    Gather { calls, servers: request.servers.to_vec(), finish, delegated: request.delegated, session: None }
+    Gather {
+        calls,
+        servers: request.servers.to_vec(),
+        finish,
+        delegated: request.delegated,
+        session: None,
+        opening: None,
+    }
 }
 
 /// `DELETE /mcp`: ends the caller's gateway session, then each upstream session it opened.
@@ -477,13 +490,18 @@ pub enum StreamAnswer {
         /// Whether each target's body is merged in (it answered with an event stream).
         keep: Vec<bool>,
     },
-    /// No target opened a stream: this answer (405 when none offers one).
+    /// No target opened a stream, and none offers one: this 405.
     Refuse(Response<Vec<u8>>),
+    /// No target opened a stream: answer with this target's answer as it is (the first that
+    /// failed otherwise than with a 405: a delegated 401 with its challenge, a 502, a 404).
+    Relay(usize),
 }
 
 /// The answer to `GET /mcp` from each target's answer head (status and headers), in target
 /// order: the targets that opened an event stream are merged; a target without one (405, an
-/// error) is left out, since its server-to-client messages come on its answers instead.
+/// error) is left out, since its server-to-client messages come on its answers instead. When no
+/// target opened one, a target's failure is the answer (so a client told to authenticate is not
+/// told there is no stream), or a 405 when every target said it has none.
 pub fn merge_streams(heads: &[(StatusCode, &http::HeaderMap)]) -> StreamAnswer {
     let keep: Vec<bool> = heads
         .iter()
@@ -499,6 +517,9 @@ pub fn merge_streams(heads: &[(StatusCode, &http::HeaderMap)]) -> StreamAnswer {
         head.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         head.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         return StreamAnswer::Merge { head, keep };
+    }
+    if let Some(failed) = heads.iter().position(|(status, _)| *status != StatusCode::METHOD_NOT_ALLOWED) {
+        return StreamAnswer::Relay(failed);
     }
     let mut refused = error_response(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -529,8 +550,15 @@ fn plan_mcp(request: &Request<'_>, body: &[u8], mut sessions: Option<Sessions<'_
         |view: &Option<SessionView>| view.clone().map(|view| SessionUse { view, mode: SessionMode::Use });
     let (method, id) = match shape {
         Shape::Request { method, id } => (method, id),
-        Shape::Notification { method } if view.is_some() && method == "notifications/roots/list_changed" => {
-            // Every target in the session may have asked for the roots: each hears of the change.
+        Shape::Notification { method }
+            if view.is_some()
+                && matches!(
+                    method.as_str(),
+                    "notifications/roots/list_changed" | "notifications/cancelled"
+                ) =>
+        {
+            // Every target in the session may have asked for the roots, and the request a
+            // cancellation names went to one of them (with the caller's own id): each hears of it.
             let calls = (0..request.servers.len())
                 .map(|target| UpstreamCall { target, body: body.to_vec(), session: uses(&view) })
                 .collect();
@@ -550,7 +578,8 @@ fn plan_mcp(request: &Request<'_>, body: &[u8], mut sessions: Option<Sessions<'_
             let Some((target, body)) = inbound_response(&message, request.servers) else {
                 return Err((None, AggregateError::UnexpectedResponse));
             };
-            return Ok(Plan::Forward(UpstreamCall { target, body, session: uses(&view) }));
+            let session = view.clone().map(|view| SessionUse { view, mode: SessionMode::Reply });
+            return Ok(Plan::Forward(UpstreamCall { target, body, session }));
         }
         Shape::Response => return Err((None, AggregateError::UnexpectedResponse)),
         Shape::Batch => return Err((None, AggregateError::Batch)),
@@ -569,24 +598,29 @@ fn plan_mcp(request: &Request<'_>, body: &[u8], mut sessions: Option<Sessions<'_
     let call = |target: usize, body: Vec<u8>| UpstreamCall { target, body, session: session.clone() };
     match method.as_str() {
         "initialize" if view.is_some() => Err((Some(id), AggregateError::AlreadyInitialized)),
-        "initialize" => match sessions.and_then(|sessions| Some(((sessions.random)()?, sessions))) {
-            Some((random, Sessions { table, now, .. })) => {
+        "initialize" => match sessions.and_then(|sessions| (sessions.random)()) {
+            Some(random) => {
                 // The caller's own initialize opens each upstream session, so every target sees
-                // its capabilities and client info (design §4.11).
+                // its capabilities and client info (design §4.11). The session is kept only once
+                // a target accepted it (see `Gather::finish_learning`).
                 message.insert("id".into(), json!(UPSTREAM_ID));
-                let initialize = Value::Object(message).to_string().into_bytes();
-                let (session_id, view) = table.open(random, request.owner, initialize.clone(), now);
-                let use_ = SessionUse { view, mode: SessionMode::Open };
+                let initialize = bytes::Bytes::from(Value::Object(message).to_string().into_bytes());
+                if initialize.len() > MAX_INITIALIZE {
+                    let why = format!("initialize params larger than {MAX_INITIALIZE} bytes");
+                    return Err((Some(id), AggregateError::InvalidParams(why)));
+                }
+                let opening = GatewaySessions::begin(random, request.owner, initialize.clone());
+                let use_ = SessionUse { view: opening.view.clone(), mode: SessionMode::Open };
                 let calls = (0..request.servers.len())
                     .map(|target| UpstreamCall {
                         target,
-                        body: initialize.clone(),
+                        body: initialize.to_vec(),
                         session: Some(use_.clone()),
                     })
                     .collect();
                 let version = negotiated_version(&params);
                 let mut gathered = gather(request, calls, Finish::Initialize { id, version });
-                gathered.session = Some(session_id);
+                gathered.opening = Some(opening);
                 Ok(Plan::Gather(gathered))
             }
             _ => Ok(Plan::Respond(rpc_result(&id, &initialize_result(&params)))),
@@ -670,13 +704,13 @@ fn resource_target(
     sessions: &mut Option<Sessions<'_>>,
     uri: Option<&str>,
 ) -> Result<usize, AggregateError> {
-    let learned = match (request.session, sessions.as_mut(), uri) {
+    let listers = match (request.session, sessions.as_mut(), uri) {
         (Some(id), Some(sessions), Some(uri)) => {
-            sessions.table.resource_server(id, request.owner, uri, sessions.now)
+            sessions.table.resource_servers(id, request.owner, uri, sessions.now)
         }
-        _ => None,
+        _ => Vec::new(),
     };
-    let listed = learned.and_then(|server| request.servers.iter().position(|name| *name == server));
+    let listed = request.servers.iter().position(|name| listers.contains(name));
     match (listed, request.servers.len()) {
         (Some(target), _) => Ok(target),
         (None, 1) => Ok(0),
@@ -951,7 +985,7 @@ impl Gather {
 
     /// [`Gather::finish`], with what a resource listing in a gateway session taught it (hand it to
     /// [`GatewaySessions::learn`]).
-    pub fn finish_learning(self, answers: Vec<Answer>) -> (Response<Vec<u8>>, Learned) {
+    pub fn finish_learning(mut self, answers: Vec<Answer>) -> (Response<Vec<u8>>, Learned) {
         if let Finish::Status(status) = self.finish {
             let mut response = Response::new(Vec::new());
             *response.status_mut() = status;
@@ -975,7 +1009,7 @@ impl Gather {
                 Outcome::Failed(response, failed) => failures.push((response, failed)),
             }
         }
-        let learned = match &self.finish {
+        let mut learned = match &self.finish {
             Finish::McpList {
                 listing: listing @ (Listing::Resources | Listing::ResourceTemplates), ..
             } => learned(&self.servers, &results, *listing, self.session.clone()),
@@ -1033,8 +1067,11 @@ impl Gather {
                     result["_meta"] = json!({ERRORS_META_KEY: errors});
                 }
                 let mut response = rpc_result(&id, &result);
-                if let Some(value) = self.session.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+                let header =
+                    self.opening.as_ref().and_then(|opening| HeaderValue::from_str(&opening.id).ok());
+                if let Some(value) = header {
                     response.headers_mut().insert(crate::client::mcp::SESSION_HEADER, value);
+                    learned.opened = self.opening.take();
                 }
                 response
             }
@@ -1954,7 +1991,10 @@ mod tests {
     ) -> Plan {
         let request =
             Request { endpoint, servers: names, delegated: false, cursor: None, session, owner: who };
-        let sessions = Sessions { table, now: crate::machine::Instant::ZERO, random: &mut || Some([3; 32]) };
+        // Each session gets its own id, as fresh randomness would give.
+        static DRAWS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let mut random = || Some([DRAWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed); 32]);
+        let sessions = Sessions { table, now: crate::machine::Instant::ZERO, random: &mut random };
         plan_in(&request, body.as_bytes(), sessions)
     }
 
@@ -1964,8 +2004,17 @@ mod tests {
         let Plan::Gather(gather) = session_plan(table, Endpoint::Mcp, names, None, who, body) else {
             panic!("initialize gathers from every target");
         };
-        let id = gather.session.clone().unwrap_or_default();
+        let id = gather.opening.as_ref().map(|opening| opening.id.clone()).unwrap_or_default();
         (id, gather)
+    }
+
+    /// A session opened and kept: every target accepted the initialize.
+    fn opened(table: &mut GatewaySessions, names: &[String], who: Owner) -> String {
+        let (id, gather) = open_session(table, names, who);
+        let answers = gather.calls().iter().map(|_| rpc(&json!({"capabilities": {}}))).collect();
+        let (_, learned) = gather.finish_learning(answers);
+        table.learn(learned, crate::machine::Instant::ZERO);
+        id
     }
 
     fn rpc(result: &Value) -> Answer {
@@ -1997,7 +2046,9 @@ mod tests {
         let b = rpc(
             &json!({"protocolVersion": "2025-06-18", "capabilities": {"tools": {"listChanged": true}, "prompts": {}, "logging": {}}}),
         );
-        let (response, _) = gather.finish_learning(vec![a, b]);
+        assert!(table.find(&id, alice, crate::machine::Instant::ZERO).is_none(), "kept only once accepted");
+        let (response, learned) = gather.finish_learning(vec![a, b]);
+        table.learn(learned, crate::machine::Instant::ZERO);
         assert_eq!(response.headers()["mcp-session-id"], id.as_str());
         let body = body_json(&response);
         assert_eq!(body["id"], "init-7", "the caller's id comes back");
@@ -2008,6 +2059,14 @@ mod tests {
             "the union of what the targets offer, flags set when any target sets them"
         );
         assert!(table.find(&id, alice, crate::machine::Instant::ZERO).is_some());
+        // A session no target accepted is not kept, and its id is never sent.
+        let (refused_id, gather) = open_session(&mut table, &names, alice);
+        let failed =
+            || Answer::Failed(error_response(StatusCode::BAD_GATEWAY, "upstream_unreachable", "down"));
+        let (response, learned) = gather.finish_learning(vec![failed(), failed()]);
+        table.learn(learned, crate::machine::Instant::ZERO);
+        assert!(!response.headers().contains_key("mcp-session-id"));
+        assert!(table.find(&refused_id, alice, crate::machine::Instant::ZERO).is_none());
         // Nothing is advertised that no target offers.
         let (_, gather) = open_session(&mut table, &servers(&["p"]), alice);
         let (response, _) = gather.finish_learning(vec![rpc(&json!({"capabilities": {"prompts": {}}}))]);
@@ -2018,7 +2077,7 @@ mod tests {
     fn a_session_is_usable_only_by_the_credentials_that_opened_it() {
         let names = servers(&["a"]);
         let mut table = GatewaySessions::default();
-        let (id, _) = open_session(&mut table, &names, owner("alice"));
+        let id = opened(&mut table, &names, owner("alice"));
         let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
         for (who, session) in [(owner("mallory"), id.as_str()), (owner("alice"), "forged")] {
             let Plan::Respond(refused) =
@@ -2053,7 +2112,7 @@ mod tests {
         let names = servers(&["a", "b"]);
         let mut table = GatewaySessions::default();
         let alice = owner("alice");
-        let (id, _) = open_session(&mut table, &names, alice);
+        let id = opened(&mut table, &names, alice);
         let Plan::Respond(refused) =
             session_plan(&mut table, Endpoint::McpEnd, &names, Some(&id), owner("bob"), "")
         else {
@@ -2090,7 +2149,7 @@ mod tests {
         let names = servers(&["a", "b"]);
         let mut table = GatewaySessions::default();
         let alice = owner("alice");
-        let (id, _) = open_session(&mut table, &names, alice);
+        let id = opened(&mut table, &names, alice);
         let read = |uri: &str| {
             format!(r#"{{"jsonrpc":"2.0","id":9,"method":"resources/read","params":{{"uri":"{uri}"}}}}"#)
         };
@@ -2128,7 +2187,7 @@ mod tests {
             );
         }
         // Another session learned nothing.
-        let (other, _) = open_session(&mut table, &names, alice);
+        let other = opened(&mut table, &names, alice);
         let Plan::Respond(_) =
             session_plan(&mut table, Endpoint::Mcp, &names, Some(&other), alice, &read("b://x"))
         else {
@@ -2146,7 +2205,7 @@ mod tests {
             panic!("a stream needs a session");
         };
         assert_eq!(unnamed.status(), StatusCode::BAD_REQUEST);
-        let (id, _) = open_session(&mut table, &names, alice);
+        let id = opened(&mut table, &names, alice);
         let Plan::Stream(listens) =
             session_plan(&mut table, Endpoint::McpStream, &names, Some(&id), alice, "")
         else {
@@ -2172,14 +2231,16 @@ mod tests {
                 assert_eq!(keep, [false, true]);
                 assert_eq!(head.headers()[header::CONTENT_TYPE], "text/event-stream");
             }
-            StreamAnswer::Refuse(refused) => panic!("one target streams: {refused:?}"),
+            other => panic!("one target streams: {other:?}"),
         }
-        let StreamAnswer::Refuse(refused) =
-            merge_streams(&[(StatusCode::METHOD_NOT_ALLOWED, &json), (StatusCode::OK, &json)])
-        else {
+        let no_stream = [(StatusCode::METHOD_NOT_ALLOWED, &json), (StatusCode::METHOD_NOT_ALLOWED, &json)];
+        let StreamAnswer::Refuse(refused) = merge_streams(&no_stream) else {
             panic!("no target streams");
         };
         assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+        // A target that failed otherwise (a delegated 401, a 502) is not hidden behind a 405.
+        let failed = [(StatusCode::METHOD_NOT_ALLOWED, &json), (StatusCode::UNAUTHORIZED, &json)];
+        assert!(matches!(merge_streams(&failed), StreamAnswer::Relay(1)));
     }
 
     #[test]
@@ -2187,7 +2248,7 @@ mod tests {
         let names = servers(&["a", "b"]);
         let mut table = GatewaySessions::default();
         let alice = owner("alice");
-        let (id, _) = open_session(&mut table, &names, alice);
+        let id = opened(&mut table, &names, alice);
         let answer = r#"{"jsonrpc":"2.0","id":"b|7","result":{"roots":[]}}"#;
         let Plan::Forward(back) = session_plan(&mut table, Endpoint::Mcp, &names, Some(&id), alice, answer)
         else {
@@ -2195,7 +2256,7 @@ mod tests {
         };
         let sent: Value = serde_json::from_slice(&back.body).unwrap_or_default();
         assert_eq!((back.target, sent["id"].clone()), (1, json!(7)));
-        assert_eq!(back.session.map(|use_| use_.mode), Some(SessionMode::Use));
+        assert_eq!(back.session.map(|use_| use_.mode), Some(SessionMode::Reply));
         // An id the gateway did not write, or an answer outside a session, is refused.
         let stray = r#"{"jsonrpc":"2.0","id":7,"result":{}}"#;
         let Plan::Respond(refused) = session_plan(&mut table, Endpoint::Mcp, &names, Some(&id), alice, stray)

@@ -5,7 +5,8 @@
 //! may pick the same JSON-RPC id, so the gateway rewrites each such request's id to
 //! `{server}|{original id as JSON}` on its way out ([`StreamRewrite`]), and routes the caller's
 //! response back to that server with the original id ([`inbound_response`]). Notifications and
-//! responses pass unchanged, and so does every event field other than `data`.
+//! responses pass unchanged, and so does every event field other than `data` (line ends are
+//! written as `\n`).
 
 use serde_json::{Map, Value};
 
@@ -49,47 +50,84 @@ fn routable_id(id: &Value) -> bool {
 
 /// Rewrites the ids of server-to-client requests in one target's `text/event-stream`, chunk by
 /// chunk as it arrives: complete events go out rewritten, a partial one waits for its end.
+///
+/// Line ends are read as the event-stream format defines them (`\r\n`, `\r` or `\n`) and
+/// written as `\n`, so a `\r` ending one chunk ends its line at once. An event that outgrows
+/// [`MAX_PENDING_EVENT`] is passed on as it arrives, unchanged, up to its end; the events after
+/// it are read again.
 #[derive(Debug)]
 pub struct StreamRewrite {
     server: String,
+    /// The current event so far, line ends as `\n`.
     pending: Vec<u8>,
-    /// The stream outgrew [`MAX_PENDING_EVENT`] inside one event: everything passes unchanged.
-    passthrough: bool,
+    /// How much of `pending` has been searched for the end of the event.
+    scanned: usize,
+    /// The last byte read was a `\r`: a `\n` right after it belongs to the same line end.
+    after_cr: bool,
+    /// Passing on an oversized event; the last byte passed was a line end.
+    oversized: Option<bool>,
 }
 
 impl StreamRewrite {
     /// A rewriter for the stream of `server`.
     pub fn new(server: &str) -> Self {
-        Self { server: server.to_owned(), pending: Vec::new(), passthrough: false }
+        Self { server: server.to_owned(), pending: Vec::new(), scanned: 0, after_cr: false, oversized: None }
     }
 
     /// Takes the next chunk; returns the bytes to send on now.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
-        if self.passthrough {
-            return chunk.to_vec();
+        let mut out = Vec::new();
+        for &byte in chunk {
+            let byte = match (byte, self.after_cr) {
+                (b'\n', true) => {
+                    self.after_cr = false;
+                    continue;
+                }
+                (b'\r', _) => {
+                    self.after_cr = true;
+                    b'\n'
+                }
+                (byte, _) => {
+                    self.after_cr = false;
+                    byte
+                }
+            };
+            if let Some(line_end) = self.oversized {
+                out.push(byte);
+                // The oversized event ends at an empty line; the next one is read again.
+                self.oversized = if byte == b'\n' && line_end { None } else { Some(byte == b'\n') };
+                continue;
+            }
+            self.pending.push(byte);
         }
-        self.pending.extend_from_slice(chunk);
-        let mut out = Vec::with_capacity(self.pending.len());
-        // An event ends at an empty line; `\r\n`, `\n` and `\r` all end a line. A `\r` at the end
-        // of the buffer may be the first half of `\r\n`, so it waits for the next chunk.
+        self.drain_events(&mut out);
+        out
+    }
+
+    /// Sends on every complete event in `pending`, rewritten; an oversized partial one as it is.
+    /// Each byte is searched once: the search resumes where the last chunk's ended.
+    fn drain_events(&mut self, out: &mut Vec<u8>) {
         let mut start = 0;
-        while let Some(end) = event_end(&self.pending[start..]) {
-            let event = &self.pending[start..start + end];
-            out.extend_from_slice(&self.rewrite(event));
-            start += end;
+        for at in self.scanned..self.pending.len() {
+            // An event ends with an empty line: a line end right after another, or first.
+            if self.pending[at] == b'\n' && (at == start || self.pending[at - 1] == b'\n') {
+                out.extend_from_slice(&self.rewrite(&self.pending[start..=at]));
+                start = at + 1;
+            }
         }
         self.pending.drain(..start);
+        self.scanned = self.pending.len();
         if self.pending.len() > MAX_PENDING_EVENT {
-            self.passthrough = true;
+            self.oversized = Some(self.pending.last() == Some(&b'\n'));
             out.append(&mut self.pending);
+            self.scanned = 0;
         }
-        out
     }
 
     /// One complete event (its terminating empty line included), with a request's id rewritten.
     fn rewrite(&self, event: &[u8]) -> Vec<u8> {
         let Ok(text) = std::str::from_utf8(event) else { return event.to_vec() };
-        let lines: Vec<&str> = split_lines(text);
+        let lines: Vec<&str> = text.split('\n').collect();
         let data: Vec<&str> = lines
             .iter()
             .filter_map(|line| line.strip_prefix("data"))
@@ -129,46 +167,6 @@ impl StreamRewrite {
 
 fn is_data_line(line: &str) -> bool {
     line == "data" || line.starts_with("data:")
-}
-
-/// The lines of a complete event, without their line ends.
-fn split_lines(text: &str) -> Vec<&str> {
-    let mut lines = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find(['\r', '\n']) {
-        lines.push(&rest[..at]);
-        let skip = if rest[at..].starts_with("\r\n") { 2 } else { 1 };
-        rest = &rest[at + skip..];
-    }
-    if !rest.is_empty() {
-        lines.push(rest);
-    }
-    lines
-}
-
-/// Where the first complete event in `bytes` ends (just past its empty line), if it is complete.
-fn event_end(bytes: &[u8]) -> Option<usize> {
-    let mut index = 0;
-    let mut line_start = 0;
-    while index < bytes.len() {
-        let ending = match bytes[index] {
-            b'\n' => 1,
-            b'\r' if index + 1 == bytes.len() => return None,
-            b'\r' if bytes[index + 1] == b'\n' => 2,
-            b'\r' => 1,
-            _ => {
-                index += 1;
-                continue;
-            }
-        };
-        let empty = index == line_start;
-        index += ending;
-        if empty {
-            return Some(index);
-        }
-        line_start = index;
-    }
-    None
 }
 
 #[cfg(test)]
@@ -235,10 +233,19 @@ mod tests {
     }
 
     #[test]
-    fn an_endless_event_is_passed_on_unchanged_rather_than_held() {
+    fn an_oversized_event_is_passed_on_as_it_comes_and_the_next_ones_are_rewritten() {
         let mut rewrite = StreamRewrite::new("a");
         let big = vec![b'x'; MAX_PENDING_EVENT + 1];
         assert_eq!(rewrite.push(&big).len(), big.len());
-        assert_eq!(rewrite.push(b"data: {}\n\n"), b"data: {}\n\n");
+        assert_eq!(rewrite.push(b"yy\n"), b"yy\n", "still the oversized event: passed on at once");
+        let request = b"\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"roots/list\"}\n\n";
+        let out = String::from_utf8(rewrite.push(request)).unwrap_or_default();
+        assert!(out.starts_with('\n') && out.contains(r#""id":"a|1""#), "{out}");
+    }
+
+    #[test]
+    fn a_stream_ending_in_bare_carriage_returns_delivers_its_last_event() {
+        let out = rewritten("a", &["data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\r\r"]);
+        assert_eq!(out, "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n");
     }
 }

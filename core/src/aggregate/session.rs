@@ -9,15 +9,19 @@
 //! remembers which target listed which resource URI and template, so `resources/read` goes where
 //! the URI came from.
 //!
-//! Everything is bounded: at most [`MAX_SESSIONS`] sessions (the least recently used goes first),
-//! each ending after [`SESSION_IDLE`] without a request, each remembering at most
-//! [`MAX_LEARNED`] URIs and templates.
+//! A session is kept only once a target accepted the caller's `initialize` ([`Opening`]), so a
+//! request that opens nothing leaves nothing behind. Everything is bounded: at most
+//! [`MAX_SESSIONS`] sessions (the least recently used goes first) and [`MAX_SESSIONS_PER_OWNER`]
+//! per owner (one caller cannot push out the others), each ending after [`SESSION_IDLE`] without a
+//! request, each holding an `initialize` of at most [`MAX_INITIALIZE`] bytes and remembering at
+//! most [`MAX_LEARNED`] URIs and [`MAX_TEMPLATES`] templates.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
@@ -29,8 +33,20 @@ pub const MAX_SESSIONS: usize = 10_000;
 /// How long a gateway session lives without a request.
 pub const SESSION_IDLE: Duration = Duration::from_secs(60 * 60);
 
-/// How many resource URIs and templates one session remembers (each kind).
+/// How many sessions one owner holds at most; past it, that owner's least recently used one ends.
+pub const MAX_SESSIONS_PER_OWNER: usize = 64;
+
+/// The largest `initialize` request a session keeps (to open its upstream sessions with).
+pub const MAX_INITIALIZE: usize = 16 * 1024;
+
+/// How many resource URIs one session remembers.
 pub const MAX_LEARNED: usize = 4_096;
+
+/// How many resource templates one session remembers.
+pub const MAX_TEMPLATES: usize = 256;
+
+/// How many targets are remembered as listing one URI.
+const MAX_LISTERS: usize = 16;
 
 /// The longest URI or template remembered; a longer one is routed as an unknown one.
 const MAX_LEARNED_LENGTH: usize = 2_048;
@@ -83,23 +99,34 @@ pub struct SessionView {
     pub scope: Scope,
     /// The caller's `initialize` request (its id replaced by the gateway's), sent to open each
     /// upstream session.
-    pub initialize: Vec<u8>,
+    pub initialize: Bytes,
+}
+
+/// A session an `initialize` is opening: kept ([`GatewaySessions::learn`]) only once a target
+/// accepted it.
+#[derive(Debug)]
+pub struct Opening {
+    pub(crate) id: String,
+    owner: Owner,
+    pub(crate) view: SessionView,
 }
 
 #[derive(Debug)]
 struct Entry {
     owner: Owner,
     view: SessionView,
-    /// Resource URI → the server that listed it first.
-    resources: HashMap<String, String>,
+    /// Resource URI → the servers that listed it, in the order learned.
+    resources: HashMap<String, Vec<String>>,
     /// Resource templates with the server that listed them, in the order learned.
-    templates: Vec<(String, String)>,
+    templates: Vec<(Template, String)>,
     used: Instant,
 }
 
-/// What a listing taught a session: which server listed which URI or template.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// What a finished request taught the sessions: a session to keep, and which server listed which
+/// URI or template in a session.
+#[derive(Debug, Default)]
 pub struct Learned {
+    pub(crate) opened: Option<Opening>,
     pub(crate) session: Option<String>,
     pub(crate) resources: Vec<(String, String)>,
     pub(crate) templates: Vec<(String, String)>,
@@ -108,7 +135,48 @@ pub struct Learned {
 impl Learned {
     /// Whether there is nothing to remember.
     pub fn is_empty(&self) -> bool {
-        self.resources.is_empty() && self.templates.is_empty()
+        self.opened.is_none() && self.resources.is_empty() && self.templates.is_empty()
+    }
+}
+
+/// A resource template, compiled once when learned: an RFC 6570 template matched by a
+/// linear-time automaton. Literal text must match exactly; a simple `{name}` stands for one or
+/// more characters other than `/`, `?` and `#`; any other expression (`{+path}`, `{/segments}`,
+/// `{?query}` …) for any text, possibly empty.
+#[derive(Clone, Debug)]
+pub(crate) struct Template {
+    text: String,
+    pattern: regex::Regex,
+}
+
+impl Template {
+    /// The compiled template, or `None` for one that is malformed or too long.
+    pub(crate) fn compile(text: &str) -> Option<Self> {
+        if text.len() > MAX_LEARNED_LENGTH {
+            return None;
+        }
+        let mut pattern = String::from("^");
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..].find('}')?;
+            pattern.push_str(&regex::escape(&rest[..open]));
+            let expression = &rest[open + 1..open + close];
+            let simple = !expression.starts_with(['+', '#', '.', '/', ';', '?', '&']);
+            pattern.push_str(if simple { "[^/?#]+" } else { "(?s:.*)" });
+            rest = &rest[open + close + 1..];
+        }
+        if rest.contains('}') {
+            return None;
+        }
+        pattern.push_str(&regex::escape(rest));
+        pattern.push('$');
+        let pattern = regex::RegexBuilder::new(&pattern).size_limit(1 << 20).build().ok()?;
+        Some(Self { text: text.to_owned(), pattern })
+    }
+
+    /// Whether `uri` is an expansion of the template.
+    pub(crate) fn matches(&self, uri: &str) -> bool {
+        uri.len() <= MAX_LEARNED_LENGTH && self.pattern.is_match(uri)
     }
 }
 
@@ -132,8 +200,15 @@ impl GatewaySessions {
         Self { entries: HashMap::new(), capacity: capacity.max(1), idle }
     }
 
-    /// Opens a session for `owner` whose upstream sessions are opened with `initialize`; the id
-    /// is `random` in base64url.
+    /// Begins a session for `owner` whose upstream sessions are opened with `initialize`; the id
+    /// is `random` in base64url. Nothing is kept until [`GatewaySessions::learn`] gets it back.
+    pub fn begin(random: [u8; 32], owner: Owner, initialize: Bytes) -> Opening {
+        let id = URL_SAFE_NO_PAD.encode(random);
+        let view = SessionView { scope: Scope::of(&id), initialize };
+        Opening { id, owner, view }
+    }
+
+    /// Keeps a session at once (what `learn` does with an accepted [`Opening`]); its id and view.
     pub fn open(
         &mut self,
         random: [u8; 32],
@@ -141,19 +216,36 @@ impl GatewaySessions {
         initialize: Vec<u8>,
         now: Instant,
     ) -> (String, SessionView) {
+        let opening = Self::begin(random, owner, Bytes::from(initialize));
+        let (id, view) = (opening.id.clone(), opening.view.clone());
+        self.keep(opening, now);
+        (id, view)
+    }
+
+    fn keep(&mut self, opening: Opening, now: Instant) {
         self.sweep(now);
-        if self.entries.len() >= self.capacity
-            && let Some(oldest) =
-                self.entries.iter().min_by_key(|(_, entry)| entry.used).map(|(id, _)| id.clone())
+        // One owner past its share gives up its own oldest session; otherwise a full table gives up
+        // the oldest of all.
+        let owned = self.entries.values().filter(|entry| entry.owner == opening.owner).count();
+        let own_only = owned >= MAX_SESSIONS_PER_OWNER;
+        if (own_only || self.entries.len() >= self.capacity)
+            && let Some(oldest) = self
+                .entries
+                .iter()
+                .filter(|(_, entry)| !own_only || entry.owner == opening.owner)
+                .min_by_key(|(_, entry)| entry.used)
+                .map(|(id, _)| id.clone())
         {
             self.entries.remove(&oldest);
         }
-        let id = URL_SAFE_NO_PAD.encode(random);
-        let view = SessionView { scope: Scope::of(&id), initialize };
-        let entry =
-            Entry { owner, view: view.clone(), resources: HashMap::new(), templates: Vec::new(), used: now };
-        self.entries.insert(id.clone(), entry);
-        (id, view)
+        let entry = Entry {
+            owner: opening.owner,
+            view: opening.view,
+            resources: HashMap::new(),
+            templates: Vec::new(),
+            used: now,
+        };
+        self.entries.insert(opening.id, entry);
     }
 
     /// The live session `id` when `owner` opened it, marked as used at `now`; `None` for an
@@ -180,39 +272,52 @@ impl GatewaySessions {
         Some(scope)
     }
 
-    /// The server that listed `uri` in session `id` (owner checked by the caller of the plan), or
-    /// whose listed template matches it.
-    pub(crate) fn resource_server(
+    /// The servers that listed `uri` in session `id` (or a template it expands), in the order
+    /// learned; the caller picks by its targets' order.
+    pub(crate) fn resource_servers(
         &mut self,
         id: &str,
         owner: Owner,
         uri: &str,
         now: Instant,
-    ) -> Option<String> {
-        let entry = self.entry(id, owner, now)?;
-        if let Some(server) = entry.resources.get(uri) {
-            return Some(server.clone());
+    ) -> Vec<String> {
+        let Some(entry) = self.entry(id, owner, now) else { return Vec::new() };
+        let mut servers = entry.resources.get(uri).cloned().unwrap_or_default();
+        for (template, server) in &entry.templates {
+            if !servers.contains(server) && template.matches(uri) {
+                servers.push(server.clone());
+            }
         }
-        entry
-            .templates
-            .iter()
-            .find(|(template, _)| template_matches(template, uri))
-            .map(|(_, server)| server.clone())
+        servers
     }
 
-    /// Remembers what a listing in a session found; the first server to list a URI keeps it.
+    /// Keeps a session an `initialize` opened, and remembers what a listing in a session found.
     pub fn learn(&mut self, learned: Learned, now: Instant) {
+        if let Some(opening) = learned.opened {
+            self.keep(opening, now);
+        }
         let Some(id) = learned.session.as_deref() else { return };
         let Some(entry) = self.entries.get_mut(id) else { return };
         entry.used = now;
         for (uri, server) in learned.resources {
-            if entry.resources.len() < MAX_LEARNED && uri.len() <= MAX_LEARNED_LENGTH {
-                entry.resources.entry(uri).or_insert(server);
+            if uri.len() > MAX_LEARNED_LENGTH {
+                continue;
+            }
+            let known = entry.resources.len();
+            if let Some(listers) = entry.resources.get_mut(&uri) {
+                if !listers.contains(&server) && listers.len() < MAX_LISTERS {
+                    listers.push(server);
+                }
+            } else if known < MAX_LEARNED {
+                entry.resources.insert(uri, vec![server]);
             }
         }
-        for (template, server) in learned.templates {
-            let known = entry.templates.iter().any(|(known, _)| *known == template);
-            if !known && entry.templates.len() < MAX_LEARNED && template.len() <= MAX_LEARNED_LENGTH {
+        for (text, server) in learned.templates {
+            let known = entry.templates.iter().any(|(known, by)| known.text == text && *by == server);
+            if known || entry.templates.len() >= MAX_TEMPLATES {
+                continue;
+            }
+            if let Some(template) = Template::compile(&text) {
                 entry.templates.push((template, server));
             }
         }
@@ -238,71 +343,10 @@ impl GatewaySessions {
     }
 }
 
-/// Whether `uri` is an expansion of the RFC 6570 `template`: literal text must match exactly; a
-/// simple `{name}` stands for one or more characters other than `/`, `?` and `#`; any other
-/// expression (`{+path}`, `{/segments}`, `{?query}` …) for any text, possibly empty. A template
-/// with more than [`MAX_EXPRESSIONS`] expressions, or a URI longer than [`MAX_LEARNED_LENGTH`],
-/// matches nothing, which bounds the work to a few million steps for the worst template.
-pub(crate) fn template_matches(template: &str, uri: &str) -> bool {
-    let mut pieces = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else { return false };
-        pieces.push(Piece::Literal(&rest[..open]));
-        pieces.push(Piece::Expression {
-            simple: !rest[open + 1..].starts_with(['+', '#', '.', '/', ';', '?', '&']),
-        });
-        rest = &rest[open + close + 1..];
-    }
-    pieces.push(Piece::Literal(rest));
-    let expressions = pieces.iter().filter(|piece| matches!(piece, Piece::Expression { .. })).count();
-    if expressions > MAX_EXPRESSIONS || uri.len() > MAX_LEARNED_LENGTH {
-        return false;
-    }
-    let mut failed = std::collections::HashSet::new();
-    matches_from(&pieces, uri, 0, 0, &mut failed)
-}
-
-/// The most expressions a template may have to be matched at all.
-const MAX_EXPRESSIONS: usize = 8;
-
-#[derive(Clone, Copy)]
-enum Piece<'t> {
-    Literal(&'t str),
-    Expression { simple: bool },
-}
-
-/// Whether `pieces[piece..]` match `uri[at..]`; `failed` remembers the states already ruled out,
-/// so each (piece, position) is tried once.
-fn matches_from(
-    pieces: &[Piece<'_>],
-    uri: &str,
-    piece: usize,
-    at: usize,
-    failed: &mut std::collections::HashSet<(usize, usize)>,
-) -> bool {
-    let Some(current) = pieces.get(piece) else { return at == uri.len() };
-    if failed.contains(&(piece, at)) {
-        return false;
-    }
-    let rest = &uri[at..];
-    let matched = match *current {
-        Piece::Literal(text) => {
-            rest.starts_with(text) && matches_from(pieces, uri, piece + 1, at + text.len(), failed)
-        }
-        Piece::Expression { simple } => {
-            let (shortest, longest) =
-                if simple { (1, rest.find(['/', '?', '#']).unwrap_or(rest.len())) } else { (0, rest.len()) };
-            (shortest..=longest)
-                .rev()
-                .filter(|&length| rest.is_char_boundary(length))
-                .any(|length| matches_from(pieces, uri, piece + 1, at + length, failed))
-        }
-    };
-    if !matched {
-        failed.insert((piece, at));
-    }
-    matched
+/// Whether `uri` is an expansion of the RFC 6570 `template` (see [`Template`]).
+#[cfg(test)]
+fn template_matches(template: &str, uri: &str) -> bool {
+    Template::compile(template).is_some_and(|template| template.matches(uri))
 }
 
 #[cfg(test)]
@@ -366,22 +410,43 @@ mod tests {
     }
 
     #[test]
-    fn resources_route_to_the_first_server_that_listed_them_or_whose_template_matches() {
+    fn resources_remember_every_server_that_listed_them_or_whose_template_matches() {
         let mut sessions = GatewaySessions::default();
         let owner = Owner::of(&HeaderMap::new());
         let (id, _) = sessions.open([9; 32], owner, Vec::new(), Instant::ZERO);
         let learned = Learned {
+            opened: None,
             session: Some(id.clone()),
             resources: vec![("file:///a".into(), "one".into()), ("file:///a".into(), "two".into())],
             templates: vec![("demo://item/{id}".into(), "two".into())],
         };
         sessions.learn(learned, Instant::ZERO);
-        let server =
-            |sessions: &mut GatewaySessions, uri| sessions.resource_server(&id, owner, uri, Instant::ZERO);
-        assert_eq!(server(&mut sessions, "file:///a").as_deref(), Some("one"));
-        assert_eq!(server(&mut sessions, "demo://item/42").as_deref(), Some("two"));
-        assert_eq!(server(&mut sessions, "demo://item/42/more"), None);
-        assert_eq!(server(&mut sessions, "file:///b"), None);
+        let servers =
+            |sessions: &mut GatewaySessions, uri| sessions.resource_servers(&id, owner, uri, Instant::ZERO);
+        assert_eq!(servers(&mut sessions, "file:///a"), ["one", "two"], "every lister, in the order learned");
+        assert_eq!(servers(&mut sessions, "demo://item/42"), ["two"]);
+        assert!(servers(&mut sessions, "demo://item/42/more").is_empty());
+        assert!(servers(&mut sessions, "file:///b").is_empty());
+    }
+
+    #[test]
+    fn one_owner_cannot_push_out_the_others() {
+        let mut sessions = GatewaySessions::new(MAX_SESSIONS_PER_OWNER + 1, Duration::from_secs(600));
+        let alice = Owner::of(&headers(&[("x-mcp-gateway-key", "alice")]));
+        let mallory = Owner::of(&headers(&[("x-mcp-gateway-key", "mallory")]));
+        let (kept, _) = sessions.open([0; 32], alice, Vec::new(), Instant::ZERO);
+        for index in 1..=200u8 {
+            sessions.open([index; 32], mallory, Vec::new(), Instant::from_millis(u64::from(index)));
+        }
+        assert!(sessions.find(&kept, alice, Instant::from_millis(300)).is_some());
+        assert_eq!(sessions.len(), MAX_SESSIONS_PER_OWNER + 1);
+    }
+
+    #[test]
+    fn a_hostile_template_costs_its_length_not_a_backtracking_search() {
+        let template = "{+a}x{+b}x{+c}x{+d}x{+e}x{+f}x{+g}x{+h}z";
+        let uri = "x".repeat(MAX_LEARNED_LENGTH);
+        assert!(!template_matches(template, &uri));
     }
 
     #[test]
@@ -397,6 +462,9 @@ mod tests {
             ("plain://x", "plain://x", true),
             ("plain://x", "plain://y", false),
             ("broken://{x", "broken://{x", false),
+            ("broken://x}", "broken://x}", false),
+            ("dots.{a}(b)", "dots.1(b)", true),
+            ("dots.{a}(b)", "dotsx1(b)", false),
         ];
         for (template, uri, expected) in cases {
             assert_eq!(template_matches(template, uri), expected, "{template} vs {uri}");

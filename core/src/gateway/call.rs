@@ -589,10 +589,10 @@ impl<'a> Call<'a> {
     pub fn in_session(mut self, session: Option<&SessionUse>) -> Self {
         let Some(session) = session else { return self };
         self.session_key = self.session_key.map(|key| key.in_scope(session.view.scope));
-        self.initialize = Some(Bytes::from(session.view.initialize.clone()));
+        self.initialize = Some(session.view.initialize.clone());
         self.mode = session.mode;
         match session.mode {
-            SessionMode::Use => {}
+            SessionMode::Use | SessionMode::Reply => {}
             // A new gateway session has no upstream session to look up.
             SessionMode::Open => self.phase = Phase::Initialize,
             SessionMode::End => {
@@ -715,9 +715,24 @@ impl<'a> Call<'a> {
         if self.state != State::AwaitSession {
             return self.fail(CallFailure::OutOfOrder);
         }
-        if session.is_none() && self.mode == SessionMode::End {
-            // No upstream session to end.
-            return self.answer_whole(Response::new(Vec::new()));
+        match (&session, self.mode) {
+            (None, SessionMode::End) => {
+                // No upstream session to end.
+                return self.answer_whole(Response::new(Vec::new()));
+            }
+            (None, SessionMode::Reply) => {
+                // The request this answers went with the session: nothing waits for the answer.
+                let mut accepted = Response::new(Vec::new());
+                *accepted.status_mut() = StatusCode::ACCEPTED;
+                return self.answer_whole(accepted);
+            }
+            (Some(held), SessionMode::End) => {
+                // Forgotten whatever the upstream answers to the DELETE, or whether it answers.
+                if let Some(key) = self.session_key.clone() {
+                    self.effects.push_back(CallAction::ForgetSession(key, held.clone()));
+                }
+            }
+            _ => {}
         }
         self.phase = if session.is_some() { Phase::Request } else { Phase::Initialize };
         self.session = session;
@@ -818,10 +833,6 @@ impl<'a> Call<'a> {
             Phase::Refresh => self.refreshed(Ok(answer)),
             Phase::Request if self.whole => {
                 if self.mode == SessionMode::End {
-                    // Ended, whatever the upstream said: the gateway forgets it either way.
-                    if let (Some(key), Some(session)) = (self.session_key.clone(), self.session.take()) {
-                        self.effects.push_back(CallAction::ForgetSession(key, session));
-                    }
                     return self.answer_whole(answer.map(|body| body.to_vec()));
                 }
                 if !self.try_again(answer.status()) {
@@ -853,7 +864,9 @@ impl<'a> Call<'a> {
             self.state = State::Credential;
             return true;
         }
+        // An answer to a target's request is never resent in a new session: the request is gone.
         let expired = self.phase == Phase::Request
+            && self.mode != SessionMode::Reply
             && self.session.as_ref().is_some_and(|session| session.expired_by(status));
         if expired
             && !self.reopened

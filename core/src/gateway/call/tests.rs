@@ -515,13 +515,46 @@ fn ending_a_gateway_session_deletes_its_upstream_session_or_answers_at_once_with
     let CallAction::LookupSession(key) = call.poll() else { panic!("a lookup first") };
     let held = UpstreamSession::Session { id: "up-9".into(), protocol_version: "2025-06-18".into() };
     call.handle_session(Some(held.clone()));
-    let delete = expect_send(&mut call);
-    assert_eq!((delete.request.method(), session_of(&delete)), (&Method::DELETE, Some("up-9")));
-    call.handle_whole(Ok(answer(405, &[], "")));
+    // Forgotten before the DELETE goes, so a failed DELETE leaves nothing behind.
     assert!(
         matches!(call.poll(), CallAction::ForgetSession(forgotten, session) if forgotten == key && session == held)
     );
-    assert!(matches!(expect_gathered(&mut call).answer, Answer::Upstream(_)));
+    let delete = expect_send(&mut call);
+    assert_eq!((delete.request.method(), session_of(&delete)), (&Method::DELETE, Some("up-9")));
+    call.handle_whole(Err(UpstreamFailure::Unreachable));
+    assert!(matches!(expect_gathered(&mut call).answer, Answer::Failed(_)));
+}
+
+#[test]
+fn an_answer_to_a_targets_request_goes_only_into_the_session_that_asked() {
+    use crate::aggregate::SessionMode;
+    let config = config();
+    let aggregate = aggregate_of(forward("wiki", OutboundCredential::StaticToken));
+    let (reply, _) = gateway_session(SessionMode::Reply);
+    let answer_body = Bytes::from_static(br#"{"jsonrpc":"2.0","id":4,"result":{}}"#);
+    let replying = || {
+        Call::aggregated(&config, &aggregate, 0, answer_body.clone(), CallLimits::default(), false)
+            .unwrap()
+            .in_session(Some(&reply))
+    };
+    // The session is gone: so is the request; nothing is opened, the caller gets a 202.
+    let mut call = replying();
+    assert!(matches!(call.poll(), CallAction::LookupSession(_)));
+    call.handle_session(None);
+    assert_eq!(expect_answer(&mut call).status(), StatusCode::ACCEPTED);
+    // The upstream no longer knows the session: its answer is relayed, never resent elsewhere.
+    let mut call = replying();
+    assert!(matches!(call.poll(), CallAction::LookupSession(_)));
+    call.handle_session(Some(UpstreamSession::Session {
+        id: "up-1".into(),
+        protocol_version: "2025-06-18".into(),
+    }));
+    assert_eq!(expect_send(&mut call).request.body(), &answer_body);
+    call.handle_head(Ok(&answer(404, &[], "")));
+    match call.poll() {
+        CallAction::Respond(CallOutcome::Relay(head)) => assert_eq!(head.status(), StatusCode::NOT_FOUND),
+        other => panic!("expected the 404 relayed, got {other:?}"),
+    }
 }
 
 #[test]
