@@ -455,13 +455,7 @@ fn plan_end(request: &Request<'_>, sessions: Option<Sessions<'_>>) -> Result<Pla
     let Some(view) = view.filter(|_| sessions.table.close(id, request.owner, sessions.now).is_some()) else {
         return Err((None, AggregateError::UnknownSession));
     };
-    let calls = (0..request.servers.len())
-        .map(|target| UpstreamCall {
-            target,
-            body: Vec::new(),
-            session: Some(SessionUse { view: view.clone(), mode: SessionMode::End }),
-        })
-        .collect();
+    let calls = every_target(request, &[], Some(SessionUse { view, mode: SessionMode::End }));
     Ok(Plan::Gather(gather(request, calls, Finish::Status(StatusCode::NO_CONTENT))))
 }
 
@@ -470,14 +464,14 @@ fn plan_stream(request: &Request<'_>, mut sessions: Option<Sessions<'_>>) -> Res
     let Some(view) = caller_session(request, &mut sessions).map_err(|error| (None, error))? else {
         return Err((None, AggregateError::MissingSession));
     };
-    let calls = (0..request.servers.len())
-        .map(|target| UpstreamCall {
-            target,
-            body: Vec::new(),
-            session: Some(SessionUse { view: view.clone(), mode: SessionMode::Listen }),
-        })
-        .collect();
-    Ok(Plan::Stream(calls))
+    Ok(Plan::Stream(every_target(request, &[], Some(SessionUse { view, mode: SessionMode::Listen }))))
+}
+
+/// The same body to every target, in the same session use.
+fn every_target(request: &Request<'_>, body: &[u8], session: Option<SessionUse>) -> Vec<UpstreamCall> {
+    (0..request.servers.len())
+        .map(|target| UpstreamCall { target, body: body.to_vec(), session: session.clone() })
+        .collect()
 }
 
 /// How `GET /mcp` answers, from each target's answer to its `GET`.
@@ -559,9 +553,7 @@ fn plan_mcp(request: &Request<'_>, body: &[u8], mut sessions: Option<Sessions<'_
         {
             // Every target in the session may have asked for the roots, and the request a
             // cancellation names went to one of them (with the caller's own id): each hears of it.
-            let calls = (0..request.servers.len())
-                .map(|target| UpstreamCall { target, body: body.to_vec(), session: uses(&view) })
-                .collect();
+            let calls = every_target(request, body, uses(&view));
             return Ok(Plan::Gather(gather(request, calls, Finish::Status(StatusCode::ACCEPTED))));
         }
         Shape::Notification { .. } => {
@@ -611,13 +603,7 @@ fn plan_mcp(request: &Request<'_>, body: &[u8], mut sessions: Option<Sessions<'_
                 }
                 let opening = GatewaySessions::begin(random, request.owner, initialize.clone());
                 let use_ = SessionUse { view: opening.view.clone(), mode: SessionMode::Open };
-                let calls = (0..request.servers.len())
-                    .map(|target| UpstreamCall {
-                        target,
-                        body: initialize.to_vec(),
-                        session: Some(use_.clone()),
-                    })
-                    .collect();
+                let calls = every_target(request, &initialize, Some(use_));
                 let version = negotiated_version(&params);
                 let mut gathered = gather(request, calls, Finish::Initialize { id, version });
                 gathered.opening = Some(opening);
@@ -689,7 +675,7 @@ fn plan_mcp(request: &Request<'_>, body: &[u8], mut sessions: Option<Sessions<'_
             // gateway's own id, as a listing's is.
             message.insert("id".into(), json!(UPSTREAM_ID));
             let upstream = Value::Object(message).to_string().into_bytes();
-            let calls = (0..request.servers.len()).map(|target| call(target, upstream.clone())).collect();
+            let calls = every_target(request, &upstream, session);
             Ok(Plan::Gather(gather(request, calls, Finish::McpEveryTarget { id })))
         }
         other => Err((Some(id), AggregateError::MethodNotFound(quote(other)))),

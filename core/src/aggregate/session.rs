@@ -443,10 +443,12 @@ mod tests {
     }
 
     #[test]
-    fn a_hostile_template_costs_its_length_not_a_backtracking_search() {
+    fn templates_of_many_open_expressions_match_exactly_and_long_uris_not_at_all() {
+        // The worst case for a backtracking matcher (quadratic per expression) is one pass here.
         let template = "{+a}x{+b}x{+c}x{+d}x{+e}x{+f}x{+g}x{+h}z";
-        let uri = "x".repeat(MAX_LEARNED_LENGTH);
-        assert!(!template_matches(template, &uri));
+        assert!(!template_matches(template, &"x".repeat(MAX_LEARNED_LENGTH)));
+        assert!(template_matches(template, &format!("{}z", "x".repeat(MAX_LEARNED_LENGTH - 1))));
+        assert!(!template_matches(template, &format!("{}z", "x".repeat(MAX_LEARNED_LENGTH))), "too long");
     }
 
     #[test]
