@@ -1454,6 +1454,47 @@ pub async fn rest_tools_list_and_call<H: GatewayHost>() {
     .await;
 }
 
+/// LiteLLM's documented curl examples (its MCP REST API page and MCP gateway page), sent as printed
+/// against a gateway with one server: the REST listing, a call by the server's own tool name, a
+/// call with `server_id`, and a JSON-RPC `tools/list` with neither `Accept` nor `initialize`.
+pub async fn litellms_documented_curl_examples_work_as_printed<H: GatewayHost>() {
+    bounded(async {
+        let gateway = start::<H>(Setup {
+            yaml: Some(Box::new(|upstream| {
+                format!(
+                    "general_settings:\n  master_key: {KEY}\nmcp_servers:\n  reports:\n    url: {upstream}/mcp\n    auth_type: oauth2\n    oauth2_flow: client_credentials\n    client_id: mock-client\n    client_secret: {CLIENT_SECRET}\n    token_url: {upstream}/token\n"
+                )
+            })),
+            ..Setup::default()
+        })
+        .await;
+        let key = [("x-litellm-api-key", KEY)];
+        // curl -s $PROXY/mcp-rest/tools/list -H "x-litellm-api-key: $KEY"
+        let listed = gateway.request(Method::GET, "/mcp-rest/tools/list", &key, "").await;
+        assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+        assert_eq!(tool_names(&listed.json()), ["reports-echo", "reports-add"]);
+        // curl $PROXY/mcp-rest/tools/call -H "Content-Type: application/json" -H "x-litellm-api-key: $KEY" \
+        //   -d '{"name": "echo", "arguments": {...}}'
+        let json_key = [("content-type", "application/json"), ("x-litellm-api-key", KEY)];
+        let bare = r#"{"name": "echo", "arguments": {"text": "hello"}}"#;
+        let called = gateway.request(Method::POST, "/mcp-rest/tools/call", &json_key, bare).await;
+        assert_eq!(called.json()["content"][0]["text"], "hello", "{}", called.body);
+        let named = r#"{"server_id": "reports", "name": "add", "arguments": {"a": 2, "b": 2}}"#;
+        let called = gateway.request(Method::POST, "/mcp-rest/tools/call", &json_key, named).await;
+        assert_eq!(called.json()["structuredContent"]["sum"], 4, "{}", called.body);
+        // curl -X POST $PROXY/mcp -H "Content-Type: application/json" -H "x-litellm-api-key: $KEY" \
+        //   -H "x-mcp-servers: reports" -d '{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+        let headers = [("content-type", "application/json"), ("x-litellm-api-key", KEY), ("x-mcp-servers", "reports")];
+        let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+        for path in ["/mcp", "/reports/mcp"] {
+            let answer = gateway.request(Method::POST, path, &headers, list).await;
+            assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
+            assert!(answer.body.contains("echo"), "{path}: {}", answer.body);
+        }
+    })
+    .await;
+}
+
 /// Malformed jsonrpc is refused before any token or upstream request.
 pub async fn malformed_jsonrpc_is_refused_before_any_token_or_upstream_request<H: GatewayHost>() {
     bounded(async {
@@ -1935,6 +1976,10 @@ macro_rules! gateway_suite {
             #[tokio::test]
             async fn aggregated_mcp_lists_prefixed_tools_and_routes_each_call_to_its_server() {
                 $crate::gateway_suite::aggregated_mcp_lists_prefixed_tools_and_routes_each_call_to_its_server::<$host>().await;
+            }
+            #[tokio::test]
+            async fn litellms_documented_curl_examples_work_as_printed() {
+                $crate::gateway_suite::litellms_documented_curl_examples_work_as_printed::<$host>().await;
             }
             #[tokio::test]
             async fn aggregated_sessions_belong_to_their_caller_and_end_with_delete() {
