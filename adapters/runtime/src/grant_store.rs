@@ -347,13 +347,37 @@ impl GrantStore for MemoryGrantStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
+/// A live user grant `n` of server `s` for tests: its upstream token sealed to it, ending at
+/// `expires_at`, last rotated at `rotated_at`. One fixture for the memory, SQLite and Redis tests
+/// and the shared suite.
+#[cfg(any(test, feature = "test-suite"))]
+pub(crate) fn sample_grant(n: u8, expires_at: UnixTime, rotated_at: UnixTime) -> Grant {
     use mcp_oauth_core::grant::{Identity, SealedUpstreamToken};
     use mcp_oauth_core::seal::SealingKeys;
     use mcp_oauth_core::secret::Secret;
+    let keys = SealingKeys::generate([7; 32]);
+    let id = GrantId::from_random([n; 16]);
+    let token = Secret::new(format!("upstream-{n}"));
+    Grant {
+        id: id.clone(),
+        server: "s".into(),
+        identity: Identity::new("master", &Secret::new("sk-suite"), &keys),
+        client: "client".into(),
+        upstream_access_token: SealedUpstreamToken::seal(&keys, "s", &id, expires_at, &token, [n; 24])
+            .expect("a short token seals"), // ok: test fixture
+        upstream_refresh_token: None,
+        upstream_access_expires_at: None,
+        expires_at,
+        generation: 0,
+        rotated_at,
+        scope: "read".into(),
+        upstream_client: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
 
@@ -370,31 +394,7 @@ mod tests {
     }
 
     fn grant(id: u8, expires_in: u64) -> Grant {
-        let keys = SealingKeys::generate([1; 32]);
-        let grant = GrantId::from_random([id; 16]);
-        let expires_at = UnixTime::from_secs(START + expires_in);
-        Grant {
-            id: grant.clone(),
-            server: "s".into(),
-            identity: Identity::new("master", &Secret::new("sk"), &keys),
-            client: "c".into(),
-            upstream_access_token: SealedUpstreamToken::seal(
-                &keys,
-                "s",
-                &grant,
-                expires_at,
-                &Secret::new("t"),
-                [0; 24],
-            )
-            .unwrap(),
-            upstream_refresh_token: None,
-            upstream_access_expires_at: None,
-            expires_at,
-            generation: 0,
-            rotated_at: UnixTime::from_secs(START),
-            scope: String::new(),
-            upstream_client: None,
-        }
+        super::sample_grant(id, UnixTime::from_secs(START + expires_in), UnixTime::from_secs(START))
     }
 
     fn at(secs: u64) -> UnixTime {

@@ -28,11 +28,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::Response;
-use mcp_oauth_core::grant::{Grant, GrantId, Identity, LockHolder, OnceKey, SealedUpstreamToken};
+use mcp_oauth_core::grant::{Grant, GrantId, LockHolder, OnceKey};
 use mcp_oauth_core::machine::{
     InFlight, Instant, Limits, Machine, OneShot, Outgoing, Performer, RequestId, Step, TransportError,
 };
-use mcp_oauth_core::seal::{SealingKeys, UnixTime};
+use mcp_oauth_core::seal::UnixTime;
 use mcp_oauth_core::secret::Secret;
 use mcp_oauth_core::token_cache::{Backoff, CacheConfig, Fetched, TtlPolicy};
 use tokio::sync::oneshot;
@@ -516,24 +516,7 @@ pub const SUITE_MAX_RECORDS: usize = 64;
 
 /// A live grant `n` of server `s`, ending at `expires_at`.
 fn suite_grant(n: u8, expires_at: UnixTime) -> Grant {
-    let keys = SealingKeys::generate([7; 32]);
-    let id = GrantId::from_random([n; 16]);
-    let token = Secret::new(format!("upstream-{n}"));
-    Grant {
-        id: id.clone(),
-        server: "s".into(),
-        identity: Identity::new("master", &Secret::new("sk-suite"), &keys),
-        client: "client".into(),
-        upstream_access_token: SealedUpstreamToken::seal(&keys, "s", &id, expires_at, &token, [n; 24])
-            .expect("a short token seals"),
-        upstream_refresh_token: None,
-        upstream_access_expires_at: None,
-        expires_at,
-        generation: 0,
-        rotated_at: unix_now(),
-        scope: "read".into(),
-        upstream_client: None,
-    }
+    crate::grant_store::sample_grant(n, expires_at, unix_now())
 }
 
 fn in_secs(secs: u64) -> UnixTime {

@@ -732,8 +732,8 @@ mod tests {
     use std::task::{Context, Poll, Wake, Waker};
     use std::time::{Duration, Instant};
 
-    use mcp_oauth_core::grant::{Grant, GrantId, Identity, LockHolder, OnceKey, SealedUpstreamToken};
-    use mcp_oauth_core::seal::{SealingKeys, UnixTime};
+    use mcp_oauth_core::grant::{Grant, GrantId, LockHolder, OnceKey};
+    use mcp_oauth_core::seal::UnixTime;
     use mcp_oauth_core::secret::Secret;
 
     use super::*;
@@ -805,31 +805,7 @@ mod tests {
     }
 
     fn grant(n: u8) -> Grant {
-        let keys = SealingKeys::generate([5; 32]);
-        let id = GrantId::from_random([n; 16]);
-        let expires_at = unix_now().plus(Duration::from_secs(3600));
-        Grant {
-            id: id.clone(),
-            server: "s".into(),
-            identity: Identity::new("master", &Secret::new("sk"), &keys),
-            client: "client".into(),
-            upstream_access_token: SealedUpstreamToken::seal(
-                &keys,
-                "s",
-                &id,
-                expires_at,
-                &Secret::new("t"),
-                [n; 24],
-            )
-            .expect("seals"),
-            upstream_refresh_token: None,
-            upstream_access_expires_at: None,
-            expires_at,
-            generation: 0,
-            rotated_at: unix_now(),
-            scope: String::new(),
-            upstream_client: None,
-        }
+        crate::grant_store::sample_grant(n, unix_now().plus(Duration::from_secs(3600)), unix_now())
     }
 
     fn store(server: &RedisServer) -> RedisGrantStore<Threads> {

@@ -607,9 +607,7 @@ mod tests {
     use std::time::Instant;
 
     use futures_util::FutureExt as _;
-    use mcp_oauth_core::grant::{Identity, LockHolder, OnceKey, SealedUpstreamToken};
-    use mcp_oauth_core::seal::SealingKeys;
-    use mcp_oauth_core::secret::Secret;
+    use mcp_oauth_core::grant::{LockHolder, OnceKey};
 
     use super::*;
     use crate::BlockingError;
@@ -700,31 +698,7 @@ mod tests {
     }
 
     fn grant(id: u8, expires_in: u64) -> Grant {
-        let keys = SealingKeys::generate([1; 32]);
-        let grant = GrantId::from_random([id; 16]);
-        let expires_at = at(expires_in);
-        Grant {
-            id: grant.clone(),
-            server: "s".into(),
-            identity: Identity::new("master", &Secret::new("sk"), &keys),
-            client: "c".into(),
-            upstream_access_token: SealedUpstreamToken::seal(
-                &keys,
-                "s",
-                &grant,
-                expires_at,
-                &Secret::new("t"),
-                [0; 24],
-            )
-            .expect("seals"),
-            upstream_refresh_token: None,
-            upstream_access_expires_at: None,
-            expires_at,
-            generation: 0,
-            rotated_at: at(0),
-            scope: "read".into(),
-            upstream_client: None,
-        }
+        crate::grant_store::sample_grant(id, at(expires_in), at(0))
     }
 
     fn put(store: &SqliteGrantStore<Inline>, grant: Grant) -> StoreResult {
