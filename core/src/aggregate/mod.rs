@@ -1412,6 +1412,18 @@ impl SessionStore {
 mod tests {
     use super::*;
 
+    /// A request to `servers` at `endpoint`: not delegated, no cursor, no session, anonymous.
+    fn request_to(endpoint: Endpoint, servers: &[String]) -> Request<'_> {
+        Request {
+            endpoint,
+            servers,
+            delegated: false,
+            cursor: None,
+            session: None,
+            owner: Owner::of(&http::HeaderMap::new()),
+        }
+    }
+
     fn servers(names: &[&str]) -> Vec<String> {
         names.iter().map(|name| (*name).to_owned()).collect()
     }
@@ -1421,14 +1433,7 @@ mod tests {
     }
 
     fn mcp_plan(names: &[String], body: &str) -> Plan {
-        let request = Request {
-            endpoint: Endpoint::Mcp,
-            servers: names,
-            delegated: false,
-            cursor: None,
-            session: None,
-            owner: Owner::of(&http::HeaderMap::new()),
-        };
+        let request = request_to(Endpoint::Mcp, names);
         plan(&request, body.as_bytes())
     }
 
@@ -1734,14 +1739,7 @@ mod tests {
     #[test]
     fn a_delegated_401_reaches_the_caller_with_its_challenge() {
         let names = servers(&["a", "b"]);
-        let request = Request {
-            endpoint: Endpoint::Mcp,
-            servers: &names,
-            delegated: true,
-            cursor: None,
-            session: None,
-            owner: Owner::of(&http::HeaderMap::new()),
-        };
+        let request = Request { delegated: true, ..request_to(Endpoint::Mcp, &names) };
         let Plan::Gather(gather) = plan(&request, br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
         else {
             panic!("gather");
@@ -1760,14 +1758,7 @@ mod tests {
     #[test]
     fn rest_call_infers_the_server_or_takes_server_id_verbatim() {
         let names = servers(&["a", "b"]);
-        let request = Request {
-            endpoint: Endpoint::RestCall,
-            servers: &names,
-            delegated: false,
-            cursor: None,
-            session: None,
-            owner: Owner::of(&http::HeaderMap::new()),
-        };
+        let request = request_to(Endpoint::RestCall, &names);
         let sent = |body: &str| match plan(&request, body.as_bytes()) {
             Plan::Gather(gather) => {
                 let call = &gather.calls()[0];
@@ -1792,14 +1783,7 @@ mod tests {
         assert_eq!(sent(r#"{"name":"echo"}"#), Err((StatusCode::BAD_REQUEST, json!("unknown_tool"))));
         // With exactly one server in scope an unprefixed name is that server's own (design §7).
         let one = servers(&["a"]);
-        let single = Request {
-            endpoint: Endpoint::RestCall,
-            servers: &one,
-            delegated: false,
-            cursor: None,
-            session: None,
-            owner: Owner::of(&http::HeaderMap::new()),
-        };
+        let single = request_to(Endpoint::RestCall, &one);
         let Plan::Gather(gather) = plan(&single, br#"{"name":"echo","arguments":{"text":"hi"}}"#) else {
             panic!("one server: a call");
         };
@@ -1818,14 +1802,7 @@ mod tests {
     #[test]
     fn rest_call_answers_the_tool_result_or_names_the_error() {
         let names = servers(&["a"]);
-        let request = Request {
-            endpoint: Endpoint::RestCall,
-            servers: &names,
-            delegated: false,
-            cursor: None,
-            session: None,
-            owner: Owner::of(&http::HeaderMap::new()),
-        };
+        let request = request_to(Endpoint::RestCall, &names);
         let call = || match plan(&request, br#"{"name":"a-add","arguments":{"a":1,"b":2}}"#) {
             Plan::Gather(gather) => gather,
             other => panic!("{other:?}"),
@@ -2269,14 +2246,7 @@ mod tests {
         let mut table = GatewaySessions::default();
         let mut draws = 0;
         let mut plan_with_draws = |table: &mut GatewaySessions, body: &str, bytes: Option<[u8; 32]>| {
-            let request = Request {
-                endpoint: Endpoint::Mcp,
-                servers: &names,
-                delegated: false,
-                cursor: None,
-                session: None,
-                owner: owner("alice"),
-            };
+            let request = Request { owner: owner("alice"), ..request_to(Endpoint::Mcp, &names) };
             let mut random = || {
                 draws += 1;
                 bytes
