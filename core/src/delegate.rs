@@ -173,17 +173,7 @@ fn check<'a>(
     if GATEWAY_KEY_HEADERS.iter().any(|name| headers.contains_key(*name)) {
         return Err(NotDelegated::GatewayKeyPresent);
     }
-    let bearer = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            value
-                .trim()
-                .get(7..)
-                .filter(|_| value.trim().get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer ")))
-        })
-        .map(str::trim);
-    if bearer.is_some_and(crate::seal::is_gateway_token) {
+    if crate::outbound::gateway_token_in(headers).is_some() {
         return Err(NotDelegated::GatewayTokenPresent);
     }
     let targets = target_servers(routed, headers)?;
@@ -281,6 +271,19 @@ mod tests {
         assert_eq!(decide(&servers, "/mcp", &[("x-mcp-servers", "github")]), "all_targets_delegate");
         assert_eq!(decide(&servers, "/github/mcp", &[("x-mcp-gateway-key", "sk-1")]), "gateway_key_present");
         assert_eq!(decide(&servers, "/github/mcp", &[("x-litellm-api-key", "")]), "gateway_key_present");
+        // A gateway token is the gateway's to check, however the header is written: it is never
+        // delegated (and so never forwarded) to the upstream.
+        let token = "mcpgw_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        for value in
+            [format!("Bearer {token}"), format!("bearer   {token}"), token.to_owned(), format!(" {token} ")]
+        {
+            let headers = [("authorization", value.as_str())];
+            assert_eq!(decide(&servers, "/github/mcp", &headers), "gateway_token_present", "{value:?}");
+        }
+        assert_eq!(
+            decide(&servers, "/github/mcp", &[("authorization", "Bearer upstream-jwt")]),
+            "all_targets_delegate"
+        );
     }
 
     #[test]

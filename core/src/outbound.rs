@@ -117,6 +117,14 @@ pub fn bearer_token(value: &str) -> &str {
     }
 }
 
+/// The gateway-issued token (`mcpgw_…`) in `Authorization`, with or without the `Bearer`
+/// scheme. Such a token is the gateway's own and never goes upstream (design §4.7), however the
+/// caller wrote the header.
+pub fn gateway_token_in(headers: &http::HeaderMap) -> Option<&str> {
+    let token = bearer_token(headers.get(http::header::AUTHORIZATION)?.to_str().ok()?);
+    crate::seal::is_gateway_token(token).then_some(token)
+}
+
 /// Whether an `Authorization` (or key header) value carries one of the gateway keys.
 pub fn is_gateway_key(value: &str, gateway_keys: &[Secret]) -> bool {
     let token = bearer_token(value);

@@ -57,12 +57,10 @@ pub(super) fn mcp(head: &RequestHead<'_>, name: &str, config: &GatewayConfig, no
     Action::Forward(forward(head, name, server, false, config))
 }
 
-/// The gateway-issued access token in `Authorization`, if it carries one (`Bearer mcpgw_…`).
+/// The gateway-issued access token in `Authorization`, if it carries one (see
+/// [`crate::outbound::gateway_token_in`]).
 pub(super) fn gateway_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let scheme = value.get(..7)?;
-    let token = value.get(7..)?.trim();
-    (scheme.eq_ignore_ascii_case("bearer ") && crate::seal::is_gateway_token(token)).then_some(token)
+    crate::outbound::gateway_token_in(headers)
 }
 
 /// 401 for a request to an interactive server without a valid gateway access token: the
@@ -318,18 +316,27 @@ pub(super) fn targets(
 
 /// The identity (key name and fingerprint) of the gateway key the request carries in a key header.
 fn key_identity(headers: &HeaderMap, config: &GatewayConfig) -> Option<crate::grant::Identity> {
-    let keys = config.settings.grants.sealing_keys.as_ref()?;
-    let presented: Vec<&str> = GATEWAY_KEY_HEADERS
+    let presented = GATEWAY_KEY_HEADERS
         .iter()
         .flat_map(|name| headers.get_all(*name).iter())
-        .filter_map(|value| value.to_str().ok())
-        .map(|value| value.trim().strip_prefix("Bearer ").map_or(value.trim(), str::trim))
-        .collect();
+        .filter_map(|value| value.to_str().ok());
+    identity_of_key(presented, config)
+}
+
+/// The named gateway key (its name and fingerprint) one of `presented` carries, compared as
+/// admission compares ([`is_gateway_key`]: the `Bearer` scheme in any case, space ignored), so a
+/// key that is admitted always has its identity.
+pub(super) fn identity_of_key<'v>(
+    presented: impl IntoIterator<Item = &'v str>,
+    config: &GatewayConfig,
+) -> Option<crate::grant::Identity> {
+    let keys = config.settings.grants.sealing_keys.as_ref()?;
+    let presented: Vec<&str> = presented.into_iter().collect();
     config
         .settings
         .named_gateway_keys()
         .filter(|(_, key)| !key.is_empty())
-        .find(|(_, key)| presented.iter().any(|value| key.constant_time_eq(value)))
+        .find(|(_, key)| presented.iter().any(|value| is_gateway_key(value, std::slice::from_ref(*key))))
         .map(|(name, key)| crate::grant::Identity::new(name.into_owned(), key, keys))
 }
 

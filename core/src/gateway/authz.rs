@@ -1101,15 +1101,7 @@ fn consent_answer(
         Some("approve") => {}
         _ => return Ok(bad("invalid_request", "decision must be approve or deny")),
     }
-    let offered = field("gateway_key").unwrap_or_default().trim();
-    let offered = offered.strip_prefix("Bearer ").map_or(offered, str::trim);
-    let identity = served
-        .config
-        .settings
-        .named_gateway_keys()
-        .filter(|(_, key)| !key.is_empty())
-        .find(|(_, key)| key.constant_time_eq(offered))
-        .map(|(name, key)| Identity::new(name.into_owned(), key, keys));
+    let identity = super::identity_of_key(field("gateway_key"), served.config);
     let Some(identity) = identity else {
         *audit = Some(event("consent_refused", None, Some("invalid_gateway_key")));
         if let Err(over) = inputs.failures.spend(served.head.peer, inputs.now) {

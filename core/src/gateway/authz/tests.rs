@@ -1348,10 +1348,10 @@ proptest::proptest! {
 fn the_aggregating_routes_use_the_identitys_newest_grant() {
     let mut agent = Agent::new();
     // Before any sign-in the identity has no grant there: authorization_required.
-    let aggregate_for = |config: &GatewayConfig| {
+    let keyed_aggregate_for = |config: &GatewayConfig, key: &str| {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("gw.example.com"));
-        headers.insert("x-mcp-gateway-key", HeaderValue::from_static(KEY));
+        headers.insert("x-mcp-gateway-key", HeaderValue::from_str(key).unwrap());
         headers.insert("x-mcp-servers", HeaderValue::from_static("notes"));
         let head = RequestHead {
             method: &Method::POST,
@@ -1372,8 +1372,15 @@ fn the_aggregating_routes_use_the_identitys_newest_grant() {
             other => panic!("expected an aggregate, got {other:?}"),
         }
     };
+    let aggregate_for = |config: &GatewayConfig| keyed_aggregate_for(config, KEY);
     let config = agent.config.clone();
     let before = aggregate_for(&config);
+    // The key is admitted however the scheme is written, and so is its identity: the same grant.
+    let pointer = |aggregate: &Aggregate| match &aggregate.targets[0].credential {
+        OutboundCredential::IdentityGrant { pointer, .. } => pointer.clone(),
+        other => panic!("expected the identity's grant, got {other:?}"),
+    };
+    assert_eq!(pointer(&keyed_aggregate_for(&config, &format!("bearer {KEY}"))), pointer(&before));
     assert!(matches!(before.targets[0].credential, OutboundCredential::IdentityGrant { .. }));
     let body = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
     let mut call = Call::aggregated(&config, &before, 0, body.clone(), CallLimits::default(), true)
