@@ -39,7 +39,7 @@ pub use self::relay::{ID_SEPARATOR, MAX_PENDING_EVENT, StreamRewrite, inbound_re
 
 pub use self::session::{
     GatewaySessions, Learned, MAX_INITIALIZE, MAX_LEARNED, MAX_SESSIONS, MAX_SESSIONS_PER_OWNER,
-    MAX_TEMPLATES, Opening, Owner, SESSION_IDLE, Scope, SessionView,
+    MAX_TABLE_BYTES, MAX_TEMPLATES, Opening, Owner, SESSION_IDLE, Scope, SessionView,
 };
 
 /// What joins a server's name and a tool's name in the names callers see.

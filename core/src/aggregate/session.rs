@@ -36,6 +36,10 @@ pub const SESSION_IDLE: Duration = Duration::from_secs(60 * 60);
 /// How many sessions one owner holds at most; past it, that owner's least recently used one ends.
 pub const MAX_SESSIONS_PER_OWNER: usize = 64;
 
+/// The most memory (estimated) all sessions together hold: their `initialize` requests and what
+/// they learned. Past it the least recently used sessions end, and listings teach nothing more.
+pub const MAX_TABLE_BYTES: usize = 256 * 1024 * 1024;
+
 /// The largest `initialize` request a session keeps (to open its upstream sessions with).
 pub const MAX_INITIALIZE: usize = 16 * 1024;
 
@@ -55,23 +59,44 @@ const MAX_LEARNED_LENGTH: usize = 2_048;
 /// gateway-key headers and `Authorization`). A request presenting other credentials does not
 /// find the session. `Debug` shows nothing of it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Owner([u8; 32]);
+pub struct Owner {
+    /// Every credential presented: who may use the session.
+    binding: [u8; 32],
+    /// The one credential that was admitted (the gateway key, else `Authorization`), as its
+    /// token: whose share of the table the session counts against, so extra or reworded headers
+    /// do not make a caller someone else.
+    quota: [u8; 32],
+}
 
 impl Owner {
     /// The owner a request with these headers speaks for.
     pub fn of(headers: &HeaderMap) -> Self {
-        let mut digest = Sha256::new();
-        digest.update(b"mcp-oauth gateway session owner");
+        let mut binding = Sha256::new();
+        binding.update(b"mcp-oauth gateway session owner");
         let names = crate::delegate::GATEWAY_KEY_HEADERS.iter().copied().chain(["authorization"]);
         for name in names {
             for value in headers.get_all(name) {
-                digest.update([0]);
-                digest.update(name.as_bytes());
-                digest.update([0]);
-                digest.update(value.as_bytes());
+                binding.update([0]);
+                binding.update(name.as_bytes());
+                binding.update([0]);
+                binding.update(value.as_bytes());
             }
         }
-        Self(digest.finalize().into())
+        let token = |name: &str| {
+            headers.get(name).and_then(|value| value.to_str().ok()).map(crate::outbound::bearer_token)
+        };
+        let admitted = crate::delegate::GATEWAY_KEY_HEADERS
+            .iter()
+            .find_map(|name| token(name).map(|token| (b"key" as &[u8], token)))
+            .or_else(|| token("authorization").map(|token| (b"authorization" as &[u8], token)));
+        let mut quota = Sha256::new();
+        quota.update(b"mcp-oauth gateway session quota");
+        if let Some((kind, token)) = admitted {
+            quota.update(kind);
+            quota.update([0]);
+            quota.update(token.as_bytes());
+        }
+        Self { binding: binding.finalize().into(), quota: quota.finalize().into() }
     }
 }
 
@@ -120,6 +145,8 @@ struct Entry {
     /// Resource templates with the server that listed them, in the order learned.
     templates: Vec<(Template, String)>,
     used: Instant,
+    /// What it holds, estimated (counted against [`MAX_TABLE_BYTES`]).
+    bytes: usize,
 }
 
 /// What a finished request taught the sessions: a session to keep, and which server listed which
@@ -186,6 +213,10 @@ pub struct GatewaySessions {
     entries: HashMap<String, Entry>,
     capacity: usize,
     idle: Duration,
+    /// What all entries hold, estimated.
+    bytes: usize,
+    /// The most they may hold ([`MAX_TABLE_BYTES`]).
+    budget: usize,
 }
 
 impl Default for GatewaySessions {
@@ -197,7 +228,7 @@ impl Default for GatewaySessions {
 impl GatewaySessions {
     /// A table of at most `capacity` sessions (at least one), each ending after `idle` unused.
     pub fn new(capacity: usize, idle: Duration) -> Self {
-        Self { entries: HashMap::new(), capacity: capacity.max(1), idle }
+        Self { entries: HashMap::new(), capacity: capacity.max(1), idle, bytes: 0, budget: MAX_TABLE_BYTES }
     }
 
     /// Begins a session for `owner` whose upstream sessions are opened with `initialize`; the id
@@ -224,19 +255,18 @@ impl GatewaySessions {
 
     fn keep(&mut self, opening: Opening, now: Instant) {
         self.sweep(now);
+        let bytes = opening.id.len() + opening.view.initialize.len();
         // One owner past its share gives up its own oldest session; otherwise a full table gives up
-        // the oldest of all.
-        let owned = self.entries.values().filter(|entry| entry.owner == opening.owner).count();
-        let own_only = owned >= MAX_SESSIONS_PER_OWNER;
-        if (own_only || self.entries.len() >= self.capacity)
-            && let Some(oldest) = self
-                .entries
-                .iter()
-                .filter(|(_, entry)| !own_only || entry.owner == opening.owner)
-                .min_by_key(|(_, entry)| entry.used)
-                .map(|(id, _)| id.clone())
+        // the oldest of all, as many as it takes to fit.
+        let quota = opening.owner.quota;
+        if self.entries.values().filter(|entry| entry.owner.quota == quota).count() >= MAX_SESSIONS_PER_OWNER
         {
-            self.entries.remove(&oldest);
+            self.evict_oldest(|entry| entry.owner.quota == quota);
+        }
+        while !self.entries.is_empty()
+            && (self.entries.len() >= self.capacity || self.bytes + bytes > self.budget)
+        {
+            self.evict_oldest(|_| true);
         }
         let entry = Entry {
             owner: opening.owner,
@@ -244,8 +274,29 @@ impl GatewaySessions {
             resources: HashMap::new(),
             templates: Vec::new(),
             used: now,
+            bytes,
         };
+        self.bytes += bytes;
         self.entries.insert(opening.id, entry);
+    }
+
+    /// Ends the least recently used session among those `which` selects.
+    fn evict_oldest(&mut self, which: impl Fn(&Entry) -> bool) {
+        let oldest = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| which(entry))
+            .min_by_key(|(_, entry)| entry.used)
+            .map(|(id, _)| id.clone());
+        if let Some(oldest) = oldest {
+            self.remove(&oldest);
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(entry) = self.entries.remove(id) {
+            self.bytes = self.bytes.saturating_sub(entry.bytes);
+        }
     }
 
     /// The live session `id` when `owner` opened it, marked as used at `now`; `None` for an
@@ -257,10 +308,10 @@ impl GatewaySessions {
     fn entry(&mut self, id: &str, owner: Owner, now: Instant) -> Option<&mut Entry> {
         let expired = self.entries.get(id).is_some_and(|entry| self.is_expired(entry, now));
         if expired {
-            self.entries.remove(id);
+            self.remove(id);
             return None;
         }
-        let entry = self.entries.get_mut(id).filter(|entry| entry.owner == owner)?;
+        let entry = self.entries.get_mut(id).filter(|entry| entry.owner.binding == owner.binding)?;
         entry.used = now;
         Some(entry)
     }
@@ -268,7 +319,7 @@ impl GatewaySessions {
     /// Ends `owner`'s session `id`; its scope, so its upstream sessions can be ended too.
     pub fn close(&mut self, id: &str, owner: Owner, now: Instant) -> Option<Scope> {
         let scope = self.entry(id, owner, now)?.view.scope;
-        self.entries.remove(id);
+        self.remove(id);
         Some(scope)
     }
 
@@ -299,28 +350,38 @@ impl GatewaySessions {
         let Some(id) = learned.session.as_deref() else { return };
         let Some(entry) = self.entries.get_mut(id) else { return };
         entry.used = now;
+        let before = entry.bytes;
+        // Within the table's budget, estimated: a URI with its server and the map's overhead; a
+        // compiled template at sixteen times its text.
+        let fits = |entry: &Entry, cost: usize| self.bytes - before + entry.bytes + cost <= self.budget;
         for (uri, server) in learned.resources {
-            if uri.len() > MAX_LEARNED_LENGTH {
+            let cost = uri.len() + server.len() + 64;
+            if uri.len() > MAX_LEARNED_LENGTH || !fits(entry, cost) {
                 continue;
             }
             let known = entry.resources.len();
             if let Some(listers) = entry.resources.get_mut(&uri) {
                 if !listers.contains(&server) && listers.len() < MAX_LISTERS {
+                    entry.bytes += server.len() + 24;
                     listers.push(server);
                 }
             } else if known < MAX_LEARNED {
+                entry.bytes += cost;
                 entry.resources.insert(uri, vec![server]);
             }
         }
         for (text, server) in learned.templates {
+            let cost = text.len() * 16 + server.len() + 64;
             let known = entry.templates.iter().any(|(known, by)| known.text == text && *by == server);
-            if known || entry.templates.len() >= MAX_TEMPLATES {
+            if known || entry.templates.len() >= MAX_TEMPLATES || !fits(entry, cost) {
                 continue;
             }
             if let Some(template) = Template::compile(&text) {
+                entry.bytes += cost;
                 entry.templates.push((template, server));
             }
         }
+        self.bytes = self.bytes - before + entry.bytes;
     }
 
     /// How many sessions are held (some may have expired since their last use).
@@ -339,7 +400,15 @@ impl GatewaySessions {
 
     fn sweep(&mut self, now: Instant) {
         let idle = self.idle;
-        self.entries.retain(|_, entry| now.saturating_since(entry.used) < idle);
+        let mut freed = 0;
+        self.entries.retain(|_, entry| {
+            let live = now.saturating_since(entry.used) < idle;
+            if !live {
+                freed += entry.bytes;
+            }
+            live
+        });
+        self.bytes = self.bytes.saturating_sub(freed);
     }
 }
 
@@ -427,6 +496,55 @@ mod tests {
         assert_eq!(servers(&mut sessions, "demo://item/42"), ["two"]);
         assert!(servers(&mut sessions, "demo://item/42/more").is_empty());
         assert!(servers(&mut sessions, "file:///b").is_empty());
+    }
+
+    #[test]
+    fn extra_or_reworded_headers_do_not_make_a_caller_someone_else() {
+        let mut sessions = GatewaySessions::new(MAX_SESSIONS_PER_OWNER + 1, Duration::from_secs(600));
+        let alice = Owner::of(&headers(&[("x-mcp-gateway-key", "alice")]));
+        let (kept, _) = sessions.open([0; 32], alice, Vec::new(), Instant::ZERO);
+        for index in 1..=200u8 {
+            // Each request looks new (its own junk Authorization, the key's scheme reworded),
+            // but the admitted key is the same: one share of the table.
+            let junk = format!("Bearer junk-{index}");
+            let key = if index % 2 == 0 { "Bearer mallory" } else { "mallory" };
+            let mallory = Owner::of(&headers(&[("x-mcp-gateway-key", key), ("authorization", &junk)]));
+            sessions.open([index; 32], mallory, Vec::new(), Instant::from_millis(u64::from(index)));
+        }
+        assert!(sessions.find(&kept, alice, Instant::from_millis(300)).is_some());
+    }
+
+    #[test]
+    fn the_table_keeps_within_its_memory_budget() {
+        let mut sessions = GatewaySessions::new(100, Duration::from_secs(600));
+        sessions.budget = 10_000;
+        let owner = |n: u8| Owner::of(&headers(&[("x-mcp-gateway-key", &format!("key-{n}"))]));
+        let (first, _) = sessions.open([1; 32], owner(1), vec![b'x'; 4_000], Instant::from_millis(1));
+        let (second, _) = sessions.open([2; 32], owner(2), vec![b'x'; 4_000], Instant::from_millis(2));
+        // A third would pass the budget: the oldest ends to make room.
+        let (third, _) = sessions.open([3; 32], owner(3), vec![b'x'; 4_000], Instant::from_millis(3));
+        assert!(sessions.find(&first, owner(1), Instant::from_millis(4)).is_none());
+        assert!(sessions.find(&second, owner(2), Instant::from_millis(4)).is_some());
+        assert!(sessions.bytes <= sessions.budget, "{} bytes held", sessions.bytes);
+        // Listings teach nothing past the budget.
+        let learned = Learned {
+            opened: None,
+            session: Some(third.clone()),
+            resources: (0..100).map(|n| (format!("file:///{n}"), "s".to_owned())).collect(),
+            templates: Vec::new(),
+        };
+        sessions.learn(learned, Instant::from_millis(5));
+        assert!(sessions.bytes <= sessions.budget, "{} bytes held", sessions.bytes);
+        assert!(
+            !sessions.resource_servers(&third, owner(3), "file:///0", Instant::from_millis(6)).is_empty()
+        );
+        assert!(
+            sessions.resource_servers(&third, owner(3), "file:///99", Instant::from_millis(6)).is_empty()
+        );
+        // Ending sessions gives their memory back.
+        sessions.close(&second, owner(2), Instant::from_millis(7));
+        sessions.close(&third, owner(3), Instant::from_millis(7));
+        assert_eq!(sessions.bytes, 0);
     }
 
     #[test]
