@@ -1216,14 +1216,18 @@ impl UpstreamSession {
         }
     }
 
-    /// Whether an upstream answer with `status` says this session is gone, so a new one must be
-    /// opened: MCP says 404, but common servers (the reference `server-everything`, the TypeScript
-    /// SDK's examples) answer 400 for a session they do not know. A streamed answer is judged by
-    /// its head alone, so any 400 in a session counts; the caller reopens once per request, so a
-    /// 400 for another reason costs one more round trip and is then relayed.
-    pub fn expired_by(&self, status: StatusCode) -> bool {
+    /// Whether an upstream answer says this session is gone, so a new one must be opened
+    /// (design §4.11): a 404, or a 400 naming the session (the reference `server-everything` and
+    /// the TypeScript SDK's examples answer 400 "No valid session ID provided" for a session they
+    /// do not know). `body` is the answer read whole; `None` for a streamed answer, which is
+    /// judged by its head alone, so any 400 counts there: the caller reopens once per request, so
+    /// a 400 for another reason costs one more round trip and is then relayed.
+    pub fn expired_by(&self, status: StatusCode, body: Option<&[u8]>) -> bool {
+        let names_session =
+            |body: &[u8]| body.windows(7).any(|window| window.eq_ignore_ascii_case(b"session"));
         matches!(self, Self::Session { .. })
-            && (status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST)
+            && (status == StatusCode::NOT_FOUND
+                || status == StatusCode::BAD_REQUEST && body.is_none_or(names_session))
     }
 }
 
@@ -1863,15 +1867,24 @@ mod tests {
         headers.insert("mcp-session-id", HeaderValue::from_static("caller-session"));
         if let Some(session) = &opened {
             session.apply(&mut headers);
-            assert!(session.expired_by(StatusCode::NOT_FOUND));
+            assert!(session.expired_by(StatusCode::NOT_FOUND, Some(b"")));
+            let unknown = br#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: No valid session ID provided"},"id":null}"#;
             assert!(
-                session.expired_by(StatusCode::BAD_REQUEST),
+                session.expired_by(StatusCode::BAD_REQUEST, Some(unknown)),
                 "server-everything's answer for an unknown session"
             );
+            assert!(
+                session.expired_by(StatusCode::BAD_REQUEST, None),
+                "a streamed head cannot be read further"
+            );
+            let other = br#"{"jsonrpc":"2.0","error":{"code":-32602,"message":"bad arguments"},"id":1}"#;
+            assert!(!session.expired_by(StatusCode::BAD_REQUEST, Some(other)), "a 400 about something else");
         }
         assert_eq!(headers["mcp-session-id"], "s-1");
         assert_eq!(headers["mcp-protocol-version"], "2025-06-18");
-        assert!(!UpstreamSession::Stateless { protocol_version: None }.expired_by(StatusCode::NOT_FOUND));
+        assert!(
+            !UpstreamSession::Stateless { protocol_version: None }.expired_by(StatusCode::NOT_FOUND, None)
+        );
     }
 
     #[test]

@@ -766,7 +766,7 @@ impl<'a> Call<'a> {
             Ok(answer) => answer,
             Err(failure) => return self.fail(CallFailure::Upstream { step: CallStep::Forward, failure }),
         };
-        if self.try_again(answer.status()) {
+        if self.try_again(answer.status(), None) {
             return;
         }
         let status = answer.status();
@@ -807,7 +807,7 @@ impl<'a> Call<'a> {
         };
         match self.phase {
             Phase::Initialize => {
-                if self.try_again(answer.status()) {
+                if self.try_again(answer.status(), Some(answer.body())) {
                     return;
                 }
                 let answer = answer.map(|body| body.to_vec());
@@ -835,7 +835,7 @@ impl<'a> Call<'a> {
                 if self.mode == SessionMode::End {
                     return self.answer_whole(answer.map(|body| body.to_vec()));
                 }
-                if !self.try_again(answer.status()) {
+                if !self.try_again(answer.status(), Some(answer.body())) {
                     self.answer_whole(answer.map(|body| body.to_vec()));
                 }
             }
@@ -846,7 +846,7 @@ impl<'a> Call<'a> {
     /// Whether the call goes on after `status` instead of answering: once after a 401 to a
     /// token the gateway obtained (the token is dropped and fetched again), and once when the
     /// upstream ended the session the call ran in (it is forgotten and opened again).
-    fn try_again(&mut self, status: StatusCode) -> bool {
+    fn try_again(&mut self, status: StatusCode, body: Option<&[u8]>) -> bool {
         if status == StatusCode::UNAUTHORIZED && !self.retried && self.uses_grant() {
             // The upstream refused the grant's token: refresh once, retry once.
             self.retried = true;
@@ -867,7 +867,7 @@ impl<'a> Call<'a> {
         // An answer to a target's request is never resent in a new session: the request is gone.
         let expired = self.phase == Phase::Request
             && self.mode != SessionMode::Reply
-            && self.session.as_ref().is_some_and(|session| session.expired_by(status));
+            && self.session.as_ref().is_some_and(|session| session.expired_by(status, body));
         if expired
             && !self.reopened
             && let (Some(key), Some(session)) = (self.session_key.clone(), self.session.take())
