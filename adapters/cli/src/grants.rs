@@ -14,8 +14,9 @@ use mcp_oauth_core::seal::UnixTime;
 use mcp_oauth_runtime::grant_store::{DEFAULT_MAX_RECORDS, DynGrantStore, open_store, unix_now};
 use mcp_oauth_tokio::TokioRuntime;
 
-/// The most grants one command reads.
-const LIST_LIMIT: usize = 10_000;
+/// The most grants one command reads: a store's default bound. A store holding more is refused
+/// rather than read in part (a revocation must not miss a grant it was asked to end).
+const LIST_LIMIT: usize = DEFAULT_MAX_RECORDS;
 
 /// Which grants a command concerns.
 pub(crate) struct Filter {
@@ -104,6 +105,12 @@ pub(crate) fn revoke(config: &Path, filter: &Filter) -> ExitCode {
 
 async fn matching(store: &dyn DynGrantStore, filter: &Filter) -> Result<Vec<Grant>, ExitCode> {
     match store.list_boxed(LIST_LIMIT).await {
+        Ok(grants) if grants.len() >= LIST_LIMIT => {
+            eprintln!(
+                "mcp-oauth grants: the store holds {LIST_LIMIT} grants or more, more than one command reads; nothing was done"
+            );
+            Err(ExitCode::from(1))
+        }
         Ok(mut grants) => {
             grants.retain(|grant| filter.admits(grant));
             grants.sort_by(|a, b| {
