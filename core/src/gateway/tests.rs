@@ -528,6 +528,30 @@ fn a_caller_without_accept_gets_litellms_default_and_its_own_accept_is_kept() {
 }
 
 #[test]
+fn without_a_pinned_https_origin_no_authorization_starts() {
+    // Design §4.4: an origin taken from Host would let an attacker begin a sign-in under his own
+    // origin and collect a victim's code; off loopback, codes never cross the network in clear.
+    let with = |base: Option<&str>| {
+        let base = base.map(str::to_owned);
+        load_yaml(CONFIG, &move |name: &str| base.clone().filter(|_| name == "PROXY_BASE_URL"))
+            .unwrap()
+            .config
+    };
+    assert!(matches!(check_startup(&with(None)), Err(StartupError::OriginNotPinned { .. })));
+    let clear = with(Some("http://gw.example.com"));
+    assert!(matches!(check_startup(&clear), Err(StartupError::InsecureOrigin { .. })));
+    assert!(check_startup(&with(Some("http://127.0.0.1:4000"))).is_ok(), "loopback may be http");
+    assert!(check_startup(&with(Some("https://gw.example.com"))).is_ok());
+    // An embedder that skipped the start-up check still gets no sign-in under such an origin.
+    let mut flows = OAuthState::default();
+    for (config, reason) in [(with(None), "origin_not_pinned"), (clear, "insecure_origin")] {
+        let path = "/github/authorize?response_type=code&client_id=x&redirect_uri=https://c.example/cb";
+        let refused = respond(run(&config, &mut flows, Method::GET, path, &[]));
+        assert_eq!(body(&refused)["error"], reason, "{refused:?}");
+    }
+}
+
+#[test]
 fn start_up_warns_about_an_interactive_server_without_any_upstream_client() {
     let env = |name: &str| (name == "PROXY_BASE_URL").then(|| "https://gw.example.com".to_owned());
     let yaml = |extra: &str| {
