@@ -5,6 +5,14 @@
 //! matter here (`data` lines joined with `\n`, comments and unknown fields ignored, `\r\n`, `\r` or
 //! `\n` line ends) and works on a complete body: streaming is the adapter's job.
 
+/// Whether a message's `Content-Type` says it is an event stream (any parameters, any case).
+pub(crate) fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|kind| kind.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+}
+
 /// One dispatched event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Event {

@@ -180,7 +180,7 @@ impl<R: Runtime, U: Upstream> GatewayState<R, U> {
                 mcp_oauth_core::aggregate::SESSION_IDLE,
             )),
             tokens: SharedTokenCache::with_clock(CacheConfig::default(), clock.clone()),
-            grants: Arc::new(MemoryGrantStore::new(DEFAULT_GRANT_RECORDS)),
+            grants: Arc::new(MemoryGrantStore::new(crate::grant_store::DEFAULT_MAX_RECORDS)),
             clock,
             upstream,
             options,
@@ -226,9 +226,6 @@ impl<R: Runtime, U: Upstream> GatewayState<R, U> {
         self.requests.load(Ordering::Relaxed)
     }
 }
-
-/// Records the memory grant store holds at most (grants, single-use marks, locks).
-pub const DEFAULT_GRANT_RECORDS: usize = crate::grant_store::DEFAULT_MAX_RECORDS;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -812,32 +809,15 @@ async fn aggregated<R: Runtime, U: Upstream>(
     };
     match plan {
         Plan::Respond(response) => full(response),
-        Plan::Forward(one) => {
-            match Call::aggregated(
-                &state.config,
-                &aggregate,
-                one.target,
-                Bytes::from(one.body),
-                limits,
-                false,
-            ) {
-                Ok(call) => {
-                    run_call(state, call.in_session(one.session.as_ref()).with_inbound(&parts.headers))
-                        .await
-                        .into_response()
-                }
-                Err(refused) => full(refused),
-            }
-        }
+        Plan::Forward(one) => match Call::planned(&state.config, &aggregate, &one, limits, false) {
+            Ok(call) => run_call(state, call.with_inbound(&parts.headers)).await.into_response(),
+            Err(refused) => full(refused),
+        },
         Plan::Stream(listens) => {
             // Every target's own event stream in the caller's session, merged as events arrive.
             let opens = listens.iter().map(|listen| async {
-                match Call::aggregated(&state.config, &aggregate, listen.target, Bytes::new(), limits, false)
-                {
-                    Ok(call) => {
-                        let call = call.in_session(listen.session.as_ref()).with_inbound(&parts.headers);
-                        run_call(state, call).await.into_response()
-                    }
+                match Call::planned(&state.config, &aggregate, listen, limits, false) {
+                    Ok(call) => run_call(state, call.with_inbound(&parts.headers)).await.into_response(),
                     Err(refused) => full(refused),
                 }
             });
@@ -862,12 +842,10 @@ async fn aggregated<R: Runtime, U: Upstream>(
         }
         Plan::Gather(gather) => {
             let asks = gather.calls().iter().map(|ask| async {
-                let body = Bytes::from(ask.body.clone());
-                match Call::aggregated(&state.config, &aggregate, ask.target, body, limits, true) {
+                match Call::planned(&state.config, &aggregate, ask, limits, true) {
                     Ok(call) => {
                         let server = call.server().name.clone();
-                        let call = call.in_session(ask.session.as_ref()).with_inbound(&parts.headers);
-                        run_call(state, call).await.into_gathered(&server)
+                        run_call(state, call.with_inbound(&parts.headers)).await.into_gathered(&server)
                     }
                     Err(refused) => Gathered {
                         answer: mcp_oauth_core::aggregate::Answer::Failed(refused),

@@ -499,12 +499,7 @@ pub enum StreamAnswer {
 pub fn merge_streams(heads: &[(StatusCode, &http::HeaderMap)]) -> StreamAnswer {
     let keep: Vec<bool> = heads
         .iter()
-        .map(|(status, headers)| {
-            *status == StatusCode::OK
-                && headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).is_some_and(
-                    |kind| kind.trim_start().to_ascii_lowercase().starts_with("text/event-stream"),
-                )
-        })
+        .map(|(status, headers)| *status == StatusCode::OK && crate::sse::is_event_stream(headers))
         .collect();
     if keep.iter().any(|kept| *kept) {
         let mut head = Response::new(());

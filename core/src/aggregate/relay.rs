@@ -128,19 +128,9 @@ impl StreamRewrite {
     fn rewrite(&self, event: &[u8]) -> Vec<u8> {
         let Ok(text) = std::str::from_utf8(event) else { return event.to_vec() };
         let lines: Vec<&str> = text.split('\n').collect();
-        let data: Vec<&str> = lines
-            .iter()
-            .filter_map(|line| line.strip_prefix("data"))
-            .filter_map(|rest| match rest.strip_prefix(':') {
-                Some(value) => Some(value.strip_prefix(' ').unwrap_or(value)),
-                None if rest.is_empty() => Some(""),
-                None => None,
-            })
-            .collect();
-        if data.is_empty() {
-            return event.to_vec();
-        }
-        let Ok(Value::Object(mut message)) = serde_json::from_str::<Value>(&data.join("\n")) else {
+        let events = crate::sse::parse_events(text);
+        let [parsed] = events.as_slice() else { return event.to_vec() };
+        let Ok(Value::Object(mut message)) = serde_json::from_str::<Value>(&parsed.data) else {
             return event.to_vec();
         };
         let is_request =

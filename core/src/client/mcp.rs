@@ -107,13 +107,7 @@ pub fn parse_rpc_response(response: &Response<Vec<u8>>, id: u64) -> Result<Value
         return Err(RpcError::Status(response.status().as_u16()));
     }
     let body = std::str::from_utf8(response.body()).map_err(|_| RpcError::InvalidBody("not UTF-8".into()))?;
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let messages: Vec<Value> = if content_type.starts_with("text/event-stream") {
+    let messages: Vec<Value> = if crate::sse::is_event_stream(response.headers()) {
         parse_events(body)
             .into_iter()
             .filter(|event| event.event == "message")

@@ -292,7 +292,7 @@ fn stop_page(status: StatusCode, reason: &str, message: &str) -> Response<Vec<u8
 
 /// HTML-escapes `text`, drops control and bidirectional-override characters, and cuts it to
 /// [`MAX_CLIENT_NAME`] characters: client-supplied text never shapes the page.
-pub fn display_text(text: &str) -> String {
+pub(super) fn display_text(text: &str) -> String {
     let cleaned: String = text
         .chars()
         .filter(|c| {
@@ -460,8 +460,6 @@ pub(super) fn authorization_server_metadata(origin: &Origin, server: &ServerConf
 // Registration
 // ---------------------------------------------------------------------------------------------
 
-/// `POST /{s}/register` (RFC 7591, public clients only): the registration sealed as the
-/// `client_id`, the whole registration repeated in the 201.
 /// Why a registration is refused (RFC 7591 §3.2.2 codes), with a message a person can act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegistrationRefused {
@@ -538,6 +536,8 @@ pub fn validate_registration(
     Ok((redirect_uris, client_name))
 }
 
+/// `POST /{s}/register` (RFC 7591, public clients only): the registration sealed as the
+/// `client_id`, the whole registration repeated in the 201.
 pub(super) fn register(served: &Served<'_>, body: &[u8], random: Option<[u8; 32]>) -> Response<Vec<u8>> {
     let keys = match served.keys() {
         Ok(keys) => keys,
@@ -827,8 +827,6 @@ fn cimd_request(client_id: &str) -> Option<UpstreamRequest> {
     })
 }
 
-/// A Client ID Metadata Document read as a client: its `client_id` must equal the URL it came
-/// from, it must be a public client, and it must list redirect URIs.
 /// How long a metadata document may be cached: its `Cache-Control: max-age`, at most 24 hours;
 /// nothing without one, or with `no-store` or `no-cache`.
 fn document_lifetime(answer: &Response<Bytes>) -> Option<std::time::Duration> {
@@ -881,18 +879,10 @@ impl ClientDocuments {
         }
         self.entries.insert(url, (client, until));
     }
-
-    /// How many documents are cached.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
+/// A Client ID Metadata Document read as a client: its `client_id` must equal the URL it came
+/// from, it must be a public client, and it must list redirect URIs.
 fn client_from_document(url: &str, answer: &Response<Bytes>) -> Option<Client> {
     if !answer.status().is_success() {
         return None;

@@ -542,6 +542,21 @@ impl<'a> Call<'a> {
         Ok(call)
     }
 
+    /// The call a plan's [`aggregate::UpstreamCall`] describes: [`Call::aggregated`] with its
+    /// body, in the gateway session it names ([`Call::in_session`]).
+    #[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
+    pub fn planned(
+        config: &'a GatewayConfig,
+        aggregate: &'a Aggregate,
+        planned: &aggregate::UpstreamCall,
+        limits: CallLimits,
+        whole: bool,
+    ) -> Result<Self, Response<Vec<u8>>> {
+        let body = Bytes::from(planned.body.clone());
+        Ok(Self::aggregated(config, aggregate, planned.target, body, limits, whole)?
+            .in_session(planned.session.as_ref()))
+    }
+
     #[allow(clippy::result_large_err)] // the error is the answer itself, sent at once
     fn new(
         config: &'a GatewayConfig,
@@ -782,12 +797,7 @@ impl<'a> Call<'a> {
         let mut head = Response::new(());
         *head.status_mut() = status;
         self.relay_headers(answer.headers(), head.headers_mut());
-        let streamed = answer
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|kind| kind.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
-        if streamed && self.initialize.is_some() {
+        if crate::sse::is_event_stream(answer.headers()) && self.initialize.is_some() {
             // In a gateway session a target's requests to the caller get ids the caller's
             // answers can be routed back by.
             self.rewrite = Some(aggregate::StreamRewrite::new(&self.server.name));
@@ -902,7 +912,7 @@ impl<'a> Call<'a> {
                 match target {
                     Some(id) => {
                         self.work.resolved = Some(id);
-                        self.read_grant();
+                        self.read_grant_for(GrantStage::Read);
                     }
                     None => self.fail(CallFailure::AuthorizationRequired),
                 }
@@ -921,7 +931,7 @@ impl<'a> Call<'a> {
                 }
                 self.work.waits += 1;
                 self.effects.push_back(CallAction::Wait(REFRESH_WAIT));
-                self.read_grant();
+                self.read_grant_for(GrantStage::Read);
             }
             (GrantStage::Put, StoreResult::Stored) => self.unlock(),
             (GrantStage::Reread, StoreResult::Grant(Some(mut fresh))) => {
@@ -953,16 +963,6 @@ impl<'a> Call<'a> {
             OutboundCredential::Grant { grant, .. } => Some(grant.clone()),
             OutboundCredential::IdentityGrant { .. } => self.work.resolved.clone(),
             _ => None,
-        }
-    }
-
-    fn read_grant(&mut self) {
-        match self.grant_id() {
-            Some(id) => {
-                self.effects.push_back(CallAction::Store(crate::grant::StoreOp::GetGrant { id }));
-                self.state = State::AwaitStore(GrantStage::Read);
-            }
-            None => self.fail(CallFailure::OutOfOrder),
         }
     }
 

@@ -42,8 +42,8 @@ use self::admission::*;
 pub use self::authz::{
     ACCESS_TOKEN_LIFETIME, Audit, Authz, AuthzStep, CODE_LIFETIME, ClientDocument, ClientDocuments,
     FLOW_LIFETIME, MAX_CACHED_DOCUMENTS, MAX_CLIENT_DOCUMENT, MAX_CLIENT_NAME, MAX_DOCUMENT_LIFETIME,
-    MAX_REDIRECT_URIS, REFRESH_GRACE, Random, RegistrationRefused, UpstreamClientInfo, display_text,
-    open_access_token, upstream_callback, upstream_resource, validate_registration,
+    MAX_REDIRECT_URIS, REFRESH_GRACE, Random, RegistrationRefused, UpstreamClientInfo, open_access_token,
+    upstream_callback, upstream_resource, validate_registration,
 };
 pub use self::call::*;
 pub use self::failure::*;

@@ -21,9 +21,9 @@ pub struct OAuthState {
     pub budget: PeerBudget,
     /// Wrong gateway keys at the consent page, per peer (429 past it).
     pub consent_failures: PeerBudget,
-    /// The clients the gateway registered for itself upstream, per server and origin (design §4.8
-    /// keeps them in the grant store; the store has no primitive for them yet, so each process
-    /// registers once and the flow and grant carry the client sealed).
+    /// The clients the gateway registered for itself upstream, per server and origin: a
+    /// per-process cache of the registrations the grant store keeps (design §4.8), read before
+    /// the store.
     upstream_clients: HashMap<(String, String), UpstreamClientInfo>,
     /// Client ID Metadata Documents fetched, by URL (design §4.8).
     pub client_documents: ClientDocuments,

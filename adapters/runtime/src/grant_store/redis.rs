@@ -492,7 +492,9 @@ impl<R: Runtime> RedisGrantStore<R> {
         self
     }
 
-    /// Whether the server answers PING now (for /health); never blocks longer than the timeouts.
+    /// Whether the server answers PING now; never blocks longer than the timeouts. (`/health`
+    /// reads a record through [`StoreProbe`](mcp_oauth_core::gateway::StoreProbe) instead, which
+    /// also proves the keys are readable.)
     pub async fn ping(&self) -> bool {
         let inner = self.inner.clone();
         let answer = self.runtime.spawn_blocking(move || {
