@@ -537,6 +537,9 @@ pub struct ServerConfig {
     pub entry: ServerEntry,
     /// The per-request policy summary.
     pub policy: ServerPolicy,
+    /// The upstream authorization server advertises `iss` in its authorization responses
+    /// (RFC 9207), as start-up discovery found: an answer at `/callback` without one is refused.
+    pub issuer_in_responses: bool,
 }
 
 /// `general_settings` plus the environment, validated.
@@ -1113,7 +1116,9 @@ fn load_server(
     }
     flow_warnings(&entry, &policy, name, warnings);
     match (url, valid) {
-        (Some(url), true) => Some(ServerConfig { name: name.to_owned(), url, entry, policy }),
+        (Some(url), true) => {
+            Some(ServerConfig { name: name.to_owned(), url, entry, policy, issuer_in_responses: false })
+        }
         _ => None,
     }
 }

@@ -2208,6 +2208,12 @@ pub(super) fn callback(
     }
     let expected_issuer = server.entry.issuer.as_deref().and_then(|issuer| Url::parse(issuer).ok());
     match (single(&pairs, "iss"), &expected_issuer) {
+        (Ok(None), _) if server.issuer_in_responses => {
+            return bad(
+                "issuer_missing",
+                "The authorization server promises to name itself in its answer (RFC 9207), and this answer does not.",
+            );
+        }
         (Ok(None), _) => {}
         (Ok(Some(iss)), Some(expected)) if crate::discovery::issuer_matches(expected, &iss) => {}
         (Ok(Some(_)), None) => {

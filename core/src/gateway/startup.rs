@@ -211,6 +211,7 @@ pub fn apply_discovery(
             _ => found(field, &token)?,
         }
     }
+    server.issuer_in_responses = metadata.authorization_response_iss_parameter_supported;
     let entry = &mut server.entry;
     let mut filled = Vec::new();
     // The discovered issuer is what `/callback` compares a returned `iss` with (RFC 9207).

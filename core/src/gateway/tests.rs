@@ -180,9 +180,12 @@ fn startup_discovery_fills_only_what_the_configuration_leaves_empty() {
     let half = &mut discovered.servers["half"];
     let discovery = endpoint_discovery(half).unwrap();
     assert_eq!(discovery.configured.issuer.as_ref().map(Url::as_str), Some("https://configured.example/"));
-    let filled =
-        apply_discovery(half, &as_metadata(Some("https://login.example/a"), Some("https://login.example/t")));
+    let mut metadata = as_metadata(Some("https://login.example/a"), Some("https://login.example/t"));
+    metadata.authorization_response_iss_parameter_supported = true;
+    assert!(!half.issuer_in_responses);
+    let filled = apply_discovery(half, &metadata);
     assert_eq!(filled, Ok(vec!["token_url", "registration_url"]));
+    assert!(half.issuer_in_responses, "RFC 9207 support is remembered for /callback");
     assert_eq!(half.entry.authorization_url.as_deref(), Some("https://configured.example/authorize"));
     assert_eq!(half.entry.token_url.as_deref(), Some("https://login.example/t"));
     assert!(missing_endpoints(half).is_empty());

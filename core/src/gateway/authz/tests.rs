@@ -567,6 +567,13 @@ fn the_callback_is_single_use_bound_to_the_browser_and_checks_iss() {
     assert_eq!(wrong_iss.status(), StatusCode::BAD_REQUEST);
     let tampered = agent.request(Method::GET, &format!("/callback?code=c&state={state}x"), b"", &[]);
     assert_eq!(tampered.status(), StatusCode::BAD_REQUEST);
+    // Design §4.8: an upstream that advertises RFC 9207 must name itself; an answer without `iss`
+    // is refused (a mix-up attack strips it).
+    agent.config.servers.get_mut("notes").unwrap().issuer_in_responses = true;
+    let no_iss = agent.request(Method::GET, &format!("/callback?code=c&state={state}"), b"", &[]);
+    assert_eq!(no_iss.status(), StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(no_iss.body()).contains("RFC 9207"));
+    agent.config.servers.get_mut("notes").unwrap().issuer_in_responses = false;
     assert!(agent.sent.is_empty(), "no code was redeemed for a refused callback");
     let first = agent.request(Method::GET, &format!("/callback?code=c&state={state}"), b"", &[]);
     assert_eq!(first.status(), StatusCode::FOUND);
