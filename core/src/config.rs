@@ -526,6 +526,20 @@ pub struct ServerPolicy {
     pub has_static_token: bool,
 }
 
+impl ServerPolicy {
+    /// Whether auth for this server may be delegated to the upstream (design §4.6): interactive
+    /// oauth2 that opted in. `delegate_auth_to_upstream` anywhere else is ignored.
+    pub fn delegates(&self) -> bool {
+        self.auth_type == AuthType::OAuth2 && self.flow.is_interactive() && self.delegate_auth_to_upstream
+    }
+
+    /// Whether the gateway is this server's clients' authorization server (design §4.8):
+    /// interactive oauth2 that does not delegate.
+    pub fn gateway_authorizes(&self) -> bool {
+        self.auth_type == AuthType::OAuth2 && self.flow.is_interactive() && !self.delegate_auth_to_upstream
+    }
+}
+
 /// One fully validated upstream server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -941,11 +955,7 @@ pub fn load(document: &Value, env: EnvLookup<'_>) -> Result<Loaded, ConfigErrors
     }
     let authorization_server_for: Vec<&str> = servers
         .values()
-        .filter(|server| {
-            server.policy.auth_type == AuthType::OAuth2
-                && server.policy.flow == Flow::AuthorizationCode
-                && !server.policy.delegate_auth_to_upstream
-        })
+        .filter(|server| server.policy.gateway_authorizes())
         .map(|server| server.name.as_str())
         .collect();
     if !authorization_server_for.is_empty() {
@@ -953,7 +963,7 @@ pub fn load(document: &Value, env: EnvLookup<'_>) -> Result<Loaded, ConfigErrors
     }
     let keyed: Vec<&str> = servers
         .values()
-        .filter(|server| !server.policy.delegate_auth_to_upstream)
+        .filter(|server| !server.policy.delegates())
         .map(|server| server.name.as_str())
         .collect();
     if !keyed.is_empty() && settings.gateway_keys.iter().all(|key| key.is_empty()) {
@@ -2132,6 +2142,10 @@ mcp_servers:
         );
         let delegating = format!("{INTERACTIVE}    delegate_auth_to_upstream: true\n");
         assert!(!codes(&delegating).contains(&"no_gateway_key"), "a delegating server needs no key");
+        // The flag on a server that cannot delegate is ignored: that server still needs a key.
+        let ignored =
+            "mcp_servers:\n  a:\n    url: https://a.example/mcp\n    delegate_auth_to_upstream: true\n";
+        assert!(codes(ignored).contains(&"no_gateway_key"), "{:?}", codes(ignored));
     }
 
     #[test]

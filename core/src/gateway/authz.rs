@@ -1307,10 +1307,7 @@ fn flow_client(server: &ServerConfig, flow: &FlowState) -> Option<UpstreamClient
 /// (interactive servers that do not delegate): `{origin}/callback`, or a template naming the
 /// missing `PROXY_BASE_URL` when no origin is configured.
 pub fn upstream_callback(server: &ServerConfig, origin: Option<&Origin>) -> Option<String> {
-    let interactive = server.policy.auth_type == AuthType::OAuth2
-        && server.policy.flow == Flow::AuthorizationCode
-        && !server.policy.delegate_auth_to_upstream;
-    interactive.then(|| match origin {
+    server.policy.gateway_authorizes().then(|| match origin {
         Some(origin) => format!("{origin}/callback"),
         None => "{PROXY_BASE_URL}/callback (set PROXY_BASE_URL to the gateway's public origin)".to_owned(),
     })

@@ -260,11 +260,7 @@ fn not_found() -> Response<Vec<u8>> {
 /// A server for which the gateway is the authorization server (design §4.8): interactive oauth2
 /// that does not delegate (a delegating server has none of these endpoints: 404 as an unknown name).
 fn interactive<'c>(config: &'c GatewayConfig, name: &str) -> Option<&'c ServerConfig> {
-    config.servers.get(name).filter(|server| {
-        server.policy.auth_type == AuthType::OAuth2
-            && server.policy.flow == Flow::AuthorizationCode
-            && !server.policy.delegate_auth_to_upstream
-    })
+    config.servers.get(name).filter(|server| server.policy.gateway_authorizes())
 }
 
 /// Decides what to do with one request (see the module docs).
