@@ -684,12 +684,9 @@ pub(super) fn authorize(
         csrf: cookie(served.head.headers, &csrf_name).filter(|value| is_token_text(value)),
         params,
     };
-    let Some(random) = random.map(Random::new) else {
-        return Action::Respond(error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "the gateway has no random source",
-        ));
+    let random = match random_or_refuse(random) {
+        Ok(random) => random,
+        Err(refusal) => return Action::Respond(refusal),
     };
     let cached = documents.and_then(|documents| documents.get(&client_id, now));
     match client.or(cached) {

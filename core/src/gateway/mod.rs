@@ -108,11 +108,21 @@ impl StoreProbe {
         StoreOp::GetGrant { id: GrantId::new(Self::ID) }
     }
 
+    /// Whether the store's `result` shows it answering: `Err` with the reason code when not (its
+    /// own reason, or `store_wrong_answer` for an answer of the wrong kind).
+    pub fn verdict(self, result: &StoreResult) -> Result<(), &'static str> {
+        match result {
+            StoreResult::Grant(_) => Ok(()),
+            StoreResult::Unavailable { reason } => Err(reason),
+            _ => Err("store_wrong_answer"),
+        }
+    }
+
     /// The health answer for the store's `result`.
     pub fn answer(self, result: &StoreResult) -> Response<Vec<u8>> {
-        match result {
-            StoreResult::Grant(_) => json_response(StatusCode::OK, &json!({"status": "ok", "store": "ok"})),
-            StoreResult::Unavailable { reason } => {
+        match self.verdict(result) {
+            Ok(()) => json_response(StatusCode::OK, &json!({"status": "ok", "store": "ok"})),
+            Err(reason) => {
                 let mut response = json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &json!({"status": "unavailable", "store": reason}),
@@ -120,10 +130,6 @@ impl StoreProbe {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
                 response
             }
-            _ => json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"status": "unavailable", "store": "store_wrong_answer"}),
-            ),
         }
     }
 }

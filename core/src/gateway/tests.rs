@@ -585,6 +585,9 @@ fn health_probes_a_durable_store_and_drains_the_replica_when_it_is_down() {
     };
     assert!(matches!(probe.op(), StoreOp::GetGrant { .. }), "the probe only reads");
     assert_eq!(probe.answer(&StoreResult::Grant(None)).status(), StatusCode::OK);
+    // The same verdict serves start-up (open_store) and /health.
+    assert_eq!(probe.verdict(&StoreResult::Stored), Err("store_wrong_answer"));
+    assert_eq!(probe.answer(&StoreResult::Stored).status(), StatusCode::SERVICE_UNAVAILABLE);
     let down = probe.answer(&StoreResult::Unavailable { reason: "store_unreachable" });
     assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body(&down)["store"], "store_unreachable");

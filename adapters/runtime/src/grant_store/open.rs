@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use mcp_oauth_core::config::StoreSetting;
 use mcp_oauth_core::gateway::StoreProbe;
-use mcp_oauth_core::grant::StoreResult;
 
 use super::{DynGrantStore, MemoryGrantStore};
 use crate::Runtime;
@@ -53,11 +52,8 @@ pub async fn open_store<R: Runtime>(
         StoreSetting::Sqlite { path } => open_sqlite(path, max_records, runtime).await?,
         StoreSetting::Redis(redis) => open_redis(redis, max_records, runtime).await?,
     };
-    match store.apply_boxed(StoreProbe.op()).await {
-        StoreResult::Grant(_) => Ok(store),
-        StoreResult::Unavailable { reason } => Err(StoreOpenError::NotAnswering { reason }),
-        _ => Err(StoreOpenError::NotAnswering { reason: "store_wrong_answer" }),
-    }
+    let answer = store.apply_boxed(StoreProbe.op()).await;
+    StoreProbe.verdict(&answer).map(|()| store).map_err(|reason| StoreOpenError::NotAnswering { reason })
 }
 
 #[cfg(feature = "sqlite")]
